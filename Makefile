@@ -1,0 +1,40 @@
+# Two entry points: `make run` and `make test`. Everything else is what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+LIPSYNC_ONNX := model_repository/lipsync_default/1/model.onnx
+DEFAULT_AVATAR := data/avatars/default/manifest.json
+HOST ?= 127.0.0.1
+PORT ?= 8010
+
+.PHONY: run test lint bench artifacts clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+$(LIPSYNC_ONNX): $(INSTALLED) export/default_lipsync.py
+	$(BIN)/python -m export default-lipsync --out $@
+
+$(DEFAULT_AVATAR): $(INSTALLED)
+	$(BIN)/python -m avatars build-default
+
+artifacts: $(LIPSYNC_ONNX) $(DEFAULT_AVATAR)
+
+run: artifacts
+	$(BIN)/python -m orchestrator --host $(HOST) --port $(PORT)
+
+test: artifacts
+	$(BIN)/python -m pytest -q
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+bench: artifacts
+	$(BIN)/python bench/e2e_latency.py
+
+clean:
+	rm -rf $(VENV) $(LIPSYNC_ONNX) data/avatars/default

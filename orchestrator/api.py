@@ -1,0 +1,144 @@
+"""HTTP handlers of the contract (../shared/spec/API.md): parse, validate, hand to the session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from .errors import ApiError
+from .services import Services
+from .session import Session, SessionOptions
+from .speech import MAX_TEXT_CHARS
+from .validation import choice, field, json_config, read_json_object
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+def ok(data=None) -> web.Response:
+    return web.json_response({"code": 0, "msg": "ok", "data": data})
+
+
+def services_of(request: web.Request) -> Services:
+    return request.app["services"]
+
+
+@routes.post("/offer")
+async def offer(request: web.Request) -> web.Response:
+    services = services_of(request)
+    settings = services.settings
+    body = await read_json_object(request)
+    choice(body, "type", ("offer",))
+    sdp = field(body, "sdp", str)
+    if "m=" not in sdp:
+        raise ApiError.bad_request("field 'sdp' is not an SDP offer (no media section)")
+    options = SessionOptions(
+        avatar=field(body, "avatar", str, settings.avatar_id),
+        refaudio=field(body, "refaudio", str, settings.ref_file),
+        reftext=field(body, "reftext", str, settings.ref_text),
+        llmid=field(body, "llmid", str, settings.llmid),
+        custom_config=json_config(body, "custom_config", settings.customvideo_config, list),
+        multiavatar_config=json_config(body, "multiavatar_config", settings.multiavatar_config, dict),
+    )
+    avatar = await services.load_avatar(options.avatar, "avatar")
+    await services.check_voice(options.refaudio, "refaudio")
+
+    sessionid = services.registry.reserve()
+    pc = RTCPeerConnection(services.rtc_configuration)
+    session = Session(sessionid, pc, avatar, options, services.tts, services.lipsync)
+    try:
+        answer_sdp = await _negotiate(session, sdp)
+    except BaseException:
+        services.registry.release(sessionid)
+        await session.close()
+        raise
+    services.registry.add(session)
+    _end_with_peer(services, session)
+    log.info("session opened sessionid=%s avatar=%s", sessionid, options.avatar)
+    return web.json_response(
+        {"type": "answer", "sdp": answer_sdp, "sessionid": sessionid}
+    )
+
+
+async def _negotiate(session: Session, sdp: str) -> str:
+    pc = session.pc
+    pc.addTrack(session.audio)
+    pc.addTrack(session.video)
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+    except (ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise ApiError.bad_request(f"field 'sdp' could not be negotiated: {exc}") from None
+    await pc.setLocalDescription(await pc.createAnswer())
+    return pc.localDescription.sdp
+
+
+def _end_with_peer(services: Services, session: Session) -> None:
+    @session.pc.on("connectionstatechange")
+    async def on_state() -> None:
+        if session.pc.connectionState in ("failed", "closed"):
+            await session.close()
+            services.registry.release(session.sessionid)
+
+
+@routes.post("/human")
+async def human(request: web.Request) -> web.Response:
+    services = services_of(request)
+    body = await read_json_object(request)
+    session = services.registry.get(field(body, "sessionid", int))
+    kind = choice(body, "type", ("echo", "chat"))
+    text = field(body, "text", str)
+    if not text.strip():
+        raise ApiError.bad_request("field 'text' is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ApiError(413, f"field 'text' is longer than {MAX_TEXT_CHARS} characters")
+    interrupt = field(body, "interrupt", bool, False)
+    avatarid = field(body, "avatarid", str, "main")
+    if avatarid != "main":
+        raise ApiError.not_found(f"unknown avatarid '{avatarid}' (this session has only 'main')")
+    tts = field(body, "tts", dict, {})
+    voice = field(tts, "ref_file", str, session.options.refaudio)
+    field(tts, "ref_text", str, "")
+    if kind == "chat":
+        raise ApiError(501, "chat is not configured")
+    await services.check_voice(voice, "tts.ref_file")
+    if interrupt:
+        await session.interrupt()
+    utterance = session.say(text, voice)
+    return ok({"utterance_id": utterance.id})
+
+
+@routes.post("/interrupt_talk")
+async def interrupt_talk(request: web.Request) -> web.Response:
+    services = services_of(request)
+    body = await read_json_object(request)
+    session = services.registry.get(field(body, "sessionid", int))
+    await session.interrupt()
+    return ok()
+
+
+@routes.post("/is_speaking")
+async def is_speaking(request: web.Request) -> web.Response:
+    services = services_of(request)
+    body = await read_json_object(request)
+    session = services.registry.get(field(body, "sessionid", int))
+    return ok(session.speaking)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    services = services_of(request)
+    try:
+        triton = await asyncio.wait_for(services.triton_status(), timeout=5)
+    except Exception as exc:  # health must answer even when Triton does not
+        triton = {"url": services.triton_url, "live": False, "ready": False, "error": str(exc)}
+    healthy = bool(triton.get("ready"))
+    data = {"triton": triton, "sessions": len(services.registry),
+            "max_sessions": services.registry.max_sessions}
+    return web.json_response(
+        {"code": 0 if healthy else 503, "msg": "ok" if healthy else "triton not ready", "data": data},
+        status=200 if healthy else 503,
+    )

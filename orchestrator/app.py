@@ -1,0 +1,61 @@
+"""The aiohttp application: routes, JSON error answers, and the services' lifetime."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from . import api
+from .errors import ApiError
+from .services import Services, start_services
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def _error(status: int, msg: str) -> web.Response:
+    return web.json_response({"code": status, "msg": msg}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.msg)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _error(500, "internal error")
+
+
+def create_app(settings: Settings, services: Services | None = None) -> web.Application:
+    """The app; with `services` given (tests), their lifetime is the caller's."""
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    app.add_routes(api.routes)
+
+    async def lifetime(app: web.Application):
+        owned = services is None
+        app["services"] = services or await start_services(settings)
+        yield
+        if owned:
+            await app["services"].close()
+        else:
+            await _close_sessions(app["services"])
+
+    app.cleanup_ctx.append(lifetime)
+    return app
+
+
+async def _close_sessions(services: Services) -> None:
+    for session in services.registry.all():
+        await session.close()
+        services.registry.release(session.sessionid)

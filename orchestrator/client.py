@@ -1,0 +1,131 @@
+"""A Python WebRTC client for livehuman (aiortc): used by the tests and benchmarks, and an example."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+
+@dataclass
+class Received:
+    video_times: list[float] = field(default_factory=list)
+    video: list[np.ndarray] = field(default_factory=list)  # RGB frames
+    audio_times: list[float] = field(default_factory=list)
+    audio_rms: list[float] = field(default_factory=list)  # per received audio frame
+    audio: list[np.ndarray] = field(default_factory=list)  # mono float32 at 48 kHz
+
+
+class AvatarClient:
+    """Connects to a livehuman server, keeps every frame with its arrival time."""
+
+    def __init__(self, base_url: str, keep_video: bool = True) -> None:
+        self.base_url = base_url
+        self.keep_video = keep_video
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.received = Received()
+        self.sessionid: int | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.http = aiohttp.ClientSession()
+
+    async def connect(self, **offer_fields) -> dict:
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver("audio", direction="recvonly")
+
+        @self.pc.on("track")
+        def on_track(track) -> None:
+            self._tasks.append(asyncio.create_task(self._consume(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"type": "offer", "sdp": self.pc.localDescription.sdp, **offer_fields}
+        async with self.http.post(f"{self.base_url}/offer", json=body) as resp:
+            answer = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"/offer failed: {resp.status} {answer}")
+        self.sessionid = answer["sessionid"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        return answer
+
+    async def post(self, path: str, **body) -> tuple[int, dict]:
+        body.setdefault("sessionid", self.sessionid)
+        async with self.http.post(f"{self.base_url}{path}", json=body) as resp:
+            return resp.status, await resp.json()
+
+    async def _consume(self, track) -> None:
+        r = self.received
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            if track.kind == "video":
+                r.video_times.append(now)
+                if self.keep_video:
+                    r.video.append(frame.to_ndarray(format="rgb24"))
+            else:
+                pcm = frame.to_ndarray().astype(np.float32) / 32768.0
+                channels = len(frame.layout.channels)
+                mono = pcm.reshape(-1, channels).mean(axis=1) if channels > 1 else pcm.ravel()
+                r.audio_times.append(now)
+                r.audio_rms.append(float(np.sqrt(np.mean(mono**2))))
+                r.audio.append(mono)
+
+    async def wait_for_video(self, frames: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received.video_times) < frames:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(self.received.video_times)} video frames")
+            await asyncio.sleep(0.02)
+
+    async def wait_for_speech(self, since: float, threshold: float = 0.01,
+                              timeout: float = 10.0) -> float:
+        """Arrival time of the first audio frame after `since` with speech energy."""
+        deadline = time.monotonic() + timeout
+        r = self.received
+        checked = 0
+        while time.monotonic() < deadline:
+            for i in range(checked, len(r.audio_times)):
+                if r.audio_times[i] >= since and r.audio_rms[i] > threshold:
+                    return r.audio_times[i]
+            checked = len(r.audio_times)
+            await asyncio.sleep(0.005)
+        raise TimeoutError("no speech audio arrived")
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.http.close()
+
+
+def fps(times: list[float], start: float, stop: float) -> float:
+    n = sum(1 for t in times if start <= t < stop)
+    return n / (stop - start)
+
+
+def mouth_window(avatar) -> tuple[slice, slice]:
+    """Frame rows/cols around an avatar's mouth, open jaw included (idle motion is sub-pixel)."""
+    x0, y0, x1, _ = avatar.boxes.mean(axis=0)
+    cx, cy, w, _ = avatar.mouth.mean(axis=0)
+    size = x1 - x0
+    mx, my, mw = x0 + cx * size, y0 + cy * size, w * size
+    return slice(int(my - 0.15 * mw), int(my + 0.6 * mw)), slice(int(mx - 0.5 * mw), int(mx + 0.5 * mw))
+
+
+def mouth_motion(frames: list[np.ndarray], window: tuple[slice, slice],
+                 reference: np.ndarray) -> np.ndarray:
+    """Mean absolute change of the mouth window against a reference (closed-mouth) picture."""
+    rows, cols = window
+    return np.array([np.abs(f[rows, cols].astype(np.float32) - reference).mean() for f in frames])
+
+
+def mean_window(frames: list[np.ndarray], window: tuple[slice, slice]) -> np.ndarray:
+    rows, cols = window
+    return np.mean([f[rows, cols].astype(np.float32) for f in frames], axis=0)

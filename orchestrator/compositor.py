@@ -1,0 +1,52 @@
+"""Paste lip-synced face crops back into the avatar's full frame with a feathered mask."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+# The lip-sync models only change the lower face; blending just that region keeps the resize
+# blur of the crop away from the eyes and hair, and the feather hides the rectangle's edges.
+MASK_TOP_FRACTION = 0.45
+MASK_SIDE_FRACTION = 0.12
+MASK_BOTTOM_FRACTION = 0.02
+MASK_FEATHER_FRACTION = 0.08
+
+
+@lru_cache(maxsize=32)
+def lower_face_mask(size: int) -> np.ndarray:
+    """float32 [size, size, 1] in [0, 1]: 1 over the mouth and chin, fading to 0 at the edges."""
+    mask = np.zeros((size, size), np.float32)
+    top = int(size * MASK_TOP_FRACTION)
+    side = int(size * MASK_SIDE_FRACTION)
+    bottom = size - int(size * MASK_BOTTOM_FRACTION)
+    mask[top:bottom, side : size - side] = 1.0
+    blur = max(3, int(size * MASK_FEATHER_FRACTION) | 1)
+    mask = cv2.GaussianBlur(mask, (blur, blur), 0)
+    mask.setflags(write=False)
+    return mask[:, :, None]
+
+
+def paste_face(frame: np.ndarray, box: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    """Return a copy of `frame` (uint8 HxWx3) with `crop` (uint8 SxSx3) blended into `box`.
+
+    The box is square and may extend past the frame edges; only the visible part is written.
+    """
+    out = frame.copy()
+    x0, y0, x1, y1 = (int(v) for v in box)
+    size = x1 - x0
+    resized = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+    mask = lower_face_mask(size)
+    fx0, fy0 = max(x0, 0), max(y0, 0)
+    fx1, fy1 = min(x1, frame.shape[1]), min(y1, frame.shape[0])
+    if fx0 >= fx1 or fy0 >= fy1:
+        return out
+    cx0, cy0 = fx0 - x0, fy0 - y0
+    cx1, cy1 = cx0 + (fx1 - fx0), cy0 + (fy1 - fy0)
+    region = out[fy0:fy1, fx0:fx1].astype(np.float32)
+    m = mask[cy0:cy1, cx0:cx1]
+    blended = region + m * (resized[cy0:cy1, cx0:cx1].astype(np.float32) - region)
+    out[fy0:fy1, fx0:fx1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out

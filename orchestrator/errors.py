@@ -1,0 +1,20 @@
+"""The one error type the HTTP layer turns into a `{"code", "msg"}` answer."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """A client-visible failure: HTTP status plus a message that names the field."""
+
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+
+    @classmethod
+    def bad_request(cls, msg: str) -> ApiError:
+        return cls(400, msg)
+
+    @classmethod
+    def not_found(cls, msg: str) -> ApiError:
+        return cls(404, msg)

@@ -1,0 +1,102 @@
+"""What every request handler shares: settings, Triton clients, avatars, the session registry.
+
+Built once at startup (starting the embedded Triton when no --triton-url is given) and torn down
+at shutdown; nothing here is per-session state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from aiortc import RTCConfiguration
+
+from .artifacts import ensure_default_artifacts
+from .avatar import Avatar, AvatarNotFound, AvatarStore
+from .errors import ApiError
+from .ice import restrict_host_candidates, rtc_configuration
+from .session_registry import SessionRegistry
+from .settings import Settings
+from .triton_clients import LipSyncClient, TTSClient, UnknownVoice
+from .triton_server import EmbeddedTriton, wait_models_ready
+
+log = logging.getLogger(__name__)
+
+TRITON_READY_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    triton_url: str
+    tts: TTSClient
+    lipsync: LipSyncClient
+    avatars: AvatarStore
+    registry: SessionRegistry
+    rtc_configuration: RTCConfiguration
+    embedded_triton: EmbeddedTriton | None = None
+    _known_voices: set[str] = field(default_factory=set)
+
+    @property
+    def models(self) -> list[str]:
+        return [self.settings.tts_model, self.settings.lipsync_model]
+
+    async def load_avatar(self, avatar_id: str, field_name: str) -> Avatar:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, self.avatars.load, avatar_id)
+        except AvatarNotFound:
+            raise ApiError.not_found(f"unknown {field_name} '{avatar_id}'") from None
+        except ValueError as exc:
+            raise ApiError.bad_request(f"field '{field_name}': {exc}") from None
+
+    async def check_voice(self, voice: str, field_name: str) -> None:
+        """404 for a voice the TTS model does not have (asked once per voice, then remembered)."""
+        if voice in self._known_voices:
+            return
+        if len(voice) > 128 or any(c in voice for c in "/\\\0") or ".." in voice:
+            raise ApiError.bad_request(f"field '{field_name}' is not a voice name: {voice!r}")
+        try:
+            await self.tts.synthesize("a", voice)
+        except UnknownVoice:
+            raise ApiError.not_found(f"unknown voice in '{field_name}': {voice!r}") from None
+        self._known_voices.add(voice)
+
+    async def triton_status(self) -> dict:
+        status = await self.lipsync.server_status(self.models)
+        return {"url": self.triton_url, "embedded": self.embedded_triton is not None, **status}
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.registry.all()), return_exceptions=True)
+        await self.tts.close()
+        await self.lipsync.close()
+        if self.embedded_triton is not None:
+            await self.embedded_triton.stop()
+
+
+async def start_services(settings: Settings) -> Services:
+    restrict_host_candidates(settings.ice_hosts)
+    models = [settings.tts_model, settings.lipsync_model]
+    embedded = None
+    await ensure_default_artifacts(settings, with_models=not settings.triton_url)
+    if settings.triton_url:
+        url = settings.triton_url
+        await wait_models_ready(url, models, TRITON_READY_TIMEOUT_S)
+    else:
+        embedded = EmbeddedTriton(settings.model_repository, models=models)
+        await embedded.start()
+        url = embedded.url
+    services = Services(
+        settings=settings,
+        triton_url=url,
+        tts=TTSClient(url, model=settings.tts_model),
+        lipsync=LipSyncClient(url, model=settings.lipsync_model),
+        avatars=AvatarStore(settings.avatar_dir),
+        registry=SessionRegistry(settings.max_sessions),
+        rtc_configuration=rtc_configuration(settings),
+        embedded_triton=embedded,
+    )
+    status = await services.triton_status()
+    log.info("triton at %s (%s): %s", url, "embedded" if embedded else "external", status)
+    return services

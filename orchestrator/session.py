@@ -1,0 +1,174 @@
+"""A session: one peer connection, its tracks, its speech pipeline and the player that paces them.
+
+The player is the session's single media clock: on every 40 ms tick it takes the next lip-synced
+frame (or the idle frame), pastes it into the avatar's frame and pushes one video frame and the
+two 20 ms audio packets that belong to it, so audio and video cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from aiortc import RTCPeerConnection
+
+from .avatar import Avatar
+from .compositor import paste_face
+from .events import SessionEvents
+from .media_clock import (
+    AUDIO_PACKETS_PER_TICK,
+    AUDIO_SAMPLE_RATE_HZ,
+    AUDIO_SAMPLES_PER_PACKET,
+    AUDIO_SAMPLES_PER_TICK,
+    AUDIO_TIME_BASE,
+    VIDEO_TIME_BASE,
+    MediaClock,
+)
+from .speech import SpeechFrame, Utterance, UtteranceEnded, UtteranceStarted
+from .speech_pipeline import SpeechPipeline
+from .tracks import audio_track, video_track
+from .triton_clients import LipSyncClient, TTSClient
+
+log = logging.getLogger(__name__)
+
+_SILENCE = np.zeros(AUDIO_SAMPLES_PER_TICK, np.float32)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What /offer asked for, validated; later issues read the fields kept for them."""
+
+    avatar: str
+    refaudio: str
+    reftext: str
+    llmid: str
+    custom_config: list | None
+    multiavatar_config: dict | None
+
+
+class Session:
+    def __init__(
+        self,
+        sessionid: int,
+        pc: RTCPeerConnection,
+        avatar: Avatar,
+        options: SessionOptions,
+        tts: TTSClient,
+        lipsync: LipSyncClient,
+    ) -> None:
+        self.sessionid = sessionid
+        self.pc = pc
+        self.avatar = avatar
+        self.options = options
+        self.events = SessionEvents(sessionid)
+        self.clock = MediaClock()
+        self.video = video_track(self._start_player)
+        self.audio = audio_track(self._start_player)
+        self._avatar_tick = 0
+        self._speaking: Utterance | None = None
+        self._utterance_ids = itertools.count(1)
+        self._player: asyncio.Task | None = None
+        self._closed = asyncio.Event()
+        self.frames_sent = 0
+        self.pipeline = SpeechPipeline(tts, lipsync, avatar, lambda: self._avatar_tick, sessionid)
+        self.pipeline.start()
+
+    # --- control, called by the API -------------------------------------------------------
+    def say(self, text: str, voice: str) -> Utterance:
+        utterance = Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", text, voice)
+        self.pipeline.say(utterance)
+        return utterance
+
+    async def interrupt(self) -> None:
+        dropped = await self.pipeline.interrupt()
+        if self._speaking is not None and self._speaking not in dropped:
+            dropped.insert(0, self._speaking)
+        self._speaking = None
+        for utterance in dropped:
+            self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text)
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking is not None or self.pipeline.busy
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._player:
+            self._player.cancel()
+            await asyncio.gather(self._player, return_exceptions=True)
+        await self.pipeline.close()
+        self.video.stop()
+        self.audio.stop()
+        await self.pc.close()
+        self.events.emit("closed")
+        self.events.close()
+        log.info("session closed sessionid=%s frames=%s", self.sessionid, self.frames_sent)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # --- the player -------------------------------------------------------------------------
+    def _start_player(self) -> None:
+        if self._player is None and not self.closed:
+            self.clock.start()
+            self._player = asyncio.create_task(self._play(), name=f"player-{self.sessionid}")
+
+    async def _play(self) -> None:
+        tick = 0
+        while True:
+            tick = await self.clock.wait_for_tick(tick)
+            try:
+                self._render(tick)
+            except Exception:  # a bad frame must not stop the stream
+                log.exception("render failed sessionid=%s tick=%s", self.sessionid, tick)
+            tick += 1
+
+    def _next_speech_frame(self) -> SpeechFrame | None:
+        while (item := self.pipeline.pop()) is not None:
+            if isinstance(item, SpeechFrame):
+                return item
+            if isinstance(item, UtteranceStarted):
+                self._speaking = item.utterance
+                self.events.emit("start", utterance_id=item.utterance.id, text=item.utterance.text)
+            elif isinstance(item, UtteranceEnded):
+                self._speaking = None
+                if item.error:
+                    self.events.emit("error", utterance_id=item.utterance.id, msg=item.error)
+                else:
+                    self.events.emit("end", utterance_id=item.utterance.id, text=item.utterance.text)
+        return None
+
+    def _render(self, tick: int) -> None:
+        speech = self._next_speech_frame()
+        if speech is not None:
+            index = self.avatar.frame_index(speech.avatar_tick)
+            self._avatar_tick = speech.avatar_tick + 1
+            image = paste_face(self.avatar.frames[index], self.avatar.boxes[index], speech.face_crop)
+            audio = speech.audio
+        else:
+            image = self.avatar.frames[self.avatar.frame_index(self._avatar_tick)]
+            self._avatar_tick += 1
+            audio = _SILENCE
+        video = av.VideoFrame.from_ndarray(image, format="rgb24")
+        video.pts = self.clock.video_pts(tick)
+        video.time_base = VIDEO_TIME_BASE
+        self.video.push(video)
+        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+        for packet in range(AUDIO_PACKETS_PER_TICK):
+            samples = pcm[packet * AUDIO_SAMPLES_PER_PACKET : (packet + 1) * AUDIO_SAMPLES_PER_PACKET]
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = AUDIO_SAMPLE_RATE_HZ
+            frame.pts = self.clock.audio_pts(tick, packet)
+            frame.time_base = AUDIO_TIME_BASE
+            self.audio.push(frame)
+        self.frames_sent += 1

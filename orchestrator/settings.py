@@ -1,0 +1,122 @@
+"""One typed settings object, built from CLI flags (and environment), passed down to everything."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PORT = 8010
+DEFAULT_MAX_SESSIONS = 8
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    triton_url: str | None = None
+    model_repository: Path = PROJECT_ROOT / "model_repository"
+    data_dir: Path = PROJECT_ROOT / "data"
+    avatar_dir: Path = PROJECT_ROOT / "data" / "avatars"
+    avatar_id: str = "default"
+    ref_file: str = ""
+    ref_text: str = ""
+    llmid: str = ""
+    customvideo_config: str = ""
+    multiavatar_config: str = ""
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    stun: tuple[str, ...] = ()
+    turn: tuple[str, ...] = ()
+    turn_username: str | None = None
+    turn_password: str | None = None
+    ice_hosts: tuple[str, ...] = ()
+    lipsync_model: str = "lipsync_default"
+    tts_model: str = "tts_espeak"
+    log_level: str = "INFO"
+    extra: dict = field(default_factory=dict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator",
+        description="livehuman: a real-time streaming talking avatar over WebRTC. "
+        "Every model call goes to NVIDIA Triton (an embedded tritonserver unless --triton-url).",
+    )
+    net = p.add_argument_group("HTTP")
+    net.add_argument("--host", default=os.environ.get("LIVEHUMAN_HOST", "127.0.0.1"),
+                     help="address the HTTP API listens on (default 127.0.0.1)")
+    net.add_argument("--port", "--listenport", dest="port", type=int,
+                     default=int(os.environ.get("LIVEHUMAN_PORT", DEFAULT_PORT)),
+                     help="HTTP port (default 8010)")
+    tr = p.add_argument_group("Triton")
+    tr.add_argument("--triton-url", default=os.environ.get("TRITON_URL"),
+                    help="gRPC host:port of a running Triton server (e.g. the official container). "
+                    "Without it a local tritonserver is started on loopback and stopped on exit.")
+    tr.add_argument("--model-repository", type=Path, default=Settings.model_repository,
+                    help="model repository for the embedded server")
+    tr.add_argument("--lipsync-model", default="lipsync_default",
+                    help="Triton model used for lip-sync when the avatar does not name one")
+    tr.add_argument("--tts-model", default="tts_espeak", help="Triton model used for speech")
+    av = p.add_argument_group("avatars and voices")
+    av.add_argument("--data-dir", type=Path, default=Settings.data_dir,
+                    help="data directory (recordings, knowledge bases, clips)")
+    av.add_argument("--avatar-dir", type=Path, default=None,
+                    help="directory of avatar packages (default: DATA_DIR/avatars)")
+    av.add_argument("--avatar-id", "--avatar_id", dest="avatar_id", default="default",
+                    help="default avatar id for sessions (default: 'default')")
+    av.add_argument("--ref-file", "--REF_FILE", dest="ref_file", default="",
+                    help="default voice: an espeak voice name such as en-us or cmn for the "
+                    "embedded TTS ('' picks by the text's language)")
+    av.add_argument("--ref-text", "--REF_TEXT", dest="ref_text", default="",
+                    help="transcript of the reference audio (voice-cloning TTS)")
+    av.add_argument("--customvideo-config", "--customvideo_config", dest="customvideo_config",
+                    default="", help="default custom_config JSON for sessions")
+    av.add_argument("--multiavatar-config", "--multiavatar_config", dest="multiavatar_config",
+                    default="", help="default multiavatar_config JSON for sessions")
+    se = p.add_argument_group("sessions and WebRTC")
+    se.add_argument("--max-session", "--max_session", dest="max_sessions", type=int,
+                    default=DEFAULT_MAX_SESSIONS,
+                    help=f"maximum concurrent sessions (default {DEFAULT_MAX_SESSIONS})")
+    se.add_argument("--stun", action="append", default=[],
+                    help="STUN server URL (repeatable); none by default")
+    se.add_argument("--turn", action="append", default=[],
+                    help="TURN server URL (repeatable), with --turn-username/--turn-password")
+    se.add_argument("--turn-username", default=None)
+    se.add_argument("--turn-password", default=None)
+    se.add_argument("--ice-host", action="append", default=[], dest="ice_hosts",
+                    help="only advertise these addresses as ICE host candidates (repeatable; "
+                    "e.g. 127.0.0.1 for loopback-only, or a public/NAT 1:1 address). Default: "
+                    "all non-loopback interface addresses")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    args = build_parser().parse_args(argv)
+    if args.max_sessions < 1:
+        raise SystemExit("--max-session must be at least 1")
+    data_dir = args.data_dir.resolve()
+    return Settings(
+        host=args.host,
+        port=args.port,
+        triton_url=args.triton_url,
+        model_repository=args.model_repository.resolve(),
+        data_dir=data_dir,
+        avatar_dir=(args.avatar_dir or data_dir / "avatars").resolve(),
+        avatar_id=args.avatar_id,
+        ref_file=args.ref_file,
+        ref_text=args.ref_text,
+        customvideo_config=args.customvideo_config,
+        multiavatar_config=args.multiavatar_config,
+        max_sessions=args.max_sessions,
+        stun=tuple(args.stun),
+        turn=tuple(args.turn),
+        turn_username=args.turn_username,
+        turn_password=args.turn_password,
+        ice_hosts=tuple(args.ice_hosts),
+        lipsync_model=args.lipsync_model,
+        tts_model=args.tts_model,
+        log_level=args.log_level,
+    )

@@ -1,0 +1,195 @@
+"""Per-session speech path: utterances → sentences → TTS → mel windows → lip-sync → SpeechItems.
+
+Two stages run concurrently so the next sentence is synthesized while the current one is being
+lip-synced. Interruption cancels both stages (in-flight Triton calls included) and drops every
+queued item: the player then shows the idle (mouth closed) frame on its next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .avatar import Avatar
+from .features import mel_windows, melspectrogram
+from .media_clock import AUDIO_SAMPLES_PER_TICK
+from .speech import (
+    SpeechFrame,
+    SpeechItem,
+    Utterance,
+    UtteranceEnded,
+    UtteranceStarted,
+    split_sentences,
+)
+from .triton_clients import LipSyncClient, TTSClient
+
+log = logging.getLogger(__name__)
+
+# Small first chunk: the first frame (and with it the first audio) leaves sooner.
+FIRST_CHUNK_FRAMES = 2
+CHUNK_FRAMES = 8
+# How far speech may be rendered ahead of the player (frames): bounds memory and interrupt waste.
+MAX_LEAD_FRAMES = 50
+# Ticks between planning a frame and the player showing it (Triton round trip + queueing).
+PLANNING_LEAD_TICKS = 2
+SENTENCE_QUEUE_SIZE = 2
+
+
+@dataclass(frozen=True)
+class SentenceAudio:
+    utterance: Utterance
+    audio: np.ndarray  # float32, padded to whole video frames
+    windows: np.ndarray  # float32 [frames, 1, 80, 16]
+
+
+class SpeechPipeline:
+    def __init__(
+        self,
+        tts: TTSClient,
+        lipsync: LipSyncClient,
+        avatar: Avatar,
+        avatar_cursor: Callable[[], int],
+        sessionid: int,
+    ) -> None:
+        self._tts = tts
+        self._lipsync = lipsync
+        self._avatar = avatar
+        self._avatar_cursor = avatar_cursor
+        self._sessionid = sessionid
+        self._utterances: asyncio.Queue[Utterance] = asyncio.Queue()
+        self._items: collections.deque[SpeechItem] = collections.deque()
+        self._frames_ahead = 0
+        self._drained = asyncio.Event()
+        self._current: Utterance | None = None
+        self._next_avatar_tick = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"speech-{self._sessionid}")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def say(self, utterance: Utterance) -> None:
+        self._utterances.put_nowait(utterance)
+
+    @property
+    def busy(self) -> bool:
+        """True while anything is queued, being rendered or waiting to be played."""
+        return self._current is not None or not self._utterances.empty() or bool(self._items)
+
+    def pop(self) -> SpeechItem | None:
+        """Next item for the player (called once per tick, plus markers)."""
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        if isinstance(item, SpeechFrame):
+            self._frames_ahead -= 1
+            if self._frames_ahead < MAX_LEAD_FRAMES:
+                self._drained.set()
+        return item
+
+    async def interrupt(self) -> list[Utterance]:
+        """Drop all speech now; return the utterances that were cut short or never started."""
+        dropped: list[Utterance] = []
+        if self._current is not None:
+            dropped.append(self._current)
+        while not self._utterances.empty():
+            dropped.append(self._utterances.get_nowait())
+        await self.close()
+        self._items.clear()
+        self._frames_ahead = 0
+        self._current = None
+        self.start()
+        return dropped
+
+    async def _run(self) -> None:
+        while True:
+            utterance = await self._utterances.get()
+            self._current = utterance
+            try:
+                await self._speak(utterance)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one bad utterance must not end the session's speech
+                log.exception("speech failed sessionid=%s utterance=%s", self._sessionid, utterance.id)
+                self._items.append(UtteranceEnded(utterance, error=str(exc)))
+            finally:
+                self._current = None
+
+    async def _speak(self, utterance: Utterance) -> None:
+        sentences: asyncio.Queue[SentenceAudio | None] = asyncio.Queue(SENTENCE_QUEUE_SIZE)
+        producer = asyncio.create_task(self._synthesize(utterance, sentences))
+        try:
+            started = False
+            while (sentence := await sentences.get()) is not None:
+                if not started:
+                    self._items.append(UtteranceStarted(utterance))
+                    self._next_avatar_tick = self._avatar_cursor() + PLANNING_LEAD_TICKS
+                    started = True
+                await self._lipsync_sentence(sentence)
+            await producer  # re-raises a TTS failure
+            if started:
+                self._items.append(UtteranceEnded(utterance))
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+
+    async def _synthesize(self, utterance: Utterance, out: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for text in split_sentences(utterance.text):
+                speech = await self._tts.synthesize(text, utterance.voice)
+                if speech.audio.size == 0:
+                    continue
+                audio, windows = await loop.run_in_executor(None, _features, speech.audio)
+                await out.put(SentenceAudio(utterance, audio, windows))
+        finally:
+            await out.put(None)
+
+    async def _lipsync_sentence(self, sentence: SentenceAudio) -> None:
+        total = len(sentence.windows)
+        start = 0
+        size = FIRST_CHUNK_FRAMES
+        while start < total:
+            while self._frames_ahead >= MAX_LEAD_FRAMES:
+                self._drained.clear()
+                await self._drained.wait()
+            stop = min(start + size, total)
+            # Never plan behind the player: after a stall it has moved on.
+            first_tick = max(self._next_avatar_tick, self._avatar_cursor() + 1)
+            ticks = list(range(first_tick, first_tick + (stop - start)))
+            faces, mouths = _crops(self._avatar, ticks)
+            out = await self._lipsync.infer(sentence.windows[start:stop], faces, mouths)
+            crops = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+            for k, tick in enumerate(ticks):
+                i = start + k
+                audio = sentence.audio[i * AUDIO_SAMPLES_PER_TICK : (i + 1) * AUDIO_SAMPLES_PER_TICK]
+                self._items.append(SpeechFrame(sentence.utterance, tick, crops[k], audio))
+                self._frames_ahead += 1
+            self._next_avatar_tick = ticks[-1] + 1
+            start = stop
+            size = CHUNK_FRAMES
+
+
+def _features(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pad audio to whole video frames and compute one mel window per frame."""
+    frames = -(-audio.size // AUDIO_SAMPLES_PER_TICK)
+    padded = np.zeros(frames * AUDIO_SAMPLES_PER_TICK, np.float32)
+    padded[: audio.size] = audio
+    return padded, mel_windows(melspectrogram(padded), frames)
+
+
+def _crops(avatar: Avatar, ticks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs for the avatar frames these ticks will show: face crops and mouth geometry."""
+    indices = [avatar.frame_index(t) for t in ticks]
+    faces = np.stack([avatar.crop(avatar.frames[i], i) for i in indices])
+    return faces, avatar.mouth[indices]

@@ -1,0 +1,62 @@
+"""WebRTC tracks fed by the session's player: they only hand out frames, never pace them."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+
+import av
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+# A client that stops pulling must not make frames pile up: keep only the newest few.
+MAX_QUEUED_FRAMES = 4
+
+
+class PlayerTrack(MediaStreamTrack):
+    """A track whose frames are pushed by the session's media clock.
+
+    `on_first_recv` lets the session start its clock when the peer actually starts pulling, so
+    the first frames are not stale.
+    """
+
+    def __init__(self, kind: str, on_first_recv: Callable[[], None], max_queued: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self._on_first_recv: Callable[[], None] | None = on_first_recv
+        self._frames: collections.deque[av.VideoFrame | av.AudioFrame] = collections.deque(
+            maxlen=max_queued
+        )
+        self._ready = asyncio.Event()
+        self.dropped = 0
+
+    def push(self, frame: av.VideoFrame | av.AudioFrame) -> None:
+        if len(self._frames) == self._frames.maxlen:
+            self.dropped += 1
+        self._frames.append(frame)
+        self._ready.set()
+
+    async def recv(self) -> av.VideoFrame | av.AudioFrame:
+        if self._on_first_recv is not None:
+            callback, self._on_first_recv = self._on_first_recv, None
+            callback()
+        while not self._frames:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        return self._frames.popleft()
+
+    def stop(self) -> None:
+        super().stop()
+        self._ready.set()  # wake a pending recv so it sees the track ended
+
+
+def video_track(on_first_recv: Callable[[], None]) -> PlayerTrack:
+    return PlayerTrack("video", on_first_recv, MAX_QUEUED_FRAMES)
+
+
+def audio_track(on_first_recv: Callable[[], None]) -> PlayerTrack:
+    # Two 20 ms packets per video frame.
+    return PlayerTrack("audio", on_first_recv, 2 * MAX_QUEUED_FRAMES)

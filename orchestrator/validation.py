@@ -1,0 +1,59 @@
+"""Request parsing at the boundary: every failure is a 4xx naming the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .errors import ApiError
+
+_MISSING = object()
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", dict: "an object"}
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=json.loads)
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError.bad_request(f"malformed JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError.bad_request("the JSON body must be an object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, default: Any = _MISSING) -> Any:
+    """The value of `name`, checked to be of `kind`; required when no default is given."""
+    value = body.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if default is _MISSING:
+            raise ApiError.bad_request(f"missing field '{name}'")
+        return default
+    # bool is an int in Python, but true is not a session id.
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+        raise ApiError.bad_request(f"field '{name}' must be {_TYPE_NAMES.get(kind, kind.__name__)}")
+    return value
+
+
+def choice(body: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
+    value = field(body, name, str)
+    if value not in allowed:
+        raise ApiError.bad_request(f"field '{name}' must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def json_config(body: dict[str, Any], name: str, default: str, kind: type) -> Any:
+    """A field that carries a JSON document as a string (custom_config, multiavatar_config)."""
+    text = field(body, name, str, default)
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError.bad_request(f"field '{name}' is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise ApiError.bad_request(f"field '{name}' must be a JSON {'list' if kind is list else 'object'}")
+    return value

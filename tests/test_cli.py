@@ -1,0 +1,82 @@
+"""`python -m orchestrator` as a user runs it: flags, embedded Triton, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from orchestrator.settings import parse_settings
+
+STARTUP_TIMEOUT_S = 180
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for flag in ["--host", "--port", "--triton-url", "--avatar-id", "--ref-file", "--ref-text",
+                 "--max-session", "--stun", "--turn", "--ice-host", "--listenport", "--avatar_id",
+                 "--REF_FILE", "--REF_TEXT", "--max_session"]:
+        assert flag in out, flag
+
+
+def test_livetalking_aliases():
+    s = parse_settings(["--listenport", "9000", "--avatar_id", "a1", "--REF_FILE", "cmn",
+                        "--REF_TEXT", "t", "--max_session", "3"])
+    assert (s.port, s.avatar_id, s.ref_file, s.ref_text, s.max_sessions) == (9000, "a1", "cmn", "t", 3)
+    with pytest.raises(SystemExit):
+        parse_settings(["--max-session", "0"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_server_starts_embedded_triton_and_stops_it(tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "--port", str(port), "--ice-host", "127.0.0.1"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        health = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    health = json.load(r)
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert health is not None, (tmp_path / "server.log").read_text()[-3000:]
+        triton = health["data"]["triton"]
+        assert triton["ready"] and triton["embedded"]
+        assert all(triton["models"].values()) and set(triton["models"]) >= {"tts_espeak",
+                                                                           "lipsync_default"}
+        servers = _children(proc.pid)
+        assert servers, "the embedded tritonserver runs as a child of the orchestrator"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    time.sleep(1.0)
+    for pid in servers:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read()
+    assert "triton" in (tmp_path / "server.log").read_text().lower()
