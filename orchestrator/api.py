@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import shutil
+from pathlib import Path
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from .audio_input import MAX_UPLOAD_BYTES, decode_audio
 from .errors import ApiError
 from .services import Services
 from .session import Session, SessionOptions
@@ -15,6 +19,8 @@ from .speech import MAX_TEXT_CHARS
 from .validation import choice, field, json_config, read_json_object
 
 log = logging.getLogger(__name__)
+
+SSE_KEEPALIVE_S = 15.0
 
 routes = web.RouteTableDef()
 
@@ -25,6 +31,17 @@ def ok(data=None) -> web.Response:
 
 def services_of(request: web.Request) -> Services:
     return request.app["services"]
+
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+routes.static("/static", STATIC_DIR)
 
 
 @routes.post("/offer")
@@ -142,3 +159,105 @@ async def healthz(request: web.Request) -> web.Response:
         {"code": 0 if healthy else 503, "msg": "ok" if healthy else "triton not ready", "data": data},
         status=200 if healthy else 503,
     )
+
+
+@routes.post("/record")
+async def record(request: web.Request) -> web.Response:
+    services = services_of(request)
+    body = await read_json_object(request)
+    session = services.registry.get(field(body, "sessionid", int))
+    action = choice(body, "type", ("start_record", "end_record"))
+    record_dir = services.settings.data_dir / "record"
+    if action == "start_record":
+        if session.recording:
+            raise ApiError(409, f"session {session.sessionid} is already recording")
+        session.start_recording(record_dir / f"{session.sessionid}.mp4")
+        return ok()
+    if not session.recording:
+        raise ApiError(409, f"session {session.sessionid} is not recording (type 'end_record')")
+    path = await session.stop_recording()
+    # The original contract's single path points at the latest recording.
+    latest = services.settings.data_dir / "record.mp4"
+    await asyncio.get_running_loop().run_in_executor(None, shutil.copyfile, path, latest)
+    return ok({"path": str(path), "url": f"/record/{session.sessionid}"})
+
+
+@routes.get("/record/{sessionid}")
+async def download_record(request: web.Request) -> web.StreamResponse:
+    services = services_of(request)
+    raw = request.match_info["sessionid"]
+    if not raw.isdigit():
+        raise ApiError.bad_request("sessionid in the path must be an integer")
+    path = services.settings.data_dir / "record" / f"{int(raw)}.mp4"
+    if not path.is_file():
+        raise ApiError.not_found(f"no recording for sessionid {raw}")
+    return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
+
+
+@routes.get("/sse")
+async def sse(request: web.Request) -> web.StreamResponse:
+    services = services_of(request)
+    raw = request.query.get("sessionid", "")
+    if not raw.lstrip("-").isdigit():
+        raise ApiError.bad_request("query parameter 'sessionid' must be an integer")
+    session = services.registry.get(int(raw))
+    events = session.events.subscribe()
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    try:
+        await response.write(b": connected\n\n")
+        while True:
+            try:
+                item = await asyncio.wait_for(events.get(), SSE_KEEPALIVE_S)
+            except asyncio.TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if item is None:
+                break
+            await response.write(f"data: {json.dumps(item, ensure_ascii=False)}\n\n".encode())
+    except ConnectionResetError:
+        pass  # the reader went away
+    finally:
+        session.events.unsubscribe(events)
+    return response
+
+
+@routes.post("/humanaudio")
+async def humanaudio(request: web.Request) -> web.Response:
+    """multipart: sessionid, file, optional interrupt; the audio is spoken lip-synced."""
+    services = services_of(request)
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError.bad_request("/humanaudio takes multipart/form-data with 'sessionid' and 'file'")
+    form: dict[str, str] = {}
+    data: bytes | None = None
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if part.name == "file":
+            data = await _read_limited(part, MAX_UPLOAD_BYTES)
+        elif part.name:
+            form[part.name] = (await _read_limited(part, 1024)).decode(errors="replace")
+    raw_id = form.get("sessionid", "")
+    if not raw_id.strip().lstrip("-").isdigit():
+        raise ApiError.bad_request("field 'sessionid' must be an integer")
+    session = services.registry.get(int(raw_id))
+    if data is None:
+        raise ApiError.bad_request("missing field 'file'")
+    interrupt = form.get("interrupt", "false").strip().lower()
+    if interrupt not in ("true", "false", "1", "0", ""):
+        raise ApiError.bad_request("field 'interrupt' must be true or false")
+    audio = await asyncio.get_running_loop().run_in_executor(None, decode_audio, data)
+    if interrupt in ("true", "1"):
+        await session.interrupt()
+    utterance = session.say("(uploaded audio)", audio=audio)
+    return ok({"utterance_id": utterance.id, "seconds": round(audio.size / 16000, 3)})
+
+
+async def _read_limited(part, limit: int) -> bytes:
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"field '{part.name}' is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 import numpy as np
@@ -25,9 +26,11 @@ from .media_clock import (
     AUDIO_SAMPLES_PER_PACKET,
     AUDIO_SAMPLES_PER_TICK,
     AUDIO_TIME_BASE,
+    VIDEO_FPS,
     VIDEO_TIME_BASE,
     MediaClock,
 )
+from .recorder import Recorder
 from .speech import SpeechFrame, Utterance, UtteranceEnded, UtteranceStarted
 from .speech_pipeline import SpeechPipeline
 from .tracks import audio_track, video_track
@@ -74,12 +77,14 @@ class Session:
         self._player: asyncio.Task | None = None
         self._closed = asyncio.Event()
         self.frames_sent = 0
+        self._recorder: Recorder | None = None
         self.pipeline = SpeechPipeline(tts, lipsync, avatar, lambda: self._avatar_tick, sessionid)
         self.pipeline.start()
 
     # --- control, called by the API -------------------------------------------------------
-    def say(self, text: str, voice: str) -> Utterance:
-        utterance = Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", text, voice)
+    def say(self, text: str, voice: str = "", audio: np.ndarray | None = None) -> Utterance:
+        """Queue speech: text for TTS, or ready 16 kHz audio (then `text` only labels it)."""
+        utterance = Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", text, voice, audio)
         self.pipeline.say(utterance)
         return utterance
 
@@ -90,6 +95,22 @@ class Session:
         self._speaking = None
         for utterance in dropped:
             self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text)
+
+    @property
+    def recording(self) -> bool:
+        return self._recorder is not None
+
+    def start_recording(self, path: Path) -> None:
+        self._recorder = Recorder(path, self.avatar.width, self.avatar.height)
+        self.events.emit("record_started", path=str(path))
+
+    async def stop_recording(self) -> Path:
+        """Finalize the MP4 off the event loop; the stream goes on meanwhile."""
+        recorder, self._recorder = self._recorder, None
+        assert recorder is not None, "not recording"
+        path = await asyncio.get_running_loop().run_in_executor(None, recorder.finish)
+        self.events.emit("record_saved", path=str(path), seconds=recorder.ticks / VIDEO_FPS)
+        return path
 
     @property
     def speaking(self) -> bool:
@@ -107,6 +128,11 @@ class Session:
             self._player.cancel()
             await asyncio.gather(self._player, return_exceptions=True)
         await self.pipeline.close()
+        if self._recorder is not None:
+            try:
+                await self.stop_recording()
+            except RuntimeError:
+                log.exception("recording lost sessionid=%s", self.sessionid)
         self.video.stop()
         self.audio.stop()
         await self.pc.close()
@@ -171,4 +197,6 @@ class Session:
             frame.pts = self.clock.audio_pts(tick, packet)
             frame.time_base = AUDIO_TIME_BASE
             self.audio.push(frame)
+        if self._recorder is not None:
+            self._recorder.add(tick, image, pcm)
         self.frames_sent += 1

@@ -18,13 +18,17 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;。！？；…\n])\s*")
 _CLAUSE_BREAK = re.compile(r"(?<=[,，、：:])\s*")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Utterance:
-    """One request to speak: the unit that gets an id, start/end events and interruption."""
+    """One request to speak: the unit that gets an id, start/end events and interruption.
+
+    Either text (spoken by TTS with `voice`) or ready audio (float32, 16 kHz mono).
+    """
 
     id: str
     text: str
     voice: str
+    audio: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +38,8 @@ MAX_LEAD_FRAMES = 50
 # Ticks between planning a frame and the player showing it (Triton round trip + queueing).
 PLANNING_LEAD_TICKS = 2
 SENTENCE_QUEUE_SIZE = 2
+# Uploaded audio is cut in pieces like sentences so its first frames leave early.
+UPLOADED_PIECE_SAMPLES = 5 * 16000
 
 
 @dataclass(frozen=True)
@@ -146,14 +148,21 @@ class SpeechPipeline:
     async def _synthesize(self, utterance: Utterance, out: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
         try:
-            for text in split_sentences(utterance.text):
-                speech = await self._tts.synthesize(text, utterance.voice)
-                if speech.audio.size == 0:
+            async for audio in self._sentence_audio(utterance):
+                if audio.size == 0:
                     continue
-                audio, windows = await loop.run_in_executor(None, _features, speech.audio)
-                await out.put(SentenceAudio(utterance, audio, windows))
+                padded, windows = await loop.run_in_executor(None, _features, audio)
+                await out.put(SentenceAudio(utterance, padded, windows))
         finally:
             await out.put(None)
+
+    async def _sentence_audio(self, utterance: Utterance) -> AsyncIterator[np.ndarray]:
+        if utterance.audio is not None:
+            for start in range(0, utterance.audio.size, UPLOADED_PIECE_SAMPLES):
+                yield utterance.audio[start : start + UPLOADED_PIECE_SAMPLES]
+            return
+        for text in split_sentences(utterance.text):
+            yield (await self._tts.synthesize(text, utterance.voice)).audio
 
     async def _lipsync_sentence(self, sentence: SentenceAudio) -> None:
         total = len(sentence.windows)

@@ -1,0 +1,128 @@
+// livehuman web client: follows the integration flow of the API contract, so it doubles as an
+// example for third-party clients. No build step.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const state = { pc: null, sessionid: null, events: null, recording: false };
+
+function log(text) {
+  const li = document.createElement("li");
+  li.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
+  $("log").prepend(li);
+}
+
+function setStatus(text, kind) {
+  $("status").textContent = text;
+  $("status").className = `status ${kind}`;
+}
+
+function setConnected(on) {
+  $("connect").disabled = on;
+  for (const id of ["disconnect", "echo", "chat", "interrupt", "record", "set-audiotype"]) $(id).disabled = !on;
+}
+
+async function post(path, body) {
+  const resp = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  const answer = await resp.json();
+  if (!resp.ok || (answer.code !== undefined && answer.code !== 0)) {
+    log(`${path}: ${answer.msg || resp.status}`);
+    setStatus(answer.msg || `error ${resp.status}`, "error");
+    throw new Error(answer.msg);
+  }
+  return answer;
+}
+
+function iceServers() {
+  const urls = $("stun").value.split(",").map((u) => u.trim()).filter(Boolean);
+  return urls.map((url) => (url.startsWith("turn") ? { urls: url, username: $("turn-user").value, credential: $("turn-pass").value } : { urls: url }));
+}
+
+function waitIceGathering(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => { if (pc.iceGatheringState === "complete") { pc.removeEventListener("icegatheringstatechange", check); resolve(); } };
+    pc.addEventListener("icegatheringstatechange", check);
+    setTimeout(resolve, 3000); // do not hang on an unreachable STUN server
+  });
+}
+
+async function connect() {
+  $("connect").disabled = true;
+  setStatus("connecting", "idle");
+  const pc = new RTCPeerConnection({ iceServers: iceServers() });
+  state.pc = pc;
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  pc.addEventListener("track", (ev) => { $("video").srcObject = ev.streams[0] || new MediaStream([ev.track]); });
+  pc.addEventListener("connectionstatechange", () => {
+    log(`connection ${pc.connectionState}`);
+    if (["failed", "closed", "disconnected"].includes(pc.connectionState)) disconnect();
+  });
+  await pc.setLocalDescription(await pc.createOffer());
+  await waitIceGathering(pc);
+  const offer = { sdp: pc.localDescription.sdp, type: "offer" };
+  if ($("avatar").value) offer.avatar = $("avatar").value;
+  if ($("voice").value) offer.refaudio = $("voice").value;
+  let answer;
+  try {
+    answer = await post("/offer", offer);
+  } catch (e) {
+    pc.close();
+    $("connect").disabled = false;
+    return;
+  }
+  state.sessionid = answer.sessionid;
+  await pc.setRemoteDescription(answer);
+  setConnected(true);
+  setStatus(`connected · session ${answer.sessionid}`, "connected");
+  listen(answer.sessionid);
+}
+
+function listen(sessionid) {
+  const events = new EventSource(`/sse?sessionid=${sessionid}`);
+  state.events = events;
+  events.onmessage = (msg) => {
+    const ev = JSON.parse(msg.data);
+    if (ev.event === "start") setStatus("speaking", "speaking");
+    else if (ev.event === "end" || ev.event === "interrupted") setStatus(`connected · session ${sessionid}`, "connected");
+    else if (ev.event === "error") setStatus(ev.msg || "error", "error");
+    else if (ev.event === "record_saved") showDownload(sessionid);
+    log(`${ev.event}${ev.text ? ": " + ev.text : ""}${ev.msg ? ": " + ev.msg : ""}`);
+  };
+  events.onerror = () => { if (!state.sessionid) events.close(); };
+}
+
+function showDownload(sessionid) {
+  $("download").href = `/record/${sessionid}`;
+  $("download").hidden = false;
+}
+
+function disconnect() {
+  if (state.events) state.events.close();
+  if (state.pc) state.pc.close();
+  state.pc = null; state.events = null; state.sessionid = null; state.recording = false;
+  $("record").textContent = "Start recording";
+  setConnected(false);
+  setStatus("disconnected", "idle");
+}
+
+async function speak(type) {
+  const text = $("text").value.trim();
+  if (!text || state.sessionid === null) return;
+  await post("/human", { sessionid: state.sessionid, type, text, interrupt: $("interrupt-first").checked }).catch(() => {});
+}
+
+$("connect").addEventListener("click", connect);
+$("disconnect").addEventListener("click", disconnect);
+$("talk").addEventListener("submit", (ev) => { ev.preventDefault(); speak("echo"); });
+$("chat").addEventListener("click", () => speak("chat"));
+$("interrupt").addEventListener("click", () => post("/interrupt_talk", { sessionid: state.sessionid }).catch(() => {}));
+$("set-audiotype").addEventListener("click", () =>
+  post("/set_audiotype", { sessionid: state.sessionid, audiotype: Number($("audiotype").value), reinit: true }).catch(() => {}));
+$("record").addEventListener("click", async () => {
+  const type = state.recording ? "end_record" : "start_record";
+  try {
+    await post("/record", { sessionid: state.sessionid, type });
+    state.recording = !state.recording;
+    $("record").textContent = state.recording ? "Stop recording" : "Start recording";
+  } catch (e) { /* shown in the status line */ }
+});
