@@ -8,6 +8,8 @@ DEFAULT_AVATAR := data/avatars/default/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8010
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: run test lint bench artifacts clean
 
 $(INSTALLED): pyproject.toml
@@ -27,7 +29,12 @@ artifacts: $(LIPSYNC_ONNX) $(DEFAULT_AVATAR)
 run: artifacts
 	$(BIN)/python -m orchestrator --host $(HOST) --port $(PORT)
 
-test: artifacts
+# The browser test drives Debian's Chromium (Playwright downloads no browser here).
+$(CHROMIUM):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium
+
+test: artifacts $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 lint: $(INSTALLED)

@@ -10,11 +10,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiortc import RTCConfiguration
 
 from .artifacts import ensure_default_artifacts
 from .avatar import Avatar, AvatarNotFound, AvatarStore
 from .errors import ApiError
+from .features import SAMPLE_RATE_HZ, melspectrogram
 from .ice import restrict_host_candidates, rtc_configuration
 from .session_registry import SessionRegistry
 from .settings import Settings
@@ -77,6 +79,9 @@ class Services:
 
 async def start_services(settings: Settings) -> Services:
     restrict_host_candidates(settings.ice_hosts)
+    # librosa compiles its kernels on first use (seconds): pay that before the first utterance.
+    warm_up = asyncio.get_running_loop().run_in_executor(
+        None, melspectrogram, np.zeros(SAMPLE_RATE_HZ // 10, np.float32))
     models = [settings.tts_model, settings.lipsync_model]
     embedded = None
     await ensure_default_artifacts(settings, with_models=not settings.triton_url)
@@ -97,6 +102,7 @@ async def start_services(settings: Settings) -> Services:
         rtc_configuration=rtc_configuration(settings),
         embedded_triton=embedded,
     )
+    await warm_up
     status = await services.triton_status()
     log.info("triton at %s (%s): %s", url, "embedded" if embedded else "external", status)
     return services

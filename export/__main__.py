@@ -1,0 +1,26 @@
+"""`python -m export <model> ...`: write model files for the model repository.
+
+Each model module contributes one subcommand through `add_command(subcommands)`, which sets
+`run` on its parser; this module only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import default_lipsync
+
+COMMAND_MODULES = (default_lipsync,)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="MODEL")
+    for module in COMMAND_MODULES:
+        module.add_command(subcommands)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Wav2Lip-compatible mel spectrogram and the per-video-frame mel windows fed to lip-sync models.
+
+The hparams are Wav2Lip's (docs/INTERFACES.md): a model trained on Wav2Lip's features must see the
+same numbers here, so every constant below mirrors its `hparams.py` / `audio.py`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import librosa
+import numpy as np
+
+SAMPLE_RATE_HZ = 16000
+VIDEO_FPS = 25
+MEL_FRAMES_PER_SECOND = 80  # SAMPLE_RATE_HZ / HOP_SAMPLES
+MEL_WINDOW_FRAMES = 16  # 200 ms of audio per video frame
+MEL_BINS = 80
+SILENCE_MEL_VALUE = -4.0  # the normalised value of digital silence (and of clipped quiet audio)
+
+PREEMPHASIS = 0.97
+FFT_SAMPLES = 800  # 50 ms
+HOP_SAMPLES = 200  # 12.5 ms
+WINDOW_SAMPLES = 800
+MEL_FMIN_HZ = 55.0
+MEL_FMAX_HZ = 7600.0
+REF_LEVEL_DB = 20.0
+MIN_LEVEL_DB = -100.0
+MAX_ABS_MEL = 4.0  # symmetric normalisation: [MIN_LEVEL_DB, 0] dB -> [-4, 4]
+
+_MIN_AMPLITUDE = 10.0 ** (MIN_LEVEL_DB / 20.0)
+
+
+@lru_cache(maxsize=1)
+def _mel_basis() -> np.ndarray:
+    """The [80, 401] filterbank, built once: it costs more than the STFT of a short utterance."""
+    basis = librosa.filters.mel(
+        sr=SAMPLE_RATE_HZ, n_fft=FFT_SAMPLES, n_mels=MEL_BINS, fmin=MEL_FMIN_HZ, fmax=MEL_FMAX_HZ
+    )
+    return basis.astype(np.float32)
+
+
+def melspectrogram(audio: np.ndarray) -> np.ndarray:
+    """Mono float audio at 16 kHz -> normalised mel spectrogram, float32 [80, T].
+
+    T = 1 + len(audio) // HOP_SAMPLES (the STFT is centred, as librosa.stft defaults).
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be mono 1-D samples, got shape {audio.shape}")
+    # Pre-emphasis y[n] = x[n] - 0.97 x[n-1] (Wav2Lip's lfilter([1, -k], [1], x)).
+    emphasised = np.empty_like(audio)
+    emphasised[:1] = audio[:1]
+    emphasised[1:] = audio[1:] - PREEMPHASIS * audio[:-1]
+    spectrum = np.abs(
+        librosa.stft(
+            emphasised, n_fft=FFT_SAMPLES, hop_length=HOP_SAMPLES, win_length=WINDOW_SAMPLES
+        )
+    )
+    mel_amplitude = _mel_basis() @ spectrum
+    level_db = 20.0 * np.log10(np.maximum(_MIN_AMPLITUDE, mel_amplitude)) - REF_LEVEL_DB
+    normalised = (2.0 * MAX_ABS_MEL) * ((level_db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_MEL
+    return np.clip(normalised, -MAX_ABS_MEL, MAX_ABS_MEL).astype(np.float32)
+
+
+def mel_windows(mel: np.ndarray, frame_count: int) -> np.ndarray:
+    """One [1, 80, 16] mel window per video frame -> float32 [frame_count, 1, 80, 16].
+
+    Window i starts at mel frame int(80 * i / 25) (Wav2Lip's inference convention); columns past
+    the end of the spectrogram read as silence.
+    """
+    if mel.ndim != 2 or mel.shape[0] != MEL_BINS:
+        raise ValueError(f"mel must be [{MEL_BINS}, T], got shape {mel.shape}")
+    if frame_count < 0:
+        raise ValueError(f"frame_count must be >= 0, got {frame_count}")
+    # Integer form of int(80 * i / 25): exact, no float rounding at multiples of 5.
+    starts = np.arange(frame_count) * MEL_FRAMES_PER_SECOND // VIDEO_FPS
+    needed = int(starts[-1]) + MEL_WINDOW_FRAMES if frame_count else 0
+    padded = np.full((MEL_BINS, max(needed, mel.shape[1])), SILENCE_MEL_VALUE, np.float32)
+    padded[:, : mel.shape[1]] = mel
+    columns = starts[:, None] + np.arange(MEL_WINDOW_FRAMES)[None, :]  # [frames, 16]
+    windows = padded[:, columns]  # [80, frames, 16]
+    return np.ascontiguousarray(windows.transpose(1, 0, 2)[:, None])

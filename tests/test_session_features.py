@@ -1,0 +1,195 @@
+"""Issue-3 endpoints against a live session: SSE, /humanaudio, /record, several sessions at once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+
+import aiohttp
+import av
+import numpy as np
+from server_fixtures import livehuman  # noqa: F401  (fixture)
+
+from orchestrator.client import AvatarClient
+
+SPEECH_RMS = 0.01
+
+
+def spoken_wav_bytes(codec: str = "pcm_s16le", fmt: str = "wav", seconds: float = 1.5) -> bytes:
+    """A vowel-like buzz with a syllable envelope, encoded with PyAV."""
+    rate = 16000
+    t = np.arange(int(rate * seconds)) / rate
+    envelope = np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None)
+    voice = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((150, 300, 700, 1100), 1))
+    signal = (0.4 * envelope * voice / 2.1).astype(np.float32)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate if codec != "mp3" else 16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(signal.reshape(1, -1), format="fltp", layout="mono")
+        frame.sample_rate = rate
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono",
+                                      rate=stream.codec_context.sample_rate)
+        for converted in resampler.resample(frame):
+            for packet in stream.encode(converted):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buf.getvalue()
+
+
+async def post_audio(base_url: str, sessionid, data: bytes, filename: str, **extra):
+    form = aiohttp.FormData()
+    form.add_field("sessionid", str(sessionid))
+    for key, value in extra.items():
+        form.add_field(key, value)
+    form.add_field("file", data, filename=filename, content_type="application/octet-stream")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url}/humanaudio", data=form) as resp:
+            return resp.status, await resp.json()
+
+
+async def read_sse(base_url: str, sessionid: int, events: list, stop: asyncio.Event) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base_url}/sse", params={"sessionid": str(sessionid)}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            async for line in resp.content:
+                if line.startswith(b"data: "):
+                    events.append(json.loads(line[6:]))
+                if stop.is_set():
+                    return
+
+
+async def test_sse_start_end_and_humanaudio(livehuman):  # noqa: F811
+    base_url, _ = livehuman
+    client = AvatarClient(base_url, keep_video=False)
+    events: list[dict] = []
+    stop = asyncio.Event()
+    try:
+        await client.connect()
+        await client.wait_for_video(5)
+        reader = asyncio.create_task(read_sse(base_url, client.sessionid, events, stop))
+        await asyncio.sleep(0.2)
+        await client.post("/human", type="echo", text="Server sent events.")
+        for _ in range(200):
+            if any(e["event"] == "end" for e in events):
+                break
+            await asyncio.sleep(0.05)
+        kinds = [e["event"] for e in events]
+        assert kinds.index("start") < kinds.index("end")
+        assert events[kinds.index("start")]["text"] == "Server sent events."
+
+        for codec, fmt, name in [("pcm_s16le", "wav", "a.wav"), ("mp3", "mp3", "a.mp3")]:
+            sent = time.monotonic()
+            status, answer = await post_audio(base_url, client.sessionid,
+                                              spoken_wav_bytes(codec, fmt), name)
+            assert status == 200, answer
+            assert abs(answer["data"]["seconds"] - 1.5) < 0.15
+            await client.wait_for_speech(sent, SPEECH_RMS)
+            await client.post("/interrupt_talk")
+
+        status, answer = await post_audio(base_url, client.sessionid, b"not audio" * 50, "x.wav")
+        assert status == 400 and "file" in answer["msg"]
+        status, answer = await post_audio(base_url, 999999, spoken_wav_bytes(), "a.wav")
+        assert status == 404
+        status, answer = await post_audio(base_url, client.sessionid, spoken_wav_bytes(), "a.wav",
+                                          interrupt="maybe")
+        assert status == 400 and "interrupt" in answer["msg"]
+        stop.set()
+        await client.post("/human", type="echo", text="bye")
+        await asyncio.wait_for(reader, 10)
+    finally:
+        stop.set()
+        await client.close()
+
+
+async def test_record_holds_what_was_streamed(livehuman):  # noqa: F811
+    base_url, services = livehuman
+    client = AvatarClient(base_url, keep_video=False)
+    try:
+        await client.connect()
+        await client.wait_for_video(5)
+        status, answer = await client.post("/record", type="end_record")
+        assert status == 409
+        status, answer = await client.post("/record", type="start_record")
+        assert status == 200
+        status, answer = await client.post("/record", type="start_record")
+        assert status == 409
+        started = time.monotonic()
+        await client.post("/human", type="echo", text="This is being recorded.")
+        await client.wait_for_speech(started, SPEECH_RMS)
+        while (await client.post("/is_speaking"))[1]["data"]:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        status, answer = await client.post("/record", type="end_record")
+        interval = time.monotonic() - started
+        assert status == 200, answer
+        path = services.settings.data_dir / "record" / f"{client.sessionid}.mp4"
+        assert answer["data"]["path"] == str(path)
+        assert (services.settings.data_dir / "record.mp4").read_bytes() == path.read_bytes()
+        with av.open(str(path)) as container:
+            streams = {s.type: s.codec_context.name for s in container.streams}
+            assert streams == {"video": "h264", "audio": "aac"}
+            assert abs(container.duration / 1e6 - interval) < 0.2 + 0.1
+            audio = np.concatenate([f.to_ndarray().ravel() for f in container.decode(audio=0)])
+        loud = np.sqrt(np.convolve(audio**2, np.ones(4800) / 4800, mode="valid")).max()
+        assert loud > 0.02, "the spoken utterance is in the recording"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base_url}/record/{client.sessionid}") as resp:
+                assert resp.status == 200 and len(await resp.read()) == path.stat().st_size
+            async with http.get(f"{base_url}/record/424242") as resp:
+                assert resp.status == 404
+    finally:
+        await client.close()
+
+
+async def test_recording_finalized_when_session_ends(livehuman):  # noqa: F811
+    base_url, services = livehuman
+    client = AvatarClient(base_url, keep_video=False)
+    await client.connect()
+    await client.wait_for_video(5)
+    await client.post("/record", type="start_record")
+    await asyncio.sleep(1.0)
+    sessionid = client.sessionid
+    await client.close()
+    path = services.settings.data_dir / "record" / f"{sessionid}.mp4"
+    for _ in range(100):
+        if not any(s.sessionid == sessionid for s in services.registry.all()):
+            break
+        await asyncio.sleep(0.05)
+    with av.open(str(path)) as container:
+        assert container.duration / 1e6 > 0.8
+
+
+async def test_three_sessions_each_hear_only_their_own_speech(livehuman):  # noqa: F811
+    base_url, services = livehuman
+    clients = [AvatarClient(base_url, keep_video=False) for _ in range(3)]
+    texts = ["One.", "This is the second session speaking a bit longer.",
+             "Third session here, with yet another sentence that runs longer still, for sure."]
+    try:
+        for client in clients:
+            await client.connect()
+        for client in clients:
+            await client.wait_for_video(5)
+        sent = time.monotonic()
+        for client, text in zip(clients, texts):
+            await client.post("/human", type="echo", text=text)
+        for client in clients:
+            await client.wait_for_speech(sent, SPEECH_RMS)
+        await asyncio.sleep(6.0)
+        spoken = []
+        for client in clients:
+            r = client.received
+            spoken.append(sum(1 for t, v in zip(r.audio_times, r.audio_rms)
+                              if t >= sent and v > SPEECH_RMS))
+            events = services.registry.get(client.sessionid).events.history
+            said = [e["text"] for e in events if e["event"] == "start"]
+            assert said == [texts[clients.index(client)]]
+        # each heard an amount of speech that grows with its own text, not the others'
+        assert spoken[0] < spoken[1] < spoken[2], spoken
+    finally:
+        for client in clients:
+            await client.close()
