@@ -363,7 +363,8 @@ def _interior(
     )
     tooth_phase = g.sin(dx * (math.pi / TOOTH_WIDTH_LW) / lip_px)
     tooth_lines = 1.0 - TOOTH_LINE_DARKNESS * g.exp(-g.square(tooth_phase) * 30.0)
-    lip_shadow = 1.0 - 0.3 * g.exp(-dy / LIP_SHADOW_PX)
+    # relu: above the lip line exp(-dy) would overflow float32 (inf * 0 = NaN downstream)
+    lip_shadow = 1.0 - 0.3 * g.exp(-g.relu(dy) / LIP_SHADOW_PX)
     teeth_light = (0.45 + 0.55 * g.power(across, 0.5)) * tooth_lines * lip_shadow
     return g.lerp(colour, rgb(TEETH_RGB) * teeth_light, teeth)
 

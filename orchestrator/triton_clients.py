@@ -1,18 +1,27 @@
 """Typed async clients for the Triton models, over `tritonclient.grpc.aio`.
 
-One gRPC channel per Triton URL is shared by all sessions, so concurrent lip-sync requests from
-every session arrive at the same server and meet in its dynamic batcher.
+All clients of one Triton URL (in one event loop) share a single `InferenceServerClient`, so
+concurrent lip-sync requests from every session travel over one gRPC channel and meet in the
+server's dynamic batcher. Each client's `close()` releases its share; the channel closes with the
+last one.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+TTS_MODEL = "tts_espeak"
+LIPSYNC_MODEL = "lipsync_default"
 UNKNOWN_VOICE_MARKER = "unknown voice"
+SAMPLE_RATE_HZ = 16000
+MEL_BINS = 80
+MEL_WINDOW_FRAMES = 16
+DEFAULT_TIMEOUT_S = 30.0
 
 
 class UnknownVoice(LookupError):
@@ -24,10 +33,51 @@ class UnknownVoice(LookupError):
 @dataclass(frozen=True)
 class SpeechAudio:
     audio: np.ndarray  # float32 mono, 16 kHz
-    phonemes: list[str]
-    phoneme_times: np.ndarray  # float32 [P, 2] seconds
+    phonemes: list[str]  # eSpeak mnemonics; pauses start with "_"
+    phoneme_times: np.ndarray  # float32 [P, 2] start, end in seconds
     words: list[str]
-    word_times: np.ndarray  # float32 [W, 2] seconds
+    word_times: np.ndarray  # float32 [W, 2] start, end in seconds
+
+    @property
+    def duration_s(self) -> float:
+        return self.audio.size / SAMPLE_RATE_HZ
+
+
+class _SharedChannel:
+    """One InferenceServerClient per (URL, event loop), reference-counted.
+
+    Keyed by the loop too: a grpc.aio channel belongs to the loop it was made in. The entry
+    holds its loop, so a loop's id cannot be reused while its channel is open.
+    """
+
+    _open: dict[tuple[str, int], _SharedChannel] = {}
+
+    def __init__(self, key: tuple[str, int], url: str,
+                 loop: asyncio.AbstractEventLoop | None) -> None:
+        self.key = key
+        self.loop = loop
+        self.client = grpcclient.InferenceServerClient(url)
+        self.users = 0
+
+    @classmethod
+    def acquire(cls, url: str) -> _SharedChannel:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        key = (url, id(loop))
+        channel = cls._open.get(key)
+        if channel is None:
+            channel = cls._open[key] = cls(key, url, loop)
+        channel.users += 1
+        return channel
+
+    async def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            if self._open.get(self.key) is self:
+                del self._open[self.key]
+            await self.client.close()
 
 
 def _bytes_input(name: str, value: str) -> grpcclient.InferInput:
@@ -49,55 +99,93 @@ def _strings(array: np.ndarray | None) -> list[str]:
     return [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in array.ravel()]
 
 
-class TritonModelClient:
-    """Shared channel plus server/model status; subclasses add one model's call."""
+def _times(array: np.ndarray | None) -> np.ndarray:
+    if array is None:
+        return np.zeros((0, 2), np.float32)
+    return array.astype(np.float32, copy=False).reshape(-1, 2)
 
-    def __init__(self, url: str, model: str) -> None:
+
+class TritonModelClient:
+    """One model on a Triton server (shared channel), plus the server's health for /healthz."""
+
+    def __init__(self, url: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.url = url
         self.model = model
-        self._client = grpcclient.InferenceServerClient(url)
+        self.timeout_s = timeout_s
+        self._channel: _SharedChannel | None = _SharedChannel.acquire(url)
 
-    async def server_status(self, models: list[str]) -> dict:
-        live = await self._client.is_server_live()
-        ready = await self._client.is_server_ready()
+    @property
+    def _client(self) -> grpcclient.InferenceServerClient:
+        if self._channel is None:
+            raise RuntimeError(f"client for {self.model} at {self.url} is closed")
+        return self._channel.client
+
+    async def server_status(self, models: list[str] | tuple[str, ...]) -> dict:
+        """{"live", "ready" (server and every model in `models`), "models": {name: ready}}."""
+        live = bool(await self._client.is_server_live())
+        server_ready = bool(await self._client.is_server_ready())
         states = {m: bool(await self._client.is_model_ready(m)) for m in models}
-        return {"live": bool(live), "ready": bool(ready) and all(states.values()), "models": states}
+        return {"live": live, "ready": server_ready and all(states.values()), "models": states}
 
     async def close(self) -> None:
-        await self._client.close()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.release()
 
 
 class TTSClient(TritonModelClient):
-    def __init__(self, url: str, model: str = "tts_espeak") -> None:
-        super().__init__(url, model)
+    """Text to speech with phoneme and word timings (`tts_espeak`'s signature)."""
+
+    def __init__(self, url: str, model: str = TTS_MODEL,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(url, model, timeout_s)
 
     async def synthesize(self, text: str, voice: str) -> SpeechAudio:
+        """Raises UnknownVoice when the model does not have `voice` ("" = pick by language)."""
         try:
             result = await self._client.infer(
-                self.model, [_bytes_input("text", text), _bytes_input("voice", voice)]
+                self.model, [_bytes_input("text", text), _bytes_input("voice", voice)],
+                client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
             if UNKNOWN_VOICE_MARKER in str(exc.message()):
                 raise UnknownVoice(voice) from None
             raise
+        audio = result.as_numpy("audio")
         return SpeechAudio(
-            audio=result.as_numpy("audio").astype(np.float32, copy=False),
+            audio=(audio if audio is not None else np.zeros(0)).astype(np.float32, copy=False),
             phonemes=_strings(result.as_numpy("phonemes")),
-            phoneme_times=result.as_numpy("phoneme_times").reshape(-1, 2),
+            phoneme_times=_times(result.as_numpy("phoneme_times")),
             words=_strings(result.as_numpy("words")),
-            word_times=result.as_numpy("word_times").reshape(-1, 2),
+            word_times=_times(result.as_numpy("word_times")),
         )
 
 
 class LipSyncClient(TritonModelClient):
-    """Any lip-sync model with the `mel` / `face` / `mouth` → `face_out` signature."""
+    """Any lip-sync model with the `mel`, `face`, `mouth` -> `face_out` signature."""
 
-    def __init__(self, url: str, model: str = "lipsync_default") -> None:
-        super().__init__(url, model)
+    def __init__(self, url: str, model: str = LIPSYNC_MODEL,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(url, model, timeout_s)
 
     async def infer(self, mel: np.ndarray, face: np.ndarray, mouth: np.ndarray) -> np.ndarray:
+        """mel [B,1,80,16], face [B,3,S,S] RGB in [0,1], mouth [B,4] -> face_out [B,3,S,S]."""
+        _check_batch(mel, face, mouth)
         result = await self._client.infer(
             self.model,
             [_fp32_input("mel", mel), _fp32_input("face", face), _fp32_input("mouth", mouth)],
+            client_timeout=self.timeout_s,
         )
         return result.as_numpy("face_out")
+
+
+def _check_batch(mel: np.ndarray, face: np.ndarray, mouth: np.ndarray) -> None:
+    if mel.ndim != 4 or mel.shape[1:] != (1, MEL_BINS, MEL_WINDOW_FRAMES):
+        raise ValueError(f"mel must be [B,1,{MEL_BINS},{MEL_WINDOW_FRAMES}], got {list(mel.shape)}")
+    if face.ndim != 4 or face.shape[1] != 3 or face.shape[2] != face.shape[3]:
+        raise ValueError(f"face must be [B,3,S,S], got {list(face.shape)}")
+    if mouth.ndim != 2 or mouth.shape[1] != 4:
+        raise ValueError(f"mouth must be [B,4], got {list(mouth.shape)}")
+    if not mel.shape[0] == face.shape[0] == mouth.shape[0]:
+        raise ValueError(f"batch sizes differ: mel {mel.shape[0]}, face {face.shape[0]}, "
+                         f"mouth {mouth.shape[0]}")

@@ -1,12 +1,16 @@
 """The embedded Triton: the `tritonserver` shipped in the nvidia-pytriton wheel, run on loopback.
 
 Used when no --triton-url is given (development, CI, `make run`). Production talks to the
-official Triton container instead; both load the same `model_repository/`.
+official Triton container instead; both load the same `model_repository/`. The embedded server
+starts with `--model-config-name=local`, so a model with `configs/local.pbtxt` (e.g. an ONNX
+model served by a python-backend adapter, as this server has no onnxruntime backend) uses that
+file here and `config.pbtxt` in the container.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -23,166 +27,292 @@ import tritonclient.grpc.aio as grpcclient
 
 log = logging.getLogger(__name__)
 
-# Selects <model>/configs/local.pbtxt where a model has one (CPU python adapter for ONNX models).
 LOCAL_CONFIG_NAME = "local"
+LOOPBACK = "127.0.0.1"
+DEFAULT_START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
-READY_POLL_S = 0.25
+SERVER_EXIT_TIMEOUT_S = 5  # tritonserver's own grace period for in-flight requests on SIGTERM
+READY_POLL_S = 0.1
+PORT_ATTEMPTS = 3  # a free port can be taken between picking it and the server binding it
+LOG_TAIL_CHARS = 4000
 PR_SET_PDEATHSIG = 1
+STUB_NAME = "triton_python_backend_stub"
 
 
 class TritonStartError(RuntimeError):
     pass
 
 
-def _bundled_server_dir() -> Path:
-    import pytriton
-
+def bundled_server_dir() -> Path:
+    """`pytriton/tritonserver`: bin/tritonserver, backends/python, python_backend_stubs/3.X."""
+    try:
+        import pytriton
+    except ImportError:
+        raise TritonStartError(
+            "the embedded Triton needs the nvidia-pytriton wheel (x86_64 Linux); "
+            "or pass --triton-url of a running server") from None
     path = Path(pytriton.__file__).parent / "tritonserver"
     if not (path / "bin" / "tritonserver").exists():
         raise TritonStartError(f"no tritonserver in the nvidia-pytriton wheel at {path}")
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all bound at once, so the kernel cannot repeat one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((LOOPBACK, 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the orchestrator dies, even by SIGKILL."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent(parent_pid: int):
+    """preexec_fn: the server gets SIGTERM when the orchestrator dies, even by SIGKILL.
+
+    prctl is looked up here, before the fork: the child only calls it (no dlopen/dlsym between
+    fork and exec, which could deadlock on a lock another thread held at fork time). The signal
+    follows the thread that forked: start the server from the thread that runs the event loop
+    for the life of the process (the usual case).
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(0)
+
+    return preexec
 
 
-def _server_environment() -> dict[str, str]:
-    """The python backend stub must load this interpreter's libpython and find its packages."""
+def server_environment(server_dir: Path) -> dict[str, str]:
+    """The python backend stub must load this interpreter's libpython and find its packages.
+
+    LD_LIBRARY_PATH: this interpreter's LIBDIR first (else the stub may load the system's
+    libpython of another patch version and fail in the stdlib) and the wheel's bundled libraries.
+    PATH: this interpreter's bin dir (the virtualenv's) first: the stub imports numpy,
+    onnxruntime, ... from the environment of the first `python3` on PATH.
+    """
     env = dict(os.environ)
-    site_packages = Path(sysconfig.get_paths()["purelib"])
-    libs = [sysconfig.get_config_var("LIBDIR"), str(site_packages / "nvidia_pytriton.libs")]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        [p for p in libs if p] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-    )
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    libs = [sysconfig.get_config_var("LIBDIR"), str(server_dir.parent.parent / "nvidia_pytriton.libs")]
+    old = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in libs if p] + old)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
+    env.pop("PYTHONHOME", None)
     return env
 
 
-class EmbeddedTriton:
-    """Start/stop a local tritonserver serving `model_repository` on free loopback ports."""
+def _prepare_backends(server_dir: Path, workdir: Path) -> Path:
+    """`workdir/backends/python`: the bundled python backend plus the stub for this Python."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server_dir / "python_backend_stubs" / version / STUB_NAME
+    if not stub.exists():
+        raise TritonStartError(f"the bundled python backend has no stub for Python {version}")
+    backends = workdir / "backends"
+    python_backend = backends / "python"
+    shutil.rmtree(backends, ignore_errors=True)
+    shutil.copytree(server_dir / "backends" / "python", python_backend,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(stub, python_backend / STUB_NAME)
+    return backends
 
-    def __init__(self, model_repository: Path, models: list[str], timeout_s: float = 120.0) -> None:
+
+class EmbeddedTriton:
+    """A local tritonserver serving `model_repository` on free loopback ports.
+
+    `models` are the models `start()` waits for; every model in the repository is loaded, and one
+    that fails to load does not stop the others (it is reported if it is one of `models`).
+    """
+
+    def __init__(self, model_repository: Path | str, models: list[str] | tuple[str, ...] = (),
+                 *, timeout_s: float = DEFAULT_START_TIMEOUT_S,
+                 workdir: Path | str | None = None) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.models = list(models)
         self.timeout_s = timeout_s
         self.grpc_port = self.http_port = self.metrics_port = 0
-        self._proc: asyncio.subprocess.Process | None = None
+        self._given_workdir = Path(workdir) if workdir is not None else None
         self._workdir: Path | None = None
+        self._proc: asyncio.subprocess.Process | None = None
         self.log_path: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        """gRPC address, as tritonclient.grpc takes it: "127.0.0.1:PORT"."""
+        return f"{LOOPBACK}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._proc.pid if self._proc is not None else None
 
-    def _prepare_workdir(self) -> Path:
-        """Backends dir with the stub built for this interpreter's Python version."""
-        source = _bundled_server_dir()
-        workdir = Path(tempfile.mkdtemp(prefix="livehuman-triton-"))
-        backends = workdir / "backends" / "python"
-        backends.mkdir(parents=True)
-        for item in (source / "backends" / "python").iterdir():
-            if item.is_file():
-                shutil.copy2(item, backends / item.name)
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        stub = source / "python_backend_stubs" / version / "triton_python_backend_stub"
-        if not stub.exists():
-            raise TritonStartError(f"the bundled python backend has no stub for Python {version}")
-        shutil.copy2(stub, backends / stub.name)
-        return workdir
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
 
-    async def start(self) -> None:
-        self._workdir = self._prepare_workdir()
-        self.grpc_port, self.http_port, self.metrics_port = (_free_port() for _ in range(3))
-        self.log_path = self._workdir / "tritonserver.log"
-        server = _bundled_server_dir() / "bin" / "tritonserver"
-        args = [
-            str(server),
+    def _args(self, server_dir: Path, backends: Path) -> list[str]:
+        return [
+            str(server_dir / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
-            f"--backend-directory={self._workdir / 'backends'}",
+            f"--backend-directory={backends}",
             f"--model-config-name={LOCAL_CONFIG_NAME}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-            "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
-            "--strict-readiness=true",
+            f"--grpc-address={LOOPBACK}", f"--grpc-port={self.grpc_port}",
+            f"--http-address={LOOPBACK}", f"--http-port={self.http_port}",
+            f"--metrics-address={LOOPBACK}", f"--metrics-port={self.metrics_port}",
+            # one broken model must not take the others down; readiness is checked per model
+            "--exit-on-error=false",
+            "--strict-readiness=false",
+            f"--exit-timeout-secs={SERVER_EXIT_TIMEOUT_S}",
             "--log-verbose=0",
         ]
+
+    async def start(self) -> None:
+        """Start the server and wait for `models`; TritonStartError (with the log's tail) if not."""
+        if self._proc is not None:
+            raise RuntimeError("EmbeddedTriton already started")
+        if not self.model_repository.is_dir():
+            raise TritonStartError(f"model repository {self.model_repository} is not a directory")
+        server_dir = bundled_server_dir()
+        if self._given_workdir is not None:
+            self._given_workdir.mkdir(parents=True, exist_ok=True)
+            self._workdir = self._given_workdir
+        else:
+            self._workdir = Path(tempfile.mkdtemp(prefix="livehuman-triton-"))
+        started = time.monotonic()
+        try:
+            backends = _prepare_backends(server_dir, self._workdir)
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                if await self._start_once(server_dir, backends, last=attempt == PORT_ATTEMPTS):
+                    break
+                log.warning("tritonserver could not bind its ports; retrying with others")
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("tritonserver pid=%s ready at %s in %.1f s, models: %s", self.pid, self.url,
+                 time.monotonic() - started, ", ".join(self.models) or "-")
+
+    async def _start_once(self, server_dir: Path, backends: Path, last: bool) -> bool:
+        """True when ready; False when the ports were taken (and `last` is False)."""
+        self.grpc_port, self.http_port, self.metrics_port = _free_ports(3)
+        self.log_path = self._workdir / "tritonserver.log"
         with open(self.log_path, "wb") as log_file:
             self._proc = await asyncio.create_subprocess_exec(
-                *args, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-                env=_server_environment(), preexec_fn=_die_with_parent,
+                *self._args(server_dir, backends),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=self._workdir, env=server_environment(server_dir),
+                preexec_fn=_die_with_parent(os.getpid()),
             )
-        log.info("tritonserver pid=%s grpc=%s starting", self._proc.pid, self.url)
+        log.info("tritonserver pid=%s starting: grpc %s, log %s", self._proc.pid, self.url,
+                 self.log_path)
         try:
             await wait_models_ready(self.url, self.models, self.timeout_s, process=self._proc)
-        except Exception as exc:
+        except TritonStartError as exc:
             tail = self.log_tail()
-            await self.stop()
-            raise TritonStartError(f"{exc}\n--- tritonserver log (tail) ---\n{tail}") from None
-        log.info("tritonserver ready at %s with models %s", self.url, ", ".join(self.models))
+            await self._terminate()
+            if not last and "already in use" in tail:
+                return False
+            raise TritonStartError(
+                f"{exc}\n--- {self.log_path} (tail) ---\n{tail}") from None
+        return True
 
-    def log_tail(self, chars: int = 4000) -> str:
+    def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-chars:] if self.log_path else ""
-        except FileNotFoundError:
+        except OSError:
             return ""
 
-    async def stop(self) -> None:
+    async def _terminate(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
             proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except asyncio.TimeoutError:
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("tritonserver pid=%s ignored SIGTERM for %.0f s: killing it", proc.pid,
+                        STOP_TIMEOUT_S)
+            with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-                await proc.wait()
-        if self._workdir is not None:
+            await proc.wait()
+        except BaseException:  # cancelled while waiting: do not leave it running
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
+
+    async def stop(self) -> None:
+        """Terminate the server (SIGKILL after STOP_TIMEOUT_S); remove a temporary work dir."""
+        pid = self.pid
+        await self._terminate()
+        if pid is not None:
+            log.info("tritonserver pid=%s stopped", pid)
+        if self._workdir is not None and self._given_workdir is None:
             shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+        self._workdir = None
 
     async def __aenter__(self) -> EmbeddedTriton:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc_info) -> None:
         await self.stop()
 
 
-async def wait_models_ready(url: str, models: list[str], timeout_s: float,
+async def wait_models_ready(url: str, models: list[str] | tuple[str, ...], timeout_s: float,
                             process: asyncio.subprocess.Process | None = None) -> None:
-    """Poll until the server is ready and every model in `models` is ready, or raise."""
+    """Poll the Triton at `url` (gRPC) until it and every model in `models` are ready.
+
+    Raises TritonStartError when `timeout_s` passes, when `process` (the server) exits, or when a
+    model failed to load (Triton reports it UNAVAILABLE with the reason).
+    """
     client = grpcclient.InferenceServerClient(url)
     deadline = time.monotonic() + timeout_s
-    last_error = "not ready"
+    last_state = "not reachable"
     try:
-        while time.monotonic() < deadline:
+        while True:
             if process is not None and process.returncode is not None:
                 raise TritonStartError(f"tritonserver exited with code {process.returncode}")
             try:
-                if await client.is_server_ready():
-                    waiting = [m for m in models if not await client.is_model_ready(m)]
-                    if not waiting:
-                        return
-                    last_error = f"models not ready: {', '.join(waiting)}"
+                last_state = await _readiness(client, models)
+            except TritonStartError:
+                raise
             except Exception as exc:  # still starting: connection refused and the like
-                last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                last_state = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if last_state == "":
+                return
+            if time.monotonic() >= deadline:
+                raise TritonStartError(
+                    f"Triton at {url} not ready after {timeout_s:.0f} s: {last_state}")
             await asyncio.sleep(READY_POLL_S)
     finally:
         await client.close()
-    raise TritonStartError(f"Triton at {url} not ready after {timeout_s:.0f} s: {last_error}")
+
+
+async def _readiness(client: grpcclient.InferenceServerClient, models) -> str:
+    """An empty string when the server and `models` are ready, else what is missing."""
+    if not await client.is_server_ready():
+        return "server not ready"
+    waiting = [m for m in models if not await client.is_model_ready(m)]
+    if not waiting:
+        return ""
+    index = await client.get_model_repository_index(as_json=True)
+    states = {m.get("name"): m for m in index.get("models", [])}
+    failed = [f"{m}: {states[m].get('reason')}" for m in waiting
+              if states.get(m, {}).get("state") == "UNAVAILABLE"
+              and states[m].get("reason") not in (None, "", "unloaded")]
+    if failed:
+        raise TritonStartError("model(s) failed to load: " + "; ".join(failed))
+    missing = [m for m in waiting if m not in states]
+    if missing:
+        raise TritonStartError(f"not in the model repository: {', '.join(missing)}")
+    return f"models not ready: {', '.join(waiting)}"

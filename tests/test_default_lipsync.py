@@ -252,3 +252,15 @@ def test_cli_writes_the_model_and_a_preview(tmp_path):
 def test_cli_requires_a_subcommand():
     with pytest.raises(SystemExit):
         export_main([])
+
+
+@pytest.mark.parametrize("mouth_y", [0.45, 0.6, 0.7, 0.8, 0.9])
+def test_output_is_finite_wherever_the_mouth_sits(mouth_y):
+    rng = np.random.default_rng(3)
+    session = ort.InferenceSession(build_model().SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    mel = rng.uniform(-4, 2, (4, 1, 80, 16)).astype(np.float32)
+    face = rng.random((4, 3, 128, 128)).astype(np.float32)
+    mouth = np.tile(np.array([[0.5, mouth_y, 0.4, 0.1]], np.float32), (4, 1))
+    out = session.run(None, {"mel": mel, "face": face, "mouth": mouth})[0]
+    assert np.isfinite(out).all()

@@ -21,7 +21,9 @@ AUTO_VOICE = ""
 DEFAULT_VOICE = "en-us"
 CJK_VOICE = "cmn"
 MAX_VOICE_NAME_CHARS = 64
-PAUSE_PHONEME_PREFIX = "_"  # "_" pause, "_:" long pause, "_|" syllable break
+PAUSE_PHONEME_PREFIX = "_"  # "_" short pause, "_:" clause pause
+INTRA_WORD_PUNCTUATION = frozenset("'’-‐")
+NON_PAUSE_PHONEMES = frozenset({"_|", "_^_"})  # syllable break, language switch: no silence
 
 # speak_lib.h
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -32,9 +34,6 @@ _POS_CHARACTER = 1
 _EE_OK = 0
 _EVENT_LIST_TERMINATED = 0
 _EVENT_WORD = 1
-_EVENT_SENTENCE = 2
-_EVENT_END = 5
-_EVENT_MSG_TERMINATED = 6
 _EVENT_PHONEME = 7
 
 
@@ -155,8 +154,7 @@ class ESpeakEngine:
         phoneme_events = [e for e in events if e.type == _EVENT_PHONEME]
         phoneme_starts = [e.audio_ms / 1000 for e in phoneme_events]
         phoneme_times = _intervals(phoneme_starts, duration_s)
-        pauses = [t for e, t in zip(phoneme_events, phoneme_starts)
-                  if e.phoneme.startswith(PAUSE_PHONEME_PREFIX)]
+        pauses = [t for e, t in zip(phoneme_events, phoneme_starts) if _is_pause(e.phoneme)]
         words, word_times = _words(text, events, pauses, duration_s)
         return Speech(
             audio=audio,
@@ -174,6 +172,10 @@ class ESpeakEngine:
         return resample_poly(audio, OUTPUT_RATE_HZ // g, self.native_rate_hz // g).astype(np.float32)
 
 
+def _is_pause(phoneme: str) -> bool:
+    return phoneme.startswith(PAUSE_PHONEME_PREFIX) and phoneme not in NON_PAUSE_PHONEMES
+
+
 def _intervals(starts: list[float], end_s: float) -> np.ndarray:
     """[start, next start) for each event; the last one runs to the end of the audio."""
     if not starts:
@@ -186,15 +188,15 @@ def _words(text: str, events: list[_RawEvent], pauses_s: list[float],
            duration_s: float) -> tuple[list[str], np.ndarray]:
     """Word texts and [start, end) times: a word ends where the next word (or a pause) starts.
 
-    The text of a word runs from its position to the next word or clause boundary: eSpeak's
-    `length` is unreliable for Chinese (1 for a two-character dictionary word like 你好).
+    A word's text runs from its position to the next word's, cut at punctuation: eSpeak's
+    `length` is unreliable for Chinese (1 for the two-character dictionary word 你好), and its
+    clause-end positions are off by one at the end of the text.
     """
-    boundaries = sorted(e.text_position for e in events
-                        if e.type in (_EVENT_WORD, _EVENT_END, _EVENT_SENTENCE))
     word_events = [e for e in events if e.type == _EVENT_WORD]
     words, times = [], []
     for k, e in enumerate(word_events):
-        stop = next((b for b in boundaries if b > e.text_position), len(text) + 1)
+        stop = next((w.text_position for w in word_events[k + 1 :]
+                     if w.text_position > e.text_position), len(text) + 1)
         words.append(_word_text(text[e.text_position - 1 : stop - 1]))
         start_s = e.audio_ms / 1000
         end_s = word_events[k + 1].audio_ms / 1000 if k + 1 < len(word_events) else duration_s
@@ -204,11 +206,20 @@ def _words(text: str, events: list[_RawEvent], pauses_s: list[float],
 
 
 def _word_text(span: str) -> str:
-    """The first whitespace-separated token of `span`, without surrounding punctuation."""
-    token = span.split()[0] if span.split() else ""
-    start, stop = 0, len(token)
-    while start < stop and unicodedata.category(token[start]).startswith("P"):
-        start += 1
-    while stop > start and unicodedata.category(token[stop - 1]).startswith("P"):
-        stop -= 1
-    return token[start:stop] or token
+    """The word at the start of `span`: up to whitespace or punctuation (apostrophes and hyphens
+    inside a word stay)."""
+    chars = list(span.strip())
+    while chars and _is_punctuation(chars[0]):
+        chars.pop(0)
+    word = []
+    for ch in chars:
+        if ch.isspace() or (_is_punctuation(ch) and ch not in INTRA_WORD_PUNCTUATION):
+            break
+        word.append(ch)
+    while word and _is_punctuation(word[-1]):
+        word.pop()
+    return "".join(word) or span.strip()
+
+
+def _is_punctuation(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("P")
