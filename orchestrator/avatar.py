@@ -1,0 +1,105 @@
+"""Avatar packages (docs/INTERFACES.md), loaded once by id and shared read-only by all sessions."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FORMAT = "livehuman-avatar"
+SUPPORTED_VERSIONS = (1,)
+AVATAR_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class AvatarNotFound(KeyError):
+    pass
+
+
+@dataclass(frozen=True, eq=False)
+class Avatar:
+    id: str
+    fps: int
+    width: int
+    height: int
+    crop_size: int
+    lipsync_model: str
+    frames: np.ndarray  # uint8 [N, H, W, 3] RGB, read-only
+    boxes: np.ndarray  # int32 [N, 4] x0, y0, x1, y1 (square, may pass the frame edge)
+    mouth: np.ndarray  # float32 [N, 4] relative to the box
+
+    def frame_index(self, tick: int) -> int:
+        """The idle loop played ping-pong: 0, 1, ..., N-1, N-2, ..., 1, 0, 1, ..."""
+        n = len(self.frames)
+        if n == 1:
+            return 0
+        position = tick % (2 * n - 2)
+        return position if position < n else 2 * n - 2 - position
+
+    def crop(self, frame: np.ndarray, index: int) -> np.ndarray:
+        """The model's `face` input for this frame: float32 [3, S, S] RGB in [0, 1]."""
+        x0, y0, x1, y1 = (int(v) for v in self.boxes[index])
+        h, w = frame.shape[:2]
+        pad = max(0, -x0, -y0, x1 - w, y1 - h)
+        if pad:
+            frame = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
+        region = frame[y0:y1, x0:x1]
+        if region.shape[0] != self.crop_size:
+            region = cv2.resize(region, (self.crop_size, self.crop_size), interpolation=cv2.INTER_AREA)
+        return region.transpose(2, 0, 1).astype(np.float32) / 255.0
+
+
+def load_avatar(folder: Path) -> Avatar:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest.get("format") != FORMAT or manifest.get("version") not in SUPPORTED_VERSIONS:
+        raise ValueError(f"{folder.name}: not a {FORMAT} package of version {SUPPORTED_VERSIONS}")
+    count = int(manifest["frame_count"])
+    frames = []
+    for k in range(count):
+        bgr = cv2.imread(str(folder / (manifest["frames"] % k)), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"{folder.name}: frame {k} is missing or unreadable")
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    stacked = np.stack(frames)
+    geometry = np.load(folder / manifest["geometry"])
+    boxes, mouth = geometry["boxes"].astype(np.int32), geometry["mouth"].astype(np.float32)
+    if len(boxes) != count or len(mouth) != count:
+        raise ValueError(f"{folder.name}: geometry does not match frame_count {count}")
+    for array in (stacked, boxes, mouth):
+        array.setflags(write=False)  # shared by every session: nobody may paint on it
+    return Avatar(
+        id=manifest["id"], fps=int(manifest["fps"]), width=stacked.shape[2],
+        height=stacked.shape[1], crop_size=int(manifest["crop_size"]),
+        lipsync_model=manifest.get("lipsync_model", "lipsync_default"),
+        frames=stacked, boxes=boxes, mouth=mouth,
+    )
+
+
+class AvatarStore:
+    """Loads avatars by id from one directory, once; ids never leave that directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory).resolve()
+        self._cache: dict[str, Avatar] = {}
+        self._lock = threading.Lock()  # loads run in executor threads
+
+    def path_of(self, avatar_id: str) -> Path:
+        if not AVATAR_ID.match(avatar_id):
+            raise ValueError(f"avatar id {avatar_id!r} may only use letters, digits, '_' and '-'")
+        folder = (self.directory / avatar_id).resolve()
+        if folder.parent != self.directory:  # a symlink pointing elsewhere
+            raise ValueError(f"avatar id {avatar_id!r} resolves outside the avatar directory")
+        if not (folder / "manifest.json").is_file():
+            raise AvatarNotFound(avatar_id)
+        return folder
+
+    def load(self, avatar_id: str) -> Avatar:
+        with self._lock:
+            if avatar_id not in self._cache:
+                self._cache[avatar_id] = load_avatar(self.path_of(avatar_id))
+            return self._cache[avatar_id]
