@@ -154,7 +154,10 @@ class SpeechPipeline:
                 padded, windows = await loop.run_in_executor(None, _features, audio)
                 await out.put(SentenceAudio(utterance, padded, windows))
         finally:
-            await out.put(None)
+            # End marker for the consumer, which then awaits this task (re-raising a failure).
+            # Not when cancelled: nobody reads any more and a full queue would block forever.
+            if not asyncio.current_task().cancelling():
+                await out.put(None)
 
     async def _sentence_audio(self, utterance: Utterance) -> AsyncIterator[np.ndarray]:
         if utterance.audio is not None:

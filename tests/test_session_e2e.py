@@ -14,12 +14,19 @@ SPEECH_RMS = 0.01
 SENTENCE = "Hello! I am livehuman, a talking avatar. I can speak any text you send me."
 
 
-def audio_envelope_at(times: np.ndarray, client: AvatarClient) -> np.ndarray:
-    """Audio RMS around each given arrival time (40 ms window)."""
-    at = np.array(client.received.audio_times)
-    rms = np.array(client.received.audio_rms)
-    return np.array([rms[(at >= t - 0.04) & (at < t)].mean() if ((at >= t - 0.04) & (at < t)).any()
-                     else 0.0 for t in times])
+def loudness_per_video_frame(client: AvatarClient) -> np.ndarray:
+    """Audio level in dB for each received video frame, matched by media time rather than arrival.
+
+    Both tracks are continuous from the first tick (two 20 ms audio frames per 40 ms video
+    frame), so frame indices are media time; arrival times would add the peer's jitter buffering.
+    """
+    db = 20 * np.log10(np.array(client.received.audio_rms) + 1e-3)
+    n = min(len(client.received.video_times), len(db) // 2)
+    return (db[0 : 2 * n : 2] + db[1 : 2 * n : 2]) / 2
+
+
+def smooth(x: np.ndarray, frames: int = 3) -> np.ndarray:
+    return np.convolve(x, np.ones(frames) / frames, mode="valid")
 
 
 async def test_stream_rate_speech_and_lipsync(livehuman):  # noqa: F811
@@ -50,19 +57,18 @@ async def test_stream_rate_speech_and_lipsync(livehuman):  # noqa: F811
         assert answer["data"] is True
         await asyncio.sleep(3.0)
 
-        speech_times = np.array([t for t in r.video_times if first <= t < first + 3.0])
-        speech_frames = [f for t, f in zip(r.video_times, r.video) if first <= t < first + 3.0]
-        motion = mouth_motion(speech_frames, region, reference)
-        envelope = audio_envelope_at(speech_times, client)
+        start = int(np.searchsorted(r.video_times, first)) - 5
+        stop = start + 75
+        motion = mouth_motion(r.video[start:stop], region, reference)
         # The mouth moves while speaking, well beyond the idle animation...
         assert motion.max() > 4 * max(idle_motion.max(), 0.5)
-        # ...and follows the loudness of the audio that plays with it.
-        best = max(
-            np.corrcoef(motion[max(0, lag):len(motion) + min(0, lag)],
-                        envelope[max(0, -lag):len(envelope) - max(0, lag)])[0, 1]
-            for lag in range(-2, 3)
-        )
-        assert best > 0.5, f"mouth/audio correlation {best:.2f}"
+        # ...and follows the loudness of the audio that plays with it (in dB, as the model hears
+        # it: log-mel). The tracks may start a frame apart, hence the small lag search; 120 ms
+        # smoothing evens out Opus frame boundaries.
+        loudness = loudness_per_video_frame(client)
+        best = max(np.corrcoef(smooth(motion), smooth(loudness[start + lag : stop + lag]))[0, 1]
+                   for lag in range(-2, 3))
+        assert best > 0.6, f"mouth/audio correlation {best:.2f}"
     finally:
         await client.close()
 
@@ -73,8 +79,12 @@ async def test_interrupt_stops_speech_and_closes_mouth(livehuman):  # noqa: F811
     try:
         await client.connect()
         await client.wait_for_video(10)
+        await asyncio.sleep(2.0)
         region = mouth_window(services.avatars.load("default"))
-        reference = mean_window(client.received.video[-5:], region)
+        idle = client.received.video[-50:]
+        reference = mean_window(idle, region)
+        # Idle head motion moves the mouth window by a pixel or two: that is the closed baseline.
+        idle_motion = mouth_motion(idle, region, reference).max()
         long_text = " ".join(["This sentence goes on for a long while so that we can interrupt it."] * 6)
         sent = time.monotonic()
         await client.post("/human", type="echo", text=long_text)
@@ -90,8 +100,12 @@ async def test_interrupt_stops_speech_and_closes_mouth(livehuman):  # noqa: F811
         # Allow the frames already in flight on the wire (a few ticks), then silence.
         after = [rms for t, rms in zip(r.audio_times, r.audio_rms) if t > cut + 0.25]
         assert after and max(after) < SPEECH_RMS
+        spoken = [f for t, f in zip(r.video_times, r.video) if sent < t < cut]
         closed = [f for t, f in zip(r.video_times, r.video) if t > cut + 0.25]
-        assert mouth_motion(closed, region, reference).max() < 3.0
+        speaking_motion = mouth_motion(spoken, region, reference).max()
+        closed_motion = mouth_motion(closed, region, reference).max()
+        assert speaking_motion > 3 * idle_motion
+        assert closed_motion < idle_motion + 2.0, (closed_motion, idle_motion)
 
         # interrupt flag on /human replaces current speech with the new text
         await client.post("/human", type="echo", text=long_text)
@@ -110,6 +124,10 @@ def client_session(services, client):
 
 async def test_session_released_when_peer_closes(livehuman):  # noqa: F811
     base_url, services = livehuman
+    for _ in range(100):  # sessions of earlier tests finish closing first
+        if len(services.registry) == 0:
+            break
+        await asyncio.sleep(0.05)
     before = len(services.registry)
     client = AvatarClient(base_url, keep_video=False)
     await client.connect()
