@@ -54,19 +54,29 @@ class Avatar:
         return region.transpose(2, 0, 1).astype(np.float32) / 255.0
 
 
+def _member(folder: Path, relative: str) -> Path:
+    """A file named by the manifest; it must stay inside the package."""
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise ValueError(f"{folder.name}: manifest path {relative!r} leaves the package")
+    return path
+
+
 def load_avatar(folder: Path) -> Avatar:
     manifest = json.loads((folder / "manifest.json").read_text())
     if manifest.get("format") != FORMAT or manifest.get("version") not in SUPPORTED_VERSIONS:
         raise ValueError(f"{folder.name}: not a {FORMAT} package of version {SUPPORTED_VERSIONS}")
     count = int(manifest["frame_count"])
+    if count < 1:
+        raise ValueError(f"{folder.name}: frame_count must be >= 1")
     frames = []
     for k in range(count):
-        bgr = cv2.imread(str(folder / (manifest["frames"] % k)), cv2.IMREAD_COLOR)
+        bgr = cv2.imread(str(_member(folder, manifest["frames"] % k)), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"{folder.name}: frame {k} is missing or unreadable")
         frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     stacked = np.stack(frames)
-    geometry = np.load(folder / manifest["geometry"])
+    geometry = np.load(_member(folder, manifest["geometry"]))
     boxes, mouth = geometry["boxes"].astype(np.int32), geometry["mouth"].astype(np.float32)
     if len(boxes) != count or len(mouth) != count:
         raise ValueError(f"{folder.name}: geometry does not match frame_count {count}")
