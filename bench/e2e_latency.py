@@ -1,9 +1,15 @@
 """End-to-end latency of one session: POST /human (echo) → first speech audio at a WebRTC client.
 
-Starts the embedded Triton and the server in-process on 127.0.0.1, connects a real aiortc client,
-sends N utterances one after another, and reports p50/p95 latency, delivered fps and the
-audio/video offset (speech onset in the audio vs mouth motion onset in the video, as received).
-Writes bench/results/e2e_latency.json.
+Starts `python -m orchestrator` (embedded Triton) on 127.0.0.1 as its own process, connects a
+real aiortc client, sends N utterances one after another (each after the previous one ended) and
+reports:
+- latency: POST /human → arrival of the first audio frame with speech energy, p50/p95;
+- delivered fps over the whole run;
+- audio/video offset, two ways: by arrival (first mouth movement minus first speech audio, per
+  utterance, as a viewer sees them) and by media time (the lag that best aligns mouth motion with
+  loudness, i.e. what the server put into the streams);
+Writes bench/results/e2e_latency.json. With --frames DIR it also saves a closed-mouth (idle) and
+an open-mouth frame as the client received them.
 """
 
 from __future__ import annotations
@@ -11,95 +17,140 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
+import av
 import numpy as np
-from aiohttp import web
+from server_process import start_server  # bench/ is the script's directory
 
-from orchestrator.app import create_app
-from orchestrator.client import AvatarClient, fps, mean_window, mouth_motion, mouth_window
-from orchestrator.services import start_services
+from orchestrator.avatar import AvatarStore
+from orchestrator.client import (
+    AvatarClient,
+    fps,
+    lagged_correlations,
+    loudness_per_video_frame,
+    mean_window,
+    mouth_motion,
+    mouth_window,
+)
 from orchestrator.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
 SPEECH_RMS = 0.01
+IDLE_SECONDS = 2.0
+# Mouth motion counts as speech once it exceeds the idle loop's own motion by this much.
+MOTION_MARGIN = 4.0
 UTTERANCES = [
     "Hello there.", "Welcome to livehuman.", "How can I help you today?",
     "The weather is nice.", "Our store opens at nine.", "Thank you for waiting.",
     "Let me check that for you.", "Your order has shipped.", "Please hold on a moment.",
     "That is a great question.", "We accept all major cards.", "Goodbye and take care.",
 ]
+WHOLE_FRAME = (slice(None), slice(None))
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.array(values), q))
+def first_at_or_after(times: list[float], values: np.ndarray, since: float, threshold: float):
+    start = int(np.searchsorted(times, since))
+    above = np.nonzero(values[start:] > threshold)[0]
+    return times[start + int(above[0])] if above.size else None
 
 
-def onset_after(times: list[float], values: list[float], since: float, threshold: float) -> float | None:
-    for t, v in zip(times, values):
-        if t >= since and v > threshold:
-            return t
-    return None
-
-
-async def run(n: int) -> dict:
-    settings = replace(Settings(), ice_hosts=("127.0.0.1",))
-    services = await start_services(settings)
-    runner = web.AppRunner(create_app(settings, services))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    client = AvatarClient(base)
-    window = mouth_window(services.avatars.load("default"))
-    latencies, offsets = [], []
+async def save_frames(base_url: str, region: tuple[slice, slice], out: Path) -> None:
+    """One short utterance with whole frames kept: the idle frame and the widest-open frame."""
+    client = AvatarClient(base_url)
     try:
         await client.connect()
         await client.wait_for_video(25)
         r = client.received
-        reference = mean_window(r.video[-10:], window)
-        t_start = time.monotonic()
+        reference = mean_window(r.video[-10:], region)
+        sent = time.monotonic()
+        await client.post("/human", type="echo", text="Welcome to livehuman!")
+        await client.wait_for_speech(sent, SPEECH_RMS)
+        await asyncio.sleep(1.5)
+        motion = mouth_motion(r.video, region, reference)
+        before = int(np.searchsorted(r.video_times, sent))
+        closed, opened = int(motion[:before].argmin()), int(motion.argmax())
+        out.mkdir(parents=True, exist_ok=True)
+        for name, index in (("mouth_closed.png", closed), ("mouth_open.png", opened)):
+            av.VideoFrame.from_ndarray(r.video[index], format="rgb24").to_image().save(out / name)
+    finally:
+        await client.close()
+
+
+async def run(n: int, frames_dir: Path | None) -> dict:
+    settings = Settings()
+    avatar = AvatarStore(settings.avatar_dir).load(settings.avatar_id)
+    region = mouth_window(avatar)
+    server = await start_server()
+    client = AvatarClient(server.base_url, video_region=region)
+    latencies, arrival_offsets = [], []
+    try:
+        await client.connect()
+        await client.wait_for_video(25)
+        await asyncio.sleep(IDLE_SECONDS)
+        r = client.received
+        idle = r.video[-int(IDLE_SECONDS * 25):]
+        reference = mean_window(idle, WHOLE_FRAME)
+        threshold = mouth_motion(idle, WHOLE_FRAME, reference).max() + MOTION_MARGIN
+        t_start, speech_start = time.monotonic(), len(r.video_times)
+        cpu_start = server.cpu_seconds()
         for i in range(n):
-            text = UTTERANCES[i % len(UTTERANCES)]
             sent = time.monotonic()
-            await client.post("/human", type="echo", text=text)
+            await client.post("/human", type="echo", text=UTTERANCES[i % len(UTTERANCES)])
             first_audio = await client.wait_for_speech(sent, SPEECH_RMS)
             latencies.append(first_audio - sent)
             while (await client.post("/is_speaking"))[1]["data"]:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)
-            motion = mouth_motion(r.video, window, reference).tolist()
-            first_motion = onset_after(r.video_times, motion, sent, 4.0)
+            recent = max(0, len(r.video) - int((time.monotonic() - sent) * 25 + 25))
+            motion = mouth_motion(r.video[recent:], WHOLE_FRAME, reference)
+            first_motion = first_at_or_after(r.video_times[recent:], motion, sent, threshold)
             if first_motion is not None:
-                offsets.append(first_motion - first_audio)
+                arrival_offsets.append(first_motion - first_audio)
         t_stop = time.monotonic()
+        server_cores = (server.cpu_seconds() - cpu_start) / (t_stop - t_start)
         delivered = fps(r.video_times, t_start, t_stop)
+        motion = mouth_motion(r.video, WHOLE_FRAME, reference)
+        loudness = loudness_per_video_frame(r)
+        correlations = lagged_correlations(motion, loudness, speech_start, len(loudness) - 10,
+                                           range(-10, 11))
+        best_lag = max(correlations, key=correlations.get)
+        if frames_dir is not None:
+            await save_frames(server.base_url, region, frames_dir)
     finally:
         await client.close()
-        await runner.cleanup()
-        await services.close()
+        server.stop()
+    ms = [1000 * x for x in latencies]
     return {
         "benchmark": "e2e_latency",
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "utterances": n,
-        "latency_ms": {"p50": 1000 * percentile(latencies, 50), "p95": 1000 * percentile(latencies, 95),
-                       "min": 1000 * min(latencies), "max": 1000 * max(latencies)},
+        "latency_ms": {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+                       "min": min(ms), "max": max(ms)},
         "delivered_fps": delivered,
-        "av_offset_ms": {"median": 1000 * statistics.median(offsets) if offsets else None,
-                         "note": "video mouth-motion onset minus audio speech onset, at the client"},
+        "server_cpu_cores": server_cores,
+        "av_offset_ms": {
+            "arrival_median": 1000 * statistics.median(arrival_offsets) if arrival_offsets else None,
+            "arrival_note": "first mouth movement minus first speech audio, arrival at the client",
+            "media_lag": 40 * best_lag,
+            "media_correlation": correlations[best_lag],
+            "media_note": "audio delay that best aligns mouth motion with loudness, by frame index",
+        },
         "goal": {"latency_p50_ms": 300},
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--utterances", type=int, default=20)
+    parser.add_argument("--frames", type=Path, help="save mouth_closed.png / mouth_open.png here")
     args = parser.parse_args()
-    result = asyncio.run(run(args.utterances))
+    result = asyncio.run(run(args.utterances, args.frames))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "e2e_latency.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

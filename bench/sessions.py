@@ -1,9 +1,10 @@
 """How many talking sessions one machine holds: N concurrent sessions, each speaking continuously.
 
-For N = 1, 2, ... starts N aiortc clients against an in-process server (embedded Triton), keeps
-every session talking, and measures delivered fps per session, CPU seconds per second (server and
-Triton processes together, per session), and the batch sizes Triton's dynamic batcher formed for
-the lip-sync model (from its statistics). Stops at the first N below the fps goal.
+Starts `python -m orchestrator` (embedded Triton) as its own process; for N = 1, 2, ... connects
+N aiortc clients from this process, keeps every session talking, and measures delivered fps per
+session, the server's CPU (orchestrator, tritonserver and its backend stubs together) and the
+batch sizes Triton's dynamic batcher formed for the lip-sync model (from its statistics). Stops
+at the first N below the fps goal.
 Writes bench/results/sessions.json and prints a summary line for bench/README.md.
 """
 
@@ -14,45 +15,18 @@ import asyncio
 import json
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import tritonclient.grpc.aio as grpcclient
-from aiohttp import web
+from server_process import ServerProcess, start_server  # bench/ is the script's directory
 
-from orchestrator.app import create_app
 from orchestrator.client import AvatarClient, fps
-from orchestrator.services import start_services
 from orchestrator.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
 FPS_GOAL = 24.5
 TEXT = ("Welcome to our store. Today everything is on sale, and our team is happy to help you "
         "find what you need. Ask me anything about our products.")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """user+system CPU of these processes and their children that were waited for."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += sum(int(v) for v in fields[11:13]) / tick
-    return total
-
-
-def triton_pids(server_pid: int) -> list[int]:
-    """tritonserver and its python-backend stub processes."""
-    pids = [server_pid]
-    for pid in list(pids):
-        try:
-            pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except FileNotFoundError:
-            pass
-    return pids
 
 
 async def batch_histogram(url: str, model: str) -> dict[int, int]:
@@ -76,8 +50,8 @@ async def keep_talking(client: AvatarClient, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.2)
 
 
-async def measure(base: str, services, n: int, seconds: float) -> dict:
-    clients = [AvatarClient(base, keep_video=False) for _ in range(n)]
+async def measure(server: ServerProcess, model: str, n: int, seconds: float) -> dict:
+    clients = [AvatarClient(server.base_url, keep_video=False) for _ in range(n)]
     stop = asyncio.Event()
     try:
         for client in clients:
@@ -86,25 +60,23 @@ async def measure(base: str, services, n: int, seconds: float) -> dict:
             await client.wait_for_video(10)
         talkers = [asyncio.create_task(keep_talking(c, stop)) for c in clients]
         await asyncio.sleep(2.0)  # let speech start everywhere
-        pids = [os.getpid()]
-        if services.embedded_triton is not None:
-            pids += triton_pids(services.embedded_triton.pid)
-        before = await batch_histogram(services.triton_url, services.settings.lipsync_model)
-        cpu0, t0 = cpu_seconds(pids), time.monotonic()
+        before = await batch_histogram(server.triton_url, model)
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
         await asyncio.sleep(seconds)
-        cpu1, t1 = cpu_seconds(pids), time.monotonic()
-        after = await batch_histogram(services.triton_url, services.settings.lipsync_model)
+        cpu1, t1 = server.cpu_seconds(), time.monotonic()
+        after = await batch_histogram(server.triton_url, model)
         stop.set()
         await asyncio.gather(*talkers, return_exceptions=True)
         rates = [fps(c.received.video_times, t0, t1) for c in clients]
         batches = {b: after.get(b, 0) - before.get(b, 0) for b in after}
         executions = sum(batches.values())
+        cores = (cpu1 - cpu0) / (t1 - t0)
         return {
             "sessions": n,
             "fps_per_session": rates,
             "min_fps": min(rates),
-            "cpu_cores_total": (cpu1 - cpu0) / (t1 - t0),
-            "cpu_cores_per_session": (cpu1 - cpu0) / (t1 - t0) / n,
+            "server_cpu_cores": cores,
+            "server_cpu_cores_per_session": cores / n,
             "lipsync_batches": {str(k): v for k, v in sorted(batches.items()) if v},
             "mean_batch": (sum(b * c for b, c in batches.items()) / executions) if executions else 0,
         }
@@ -116,27 +88,22 @@ async def measure(base: str, services, n: int, seconds: float) -> dict:
 
 
 async def run(max_sessions: int, seconds: float) -> dict:
-    settings = replace(Settings(), ice_hosts=("127.0.0.1",), max_sessions=max_sessions)
-    services = await start_services(settings)
-    runner = web.AppRunner(create_app(settings, services))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    server = await start_server("--max-session", str(max_sessions))
+    model = Settings().lipsync_model
     rows = []
     try:
         for n in range(1, max_sessions + 1):
-            row = await measure(base, services, n, seconds)
+            row = await measure(server, model, n, seconds)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if row["min_fps"] < FPS_GOAL:
                 break
     finally:
-        await runner.cleanup()
-        await services.close()
+        server.stop()
     held = [r["sessions"] for r in rows if r["min_fps"] >= FPS_GOAL]
     return {"benchmark": "sessions", "cpus": os.cpu_count(), "fps_goal": FPS_GOAL,
-            "largest_n_at_goal": max(held) if held else 0, "rows": rows}
+            "largest_n_at_goal": max(held) if held else 0, "rows": rows,
+            "note": "clients (VP8/Opus decoding) run in the benchmark process on the same cores"}
 
 
 def main() -> None:
@@ -150,7 +117,7 @@ def main() -> None:
     best = next((r for r in result["rows"] if r["sessions"] == result["largest_n_at_goal"]), None)
     if best:
         print(f"sessions: {best['sessions']} at >= {FPS_GOAL} fps on {result['cpus']} cores, "
-              f"{best['cpu_cores_per_session']:.2f} cores/session, mean lip-sync batch "
+              f"{best['server_cpu_cores_per_session']:.2f} server cores/session, mean lip-sync batch "
               f"{best['mean_batch']:.1f}")
 
 

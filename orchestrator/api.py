@@ -13,7 +13,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from .audio_input import MAX_UPLOAD_BYTES, decode_audio
 from .errors import ApiError
-from .services import Services
+from .services import SERVICES_KEY, Services
 from .session import Session, SessionOptions
 from .speech import MAX_TEXT_CHARS
 from .validation import choice, field, json_config, read_json_object
@@ -30,7 +30,7 @@ def ok(data=None) -> web.Response:
 
 
 def services_of(request: web.Request) -> Services:
-    return request.app["services"]
+    return request.app[SERVICES_KEY]
 
 
 STATIC_DIR = Path(__file__).parent / "static"

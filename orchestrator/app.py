@@ -8,7 +8,7 @@ from aiohttp import web
 
 from . import api
 from .errors import ApiError
-from .services import Services, start_services
+from .services import SERVICES_KEY, Services, start_services
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,12 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
 
     async def lifetime(app: web.Application):
         owned = services is None
-        app["services"] = services or await start_services(settings)
+        app[SERVICES_KEY] = services or await start_services(settings)
         yield
         if owned:
-            await app["services"].close()
+            await app[SERVICES_KEY].close()
         else:
-            await _close_sessions(app["services"])
+            await _close_sessions(app[SERVICES_KEY])
 
     app.cleanup_ctx.append(lifetime)
     return app

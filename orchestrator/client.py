@@ -15,7 +15,7 @@ from aiortc.mediastreams import MediaStreamError
 @dataclass
 class Received:
     video_times: list[float] = field(default_factory=list)
-    video: list[np.ndarray] = field(default_factory=list)  # RGB frames
+    video: list[np.ndarray] = field(default_factory=list)  # RGB frames (or the kept region)
     audio_times: list[float] = field(default_factory=list)
     audio_rms: list[float] = field(default_factory=list)  # per received audio frame
     audio: list[np.ndarray] = field(default_factory=list)  # mono float32 at 48 kHz
@@ -24,9 +24,12 @@ class Received:
 class AvatarClient:
     """Connects to a livehuman server, keeps every frame with its arrival time."""
 
-    def __init__(self, base_url: str, keep_video: bool = True) -> None:
+    def __init__(self, base_url: str, keep_video: bool = True,
+                 video_region: tuple[slice, slice] | None = None) -> None:
         self.base_url = base_url
         self.keep_video = keep_video
+        # Keep only this (rows, cols) part of each frame: long runs without gigabytes of video.
+        self.video_region = video_region
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.received = Received()
         self.sessionid: int | None = None
@@ -67,7 +70,8 @@ class AvatarClient:
             if track.kind == "video":
                 r.video_times.append(now)
                 if self.keep_video:
-                    r.video.append(frame.to_ndarray(format="rgb24"))
+                    image = frame.to_ndarray(format="rgb24")
+                    r.video.append(image[self.video_region] if self.video_region else image)
             else:
                 pcm = frame.to_ndarray().astype(np.float32) / 32768.0
                 channels = len(frame.layout.channels)
@@ -129,3 +133,30 @@ def mouth_motion(frames: list[np.ndarray], window: tuple[slice, slice],
 def mean_window(frames: list[np.ndarray], window: tuple[slice, slice]) -> np.ndarray:
     rows, cols = window
     return np.mean([f[rows, cols].astype(np.float32) for f in frames], axis=0)
+
+
+def loudness_per_video_frame(received: Received) -> np.ndarray:
+    """Audio level in dB for each received video frame, matched by media time, not arrival.
+
+    Both tracks run continuously from the session's first tick (two 20 ms audio frames per 40 ms
+    video frame), so frame indices are media time; arrival times would add the peer's jitter
+    buffering to any comparison.
+    """
+    db = 20 * np.log10(np.array(received.audio_rms) + 1e-3)
+    n = min(len(received.video_times), len(db) // 2)
+    return (db[0 : 2 * n : 2] + db[1 : 2 * n : 2]) / 2
+
+
+def smooth(x: np.ndarray, frames: int = 3) -> np.ndarray:
+    return np.convolve(x, np.ones(frames) / frames, mode="valid")
+
+
+def lagged_correlations(video: np.ndarray, audio: np.ndarray, start: int, stop: int,
+                        lags: range) -> dict[int, float]:
+    """Correlation of video[start:stop] with audio shifted by each lag (frames), both smoothed.
+
+    A positive best lag means the audio of a moment arrives that many frames after its video.
+    """
+    window = smooth(video[start:stop])
+    return {lag: float(np.corrcoef(window, smooth(audio[start + lag : stop + lag]))[0, 1])
+            for lag in lags if start + lag >= 0 and stop + lag <= len(audio)}

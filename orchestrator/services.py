@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from aiohttp import web
 from aiortc import RTCConfiguration
 
 from .artifacts import ensure_default_artifacts
@@ -75,6 +76,10 @@ class Services:
         await self.lipsync.close()
         if self.embedded_triton is not None:
             await self.embedded_triton.stop()
+
+
+# Where the app keeps the services (typed key: aiohttp checks the value's type).
+SERVICES_KEY = web.AppKey("services", Services)
 
 
 async def start_services(settings: Settings) -> Services:

@@ -8,25 +8,18 @@ import time
 import numpy as np
 from server_fixtures import livehuman  # noqa: F401  (fixture)
 
-from orchestrator.client import AvatarClient, fps, mean_window, mouth_motion, mouth_window
+from orchestrator.client import (
+    AvatarClient,
+    fps,
+    lagged_correlations,
+    loudness_per_video_frame,
+    mean_window,
+    mouth_motion,
+    mouth_window,
+)
 
 SPEECH_RMS = 0.01
 SENTENCE = "Hello! I am livehuman, a talking avatar. I can speak any text you send me."
-
-
-def loudness_per_video_frame(client: AvatarClient) -> np.ndarray:
-    """Audio level in dB for each received video frame, matched by media time rather than arrival.
-
-    Both tracks are continuous from the first tick (two 20 ms audio frames per 40 ms video
-    frame), so frame indices are media time; arrival times would add the peer's jitter buffering.
-    """
-    db = 20 * np.log10(np.array(client.received.audio_rms) + 1e-3)
-    n = min(len(client.received.video_times), len(db) // 2)
-    return (db[0 : 2 * n : 2] + db[1 : 2 * n : 2]) / 2
-
-
-def smooth(x: np.ndarray, frames: int = 3) -> np.ndarray:
-    return np.convolve(x, np.ones(frames) / frames, mode="valid")
 
 
 async def test_stream_rate_speech_and_lipsync(livehuman):  # noqa: F811
@@ -59,15 +52,15 @@ async def test_stream_rate_speech_and_lipsync(livehuman):  # noqa: F811
 
         start = int(np.searchsorted(r.video_times, first)) - 5
         stop = start + 75
-        motion = mouth_motion(r.video[start:stop], region, reference)
         # The mouth moves while speaking, well beyond the idle animation...
-        assert motion.max() > 4 * max(idle_motion.max(), 0.5)
+        speaking = mouth_motion(r.video[start:stop], region, reference)
+        assert speaking.max() > 4 * max(idle_motion.max(), 0.5)
         # ...and follows the loudness of the audio that plays with it (in dB, as the model hears
         # it: log-mel). The tracks may start a frame apart, hence the small lag search; 120 ms
         # smoothing evens out Opus frame boundaries.
-        loudness = loudness_per_video_frame(client)
-        best = max(np.corrcoef(smooth(motion), smooth(loudness[start + lag : stop + lag]))[0, 1]
-                   for lag in range(-2, 3))
+        motion = mouth_motion(r.video, region, reference)
+        loudness = loudness_per_video_frame(r)
+        best = max(lagged_correlations(motion, loudness, start, stop, range(-2, 3)).values())
         assert best > 0.6, f"mouth/audio correlation {best:.2f}"
     finally:
         await client.close()

@@ -12,7 +12,13 @@ import av
 import numpy as np
 from server_fixtures import livehuman  # noqa: F401  (fixture)
 
-from orchestrator.client import AvatarClient
+from orchestrator.client import (
+    AvatarClient,
+    lagged_correlations,
+    mean_window,
+    mouth_motion,
+    mouth_window,
+)
 
 SPEECH_RMS = 0.01
 
@@ -119,7 +125,9 @@ async def test_record_holds_what_was_streamed(livehuman):  # noqa: F811
         status, answer = await client.post("/record", type="start_record")
         assert status == 409
         started = time.monotonic()
-        await client.post("/human", type="echo", text="This is being recorded.")
+        await asyncio.sleep(0.6)  # idle frames first: the closed-mouth reference
+        await client.post("/human", type="echo", text="This is being recorded, word by word, "
+                          "so that the mouth can be compared with the voice.")
         await client.wait_for_speech(started, SPEECH_RMS)
         while (await client.post("/is_speaking"))[1]["data"]:
             await asyncio.sleep(0.05)
@@ -135,8 +143,20 @@ async def test_record_holds_what_was_streamed(livehuman):  # noqa: F811
             assert streams == {"video": "h264", "audio": "aac"}
             assert abs(container.duration / 1e6 - interval) < 0.2 + 0.1
             audio = np.concatenate([f.to_ndarray().ravel() for f in container.decode(audio=0)])
+            container.seek(0)
+            video = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         loud = np.sqrt(np.convolve(audio**2, np.ones(4800) / 4800, mode="valid")).max()
         assert loud > 0.02, "the spoken utterance is in the recording"
+        # A/V sync where nothing else interferes: in the file, the mouth follows the voice
+        # with no lag (one frame is 40 ms).
+        region = mouth_window(services.avatars.load("default"))
+        motion = mouth_motion(video, region, mean_window(video[:10], region))
+        per_frame = audio[: audio.size // 1920 * 1920].reshape(-1, 1920)  # 40 ms at 48 kHz
+        loudness = 20 * np.log10(np.sqrt((per_frame**2).mean(axis=1)) + 1e-3)
+        correlations = lagged_correlations(motion, loudness, 5, min(len(motion), len(loudness)) - 5,
+                                           range(-3, 4))
+        best = max(correlations, key=correlations.get)
+        assert best == 0 and correlations[0] > 0.6, correlations
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base_url}/record/{client.sessionid}") as resp:
                 assert resp.status == 200 and len(await resp.read()) == path.stat().st_size

@@ -1,0 +1,94 @@
+"""The livehuman server as its own process, as users run it: benchmarks measure its CPU apart
+from the clients', and the clients' decoding does not compete with it for the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (the orchestrator, tritonserver, python-backend stubs)."""
+    pids, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                queue += [int(p) for p in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """user + system CPU seconds these processes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    base_url: str
+    triton_url: str
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(process_tree(self.process.pid))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def start_server(*args: str, timeout: float = 120.0) -> ServerProcess:
+    """`python -m orchestrator` on a free loopback port, ICE on loopback; waits for /healthz."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "--host", "127.0.0.1", "--port", str(port),
+         "--ice-host", "127.0.0.1", "--log-level", "WARNING", *args],
+        cwd=REPO,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            try:
+                async with http.get(f"{base}/healthz") as resp:
+                    if resp.status == 200:
+                        health = await resp.json()
+                        return ServerProcess(process, base, health["data"]["triton"]["url"])
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.25)
+    process.kill()
+    raise TimeoutError(f"server not healthy after {timeout} s")
