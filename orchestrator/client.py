@@ -1,8 +1,14 @@
-"""A Python WebRTC client for livehuman (aiortc): used by the tests and benchmarks, and an example."""
+"""A Python WebRTC client for livehuman (aiortc): used by the tests and benchmarks, and an example.
+
+    python -m orchestrator.client http://127.0.0.1:8010 --say "Hello there." --seconds 5
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -160,3 +166,34 @@ def lagged_correlations(video: np.ndarray, audio: np.ndarray, start: int, stop: 
     window = smooth(video[start:stop])
     return {lag: float(np.corrcoef(window, smooth(audio[start + lag : stop + lag]))[0, 1])
             for lag in lags if start + lag >= 0 and stop + lag <= len(audio)}
+
+
+async def _main(base_url: str, say: str | None, seconds: float) -> None:
+    client = AvatarClient(base_url, keep_video=False)
+    try:
+        await client.connect()
+        await client.wait_for_video(1)
+        print(json.dumps({"sessionid": client.sessionid}), flush=True)
+        started = time.monotonic()
+        if say:
+            await client.post("/human", type="echo", text=say)
+        await asyncio.sleep(seconds)
+        r = client.received
+        print(json.dumps({"video_fps": fps(r.video_times, started, time.monotonic()),
+                          "audio_frames": len(r.audio_times),
+                          "max_audio_rms": max(r.audio_rms, default=0.0)}), flush=True)
+    finally:
+        await client.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.client",
+                                     description="Connect to a livehuman server and report what arrives.")
+    parser.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8010")
+    parser.add_argument("--say", help="text to echo once connected")
+    parser.add_argument("--seconds", type=float, default=5.0, help="how long to stay (default 5)")
+    args = parser.parse_args()
+    try:
+        asyncio.run(_main(args.url, args.say, args.seconds))
+    except KeyboardInterrupt:
+        sys.exit(130)

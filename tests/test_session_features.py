@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
+import sys
 import time
 
 import aiohttp
@@ -14,6 +16,7 @@ from server_fixtures import livehuman  # noqa: F401  (fixture)
 
 from orchestrator.client import (
     AvatarClient,
+    fps,
     lagged_correlations,
     mean_window,
     mouth_motion,
@@ -213,3 +216,33 @@ async def test_three_sessions_each_hear_only_their_own_speech(livehuman):  # noq
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_stalled_client_does_not_slow_the_others(livehuman):  # noqa: F811
+    """A peer process frozen with SIGSTOP (it reads nothing any more) while its session talks."""
+    base_url, services = livehuman
+    frozen = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator.client", base_url, "--seconds", "60",
+        stdout=asyncio.subprocess.PIPE)
+    client = AvatarClient(base_url, keep_video=False)
+    frozen_session = None
+    try:
+        frozen_id = json.loads(await asyncio.wait_for(frozen.stdout.readline(), 30))["sessionid"]
+        frozen.send_signal(signal.SIGSTOP)
+        await client.connect()
+        await client.wait_for_video(5)
+        long_text = " ".join(["Both sessions keep talking while one of the peers is frozen."] * 4)
+        frozen_session = services.registry.get(frozen_id)
+        status, _ = await client.post("/human", sessionid=frozen_id, type="echo", text=long_text)
+        assert status == 200
+        await client.post("/human", type="echo", text=long_text)
+        t0 = time.monotonic()
+        await asyncio.sleep(4.0)
+        assert fps(client.received.video_times, t0 + 0.5, t0 + 4.0) >= 24.0
+        assert frozen_session.frames_sent > 25 * 4, "the frozen peer's session kept its clock"
+    finally:
+        frozen.kill()
+        await frozen.wait()
+        await client.close()
+        if frozen_session is not None:  # its peer is gone without a goodbye
+            await frozen_session.close()
