@@ -63,10 +63,11 @@ async def offer(request: web.Request) -> web.Response:
     )
     avatar = await services.load_avatar(options.avatar, "avatar")
     await services.check_voice(options.refaudio, "refaudio")
+    chat = await services.chat_agent(options.llmid, "llmid")
 
     sessionid = services.registry.reserve()
     pc = RTCPeerConnection(services.rtc_configuration)
-    session = Session(sessionid, pc, avatar, options, services.tts, services.lipsync)
+    session = Session(sessionid, pc, avatar, options, services.tts, services.lipsync, chat)
     try:
         answer_sdp = await _negotiate(session, sdp)
     except BaseException:
@@ -119,12 +120,10 @@ async def human(request: web.Request) -> web.Response:
     tts = field(body, "tts", dict, {})
     voice = field(tts, "ref_file", str, session.options.refaudio)
     field(tts, "ref_text", str, "")
-    if kind == "chat":
-        raise ApiError(501, "chat is not configured")
     await services.check_voice(voice, "tts.ref_file")
     if interrupt:
         await session.interrupt()
-    utterance = session.say(text, voice)
+    utterance = session.ask(text, voice) if kind == "chat" else session.say(text, voice)
     return ok({"utterance_id": utterance.id})
 
 

@@ -16,11 +16,14 @@ from aiortc import RTCConfiguration
 
 from .artifacts import ensure_default_artifacts
 from .avatar import Avatar, AvatarNotFound, AvatarStore
+from .chat import ChatAgent, llm_config_for
 from .errors import ApiError
 from .features import SAMPLE_RATE_HZ, melspectrogram
 from .ice import restrict_host_candidates, rtc_configuration
+from .knowledge import KnowledgeStore, UnknownKnowledgeBase
+from .llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
 from .session_registry import SessionRegistry
-from .settings import Settings
+from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
 from .triton_clients import LipSyncClient, TTSClient, UnknownVoice
 from .triton_server import EmbeddedTriton, wait_models_ready
 
@@ -38,8 +41,11 @@ class Services:
     avatars: AvatarStore
     registry: SessionRegistry
     rtc_configuration: RTCConfiguration
+    knowledge: KnowledgeStore
+    llm_config: LLMConfig | None
     embedded_triton: EmbeddedTriton | None = None
     _known_voices: set[str] = field(default_factory=set)
+    _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
@@ -66,6 +72,22 @@ class Services:
             raise ApiError.not_found(f"unknown voice in '{field_name}': {voice!r}") from None
         self._known_voices.add(voice)
 
+    async def chat_agent(self, llmid: str, field_name: str) -> ChatAgent:
+        """A new session's chat agent: its knowledge base, and the LLM that base's profile uses."""
+        loop = asyncio.get_running_loop()
+        try:
+            knowledge = await loop.run_in_executor(None, self.knowledge.get, llmid)
+        except UnknownKnowledgeBase:
+            raise ApiError.not_found(f"unknown {field_name} '{llmid}' (no knowledge base)") from None
+        except ValueError as exc:
+            raise ApiError.bad_request(f"field '{field_name}': {exc}") from None
+        config = llm_config_for(knowledge.profile, self.llm_config)
+        if config is None:
+            return ChatAgent(knowledge, None)
+        if config not in self._llms:  # one client (connection pool) per endpoint and model
+            self._llms[config] = OpenAICompatibleLLM(config)
+        return ChatAgent(knowledge, self._llms[config])
+
     async def triton_status(self) -> dict:
         status = await self.lipsync.server_status(self.models)
         return {"url": self.triton_url, "embedded": self.embedded_triton is not None, **status}
@@ -74,6 +96,7 @@ class Services:
         await asyncio.gather(*(s.close() for s in self.registry.all()), return_exceptions=True)
         await self.tts.close()
         await self.lipsync.close()
+        await asyncio.gather(*(llm.close() for llm in self._llms.values()), return_exceptions=True)
         if self.embedded_triton is not None:
             await self.embedded_triton.stop()
 
@@ -105,9 +128,20 @@ async def start_services(settings: Settings) -> Services:
         avatars=AvatarStore(settings.avatar_dir),
         registry=SessionRegistry(settings.max_sessions),
         rtc_configuration=rtc_configuration(settings),
+        knowledge=KnowledgeStore(settings.knowledge_dir),
+        llm_config=llm_config(settings),
         embedded_triton=embedded,
     )
     await warm_up
     status = await services.triton_status()
     log.info("triton at %s (%s): %s", url, "embedded" if embedded else "external", status)
     return services
+
+
+def llm_config(settings: Settings) -> LLMConfig | None:
+    """The server-wide LLM, when an endpoint or an API key is configured."""
+    if not (settings.llm_base_url or settings.llm_api_key):
+        return None
+    return LLMConfig(base_url=settings.llm_base_url or DEFAULT_OPENAI_BASE_URL,
+                     api_key=settings.llm_api_key, model=settings.llm_model or DEFAULT_LLM_MODEL,
+                     timeout_s=settings.llm_timeout_s)

@@ -18,6 +18,7 @@ import numpy as np
 from aiortc import RTCPeerConnection
 
 from .avatar import Avatar
+from .chat import ChatAgent
 from .compositor import paste_face
 from .events import SessionEvents
 from .media_clock import (
@@ -31,7 +32,7 @@ from .media_clock import (
     MediaClock,
 )
 from .recorder import Recorder
-from .speech import SpeechFrame, Utterance, UtteranceEnded, UtteranceStarted
+from .speech import SentenceStarted, SpeechFrame, Utterance, UtteranceEnded, UtteranceStarted
 from .speech_pipeline import SpeechPipeline
 from .tracks import audio_track, video_track
 from .triton_clients import LipSyncClient, TTSClient
@@ -62,8 +63,10 @@ class Session:
         options: SessionOptions,
         tts: TTSClient,
         lipsync: LipSyncClient,
+        chat: ChatAgent,
     ) -> None:
         self.sessionid = sessionid
+        self.chat = chat
         self.pc = pc
         self.avatar = avatar
         self.options = options
@@ -73,6 +76,7 @@ class Session:
         self.audio = audio_track(self._start_player)
         self._avatar_tick = 0
         self._speaking: Utterance | None = None
+        self._spoken: list[str] = []  # sentences of the current utterance played so far
         self._utterance_ids = itertools.count(1)
         self._player: asyncio.Task | None = None
         self._closed = asyncio.Event()
@@ -85,6 +89,14 @@ class Session:
     def say(self, text: str, voice: str = "", audio: np.ndarray | None = None) -> Utterance:
         """Queue speech: text for TTS, or ready 16 kHz audio (then `text` only labels it)."""
         utterance = Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", text, voice, audio)
+        self.pipeline.say(utterance)
+        return utterance
+
+    def ask(self, question: str, voice: str = "") -> Utterance:
+        """Queue a chat answer: spoken sentence by sentence as the chat agent produces it."""
+        utterance = Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", question, voice,
+                              source=self.chat.answer(question), kind="chat")
+        self.events.emit("question", utterance_id=utterance.id, text=question)
         self.pipeline.say(utterance)
         return utterance
 
@@ -163,15 +175,24 @@ class Session:
         while (item := self.pipeline.pop()) is not None:
             if isinstance(item, SpeechFrame):
                 return item
+            utterance = item.utterance
             if isinstance(item, UtteranceStarted):
-                self._speaking = item.utterance
-                self.events.emit("start", utterance_id=item.utterance.id, text=item.utterance.text)
+                self._speaking, self._spoken = utterance, []
+                self.events.emit("start", utterance_id=utterance.id, kind=utterance.kind,
+                                 text=utterance.text)
+            elif isinstance(item, SentenceStarted):
+                self._spoken.append(item.text)
+                self.events.emit("sentence", utterance_id=utterance.id, kind=utterance.kind,
+                                 text=item.text)
             elif isinstance(item, UtteranceEnded):
                 self._speaking = None
                 if item.error:
-                    self.events.emit("error", utterance_id=item.utterance.id, msg=item.error)
+                    self.events.emit("error", utterance_id=utterance.id, msg=item.error)
                 else:
-                    self.events.emit("end", utterance_id=item.utterance.id, text=item.utterance.text)
+                    spoken = _join_sentences(self._spoken)
+                    answer = {"answer": spoken} if utterance.kind == "chat" else {}
+                    self.events.emit("end", utterance_id=utterance.id, kind=utterance.kind,
+                                     text=utterance.text, **answer)
         return None
 
     def _render(self, tick: int) -> None:
@@ -200,3 +221,12 @@ class Session:
         if self._recorder is not None:
             self._recorder.add(tick, image, pcm)
         self.frames_sent += 1
+
+
+def _join_sentences(sentences: list[str]) -> str:
+    """Sentences back into one text: Chinese ones without spaces between them."""
+    text = ""
+    for sentence in sentences:
+        cjk_join = text and ("\u4e00" <= text[-1] <= "\u9fff" or text[-1] in "。！？；，")
+        text += sentence if not text or cjk_join else " " + sentence
+    return text

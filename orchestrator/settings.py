@@ -10,6 +10,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8010
 DEFAULT_MAX_SESSIONS = 8
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"  # when only OPENAI_API_KEY is set
+DEFAULT_LLM_MODEL = "gpt-4o-mini"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,13 @@ class Settings:
     ice_hosts: tuple[str, ...] = ()
     lipsync_model: str = "lipsync_default"
     tts_model: str = "tts_espeak"
+    knowledge_dir: Path = PROJECT_ROOT / "data" / "knowledge"
+    # LLM for `chat` (OpenAI-compatible); None: no server-wide LLM (knowledge-base profiles
+    # may still name one), chat answers from the FAQ.
+    llm_base_url: str | None = None
+    llm_api_key: str = ""
+    llm_model: str | None = None
+    llm_timeout_s: float = 30.0
     log_level: str = "INFO"
     extra: dict = field(default_factory=dict)
 
@@ -75,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
                     default="", help="default custom_config JSON for sessions")
     av.add_argument("--multiavatar-config", "--multiavatar_config", dest="multiavatar_config",
                     default="", help="default multiavatar_config JSON for sessions")
+    ch = p.add_argument_group("chat (LLM and knowledge bases)")
+    ch.add_argument("--llm-base-url", default=os.environ.get("OPENAI_BASE_URL"),
+                    help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (vLLM, Ollama, "
+                    "Triton's OpenAI frontend); overrides OPENAI_BASE_URL. The key is read from "
+                    "OPENAI_API_KEY. Without any, chat answers from the knowledge base's FAQ")
+    ch.add_argument("--llm-model", default=os.environ.get("OPENAI_MODEL"),
+                    help="model name for chat; overrides OPENAI_MODEL")
+    ch.add_argument("--llm-timeout", type=float, default=30.0,
+                    help="seconds to wait for the LLM's first and each next token (default 30)")
+    ch.add_argument("--knowledge-dir", type=Path, default=None,
+                    help="knowledge bases, a folder per llmid (default: DATA_DIR/knowledge; "
+                    "llmid '' is 'default', shipped with the package unless present here)")
+    ch.add_argument("--llmid", default="", help="default llmid for sessions (default '')")
     se = p.add_argument_group("sessions and WebRTC")
     se.add_argument("--max-session", "--max_session", dest="max_sessions", type=int,
                     default=DEFAULT_MAX_SESSIONS,
@@ -118,5 +140,11 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         ice_hosts=tuple(args.ice_hosts),
         lipsync_model=args.lipsync_model,
         tts_model=args.tts_model,
+        knowledge_dir=(args.knowledge_dir or data_dir / "knowledge").resolve(),
+        llm_base_url=args.llm_base_url,
+        llm_api_key=os.environ.get("OPENAI_API_KEY", ""),
+        llm_model=args.llm_model,
+        llm_timeout_s=args.llm_timeout,
+        llmid=args.llmid,
         log_level=args.log_level,
     )

@@ -5,30 +5,40 @@ API → Utterance → sentences → (TTS) audio → (features, lip-sync) SpeechF
 
 from __future__ import annotations
 
-import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
 
-# A clause longer than this is cut at the next comma so the first audio comes sooner.
+# A clause longer than this is cut at a comma so the first audio comes sooner.
 MAX_CLAUSE_CHARS = 60
+# Text with no punctuation at all is cut at a space past this length.
+MAX_PIECE_CHARS = 200
 MAX_TEXT_CHARS = 5000
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;。！？；…\n])\s*")
-_CLAUSE_BREAK = re.compile(r"(?<=[,，、：:])\s*")
+# Chinese sentence ends are unambiguous; ASCII ones count when followed by a space or when they
+# end the text so far after a word: "3.5" and "v1.2" are not sentence ends.
+_CJK_END = "。！？；…\n"
+_ASCII_END = ".!?;"
+_CLOSERS = "\"')]}”’」』）"
+_CLAUSE_BREAKS = ",，、：:"
 
 
 @dataclass(frozen=True, eq=False)
 class Utterance:
     """One request to speak: the unit that gets an id, start/end events and interruption.
 
-    Either text (spoken by TTS with `voice`) or ready audio (float32, 16 kHz mono).
+    What is spoken: ready audio (float32, 16 kHz mono) if given; else the sentences `source`
+    yields (a chat answer as it streams in), spoken by TTS with `voice`; else `text` itself.
+    For a chat answer `text` is the question.
     """
 
     id: str
     text: str
     voice: str
     audio: np.ndarray | None = None
+    source: AsyncIterator[str] | None = None
+    kind: str = "echo"
 
 
 @dataclass(frozen=True)
@@ -47,34 +57,89 @@ class UtteranceStarted:
 
 
 @dataclass(frozen=True)
+class SentenceStarted:
+    """The next frames speak this sentence (subtitles, and chat answers as they are spoken)."""
+
+    utterance: Utterance
+    text: str
+
+
+@dataclass(frozen=True)
 class UtteranceEnded:
     utterance: Utterance
     error: str | None = None
 
 
-SpeechItem = SpeechFrame | UtteranceStarted | UtteranceEnded
+SpeechItem = SpeechFrame | UtteranceStarted | SentenceStarted | UtteranceEnded
+
+
+class SentenceStream:
+    """Cuts streaming text (LLM tokens) into speakable pieces, each as soon as it is complete:
+    at English and Chinese sentence ends, long clauses at commas."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+
+    def feed(self, text: str) -> list[str]:
+        self._buffer += text
+        pieces = []
+        while (cut := self._next_cut(final=False)) is not None:
+            pieces.append(self._take(cut))
+        return [p for p in pieces if _speakable(p)]
+
+    def flush(self) -> list[str]:
+        """The rest, at the end of the stream."""
+        pieces = []
+        while self._buffer:
+            pieces.append(self._take(self._next_cut(final=True) or len(self._buffer)))
+        return [p for p in pieces if _speakable(p)]
+
+    def _take(self, cut: int) -> str:
+        piece, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:].lstrip()
+        return piece
+
+    def _next_cut(self, final: bool) -> int | None:
+        text = self._buffer
+        end = _sentence_end(text, final)
+        sentence_length = end if end is not None else len(text)
+        if sentence_length > MAX_CLAUSE_CHARS:
+            breaks = [i + 1 for i, ch in enumerate(text[:MAX_CLAUSE_CHARS]) if ch in _CLAUSE_BREAKS]
+            if breaks:
+                return breaks[-1]
+            if end is None and len(text) > MAX_PIECE_CHARS:
+                space = text.rfind(" ", 0, MAX_PIECE_CHARS)
+                return space if space > 0 else MAX_PIECE_CHARS
+        return end
+
+
+def _sentence_end(text: str, final: bool) -> int | None:
+    """Index just past the first complete sentence (closing quotes included), or None."""
+    for i, ch in enumerate(text):
+        if ch in _CJK_END:
+            end = i + 1
+        elif ch in _ASCII_END:
+            end = i + 1
+            while end < len(text) and text[end] in _ASCII_END:
+                end += 1  # "?!", "..."
+            if end == len(text) and not final and (i == 0 or text[i - 1].isdigit()):
+                return None  # "3." may go on as "3.5": the next token decides
+            if end == len(text):
+                return end  # after a word: do not wait for a next token that may be slow
+            if not (text[end].isspace() or text[end] in _CLOSERS):
+                continue
+        else:
+            continue
+        while end < len(text) and text[end] in _CLOSERS:
+            end += 1
+        return end
+    return None
+
+
+def _speakable(piece: str) -> bool:
+    return any(ch.isalnum() for ch in piece)
 
 
 def split_sentences(text: str) -> list[str]:
-    """Cut text into speakable pieces at English and Chinese punctuation, long clauses at commas."""
-    pieces: list[str] = []
-    for sentence in _SENTENCE_END.split(text):
-        sentence = sentence.strip()
-        if not sentence:
-            continue
-        if len(sentence) <= MAX_CLAUSE_CHARS:
-            pieces.append(sentence)
-            continue
-        current = ""
-        for clause in _CLAUSE_BREAK.split(sentence):
-            if current and len(current) + len(clause) > MAX_CLAUSE_CHARS:
-                pieces.append(current.strip())
-                current = ""
-            current += clause + ("" if _is_cjk(clause) else " ")
-        if current.strip():
-            pieces.append(current.strip())
-    return [p for p in pieces if any(ch.isalnum() for ch in p)]
-
-
-def _is_cjk(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+    """Cut a whole text into speakable pieces (the same rules as for streamed text)."""
+    stream = SentenceStream()
+    return stream.feed(text) + stream.flush()

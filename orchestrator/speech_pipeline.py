@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .avatar import Avatar
 from .features import mel_windows, melspectrogram
 from .media_clock import AUDIO_SAMPLES_PER_TICK
 from .speech import (
+    SentenceStarted,
     SpeechFrame,
     SpeechItem,
     Utterance,
@@ -45,6 +47,7 @@ UPLOADED_PIECE_SAMPLES = 5 * 16000
 @dataclass(frozen=True)
 class SentenceAudio:
     utterance: Utterance
+    text: str | None  # None for pieces of uploaded audio
     audio: np.ndarray  # float32, padded to whole video frames
     windows: np.ndarray  # float32 [frames, 1, 80, 16]
 
@@ -148,29 +151,40 @@ class SpeechPipeline:
     async def _synthesize(self, utterance: Utterance, out: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async for audio in self._sentence_audio(utterance):
-                if audio.size == 0:
-                    continue
-                padded, windows = await loop.run_in_executor(None, _features, audio)
-                await out.put(SentenceAudio(utterance, padded, windows))
+            # aclosing: when this task is cancelled while waiting on the queue, the pieces'
+            # generator (and a streamed answer behind it) is closed now, not at garbage collection.
+            async with contextlib.aclosing(self._sentence_audio(utterance)) as pieces:
+                async for text, audio in pieces:
+                    if audio.size == 0:
+                        continue
+                    padded, windows = await loop.run_in_executor(None, _features, audio)
+                    await out.put(SentenceAudio(utterance, text, padded, windows))
         finally:
             # End marker for the consumer, which then awaits this task (re-raising a failure).
             # Not when cancelled: nobody reads any more and a full queue would block forever.
             if not asyncio.current_task().cancelling():
                 await out.put(None)
 
-    async def _sentence_audio(self, utterance: Utterance) -> AsyncIterator[np.ndarray]:
+    async def _sentence_audio(self, utterance: Utterance) -> AsyncIterator[tuple[str | None, np.ndarray]]:
         if utterance.audio is not None:
             for start in range(0, utterance.audio.size, UPLOADED_PIECE_SAMPLES):
-                yield utterance.audio[start : start + UPLOADED_PIECE_SAMPLES]
+                yield None, utterance.audio[start : start + UPLOADED_PIECE_SAMPLES]
             return
-        for text in split_sentences(utterance.text):
-            yield (await self._tts.synthesize(text, utterance.voice)).audio
+        if utterance.source is None:
+            for text in split_sentences(utterance.text):
+                yield text, (await self._tts.synthesize(text, utterance.voice)).audio
+            return
+        # A streamed answer: closing it (interrupt, failure) closes the LLM stream behind it.
+        async with contextlib.aclosing(utterance.source) as sentences:
+            async for text in sentences:
+                yield text, (await self._tts.synthesize(text, utterance.voice)).audio
 
     async def _lipsync_sentence(self, sentence: SentenceAudio) -> None:
         total = len(sentence.windows)
         start = 0
         size = FIRST_CHUNK_FRAMES
+        if sentence.text is not None:
+            self._items.append(SentenceStarted(sentence.utterance, sentence.text))
         while start < total:
             while self._frames_ahead >= MAX_LEAD_FRAMES:
                 self._drained.clear()

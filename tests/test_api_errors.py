@@ -69,7 +69,8 @@ async def test_bad_human_fields_on_a_live_session(livehuman):  # noqa: F811
             ({"type": "echo", "text": "x", "avatarid": "other"}, 404, "avatarid"),
             ({"type": "echo", "text": "x", "tts": "voice"}, 400, "tts"),
             ({"type": "echo", "text": "x", "tts": {"ref_file": "zz-none"}}, 404, "ref_file"),
-            ({"type": "chat", "text": "hello"}, 501, "chat is not configured"),
+            ({"type": "chat", "text": ""}, 400, "text"),
+            ({"type": "chat", "text": "x", "tts": {"ref_file": "../x"}}, 400, "ref_file"),
         ]
         for body, status, names in cases:
             got, answer = await client.post("/human", **body)

@@ -86,7 +86,9 @@ function listen(sessionid) {
     else if (ev.event === "end" || ev.event === "interrupted") setStatus(`connected · session ${sessionid}`, "connected");
     else if (ev.event === "error") setStatus(ev.msg || "error", "error");
     else if (ev.event === "record_saved") showDownload(sessionid);
-    log(`${ev.event}${ev.text ? ": " + ev.text : ""}${ev.msg ? ": " + ev.msg : ""}`);
+    if (ev.event === "question") log(`you: ${ev.text}`);
+    else if (ev.event === "sentence") { if (ev.kind === "chat") log(`avatar: ${ev.text}`); }
+    else log(`${ev.event}${ev.text ? ": " + ev.text : ""}${ev.msg ? ": " + ev.msg : ""}`);
   };
   events.onerror = () => { if (!state.sessionid) events.close(); };
 }
