@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from .knowledge import KnowledgeBase, Passage, Profile
 from .llm import ChatLLM, LLMConfig, LLMError
-from .speech import SentenceStream, split_sentences
+from .speech import SentenceStream, join_sentences, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class ChatAgent:
                     yield sentence
         finally:
             if spoken:
-                self._memory.append(ChatTurn(question, " ".join(spoken)))
+                self._memory.append(ChatTurn(question, join_sentences(spoken)))
 
     def _fallback(self, kind: str, question: str) -> str:
         language = language_of(question)

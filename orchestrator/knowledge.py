@@ -41,14 +41,21 @@ MAX_PASSAGE_CHARS = 600
 FAQ_MIN_COVERAGE = 0.6
 
 jieba.setLogLevel(logging.WARNING)  # its dictionary loads lazily on first use; not on stderr
+# bm25s sets its own logger to DEBUG at import, which overrides the server's --log-level.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _RUNS = re.compile(rf"([{_CJK}]+)|([^\W_{_CJK}]+)")
-_STOPWORDS_EN = frozenset(STOPWORDS_EN_PLUS) | {"please", "tell", "could", "would"}
+# Greetings and politeness carry no topic; unknown to the knowledge base they would weigh the
+# most and sink an otherwise good FAQ match ("Hi, what is livehuman?").
+_STOPWORDS_EN = frozenset(STOPWORDS_EN_PLUS) | {
+    "please", "tell", "could", "would", "hi", "hello", "hey", "thanks", "thank", "ok", "okay",
+    "know", "want", "like", "wondering", "excuse", "sorry", "um", "uh", "well"}
 _STOPWORDS_ZH = frozenset(
     "的 地 得 了 着 过 吗 呢 吧 啊 呀 嘛 是 我 你 您 他 她 它 我们 你们 他们 这 那 这个 那个 "
     "什么 怎么 怎样 怎么样 如何 哪 哪个 哪些 为什么 在 有 和 与 或 就 都 也 还 请 请问 可以 "
-    "能 能不能 不能 可不可以 有没有 会 要 想 一下 一个 多少 几 几个 这是 那是 哪里".split()
+    "能 能不能 不能 可不可以 有没有 会 要 想 一下 一个 多少 几 几个 这是 那是 哪里 "
+    "你好 您好 嗨 哈喽 谢谢 麻烦 告诉 知道 想问 问一下".split()
 )
 _HEADING = re.compile(r"(#{1,6})\s+(.*?)(?:\s+#+)?\s*")  # ATX, optional closing #s
 _SENTENCE = re.compile(r".+?(?:[。！？]+|[.!?]+(?:\s+|$)|$)", re.S)

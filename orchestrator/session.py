@@ -32,7 +32,14 @@ from .media_clock import (
     MediaClock,
 )
 from .recorder import Recorder
-from .speech import SentenceStarted, SpeechFrame, Utterance, UtteranceEnded, UtteranceStarted
+from .speech import (
+    SentenceStarted,
+    SpeechFrame,
+    Utterance,
+    UtteranceEnded,
+    UtteranceStarted,
+    join_sentences,
+)
 from .speech_pipeline import SpeechPipeline
 from .tracks import audio_track, video_track
 from .triton_clients import LipSyncClient, TTSClient
@@ -189,7 +196,7 @@ class Session:
                 if item.error:
                     self.events.emit("error", utterance_id=utterance.id, msg=item.error)
                 else:
-                    spoken = _join_sentences(self._spoken)
+                    spoken = join_sentences(self._spoken)
                     answer = {"answer": spoken} if utterance.kind == "chat" else {}
                     self.events.emit("end", utterance_id=utterance.id, kind=utterance.kind,
                                      text=utterance.text, **answer)
@@ -222,11 +229,3 @@ class Session:
             self._recorder.add(tick, image, pcm)
         self.frames_sent += 1
 
-
-def _join_sentences(sentences: list[str]) -> str:
-    """Sentences back into one text: Chinese ones without spaces between them."""
-    text = ""
-    for sentence in sentences:
-        cjk_join = text and ("\u4e00" <= text[-1] <= "\u9fff" or text[-1] in "。！？；，")
-        text += sentence if not text or cjk_join else " " + sentence
-    return text

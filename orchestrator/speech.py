@@ -143,3 +143,12 @@ def split_sentences(text: str) -> list[str]:
     """Cut a whole text into speakable pieces (the same rules as for streamed text)."""
     stream = SentenceStream()
     return stream.feed(text) + stream.flush()
+
+
+def join_sentences(sentences: list[str]) -> str:
+    """Pieces back into one text: a space between English ones, none after Chinese ones."""
+    text = ""
+    for sentence in sentences:
+        glued = text and ("\u4e00" <= text[-1] <= "\u9fff" or text[-1] in "。！？；，：、…")
+        text += sentence if not text or glued else " " + sentence
+    return text

@@ -62,6 +62,9 @@ def topics(tmp_path_factory) -> KnowledgeBase:
     ("what's the difference between chat and echo", "exactly as you typed"),
     ("does it need a GPU", "ordinary CPU"),
     ("how can I stop it talking", "interrupt set to true"),
+    # greetings and politeness around the question do not sink the match
+    ("Hi, what is livehuman?", "real-time talking avatar"),
+    ("Hello! Could you tell me how to record a session, please?", "MP4"),
 ])
 def test_shipped_faq_matches_english_paraphrases(shipped, question, expected):
     match = shipped.best_faq(question)
@@ -80,6 +83,8 @@ def test_shipped_faq_matches_english_paraphrases(shipped, question, expected):
     ("没有显卡可以用吗", "不需要"),
     # "livehuman" is in English questions too: the Chinese question gets the Chinese answer
     ("livehuman是什么呢", "实时互动的数字人"),
+    ("你好，请问怎么录制视频？", "MP4"),
+    ("嗨，livehuman是什么？", "实时互动的数字人"),
 ])
 def test_shipped_faq_matches_chinese_paraphrases(shipped, question, expected):
     match = shipped.best_faq(question)
