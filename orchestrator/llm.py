@@ -6,6 +6,7 @@ OpenAI frontend, DashScope compatible mode); only `base_url`, `api_key` and `mod
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -61,13 +62,20 @@ class OpenAICompatibleLLM:
         )
 
     async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        request = self._client.chat.completions.create(
+            model=self.config.model,
+            messages=messages,
+            stream=True,
+            **self._sampling_options(),
+        )
         try:
-            chunks = await self._client.chat.completions.create(
-                model=self.config.model,
-                messages=messages,
-                stream=True,
-                **self._sampling_options(),
-            )
+            # The SDK's timeout is per read and it retries timeouts: a server that accepts and
+            # never answers would keep a listener waiting (1 + retries) x timeout. One deadline
+            # for getting the stream started, retries included.
+            chunks = await asyncio.wait_for(request, self.config.timeout_s)
+        except asyncio.TimeoutError:
+            raise LLMError(f"LLM at {self.config.base_url} did not start answering within "
+                           f"{self.config.timeout_s:g} s") from None
         except openai.OpenAIError as err:
             raise LLMError(self._describe(err)) from err
         try:

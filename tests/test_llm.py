@@ -212,3 +212,19 @@ def test_local_server_needs_no_key(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     config = llm_config(parse_settings(["--llm-base-url", "http://127.0.0.1:11434/v1"]))
     assert (config.api_key, config.model) == ("", DEFAULT_LLM_MODEL)
+
+
+async def test_a_server_that_never_answers_is_given_up_within_the_timeout(make_llm):
+    """Accepts the connection, never sends headers: retries must not multiply the wait."""
+    server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    llm = make_llm(f"http://127.0.0.1:{port}/v1", timeout_s=SHORT_TIMEOUT_S, max_retries=2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(LLMError, match="did not start answering"):
+            async for _ in llm.stream(MESSAGES):
+                pass
+        assert time.monotonic() - started < SHORT_TIMEOUT_S + 0.5
+    finally:
+        server.close()
+        await server.wait_closed()
