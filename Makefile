@@ -15,7 +15,7 @@ CHROMIUM := /usr/bin/chromium
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,export]"
 	touch $@
 
 $(LIPSYNC_ONNX): $(INSTALLED) export/default_lipsync.py

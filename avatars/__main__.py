@@ -1,4 +1,4 @@
-"""python -m avatars build --image face.jpg --id NAME | build-default"""
+"""python -m avatars build (--image face.jpg | --video me.mp4) --id NAME | build-default"""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .face_detection import FaceError
 from .package import build_from_image, read_image
+from .video import MAX_LONG_SIDE_PX, MAX_SECONDS, build_from_video
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "data" / "avatars"
 
@@ -16,40 +17,51 @@ def _progress(done: int, total: int) -> None:
     if sys.stderr.isatty():
         width = 30
         filled = width * done // total
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} frames")
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
         if done == total:
             sys.stderr.write("\n")
     elif done == total or done % max(1, total // 4) == 0:
         # Logs (CI, docker build) get a few lines instead of carriage-return noise.
-        sys.stderr.write(f"{done}/{total} frames\n")
+        sys.stderr.write(f"{done}/{total}\n")
     sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m avatars", description="Build avatar packages.")
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build an avatar from a photo")
-    build.add_argument("--image", type=Path, required=True, help="a frontal photo of one person")
+    build = sub.add_parser("build", help="build an avatar from a photo or a video")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", type=Path, help="a frontal photo of one person")
+    source.add_argument("--video", type=Path, help=f"a video of one person facing the camera, "
+                        f"idle or silent (at most {MAX_SECONDS:.0f} s; larger frames than "
+                        f"{MAX_LONG_SIDE_PX} px are scaled down)")
     build.add_argument("--id", required=True, help="avatar id (letters, digits, _ and -)")
     default = sub.add_parser("build-default", help="build 'default' from the public-domain "
                              "NASA portrait shipped with scikit-image")
     for p in (build, default):
         p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-        p.add_argument("--seconds", type=float, default=4.0, help="length of the idle loop")
+        p.add_argument("--seconds", type=float, default=4.0,
+                       help="length of the idle loop made from a photo")
     args = parser.parse_args(argv)
     try:
-        if args.command == "build":
-            rgb, avatar_id, source = read_image(args.image), args.id, str(args.image)
-        else:
-            from skimage import data
-
-            rgb, avatar_id, source = data.astronaut(), "default", "skimage.data.astronaut (NASA, public domain)"
-        path = build_from_image(rgb, avatar_id, args.out_dir, args.seconds, source, _progress)
+        path = _build(args)
     except (FaceError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"avatar '{avatar_id}' written to {path}")
+    print(f"avatar '{path.name}' written to {path}")
     return 0
+
+
+def _build(args: argparse.Namespace) -> Path:
+    if args.command == "build" and args.video:
+        return build_from_video(args.video, args.id, args.out_dir, _progress)
+    if args.command == "build":
+        rgb, avatar_id, source = read_image(args.image), args.id, str(args.image)
+    else:
+        from skimage import data
+
+        rgb, avatar_id, source = data.astronaut(), "default", "skimage.data.astronaut (NASA, public domain)"
+    return build_from_image(rgb, avatar_id, args.out_dir, args.seconds, source, _progress)
 
 
 if __name__ == "__main__":

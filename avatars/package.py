@@ -48,45 +48,87 @@ def mouth_geometry(mouth: Mouth, box: tuple[int, int, int, int], shift: tuple[fl
             mouth.width / size, (mouth.bottom - mouth.top) / size]
 
 
-def build_from_image(rgb: np.ndarray, avatar_id: str, out_dir: Path, seconds: float = 4.0,
-                     source: str = "", progress: Progress | None = None) -> Path:
+def check_avatar_id(avatar_id: str) -> None:
     if not AVATAR_ID.match(avatar_id):
         raise ValueError(f"avatar id {avatar_id!r}: use 1-64 letters, digits, '_' or '-'")
+
+
+class PackageWriter:
+    """Writes one package: frames as they come, then geometry and manifest in `finish`.
+
+    Everything goes to a hidden staging folder that `finish` renames into place, so readers never
+    see a half-built avatar; leaving the `with` block without `finish` (an error, a cancelled
+    build) removes it, so a failed build leaves nothing behind.
+    """
+
+    def __init__(self, avatar_id: str, out_dir: Path) -> None:
+        check_avatar_id(avatar_id)
+        self.avatar_id = avatar_id
+        self.target = Path(out_dir) / avatar_id
+        self.staging = self.target.with_name(f".{avatar_id}.building")
+        self.frame_count = 0
+        self._size: tuple[int, int] | None = None  # width, height
+
+    def __enter__(self) -> PackageWriter:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        (self.staging / "frames").mkdir(parents=True)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)  # gone already after finish
+
+    def add_frame(self, rgb: np.ndarray) -> None:
+        size = (int(rgb.shape[1]), int(rgb.shape[0]))
+        if self._size not in (None, size):
+            raise ValueError(f"frame {self.frame_count} is {size}, the first was {self._size}")
+        self._size = size
+        path = self.staging / "frames" / f"{self.frame_count:05d}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        self.frame_count += 1
+
+    def finish(self, boxes: np.ndarray, mouth: np.ndarray, source: str, **details) -> Path:
+        """Geometry per frame (docs/INTERFACES.md), the manifest (with `details` added), and the
+        rename into place (replacing an older package of the same id)."""
+        boxes, mouth = np.asarray(boxes, np.int32), np.asarray(mouth, np.float32)
+        if self._size is None or boxes.shape != (self.frame_count, 4) or mouth.shape != boxes.shape:
+            raise ValueError(f"geometry {boxes.shape}/{mouth.shape} for {self.frame_count} frames")
+        np.savez(self.staging / "geometry.npz", boxes=boxes, mouth=mouth)
+        manifest = {
+            "format": FORMAT, "version": FORMAT_VERSION, "id": self.avatar_id, "fps": FPS,
+            "width": self._size[0], "height": self._size[1], "frame_count": self.frame_count,
+            "crop_size": CROP_SIZE, "lipsync_model": DEFAULT_LIPSYNC_MODEL,
+            "lipsync_models": [DEFAULT_LIPSYNC_MODEL],
+            "frames": "frames/%05d.jpg", "geometry": "geometry.npz", "loop": "ping-pong",
+            "source": source, **details,
+        }
+        (self.staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        shutil.rmtree(self.target, ignore_errors=True)
+        self.staging.rename(self.target)
+        return self.target
+
+
+def build_from_image(rgb: np.ndarray, avatar_id: str, out_dir: Path, seconds: float = 4.0,
+                     source: str = "", progress: Progress | None = None) -> Path:
+    """The degenerate video: one still, animated by a synthetic idle motion."""
+    check_avatar_id(avatar_id)
     face = detect_single_face(rgb)
     eyes = detect_eyes(rgb, face)
     rest, mouth = close_mouth(rgb, find_mouth(rgb, face))
     frames = max(2, int(round(seconds * FPS)))
     box = crop_box(face)
-
-    target = Path(out_dir) / avatar_id
-    staging = target.with_name(f".{avatar_id}.building")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "frames").mkdir(parents=True)
     geometry = []
-    for k, frame in enumerate(idle_frames(rest, face, eyes, frames)):
-        bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(staging / "frames" / f"{k:05d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        geometry.append(mouth_geometry(mouth, box, frame.head_shift))
-        if progress:
-            progress(k + 1, frames)
-    np.savez(staging / "geometry.npz", boxes=np.array([box] * frames, np.int32),
-             mouth=np.array(geometry, np.float32))
-    manifest = {
-        "format": FORMAT, "version": FORMAT_VERSION, "id": avatar_id, "fps": FPS,
-        "width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "frame_count": frames,
-        "crop_size": CROP_SIZE, "lipsync_model": DEFAULT_LIPSYNC_MODEL,
-        "lipsync_models": [DEFAULT_LIPSYNC_MODEL],
-        "frames": "frames/%05d.jpg", "geometry": "geometry.npz", "loop": "ping-pong",
-        "source": source,
-        "detected": {"face": [face.x, face.y, face.w, face.h],
-                     "eyes": [[e.x, e.y, e.w, e.h] for e in eyes],
-                     "mouth": {"left": mouth.left, "right": mouth.right, "top": mouth.top,
-                               "bottom": mouth.bottom, "line": mouth.line}},
-    }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)  # readers never see a half-built avatar
-    return target
+    with PackageWriter(avatar_id, out_dir) as package:
+        for k, frame in enumerate(idle_frames(rest, face, eyes, frames)):
+            package.add_frame(frame.image)
+            geometry.append(mouth_geometry(mouth, box, frame.head_shift))
+            if progress:
+                progress(k + 1, frames)
+        return package.finish(
+            [box] * frames, geometry, source,
+            detected={"face": [face.x, face.y, face.w, face.h],
+                      "eyes": [[e.x, e.y, e.w, e.h] for e in eyes],
+                      "mouth": {"left": mouth.left, "right": mouth.right, "top": mouth.top,
+                                "bottom": mouth.bottom, "line": mouth.line}})
 
 
 def read_image(path: Path) -> np.ndarray:

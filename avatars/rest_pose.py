@@ -22,16 +22,23 @@ def close_mouth(rgb: np.ndarray, mouth: Mouth) -> tuple[np.ndarray, Mouth]:
     """(image with closed lips, landmarks after closing); unchanged if the lips already meet."""
     if mouth.gap <= 0:
         return rgb, mouth
+    # The lift is zero outside the jaw's band: warp only that band (video builds close the mouth
+    # of every frame, and a full-frame warp of a 720p frame costs ~40 ms).
     h, w = rgb.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    reach = JAW_HALF_WIDTH * mouth.width
+    x0, x1 = max(int(mouth.centre_x - reach), 0), min(int(mouth.centre_x + reach) + 2, w)
+    y0 = max(int(mouth.line), 0)
+    y1 = min(int(mouth.bottom + CHIN_FADE_WIDTHS * mouth.width) + 2, h)
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     dx = xs - mouth.centre_x
     lips = np.clip(1 - (dx / (LIFT_HALF_WIDTH * mouth.width)) ** 2, 0, 1) ** LIFT_PROFILE_POWER
     jaw = np.clip(1 - (dx / (JAW_HALF_WIDTH * mouth.width)) ** 2, 0, 1) ** JAW_PROFILE_POWER
     to_jaw = _smoothstep(mouth.line + mouth.gap, mouth.bottom + mouth.gap * 0.5, ys)
     fade = 1 - _smoothstep(mouth.bottom, mouth.bottom + CHIN_FADE_WIDTHS * mouth.width, ys)
     lift = np.where(ys >= mouth.line, mouth.gap * (lips + to_jaw * (jaw - lips)) * fade, 0)
-    closed = cv2.remap(rgb, xs, ys + lift.astype(np.float32), cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)
+    closed = rgb.copy()
+    closed[y0:y1, x0:x1] = cv2.remap(rgb, xs, ys + lift.astype(np.float32), cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REPLICATE)
     after = Mouth(mouth.left, mouth.right, mouth.top, mouth.bottom - mouth.gap, mouth.line, 0.0)
     return closed, after
 

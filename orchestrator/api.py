@@ -13,6 +13,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from .audio_input import MAX_UPLOAD_BYTES, decode_audio
 from .errors import ApiError
+from .roster import MAIN
 from .services import SERVICES_KEY, Services
 from .session import Session, SessionOptions
 from .speech import MAX_TEXT_CHARS
@@ -61,13 +62,15 @@ async def offer(request: web.Request) -> web.Response:
         custom_config=json_config(body, "custom_config", settings.customvideo_config, list),
         multiavatar_config=json_config(body, "multiavatar_config", settings.multiavatar_config, dict),
     )
-    avatar = await services.load_avatar(options.avatar, "avatar")
     await services.check_voice(options.refaudio, "refaudio")
+    members = await services.members(options.avatar, options.multiavatar_config)
+    main = members[MAIN].avatar
+    clips = await services.clips(options.custom_config, main.width, main.height)
     chat = await services.chat_agent(options.llmid, "llmid")
 
     sessionid = services.registry.reserve()
     pc = RTCPeerConnection(services.rtc_configuration)
-    session = Session(sessionid, pc, avatar, options, services.tts, services.lipsync, chat)
+    session = Session(sessionid, pc, members, options, services.tts, services.lipsync, chat, clips)
     try:
         answer_sdp = await _negotiate(session, sdp)
     except BaseException:
@@ -114,17 +117,28 @@ async def human(request: web.Request) -> web.Response:
     if len(text) > MAX_TEXT_CHARS:
         raise ApiError(413, f"field 'text' is longer than {MAX_TEXT_CHARS} characters")
     interrupt = field(body, "interrupt", bool, False)
-    avatarid = field(body, "avatarid", str, "main")
-    if avatarid != "main":
-        raise ApiError.not_found(f"unknown avatarid '{avatarid}' (this session has only 'main')")
+    avatarid = field(body, "avatarid", str, MAIN)
+    member = session.member(avatarid)
     tts = field(body, "tts", dict, {})
-    voice = field(tts, "ref_file", str, session.options.refaudio)
+    voice = field(tts, "ref_file", str, "") or member.voice or session.options.refaudio
     field(tts, "ref_text", str, "")
     await services.check_voice(voice, "tts.ref_file")
     if interrupt:
         await session.interrupt()
-    utterance = session.ask(text, voice) if kind == "chat" else session.say(text, voice)
+    speak = session.ask if kind == "chat" else session.say
+    utterance = speak(text, voice, avatarid=avatarid)
     return ok({"utterance_id": utterance.id})
+
+
+@routes.post("/set_audiotype")
+async def set_audiotype(request: web.Request) -> web.Response:
+    services = services_of(request)
+    body = await read_json_object(request)
+    session = services.registry.get(field(body, "sessionid", int))
+    audiotype = field(body, "audiotype", int)
+    reinit = field(body, "reinit", bool)
+    session.set_audiotype(audiotype, reinit)
+    return ok()
 
 
 @routes.post("/interrupt_talk")

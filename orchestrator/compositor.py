@@ -50,3 +50,23 @@ def paste_face(frame: np.ndarray, box: np.ndarray, crop: np.ndarray) -> np.ndarr
     blended = region + m * (resized[cy0:cy1, cx0:cx1].astype(np.float32) - region)
     out[fy0:fy1, fx0:fx1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     return out
+
+
+def fit_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`image` scaled to fit width x height, centred on a black background (aspect kept)."""
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    scale = min(width / w, height / h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    out = np.zeros((height, width, 3), np.uint8)
+    x0, y0 = (width - new_w) // 2, (height - new_h) // 2
+    out[y0 : y0 + new_h, x0 : x0 + new_w] = resized
+    return out
+
+
+def crossfade(previous: np.ndarray, current: np.ndarray, amount: float) -> np.ndarray:
+    """`amount` 0 → previous, 1 → current: switching between clip, idle loop and another avatar
+    blends over a few frames instead of jumping."""
+    return cv2.addWeighted(previous, 1.0 - amount, current, amount, 0.0)

@@ -17,11 +17,14 @@ from aiortc import RTCConfiguration
 from .artifacts import ensure_default_artifacts
 from .avatar import Avatar, AvatarNotFound, AvatarStore
 from .chat import ChatAgent, llm_config_for
+from .clips import Clip, load_clip, parse_custom_config
 from .errors import ApiError
 from .features import SAMPLE_RATE_HZ, melspectrogram
 from .ice import restrict_host_candidates, rtc_configuration
 from .knowledge import KnowledgeStore, UnknownKnowledgeBase
 from .llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
+from .roster import FIELD as ROSTER_FIELD
+from .roster import MAIN, Member, parse_multiavatar_config
 from .session_registry import SessionRegistry
 from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
 from .triton_clients import LipSyncClient, TTSClient, UnknownVoice
@@ -59,6 +62,26 @@ class Services:
             raise ApiError.not_found(f"unknown {field_name} '{avatar_id}'") from None
         except ValueError as exc:
             raise ApiError.bad_request(f"field '{field_name}': {exc}") from None
+
+    async def members(self, avatar_id: str, multiavatar_config: dict | None) -> dict[str, Member]:
+        """The session's avatars by name: "main" (the `avatar` field unless the config names
+        it) and those of multiavatar_config, loaded and with their voices checked."""
+        specs = parse_multiavatar_config(multiavatar_config or {})
+        members = {MAIN: Member(await self.load_avatar(avatar_id, "avatar"), None)}
+        for spec in specs:
+            avatar = await self.load_avatar(spec.avatar_id, f"{ROSTER_FIELD}.{spec.name}")
+            if spec.voice is not None:
+                await self.check_voice(spec.voice, f"{ROSTER_FIELD}.{spec.name}.voice")
+            members[spec.name] = Member(avatar, spec.voice)
+        return members
+
+    async def clips(self, custom_config: list | None, width: int, height: int) -> dict[int, Clip]:
+        """custom_config checked, then decoded off the event loop at the session's frame size."""
+        sources = parse_custom_config(custom_config or [], self.settings.data_dir)
+        loop = asyncio.get_running_loop()
+        loaded = [await loop.run_in_executor(None, load_clip, source, width, height)
+                  for source in sources]
+        return {clip.audiotype: clip for clip in loaded}
 
     async def check_voice(self, voice: str, field_name: str) -> None:
         """404 for a voice the TTS model does not have (asked once per voice, then remembered)."""

@@ -17,21 +17,21 @@ import av
 import numpy as np
 from aiortc import RTCPeerConnection
 
-from .avatar import Avatar
 from .chat import ChatAgent
-from .compositor import paste_face
+from .clips import Clip
+from .errors import ApiError
 from .events import SessionEvents
 from .media_clock import (
     AUDIO_PACKETS_PER_TICK,
     AUDIO_SAMPLE_RATE_HZ,
     AUDIO_SAMPLES_PER_PACKET,
-    AUDIO_SAMPLES_PER_TICK,
     AUDIO_TIME_BASE,
     VIDEO_FPS,
     VIDEO_TIME_BASE,
     MediaClock,
 )
 from .recorder import Recorder
+from .roster import MAIN, Member
 from .speech import (
     SentenceStarted,
     SpeechFrame,
@@ -41,12 +41,11 @@ from .speech import (
     join_sentences,
 )
 from .speech_pipeline import SpeechPipeline
+from .stage import Stage
 from .tracks import audio_track, video_track
 from .triton_clients import LipSyncClient, TTSClient
 
 log = logging.getLogger(__name__)
-
-_SILENCE = np.zeros(AUDIO_SAMPLES_PER_TICK, np.float32)
 
 
 @dataclass(frozen=True)
@@ -66,22 +65,24 @@ class Session:
         self,
         sessionid: int,
         pc: RTCPeerConnection,
-        avatar: Avatar,
+        members: dict[str, Member],
         options: SessionOptions,
         tts: TTSClient,
         lipsync: LipSyncClient,
         chat: ChatAgent,
+        clips: dict[int, Clip] | None = None,
     ) -> None:
         self.sessionid = sessionid
         self.chat = chat
         self.pc = pc
-        self.avatar = avatar
+        self.members = members
+        self.avatar = members[MAIN].avatar  # fixes the session's frame size
+        self.stage = Stage(self.avatar, clips)
         self.options = options
         self.events = SessionEvents(sessionid)
         self.clock = MediaClock()
         self.video = video_track(self._start_player)
         self.audio = audio_track(self._start_player)
-        self._avatar_tick = 0
         self._speaking: Utterance | None = None
         self._spoken: list[str] = []  # sentences of the current utterance played so far
         self._utterance_ids = itertools.count(1)
@@ -89,23 +90,39 @@ class Session:
         self._closed = asyncio.Event()
         self.frames_sent = 0
         self._recorder: Recorder | None = None
-        self.pipeline = SpeechPipeline(tts, lipsync, avatar, lambda: self._avatar_tick, sessionid)
+        self.pipeline = SpeechPipeline(tts, lipsync, lambda: self.stage.avatar_tick, sessionid)
         self.pipeline.start()
 
     # --- control, called by the API -------------------------------------------------------
-    def say(self, text: str, voice: str = "", audio: np.ndarray | None = None) -> Utterance:
+    def member(self, avatarid: str) -> Member:
+        if avatarid not in self.members:
+            raise ApiError.not_found(f"unknown avatarid '{avatarid}' (this session has: "
+                                     f"{', '.join(sorted(self.members))})")
+        return self.members[avatarid]
+
+    def _utterance(self, text: str, voice: str, avatarid: str, **what) -> Utterance:
+        member = self.member(avatarid)
+        return Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", text,
+                         voice or member.voice or self.options.refaudio, member.avatar, **what)
+
+    def say(self, text: str, voice: str = "", audio: np.ndarray | None = None,
+            avatarid: str = MAIN) -> Utterance:
         """Queue speech: text for TTS, or ready 16 kHz audio (then `text` only labels it)."""
-        utterance = Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", text, voice, audio)
+        utterance = self._utterance(text, voice, avatarid, audio=audio)
         self.pipeline.say(utterance)
         return utterance
 
-    def ask(self, question: str, voice: str = "") -> Utterance:
+    def ask(self, question: str, voice: str = "", avatarid: str = MAIN) -> Utterance:
         """Queue a chat answer: spoken sentence by sentence as the chat agent produces it."""
-        utterance = Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", question, voice,
-                              source=self.chat.answer(question), kind="chat")
+        utterance = self._utterance(question, voice, avatarid, source=self.chat.answer(question),
+                                    kind="chat")
         self.events.emit("question", utterance_id=utterance.id, text=question)
         self.pipeline.say(utterance)
         return utterance
+
+    def set_audiotype(self, audiotype: int, reinit: bool) -> None:
+        self.stage.set_audiotype(audiotype, reinit)
+        self.events.emit("audiotype", audiotype=audiotype, reinit=reinit)
 
     async def interrupt(self) -> None:
         dropped = await self.pipeline.interrupt()
@@ -203,16 +220,8 @@ class Session:
         return None
 
     def _render(self, tick: int) -> None:
-        speech = self._next_speech_frame()
-        if speech is not None:
-            index = self.avatar.frame_index(speech.avatar_tick)
-            self._avatar_tick = speech.avatar_tick + 1
-            image = paste_face(self.avatar.frames[index], self.avatar.boxes[index], speech.face_crop)
-            audio = speech.audio
-        else:
-            image = self.avatar.frames[self.avatar.frame_index(self._avatar_tick)]
-            self._avatar_tick += 1
-            audio = _SILENCE
+        shot = self.stage.next_shot(self._next_speech_frame())
+        image, audio = shot.image, shot.audio
         video = av.VideoFrame.from_ndarray(image, format="rgb24")
         video.pts = self.clock.video_pts(tick)
         video.time_base = VIDEO_TIME_BASE

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .avatar import Avatar
+
 # A clause longer than this is cut at a comma so the first audio comes sooner.
 MAX_CLAUSE_CHARS = 60
 # Text with no punctuation at all is cut at a space past this length.
@@ -36,6 +38,7 @@ class Utterance:
     id: str
     text: str
     voice: str
+    avatar: Avatar  # who speaks it (multiavatar_config); the switch happens at its start
     audio: np.ndarray | None = None
     source: AsyncIterator[str] | None = None
     kind: str = "echo"
@@ -49,6 +52,10 @@ class SpeechFrame:
     avatar_tick: int  # the idle-loop position the crop was rendered against
     face_crop: np.ndarray  # uint8 [S, S, 3] RGB
     audio: np.ndarray  # float32 [640] at 16 kHz
+
+    @property
+    def avatar(self) -> Avatar:
+        return self.utterance.avatar
 
 
 @dataclass(frozen=True)

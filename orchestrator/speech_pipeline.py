@@ -57,13 +57,11 @@ class SpeechPipeline:
         self,
         tts: TTSClient,
         lipsync: LipSyncClient,
-        avatar: Avatar,
         avatar_cursor: Callable[[], int],
         sessionid: int,
     ) -> None:
         self._tts = tts
         self._lipsync = lipsync
-        self._avatar = avatar
         self._avatar_cursor = avatar_cursor
         self._sessionid = sessionid
         self._utterances: asyncio.Queue[Utterance] = asyncio.Queue()
@@ -193,7 +191,7 @@ class SpeechPipeline:
             # Never plan behind the player: after a stall it has moved on.
             first_tick = max(self._next_avatar_tick, self._avatar_cursor() + 1)
             ticks = list(range(first_tick, first_tick + (stop - start)))
-            faces, mouths = _crops(self._avatar, ticks)
+            faces, mouths = _crops(sentence.utterance.avatar, ticks)
             out = await self._lipsync.infer(sentence.windows[start:stop], faces, mouths)
             crops = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
             for k, tick in enumerate(ticks):

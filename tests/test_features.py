@@ -1,4 +1,3 @@
-import time
 
 import librosa
 import numpy as np
@@ -102,14 +101,3 @@ def test_windows_of_an_utterance_cover_its_frames():
     windows = mel_windows(melspectrogram(audio), frames)
     assert windows.shape == (50, 1, 80, 16)
     assert mel_windows(melspectrogram(audio), 0).shape == (0, 1, 80, 16)
-
-
-def test_five_second_utterance_is_fast():
-    audio = np.random.default_rng(0).standard_normal(5 * SAMPLE_RATE_HZ).astype(np.float32) * 0.1
-    melspectrogram(audio)  # builds the cached filterbank
-    timings = []
-    for _ in range(5):
-        started = time.perf_counter()
-        mel_windows(melspectrogram(audio), 125)
-        timings.append(time.perf_counter() - started)
-    assert min(timings) < 0.05  # a few ms on one core; generous for loaded CI machines

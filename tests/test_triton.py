@@ -270,21 +270,6 @@ async def test_tts_concurrent_requests_get_their_own_audio(triton):
     assert [r.words for r in results] == [t.split() for t in texts]
 
 
-async def test_tts_round_trip_latency(triton):
-    tts = TTSClient(triton.url)
-    try:
-        await tts.synthesize(TEN_WORDS, "en-us")
-        started = time.perf_counter()
-        rounds = 5
-        for _ in range(rounds):
-            await tts.synthesize(TEN_WORDS, "en-us")
-        latency_s = (time.perf_counter() - started) / rounds
-    finally:
-        await tts.close()
-    print(f"tts_espeak round trip, 10 words: {latency_s * 1000:.1f} ms")
-    assert latency_s < 0.5
-
-
 # --- lip-sync adapter -----------------------------------------------------------------------------
 async def test_adapter_batches_concurrent_requests(tiny_triton):
     rng = np.random.default_rng(0)
@@ -292,7 +277,12 @@ async def test_adapter_batches_concurrent_requests(tiny_triton):
     client = LipSyncClient(tiny_triton.url, model=TINY_MODEL)
     try:
         results = await asyncio.gather(*(client.infer(*r) for r in requests))
-        stats = await client._client.get_inference_statistics(TINY_MODEL, as_json=True)
+        # Triton counts an execution after its responses are out: poll until all are counted.
+        for _ in range(100):
+            stats = await client._client.get_inference_statistics(TINY_MODEL, as_json=True)
+            if int(stats["model_stats"][0].get("inference_count", 0)) >= CONCURRENT_REQUESTS:
+                break
+            await asyncio.sleep(0.02)
     finally:
         await client.close()
     for request, result in zip(requests, results):

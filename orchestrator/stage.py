@@ -1,0 +1,89 @@
+"""What a session shows on each tick: the speaking avatar's lip-synced frame, else the custom
+clip chosen by /set_audiotype, else the idle loop of the avatar who spoke last.
+
+Switching between them (clip → speech → clip, one avatar → another) cross-fades over a few
+frames instead of jumping; every picture leaves at the session's frame size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .avatar import Avatar
+from .clips import Clip
+from .compositor import crossfade, fit_to, paste_face
+from .errors import ApiError
+from .media_clock import AUDIO_SAMPLES_PER_TICK
+from .speech import SpeechFrame
+
+TRANSITION_FRAMES = 5  # 200 ms
+IDLE = 0  # audiotype of the idle loop
+
+_SILENCE = np.zeros(AUDIO_SAMPLES_PER_TICK, np.float32)
+_SILENCE.setflags(write=False)
+
+
+@dataclass(frozen=True)
+class Shot:
+    image: np.ndarray  # uint8 [H, W, 3] RGB at the session's size
+    audio: np.ndarray  # float32 [640] at 16 kHz
+
+
+class Stage:
+    def __init__(self, avatar: Avatar, clips: dict[int, Clip] | None = None) -> None:
+        self.width, self.height = avatar.width, avatar.height
+        self.shown = avatar  # whose idle loop plays when nobody speaks
+        self.clips = clips or {}
+        self.audiotype = IDLE
+        self._positions: dict[int, int] = {}  # where each clip was left
+        self.avatar_tick = 0  # position in the idle loop(s); speech frames continue from it
+        self._source: object = None
+        self._last: np.ndarray | None = None
+        self._fade_from: np.ndarray | None = None
+        self._fade_step = 0
+
+    def set_audiotype(self, audiotype: int, reinit: bool) -> None:
+        if audiotype != IDLE and audiotype not in self.clips:
+            known = ", ".join(str(k) for k in sorted(self.clips)) or "none"
+            raise ApiError.not_found(f"unknown audiotype {audiotype} (this session's clips: {known}; "
+                                     f"{IDLE} is the idle loop)")
+        if reinit:
+            self._positions[audiotype] = 0
+        self.audiotype = audiotype
+
+    def next_shot(self, speech: SpeechFrame | None) -> Shot:
+        if speech is not None:
+            avatar = speech.avatar
+            index = avatar.frame_index(speech.avatar_tick)
+            self.avatar_tick = speech.avatar_tick + 1
+            self.shown = avatar
+            image = paste_face(avatar.frames[index], avatar.boxes[index], speech.face_crop)
+            shot, source = Shot(image, speech.audio), ("avatar", avatar.id)
+        elif self.audiotype != IDLE:
+            clip = self.clips[self.audiotype]
+            position = self._positions.get(self.audiotype, 0) % len(clip.frames)
+            self._positions[self.audiotype] = position + 1
+            audio = clip.frame_audio(position)
+            shot = Shot(clip.frames[position], _SILENCE if audio is None else audio)
+            source = ("clip", self.audiotype)
+        else:
+            avatar = self.shown
+            image = avatar.frames[avatar.frame_index(self.avatar_tick)]
+            self.avatar_tick += 1
+            shot, source = Shot(image, _SILENCE), ("avatar", avatar.id)
+        return self._blend(Shot(fit_to(shot.image, self.width, self.height), shot.audio), source)
+
+    def _blend(self, shot: Shot, source: object) -> Shot:
+        if source != self._source and self._last is not None:
+            self._fade_from, self._fade_step = self._last, 0
+        self._source = source
+        image = shot.image
+        if self._fade_from is not None:
+            self._fade_step += 1
+            image = crossfade(self._fade_from, image, self._fade_step / (TRANSITION_FRAMES + 1))
+            if self._fade_step >= TRANSITION_FRAMES:
+                self._fade_from = None
+        self._last = image
+        return Shot(image, shot.audio)
