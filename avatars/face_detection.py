@@ -62,12 +62,12 @@ def _frontal_faces(gray: np.ndarray, min_side: int, max_side: int = 0) -> list[B
     return [Box(int(x), int(y), int(w), int(h)) for x, y, w, h in found]
 
 
-def detect_faces(rgb: np.ndarray, min_fraction: float = MIN_FACE_FRACTION) -> list[Box]:
-    """All frontal faces at least `min_fraction` of the shorter side wide, largest first.
-
-    The cost grows with (1 / min_fraction)^2, whatever the resolution."""
-    faces = _frontal_faces(_gray(rgb), int(min(rgb.shape[:2]) * min_fraction))
-    return sorted(faces, key=lambda b: -b.area)
+def detect_faces(rgb: np.ndarray, min_side: int | None = None) -> list[Box]:
+    """All frontal faces at least `min_side` pixels wide (default: MIN_FACE_FRACTION of the
+    shorter side), largest first. The cost grows as (shorter side / min_side)^2."""
+    if min_side is None:
+        min_side = int(min(rgb.shape[:2]) * MIN_FACE_FRACTION)
+    return sorted(_frontal_faces(_gray(rgb), min_side), key=lambda b: -b.area)
 
 
 def is_second_face(largest: Box, other: Box) -> bool:

@@ -27,6 +27,9 @@ DEFAULT_LIPSYNC_MODEL = "lipsync_default"
 CROP_FACE_WIDTHS = 1.35
 CROP_CENTRE_DROP = 0.18
 JPEG_QUALITY = 95
+# Larger sources (phone photos and videos) are scaled down to this: every frame of a package is
+# held in memory by the server, and the lip-sync crop is 128 px anyway.
+MAX_LONG_SIDE_PX = 1280
 AVATAR_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 Progress = Callable[[int, int], None]
@@ -46,6 +49,14 @@ def mouth_geometry(mouth: Mouth, box: tuple[int, int, int, int], shift: tuple[fl
     size = x1 - x0
     return [(mouth.centre_x + shift[0] - x0) / size, (mouth.line + shift[1] - y0) / size,
             mouth.width / size, (mouth.bottom - mouth.top) / size]
+
+
+def fit_long_side(rgb: np.ndarray, limit: int = MAX_LONG_SIDE_PX) -> np.ndarray:
+    scale = limit / max(rgb.shape[:2])
+    if scale >= 1:
+        return rgb
+    size = (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
 def check_avatar_id(avatar_id: str) -> None:
@@ -111,6 +122,7 @@ def build_from_image(rgb: np.ndarray, avatar_id: str, out_dir: Path, seconds: fl
                      source: str = "", progress: Progress | None = None) -> Path:
     """The degenerate video: one still, animated by a synthetic idle motion."""
     check_avatar_id(avatar_id)
+    rgb = fit_long_side(rgb)
     face = detect_single_face(rgb)
     eyes = detect_eyes(rgb, face)
     rest, mouth = close_mouth(rgb, find_mouth(rgb, face))

@@ -1,7 +1,7 @@
 """Following one face through a video: Haar detections per frame, cleaned and smoothed into a
 steady box per frame.
 
-A full-frame Haar scan costs ~100 ms, a search around the last face ~10 ms: the tracker scans
+A full-frame Haar scan costs 50-200 ms, a search around the last face ~10 ms: the tracker scans
 every few frames (to find the face again after losing it, and to notice a second person) and
 searches near the last face in between. Raw Haar boxes jitter by a few pixels and their size
 steps by the detector's 10% scale factor, so the track is smoothed: the centre lightly (the head
@@ -15,8 +15,10 @@ import numpy as np
 from .face_detection import Box, FaceError, detect_face_near, detect_faces, is_second_face
 
 SCAN_EVERY_FRAMES = 5
-# Talking-head videos show a large face; the scan's cost grows as 1 / min_fraction^2.
-SCAN_MIN_FACE_FRACTION = 0.12
+# Once a face is tracked, scans only look for faces this large relative to it: enough to see a
+# second person of similar size (SECOND_FACE_RATIO by area), and the scan is several times
+# cheaper than the photo's search for any face.
+SCAN_MIN_SIZE_OF_TRACKED = 0.6
 MAX_MISSED_FRACTION = 0.5  # of all frames
 MAX_CROWDED_FRACTION = 0.3  # of the scanned frames
 # Centred moving averages, half-widths in frames (25 fps).
@@ -52,7 +54,8 @@ class FaceTracker:
 
     def _scan(self, rgb: np.ndarray) -> Box | None:
         self.scanned += 1
-        faces = detect_faces(rgb, SCAN_MIN_FACE_FRACTION)
+        min_side = int(self._last.w * SCAN_MIN_SIZE_OF_TRACKED) if self._last else None
+        faces = detect_faces(rgb, min_side)
         similar = [f for f in faces if is_second_face(faces[0], f)]
         if len(similar) > 1:
             self.crowded += 1

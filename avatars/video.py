@@ -2,8 +2,10 @@
 reads), put it on the player's 25 fps clock, track the face, close the mouth in every frame.
 
 Limits: at most MAX_SECONDS long (longer videos are rejected: an idle loop needs a few seconds,
-and a build costs ~20 ms per frame); frames larger than MAX_LONG_SIDE_PX on their long side are
-scaled down to it (phone videos are 1080p or 4K; the player and the lip-sync crop need far less).
+and a build costs ~30 ms per frame); frames larger than MAX_LONG_SIDE_PX on their long side are
+scaled down to it (phone videos are 1080p or 4K; the player and the lip-sync crop need far less),
+frames over MAX_SOURCE_SIDE_PX are rejected (decoding them costs too much memory). Only common
+video containers are opened: FFmpeg's playlist and text demuxers can read other files.
 
 The video is decoded twice: once to track the face (smoothing needs the whole track), once to
 write the frames, so memory stays small whatever the length.
@@ -19,17 +21,28 @@ import av
 import numpy as np
 
 from .mouth import find_mouth
-from .package import FPS, PackageWriter, Progress, check_avatar_id, crop_box, mouth_geometry
+from .package import (
+    FPS,
+    MAX_LONG_SIDE_PX,
+    PackageWriter,
+    Progress,
+    check_avatar_id,
+    crop_box,
+    mouth_geometry,
+)
 from .rest_pose import close_mouth
 from .tracking import FaceTracker, centred_mean
 
 MAX_SECONDS = 60.0
-MAX_LONG_SIDE_PX = 1280
+MAX_SOURCE_SIDE_PX = 4096
+# FFmpeg demuxer names: mp4/mov/3gp, mkv/webm, avi, flv, MPEG-TS/PS, ogg, wmv, gif.
+VIDEO_DEMUXERS = "mov,matroska,avi,flv,mpegts,mpeg,ogg,asf,gif"
 # Sources this close to 25 fps keep every frame (24 fps film plays 4% fast: unnoticeable when
 # idle); others are resampled by timestamp.
 NEAR_PLAYER_FPS = 1.0
 # The lip-sync model's mouth input, per frame: lightly smoothed so the mouth does not jitter.
 MOUTH_SMOOTHING_HALF = 2
+TIME_EPSILON_S = 1e-6  # timestamps are rationals turned into floats
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ class VideoInfo:
 def probe_video(path: Path, max_seconds: float = MAX_SECONDS) -> VideoInfo:
     """What the first video stream holds; ValueError when it is not decodable or too long."""
     try:
-        with av.open(str(path)) as container:
+        with _open(path) as container:
             if not container.streams.video:
                 raise ValueError(f"{Path(path).name}: no video stream")
             stream = container.streams.video[0]
@@ -60,6 +73,9 @@ def probe_video(path: Path, max_seconds: float = MAX_SECONDS) -> VideoInfo:
         raise ValueError(f"{Path(path).name}: the video has no frames")
     if seconds is not None and seconds > max_seconds + 0.5 / FPS:
         raise ValueError(f"the video is {seconds:.1f} s long; the limit is {max_seconds:.0f} s")
+    if max(first.width, first.height) > MAX_SOURCE_SIDE_PX:
+        raise ValueError(f"the video is {first.width}x{first.height}; the limit is "
+                         f"{MAX_SOURCE_SIDE_PX} px on the long side")
     return VideoInfo(first.width, first.height, float(rate) if rate else None, seconds)
 
 
@@ -70,7 +86,7 @@ def video_frames(path: Path, info: VideoInfo, max_seconds: float = MAX_SECONDS) 
     keep_every_frame = info.fps is not None and abs(info.fps - FPS) <= NEAR_PLAYER_FPS
     max_frames = int(max_seconds * FPS + 0.5)
     try:
-        with av.open(str(path)) as container:
+        with _open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             decoded = container.decode(stream)
@@ -89,22 +105,29 @@ def video_frames(path: Path, info: VideoInfo, max_seconds: float = MAX_SECONDS) 
         raise ValueError(f"the video cannot be decoded: {exc}") from None
 
 
+def _open(path: Path) -> av.container.InputContainer:
+    return av.open(str(path), options={"format_whitelist": VIDEO_DEMUXERS,
+                                       "protocol_whitelist": "file"})
+
+
 def _at_player_rate(frames: Iterable[tuple[float, av.VideoFrame]]) -> Iterator[av.VideoFrame]:
     """Each 25 fps tick shows the source frame nearest to it: frames repeat when the source is
-    slower, are skipped when it is faster. Ticks count from the first frame's time."""
+    slower, are skipped when it is faster. Ticks count from the first frame's time; the last
+    frame lasts as long as the gap before it."""
     previous: tuple[float, av.VideoFrame] | None = None
-    start, ticks = 0.0, 0
+    start, ticks, gap = 0.0, 0, 1 / FPS
     for time, frame in frames:
         if previous is None:
             start = time
         else:
-            midpoint = (previous[0] + time) / 2
+            midpoint, gap = (previous[0] + time) / 2, time - previous[0]
             while start + ticks / FPS < midpoint:
                 yield previous[1]
                 ticks += 1
         previous = (time, frame)
     if previous is not None:
-        while start + ticks / FPS < previous[0] + 0.5 / FPS:
+        end = previous[0] + gap - TIME_EPSILON_S  # a tick on the very end belongs to the next
+        while start + ticks / FPS < end:
             yield previous[1]
             ticks += 1
 

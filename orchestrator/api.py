@@ -17,7 +17,7 @@ from .roster import MAIN
 from .services import SERVICES_KEY, Services
 from .session import Session, SessionOptions
 from .speech import MAX_TEXT_CHARS
-from .validation import choice, field, json_config, read_json_object
+from .validation import choice, field, json_config, read_json_object, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +247,9 @@ async def humanaudio(request: web.Request) -> web.Response:
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
         if part.name == "file":
-            data = await _read_limited(part, MAX_UPLOAD_BYTES)
+            data = await read_limited(part, MAX_UPLOAD_BYTES)
         elif part.name:
-            form[part.name] = (await _read_limited(part, 1024)).decode(errors="replace")
+            form[part.name] = (await read_limited(part, 1024)).decode(errors="replace")
     raw_id = form.get("sessionid", "")
     if not raw_id.strip().lstrip("-").isdigit():
         raise ApiError.bad_request("field 'sessionid' must be an integer")
@@ -265,12 +265,3 @@ async def humanaudio(request: web.Request) -> web.Response:
     utterance = session.say("(uploaded audio)", audio=audio)
     return ok({"utterance_id": utterance.id, "seconds": round(audio.size / 16000, 3)})
 
-
-async def _read_limited(part, limit: int) -> bytes:
-    chunks, size = [], 0
-    while chunk := await part.read_chunk(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"field '{part.name}' is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -6,7 +6,8 @@ import logging
 
 from aiohttp import web
 
-from . import api
+from . import api, avatar_api
+from .avatar_jobs import AvatarJobs
 from .errors import ApiError
 from .services import SERVICES_KEY, Services, start_services
 from .settings import Settings
@@ -41,11 +42,16 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     """The app; with `services` given (tests), their lifetime is the caller's."""
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app.add_routes(api.routes)
+    app.add_routes(avatar_api.routes)
 
     async def lifetime(app: web.Application):
         owned = services is None
         app[SERVICES_KEY] = services or await start_services(settings)
+        # Its upload folder is emptied at start: one job registry per data directory.
+        jobs = AvatarJobs(app[SERVICES_KEY].avatars, settings.data_dir / "avatar-uploads")
+        app[avatar_api.AVATAR_JOBS_KEY] = jobs
         yield
+        await jobs.close()
         if owned:
             await app[SERVICES_KEY].close()
         else:

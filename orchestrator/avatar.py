@@ -54,6 +54,17 @@ class Avatar:
         return region.transpose(2, 0, 1).astype(np.float32) / 255.0
 
 
+@dataclass(frozen=True)
+class AvatarInfo:
+    """What a listing shows of a package: its manifest, without loading the frames."""
+
+    id: str
+    frame_count: int
+    width: int
+    height: int
+    source: str
+
+
 def _member(folder: Path, relative: str) -> Path:
     """A file named by the manifest; it must stay inside the package."""
     path = (folder / relative).resolve()
@@ -107,6 +118,27 @@ class AvatarStore:
         if not (folder / "manifest.json").is_file():
             raise AvatarNotFound(avatar_id)
         return folder
+
+    def exists(self, avatar_id: str) -> bool:
+        """ValueError for an id that cannot name an avatar here."""
+        try:
+            self.path_of(avatar_id)
+        except AvatarNotFound:
+            return False
+        return True
+
+    def catalog(self) -> list[AvatarInfo]:
+        """The packages in the directory, by id; unreadable ones (and build staging) skipped."""
+        infos = []
+        for entry in sorted(self.directory.iterdir()) if self.directory.is_dir() else []:
+            try:
+                manifest = json.loads((self.path_of(entry.name) / "manifest.json").read_text())
+                infos.append(AvatarInfo(entry.name, int(manifest["frame_count"]),
+                                        int(manifest["width"]), int(manifest["height"]),
+                                        str(manifest.get("source", ""))))
+            except (AvatarNotFound, ValueError, KeyError, TypeError, OSError):
+                continue  # not a package (or a broken one): loading it would fail too
+        return infos
 
     def load(self, avatar_id: str) -> Avatar:
         with self._lock:

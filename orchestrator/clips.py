@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
+
+from avatars.video import probe_video, video_frames
 
 from .audio_input import decode_audio
 from .compositor import fit_to
@@ -29,7 +30,7 @@ from .media_clock import AUDIO_SAMPLES_PER_TICK, VIDEO_FPS
 FIELD = "custom_config"
 KEYS = {"audiotype", "imgpath", "audiopath", "video"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-MAX_CLIP_FRAMES = 60 * VIDEO_FPS
+MAX_CLIP_FRAMES = 60 * VIDEO_FPS  # image folders; videos have the avatar builder's limit
 MAX_CLIPS = 32
 
 
@@ -136,34 +137,11 @@ def _image_frames(folder: Path, where: str) -> list[np.ndarray]:
 
 
 def _video_frames(path: Path, where: str) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """Frames resampled to 25 fps by timestamp (each 40 ms slot shows the latest source frame
-    that has started by then), and the audio track if there is one."""
-    frames: list[np.ndarray] = []
-    shown: tuple[float, av.VideoFrame] | None = None
-    image: np.ndarray | None = None
-
-    def fill_until(seconds: float) -> None:
-        nonlocal image
-        while shown is not None and len(frames) < MAX_CLIP_FRAMES and len(frames) / VIDEO_FPS < seconds - 1e-6:
-            image = shown[1].to_ndarray(format="rgb24") if image is None else image
-            frames.append(image)
-
+    """Frames on the 25 fps clock (the avatar builder's decoder), and the audio track if any."""
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ApiError.bad_request(f"{where}: {path.name} has no video stream")
-            stream = container.streams.video[0]
-            frame_seconds = 1 / float(stream.average_rate or VIDEO_FPS)
-            for frame in container.decode(stream):
-                seconds = frame.time if frame.time is not None else (shown[0] + frame_seconds if shown else 0.0)
-                fill_until(seconds)  # the previous frame holds until this one starts
-                shown, image = (seconds, frame), None
-                if len(frames) >= MAX_CLIP_FRAMES:
-                    break
-            if shown is not None:
-                fill_until(shown[0] + frame_seconds)  # the last one lasts one source frame
-    except av.FFmpegError as exc:
-        raise ApiError.bad_request(f"{where}: cannot decode {path.name}: {exc}") from None
+        frames = list(video_frames(path, probe_video(path)))
+    except ValueError as exc:
+        raise ApiError.bad_request(f"{where}: {path.name}: {exc}") from None
     if not frames:
         raise ApiError.bad_request(f"{where}: {path.name} has no frames")
     try:

@@ -57,3 +57,14 @@ def json_config(body: dict[str, Any], name: str, default: str, kind: type) -> An
     if not isinstance(value, kind):
         raise ApiError.bad_request(f"field '{name}' must be a JSON {'list' if kind is list else 'object'}")
     return value
+
+
+async def read_limited(part, limit: int) -> bytes:
+    """One multipart field, at most `limit` bytes (413 naming the field beyond that)."""
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"field '{part.name}' is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
