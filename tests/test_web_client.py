@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
+import av
 import pytest
 from server_fixtures import livehuman  # noqa: F401  (fixture)
+from skimage import data
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -63,7 +66,23 @@ async def test_page_connects_echoes_and_decodes_video(livehuman):  # noqa: F811
             await page.wait_for_function(
                 "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('end: Hello from the browser'))",
                 timeout=15000)
-            assert not errors, errors
             await page.click("#disconnect")
+
+            # The avatar builder from the page: upload a photo, the job runs, the id is offered.
+            photo = ARTIFACTS / "upload.png"
+            av.VideoFrame.from_ndarray(data.astronaut(), format="rgb24").to_image().save(photo)
+            avatar_id = f"web{int(time.time() * 1000) % 10**9}"
+            await page.click("text=New avatar from a photo or video")
+            await page.fill("#new-avatar-id", avatar_id)
+            await page.set_input_files("#new-avatar-file", str(photo))
+            await page.click("#new-avatar-build")
+            await page.wait_for_function(
+                f"[...document.querySelectorAll('#log li')].some(li => li.textContent.includes(\"avatar '{avatar_id}' ready\"))",
+                timeout=60000)
+            try:
+                assert services.avatars.load(avatar_id).frames.shape[1:] == (512, 512, 3)
+            finally:
+                shutil.rmtree(services.avatars.directory / avatar_id)
+            assert not errors, errors
         finally:
             await browser.close()

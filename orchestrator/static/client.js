@@ -128,3 +128,34 @@ $("record").addEventListener("click", async () => {
     $("record").textContent = state.recording ? "Stop recording" : "Start recording";
   } catch (e) { /* shown in the status line */ }
 });
+
+// Avatar builder: upload, then poll the job until the avatar is ready (then connect with its id).
+$("new-avatar").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const form = new FormData();
+  form.append("id", $("new-avatar-id").value.trim());
+  form.append("file", $("new-avatar-file").files[0]);
+  const bar = $("new-avatar-progress");
+  $("new-avatar-build").disabled = true;
+  try {
+    const resp = await fetch("/avatars", { method: "POST", body: form });
+    let answer = await resp.json();
+    if (answer.code !== 0) throw new Error(answer.msg);
+    const job = answer.data.job;
+    log(`building avatar '${answer.data.avatar}'`);
+    bar.hidden = false;
+    for (;;) {
+      answer = await (await fetch(`/avatars/${job}`)).json();
+      if (answer.code !== 0) throw new Error(answer.msg);
+      bar.value = answer.data.progress || 0;
+      if (answer.data.state === "done") { log(`avatar '${answer.data.avatar}' ready: put it in Avatar id and connect`); $("avatar").value = answer.data.avatar; break; }
+      if (answer.data.state === "failed") throw new Error(answer.data.error);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  } catch (err) {
+    log(`avatar build failed: ${err.message}`);
+  } finally {
+    bar.hidden = true;
+    $("new-avatar-build").disabled = false;
+  }
+});
