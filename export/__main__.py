@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import default_lipsync
+from . import default_lipsync, wav2lip_export
 
-COMMAND_MODULES = (default_lipsync,)
+COMMAND_MODULES = (default_lipsync, wav2lip_export)
 
 
 def main(argv: list[str] | None = None) -> None:

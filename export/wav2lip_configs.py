@@ -12,6 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The tensors, shared with the PyTorch model (kept here, free of torch, so that the CLI and
+# `python -m export default-lipsync` import without it).
+FACE_SIZES_PX = (96, 256)
+MEL_BINS = 80
+MEL_WINDOW_FRAMES = 16
+FACE_CHANNELS = 6  # masked target BGR + reference BGR
+OUTPUT_CHANNELS = 3
+MEL_DIMS = f"[ 1, {MEL_BINS}, {MEL_WINDOW_FRAMES} ]"
+
 PREFERRED_BATCH_SIZES = (8, 16, 32)
 CONTAINER_QUEUE_DELAY_US = 2000  # one frame per session every 40 ms: 2 ms gathers concurrent ones
 LOCAL_QUEUE_DELAY_US = 1000
@@ -32,11 +41,11 @@ class ModelSignature:
             f'name: "{self.name}"\n'
             f"max_batch_size: {self.max_batch}\n"
             "input [\n"
-            '  { name: "mel", data_type: TYPE_FP32, dims: [ 1, 80, 16 ] },\n'
-            f'  {{ name: "face", data_type: TYPE_FP32, dims: [ 6, {s}, {s} ] }}\n'
+            f'  {{ name: "mel", data_type: TYPE_FP32, dims: {MEL_DIMS} }},\n'
+            f'  {{ name: "face", data_type: TYPE_FP32, dims: [ {FACE_CHANNELS}, {s}, {s} ] }}\n'
             "]\n"
             "output [\n"
-            f'  {{ name: "face_out", data_type: TYPE_FP32, dims: [ 3, {s}, {s} ] }}\n'
+            f'  {{ name: "face_out", data_type: TYPE_FP32, dims: [ {OUTPUT_CHANNELS}, {s}, {s} ] }}\n'
             "]\n"
         )
 
@@ -51,10 +60,10 @@ class ModelSignature:
         for batch in sorted({min(b, self.max_batch) for b in WARMUP_BATCH_SIZES}):
             entries.append(
                 f'  {{ name: "batch_{batch}", batch_size: {batch},\n'
-                '    inputs { key: "mel" value: { data_type: TYPE_FP32, dims: [ 1, 80, 16 ], '
+                f'    inputs {{ key: "mel" value: {{ data_type: TYPE_FP32, dims: {MEL_DIMS}, '
                 "zero_data: true } }\n"
                 '    inputs { key: "face" value: { data_type: TYPE_FP32, '
-                f"dims: [ 6, {s}, {s} ], random_data: true }} }} }}")
+                f"dims: [ {FACE_CHANNELS}, {s}, {s} ], random_data: true }} }} }}")
         return "model_warmup [\n" + ",\n".join(entries) + "\n]\n"
 
 

@@ -22,29 +22,23 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import wav2lip_configs as configs
-from .wav2lip_model import (
-    FACE_CHANNELS,
-    MEL_BINS,
-    MEL_WINDOW_FRAMES,
-    VARIANTS,
-    CheckpointError,
-    Wav2Lip,
-    fused_for_inference,
-    load_checkpoint,
-    random_model,
-)
+from .wav2lip_configs import FACE_CHANNELS, FACE_SIZES_PX, MEL_BINS, MEL_WINDOW_FRAMES
+
+if TYPE_CHECKING:  # torch is imported only when exporting: the CLI parser works without it
+    from .wav2lip_model import Wav2Lip
 
 OPSET = 17
 INPUT_NAMES = ("mel", "face")
 OUTPUT_NAME = "face_out"
 FP32_TOLERANCE = 1e-4
-FP16_TOLERANCE = 2e-2  # outputs are in [0, 1]; fp16 keeps ~3 significant digits per layer
+FP16_TOLERANCE = 3e-2  # outputs in [0, 1]: random weights measure 0.01-0.02 (a few 8-bit levels)
 PARITY_BATCH = 2
 TRACE_BATCH = 1  # traced at 1, checked at PARITY_BATCH: proves the batch dimension is dynamic
 TRT_OPT_BATCH = 16
@@ -79,6 +73,8 @@ def random_inputs(face_px: int, batch: int, seed: int = 0) -> tuple[np.ndarray, 
 def export_onnx(model: Wav2Lip, path: Path) -> Path:
     """The fused fp32 graph with a dynamic batch dimension, checked by onnx.checker."""
     import torch
+
+    from .wav2lip_model import fused_for_inference
 
     mel, face = (torch.from_numpy(a) for a in random_inputs(model.face_px, TRACE_BATCH))
     batch_axis = {0: "batch"}
@@ -203,6 +199,8 @@ def build_tensorrt_plan(onnx_path: Path, plan_path: Path, face_px: int, max_batc
 
 
 def _model(checkpoint: Path | None, face_px: int, seed: int) -> Wav2Lip:
+    from .wav2lip_model import load_checkpoint, random_model
+
     if checkpoint is None:
         return random_model(face_px, seed)
     return load_checkpoint(checkpoint, face_px)
@@ -216,8 +214,8 @@ def export_repository(out: Path, face_px: int, *, checkpoint: Path | None = None
     `model` (already built) wins over `checkpoint`; with neither, random weights of the real
     architecture. Raises CheckpointError / ExportError with the reason.
     """
-    if face_px not in VARIANTS:
-        raise ExportError(f"--variant must be one of {sorted(VARIANTS)}, got {face_px}")
+    if face_px not in FACE_SIZES_PX:
+        raise ExportError(f"--variant must be one of {list(FACE_SIZES_PX)}, got {face_px}")
     if not 1 <= max_batch <= 1024:
         raise ExportError(f"--max-batch must be in 1..1024, got {max_batch}")
     if model is None:
@@ -242,6 +240,8 @@ def export_repository(out: Path, face_px: int, *, checkpoint: Path | None = None
                               f"(> {FP16_TOLERANCE})")
         report.files.append(fp16_path)
         onnx_file = ONNX_FP16_FILE
+    else:
+        (version / ONNX_FP16_FILE).unlink(missing_ok=True)  # from an earlier --fp16 export
 
     sig = configs.ModelSignature(out.name, face_px, max_batch)
     plan = None
@@ -276,7 +276,7 @@ def add_command(subcommands: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", type=Path, help="wav2lip.pth, wav2lip_gan.pth, ...")
     source.add_argument("--random-init", action="store_true",
                         help="random weights of the real architecture (tests, benchmarks)")
-    parser.add_argument("--variant", type=int, choices=sorted(VARIANTS), required=True,
+    parser.add_argument("--variant", type=int, choices=FACE_SIZES_PX, required=True,
                         help="face crop size the checkpoint was trained for")
     parser.add_argument("--out", type=Path, help="model folder (default model_repository/"
                         "wav2lip<variant>); its name is the Triton model name")
@@ -293,6 +293,10 @@ def run(args: argparse.Namespace) -> None:
     if args.name is not None and args.name != out.name:
         sys.exit(f"error: --name {args.name} differs from the folder name {out.name}: Triton "
                  f"names a model after its folder (use --out .../{args.name})")
+    try:
+        from .wav2lip_model import CheckpointError
+    except ImportError as exc:
+        sys.exit(f"error: the wav2lip export needs PyTorch (the `export` extra): {exc}")
     try:
         report = export_repository(out, args.variant, checkpoint=args.checkpoint, fp16=args.fp16,
                                    max_batch=args.max_batch, seed=args.seed)

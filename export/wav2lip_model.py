@@ -28,9 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-MEL_BINS = 80
-MEL_WINDOW_FRAMES = 16
-FACE_CHANNELS = 6  # masked target BGR + reference BGR
+from .wav2lip_configs import FACE_CHANNELS, MEL_BINS, MEL_WINDOW_FRAMES, OUTPUT_CHANNELS
+
 BOTTLENECK_CHANNELS = 512
 
 
@@ -161,7 +160,7 @@ class Wav2Lip(nn.Module):
         self.audio_encoder = _audio_encoder()
         self.face_decoder_blocks, channels = _face_decoder(self.variant)
         self.output_block = nn.Sequential(ConvBlock(channels, 32, 3, 1, 1),
-                                          nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid())
+                                          nn.Conv2d(32, OUTPUT_CHANNELS, 1, 1, 0), nn.Sigmoid())
 
     @property
     def face_px(self) -> int:
@@ -179,25 +178,32 @@ class Wav2Lip(nn.Module):
         return self.output_block(x)
 
 
-def calibrate_random(model: Wav2Lip, seed: int = 0, batch: int = 4) -> Wav2Lip:
+def calibrate_random(model: Wav2Lip, seed: int = 0, batch: int = 4,
+                     audio_batch: int = 64) -> Wav2Lip:
     """Give a randomly initialised model realistic BatchNorm statistics.
 
-    Fresh BatchNorm layers (mean 0, variance 1) leave activations to grow through ~40 layers until
-    the sigmoid saturates at 0 or 1, which would make parity checks and benchmarks meaningless;
-    one training-mode pass over random inputs sets each layer's running statistics to what it
-    actually sees, as training would.
+    Fresh BatchNorm layers (mean 0, variance 1) do not match what random convolutions produce,
+    so activations drift through ~45 layers until the sigmoid saturates, which would make parity
+    checks and benchmarks meaningless. Training-mode passes over random inputs set each layer's
+    running statistics to what it actually sees, as training would. Layers at 1x1 see one value
+    per sample: a handful of samples gives some channels a near-zero variance that blows up on
+    new inputs, so the (cheap) audio encoder gets its own large batch first.
     """
     generator = torch.Generator().manual_seed(seed)
     size = model.face_px
-    mel = torch.randn(batch, 1, MEL_BINS, MEL_WINDOW_FRAMES, generator=generator)
-    face = torch.rand(batch, FACE_CHANNELS, size, size, generator=generator)
+
+    def mel(count: int) -> torch.Tensor:
+        return torch.rand(count, 1, MEL_BINS, MEL_WINDOW_FRAMES, generator=generator) * 8 - 4
+
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average: one pass sets the statistics exactly
     model.train()
     with torch.no_grad():
-        model(mel, face)
+        model.audio_encoder(mel(audio_batch))
+        model.audio_encoder.eval()  # keeps those statistics through the full pass
+        model(mel(batch), torch.rand(batch, FACE_CHANNELS, size, size, generator=generator))
     for norm in norms:
         norm.momentum = 0.1
     return model.eval()
