@@ -70,7 +70,7 @@ async def offer(request: web.Request) -> web.Response:
 
     sessionid = services.registry.reserve()
     pc = RTCPeerConnection(services.rtc_configuration)
-    session = Session(sessionid, pc, members, options, services.tts, services.lipsync, chat, clips)
+    session = Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat, clips)
     try:
         answer_sdp = await _negotiate(session, sdp)
     except BaseException:

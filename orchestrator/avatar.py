@@ -40,8 +40,10 @@ class Avatar:
         position = tick % (2 * n - 2)
         return position if position < n else 2 * n - 2 - position
 
-    def crop(self, frame: np.ndarray, index: int) -> np.ndarray:
-        """The model's `face` input for this frame: float32 [3, S, S] RGB in [0, 1]."""
+    def crop_rgb(self, index: int, size: int | None = None) -> np.ndarray:
+        """uint8 [S, S, 3] RGB of frame `index` inside its crop box, S = `size` or crop_size."""
+        frame = self.frames[index]
+        size = size or self.crop_size
         x0, y0, x1, y1 = (int(v) for v in self.boxes[index])
         h, w = frame.shape[:2]
         pad = max(0, -x0, -y0, x1 - w, y1 - h)
@@ -49,9 +51,13 @@ class Avatar:
             frame = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
             x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
         region = frame[y0:y1, x0:x1]
-        if region.shape[0] != self.crop_size:
-            region = cv2.resize(region, (self.crop_size, self.crop_size), interpolation=cv2.INTER_AREA)
-        return region.transpose(2, 0, 1).astype(np.float32) / 255.0
+        if region.shape[0] != size:
+            region = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
+        return region
+
+    def crop(self, index: int) -> np.ndarray:
+        """The default model's `face` input for frame `index`: float32 [3, S, S] RGB in [0, 1]."""
+        return self.crop_rgb(index).transpose(2, 0, 1).astype(np.float32) / 255.0
 
 
 @dataclass(frozen=True)

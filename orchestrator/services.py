@@ -22,6 +22,7 @@ from .errors import ApiError
 from .features import SAMPLE_RATE_HZ, melspectrogram
 from .ice import restrict_host_candidates, rtc_configuration
 from .knowledge import KnowledgeStore, UnknownKnowledgeBase
+from .lipsync_models import LipSyncModels
 from .llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
 from .roster import FIELD as ROSTER_FIELD
 from .roster import MAIN, Member, parse_multiavatar_config
@@ -40,7 +41,8 @@ class Services:
     settings: Settings
     triton_url: str
     tts: TTSClient
-    lipsync: LipSyncClient
+    lipsync: LipSyncClient  # the default model: health checks
+    lipsync_models: LipSyncModels  # every model avatars name
     avatars: AvatarStore
     registry: SessionRegistry
     rtc_configuration: RTCConfiguration
@@ -73,7 +75,16 @@ class Services:
             if spec.voice is not None:
                 await self.check_voice(spec.voice, f"{ROSTER_FIELD}.{spec.name}.voice")
             members[spec.name] = Member(avatar, spec.voice)
+        for name, member in members.items():
+            await self._check_lipsync_model(member.avatar, name)
         return members
+
+    async def _check_lipsync_model(self, avatar: Avatar, name: str) -> None:
+        try:
+            await self.lipsync_models.get(avatar.lipsync_model)
+        except Exception as exc:  # not served, not ready, or not a lip-sync signature
+            raise ApiError(503, f"avatar '{avatar.id}' ({name}) needs lip-sync model "
+                           f"'{avatar.lipsync_model}', which Triton does not serve: {exc}") from None
 
     async def clips(self, custom_config: list | None, width: int, height: int) -> dict[int, Clip]:
         """custom_config checked, then decoded off the event loop at the session's frame size."""
@@ -119,6 +130,7 @@ class Services:
         await asyncio.gather(*(s.close() for s in self.registry.all()), return_exceptions=True)
         await self.tts.close()
         await self.lipsync.close()
+        await self.lipsync_models.close()
         await asyncio.gather(*(llm.close() for llm in self._llms.values()), return_exceptions=True)
         if self.embedded_triton is not None:
             await self.embedded_triton.stop()
@@ -148,6 +160,7 @@ async def start_services(settings: Settings) -> Services:
         triton_url=url,
         tts=TTSClient(url, model=settings.tts_model),
         lipsync=LipSyncClient(url, model=settings.lipsync_model),
+        lipsync_models=LipSyncModels(url),
         avatars=AvatarStore(settings.avatar_dir),
         registry=SessionRegistry(settings.max_sessions),
         rtc_configuration=rtc_configuration(settings),

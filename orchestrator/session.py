@@ -21,6 +21,7 @@ from .chat import ChatAgent
 from .clips import Clip
 from .errors import ApiError
 from .events import SessionEvents
+from .lipsync_models import LipSyncModels
 from .media_clock import (
     AUDIO_PACKETS_PER_TICK,
     AUDIO_SAMPLE_RATE_HZ,
@@ -43,7 +44,7 @@ from .speech import (
 from .speech_pipeline import SpeechPipeline
 from .stage import Stage
 from .tracks import audio_track, video_track
-from .triton_clients import LipSyncClient, TTSClient
+from .triton_clients import TTSClient
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Session:
         members: dict[str, Member],
         options: SessionOptions,
         tts: TTSClient,
-        lipsync: LipSyncClient,
+        lipsync: LipSyncModels,
         chat: ChatAgent,
         clips: dict[int, Clip] | None = None,
     ) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .avatar import Avatar
 from .features import mel_windows, melspectrogram
+from .lipsync_models import LipSyncModels
 from .media_clock import AUDIO_SAMPLES_PER_TICK
 from .speech import (
     SentenceStarted,
@@ -28,7 +29,7 @@ from .speech import (
     UtteranceStarted,
     split_sentences,
 )
-from .triton_clients import LipSyncClient, TTSClient
+from .triton_clients import TTSClient
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class SpeechPipeline:
     def __init__(
         self,
         tts: TTSClient,
-        lipsync: LipSyncClient,
+        lipsync: LipSyncModels,
         avatar_cursor: Callable[[], int],
         sessionid: int,
     ) -> None:
@@ -191,9 +192,10 @@ class SpeechPipeline:
             # Never plan behind the player: after a stall it has moved on.
             first_tick = max(self._next_avatar_tick, self._avatar_cursor() + 1)
             ticks = list(range(first_tick, first_tick + (stop - start)))
-            faces, mouths = _crops(sentence.utterance.avatar, ticks)
-            out = await self._lipsync.infer(sentence.windows[start:stop], faces, mouths)
-            crops = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+            avatar = sentence.utterance.avatar
+            model = await self._lipsync.get(avatar.lipsync_model)
+            faces, mouths = _crops(avatar, ticks, model.crop_size)
+            crops = await model.render(sentence.windows[start:stop], faces, mouths)
             for k, tick in enumerate(ticks):
                 i = start + k
                 audio = sentence.audio[i * AUDIO_SAMPLES_PER_TICK : (i + 1) * AUDIO_SAMPLES_PER_TICK]
@@ -212,8 +214,8 @@ def _features(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return padded, mel_windows(melspectrogram(padded), frames)
 
 
-def _crops(avatar: Avatar, ticks: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs for the avatar frames these ticks will show: face crops and mouth geometry."""
+def _crops(avatar: Avatar, ticks: list[int], size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs for the avatar frames these ticks will show: RGB face crops and mouth geometry."""
     indices = [avatar.frame_index(t) for t in ticks]
-    faces = np.stack([avatar.crop(avatar.frames[i], i) for i in indices])
+    faces = np.stack([avatar.crop_rgb(i, size) for i in indices])
     return faces, avatar.mouth[indices]

@@ -178,6 +178,21 @@ class LipSyncClient(TritonModelClient):
         )
         return result.as_numpy("face_out")
 
+    async def infer_face(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+        """Models without geometry (Wav2Lip): mel [B,1,80,16], face [B,C,S,S] -> face_out."""
+        if mel.shape[0] != face.shape[0]:
+            raise ValueError(f"batch sizes differ: mel {mel.shape[0]}, face {face.shape[0]}")
+        result = await self._client.infer(
+            self.model, [_fp32_input("mel", mel), _fp32_input("face", face)],
+            client_timeout=self.timeout_s,
+        )
+        return result.as_numpy("face_out")
+
+    async def input_shapes(self) -> dict[str, list[int]]:
+        """The model's inputs and their shapes, batch dimension included (-1: any)."""
+        metadata = await self._client.get_model_metadata(self.model, as_json=True)
+        return {i["name"]: [int(d) for d in i["shape"]] for i in metadata["inputs"]}
+
 
 def _check_batch(mel: np.ndarray, face: np.ndarray, mouth: np.ndarray) -> None:
     if mel.ndim != 4 or mel.shape[1:] != (1, MEL_BINS, MEL_WINDOW_FRAMES):

@@ -96,7 +96,7 @@ def test_package_layout_and_idle_motion(built):
     assert min(differences) > 0.01 and max(differences) < 8
     x0, y0, x1, y1 = avatar.boxes[0]
     assert x1 - x0 == y1 - y0
-    crop = avatar.crop(avatar.frames[0], 0)
+    crop = avatar.crop(0)
     assert crop.shape == (3, avatar.crop_size, avatar.crop_size) and crop.dtype == np.float32
     assert 0 <= crop.min() and crop.max() <= 1
     cx, line_y, width, height = avatar.mouth[0]
