@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-import tritonclient.grpc.aio as grpcclient
 
 from export.wav2lip_export import ONNX_FILE, export_repository, random_inputs
 from export.wav2lip_model import random_model
+from orchestrator.triton_clients import LipSyncClient
 from orchestrator.triton_server import EmbeddedTriton
 
 RESULTS = Path(__file__).parent / "results"
@@ -95,16 +95,13 @@ def onnxruntime_call(session: ort.InferenceSession, mel: np.ndarray, face: np.nd
     return call
 
 
-def triton_call(client: grpcclient.InferenceServerClient, model: str, mel: np.ndarray,
+def triton_call(clients: dict[str, LipSyncClient], url: str, model: str, mel: np.ndarray,
                 face: np.ndarray) -> Call:
+    """The orchestrator's own client for the model (one per model, shared channel)."""
+    client = clients.setdefault(model, LipSyncClient(url, model=model))
+
     async def call() -> np.ndarray:
-        tensors = []
-        for name, array in (("mel", mel), ("face", face)):
-            tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        result = await client.infer(model, tensors)
-        return result.as_numpy("face_out")
+        return await client.infer_face(mel, face)
     return call
 
 
@@ -158,7 +155,7 @@ async def run(variants: tuple[int, ...], batches: tuple[int, ...]) -> dict:
         # onnxruntime in process and through Triton, alternating. PyTorch eager runs afterwards,
         # on its own: its OpenMP threads keep spinning after each call and would slow the others.
         async with EmbeddedTriton(repo, [f"wav2lip{s}" for s in variants]) as server:
-            client = grpcclient.InferenceServerClient(server.url)
+            clients: dict[str, LipSyncClient] = {}
             try:
                 for face_px in variants:
                     onnx_path = repo / f"wav2lip{face_px}" / "1" / ONNX_FILE
@@ -171,12 +168,13 @@ async def run(variants: tuple[int, ...], batches: tuple[int, ...]) -> dict:
                         mel, face = random_inputs(face_px, batch)
                         calls = {name: onnxruntime_call(s, mel, face)
                                  for name, s in sessions.items()}
-                        calls[TRITON] = triton_call(client, f"wav2lip{face_px}", mel, face)
+                        calls[TRITON] = triton_call(clients, server.url, f"wav2lip{face_px}", mel, face)
                         timings = await time_calls(calls, budget_for(face_px, batch))
                         record(face_px, batch, result[str(face_px)]["deployments"], timings)
                     del sessions
             finally:
-                await client.close()
+                for client in clients.values():
+                    await client.close()
         for face_px in variants:
             for batch in batches:
                 calls = {EAGER: eager_call(models[face_px], *random_inputs(face_px, batch))}

@@ -2,29 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
 from aiohttp import web
 
 from orchestrator.app import create_app
+from orchestrator.client import AvatarClient
 from orchestrator.services import start_services
 from orchestrator.settings import Settings
 
 TEST_MAX_SESSIONS = 4
 
 
-@pytest.fixture(scope="session")
-async def livehuman(triton):
-    """(base_url, services) of a running server; ICE restricted to loopback."""
-    settings = replace(Settings(), triton_url=triton.url, ice_hosts=("127.0.0.1",),
-                       max_sessions=TEST_MAX_SESSIONS)
+@asynccontextmanager
+async def running_server(settings: Settings) -> AsyncIterator[tuple[str, object]]:
+    """(base_url, services) of a server with these settings on a free loopback port."""
     services = await start_services(settings)
     runner = web.AppRunner(create_app(settings, services))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", services
-    await runner.cleanup()
-    await services.close()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", services
+    finally:
+        await runner.cleanup()
+        await services.close()
+
+
+def server_settings(triton, **changes) -> Settings:
+    """Settings for a test server: the session's Triton, ICE on loopback only."""
+    return replace(Settings(), triton_url=triton.url, ice_hosts=("127.0.0.1",),
+                   max_sessions=TEST_MAX_SESSIONS, **changes)
+
+
+async def refused_offer(base_url: str, **fields) -> str:
+    """The error of an /offer that must fail (its status and message)."""
+    client = AvatarClient(base_url)
+    try:
+        await client.connect(**fields)
+    except RuntimeError as exc:
+        return str(exc)
+    finally:
+        await client.close()
+    raise AssertionError(f"/offer with {fields} was accepted")
+
+
+@pytest.fixture(scope="session")
+async def livehuman(triton):
+    """(base_url, services) of a running server; ICE restricted to loopback."""
+    async with running_server(server_settings(triton)) as server:
+        yield server

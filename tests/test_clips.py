@@ -6,22 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import replace
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-from aiohttp import web
+from server_fixtures import refused_offer, running_server, server_settings
 from skimage import data
 
 from avatars.package import build_from_image
-from orchestrator.app import create_app
 from orchestrator.avatar import AvatarStore
 from orchestrator.client import AvatarClient
 from orchestrator.clips import ClipSource, load_clip, parse_custom_config
 from orchestrator.errors import ApiError
-from orchestrator.services import start_services
 from orchestrator.settings import Settings
 from orchestrator.speech import SpeechFrame, Utterance
 from orchestrator.stage import TRANSITION_FRAMES, Stage
@@ -198,15 +195,9 @@ async def clip_server(triton, tmp_path_factory):
     build_from_image(np.ascontiguousarray(photo[:, ::-1]), "mirror", avatar_dir, seconds=1.2)
     (data_dir / "customvideo").mkdir()
     write_clip_video(data_dir / "customvideo" / "wave.mp4", frames=CLIP_FRAMES, size=(128, 128))
-    settings = replace(Settings(), triton_url=triton.url, ice_hosts=("127.0.0.1",), max_sessions=4,
-                       data_dir=data_dir, avatar_dir=avatar_dir)
-    services = await start_services(settings)
-    runner = web.AppRunner(create_app(settings, services))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", services
-    await runner.cleanup()
-    await services.close()
+    settings = server_settings(triton, data_dir=data_dir, avatar_dir=avatar_dir)
+    async with running_server(settings) as server:
+        yield server
 
 
 async def frames_between(client, start: float, stop: float) -> list[np.ndarray]:
@@ -253,16 +244,10 @@ async def test_clip_arrives_at_the_peer_and_speech_interrupts_it(clip_server):
 
 
 async def test_bad_custom_config_is_refused_at_offer(clip_server):
-    base_url, _ = clip_server
     for config, named in [("[{", "not valid JSON"),
                           (json.dumps([{"audiotype": 1, "video": "../../etc/passwd"}]), "inside the data"),
                           (json.dumps([{"audiotype": 1, "video": "customvideo/none.mp4"}]), "not found")]:
-        client = AvatarClient(base_url)
-        try:
-            with pytest.raises(RuntimeError, match=named):
-                await client.connect(custom_config=config)
-        finally:
-            await client.close()
+        assert named in await refused_offer(clip_server[0], custom_config=config)
 
 
 async def test_each_utterance_is_spoken_by_the_avatar_it_names(clip_server):
@@ -301,9 +286,4 @@ async def test_each_utterance_is_spoken_by_the_avatar_it_names(clip_server):
                            (json.dumps({"x": {"avatar": "mirror", "voice": "zz-none"}}), "404"),
                            (json.dumps({"x": {"avatar": "mirror", "mood": "happy"}}), "400"),
                            (json.dumps({"../x": "mirror"}), "400")]:
-        client = AvatarClient(base_url)
-        try:
-            with pytest.raises(RuntimeError, match=status):
-                await client.connect(multiavatar_config=config)
-        finally:
-            await client.close()
+        assert status in await refused_offer(base_url, multiavatar_config=config)

@@ -19,7 +19,6 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the export tests need PyTorch (the export extra)")
 
-import tritonclient.grpc.aio as grpcclient  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
@@ -42,6 +41,7 @@ from export.wav2lip_model import (  # noqa: E402
     load_checkpoint,
     random_model,
 )
+from orchestrator.triton_clients import LipSyncClient  # noqa: E402
 from orchestrator.triton_server import EmbeddedTriton  # noqa: E402
 
 MODEL = "wav2lip96"
@@ -268,18 +268,9 @@ async def test_triton_serves_the_export(exported):
     folder, _ = exported
     rng_inputs = [random_inputs(96, batch, seed=20 + batch) for batch in (1, 3, 4)]
     async with EmbeddedTriton(folder.parent, [MODEL]) as server:
-        client = grpcclient.InferenceServerClient(server.url)
+        client = LipSyncClient(server.url, model=MODEL)
         try:
-            async def infer(mel: np.ndarray, face: np.ndarray) -> np.ndarray:
-                tensors = []
-                for name, array in (("mel", mel), ("face", face)):
-                    tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
-                    tensor.set_data_from_numpy(array)
-                    tensors.append(tensor)
-                result = await client.infer(MODEL, tensors)
-                return result.as_numpy("face_out")
-
-            outputs = await asyncio.gather(*(infer(m, f) for m, f in rng_inputs))
+            outputs = await asyncio.gather(*(client.infer_face(m, f) for m, f in rng_inputs))
         finally:
             await client.close()
     session = ort.InferenceSession(str(folder / "1" / "model.onnx"),
