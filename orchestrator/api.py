@@ -13,6 +13,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from .audio_input import MAX_UPLOAD_BYTES, decode_audio
 from .errors import ApiError
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .roster import MAIN
 from .services import SERVICES_KEY, Services
 from .session import Session, SessionOptions
@@ -70,7 +71,8 @@ async def offer(request: web.Request) -> web.Response:
 
     sessionid = services.registry.reserve()
     pc = RTCPeerConnection(services.rtc_configuration)
-    session = Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat, clips)
+    session = Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat, clips,
+                      services.metrics.observe)
     try:
         answer_sdp = await _negotiate(session, sdp)
     except BaseException:
@@ -172,6 +174,17 @@ async def healthz(request: web.Request) -> web.Response:
         {"code": 0 if healthy else 503, "msg": "ok" if healthy else "triton not ready", "data": data},
         status=200 if healthy else 503,
     )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    services = services_of(request)
+    try:
+        ready = bool((await asyncio.wait_for(services.triton_status(), timeout=5)).get("ready"))
+    except Exception:  # a scrape must answer even when Triton does not
+        ready = False
+    return web.Response(body=services.metrics.render(ready),
+                        headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 @routes.post("/record")

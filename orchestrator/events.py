@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("livehuman.events")
@@ -13,8 +14,10 @@ SUBSCRIBER_QUEUE_SIZE = 256
 
 
 class SessionEvents:
-    def __init__(self, sessionid: int) -> None:
+    def __init__(self, sessionid: int,
+                 observer: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._sessionid = sessionid
+        self._observer = observer  # metrics
         self._subscribers: set[asyncio.Queue] = set()
         self.history: list[dict[str, Any]] = []  # bounded, lets tests and late readers look back
 
@@ -22,6 +25,8 @@ class SessionEvents:
         item = {"event": event, "sessionid": self._sessionid, "time": time.time(), **data}
         log.info("event=%s sessionid=%s %s", event, self._sessionid, data)
         self.history.append(item)
+        if self._observer is not None:
+            self._observer(item)
         del self.history[:-SUBSCRIBER_QUEUE_SIZE]
         for queue in list(self._subscribers):
             if queue.full():  # a reader that stopped reading loses its oldest events, not ours

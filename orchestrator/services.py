@@ -24,6 +24,7 @@ from .ice import restrict_host_candidates, rtc_configuration
 from .knowledge import KnowledgeStore, UnknownKnowledgeBase
 from .lipsync_models import LipSyncModels
 from .llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
+from .metrics import Metrics
 from .roster import FIELD as ROSTER_FIELD
 from .roster import MAIN, Member, parse_multiavatar_config
 from .session_registry import SessionRegistry
@@ -47,6 +48,7 @@ class Services:
     registry: SessionRegistry
     rtc_configuration: RTCConfiguration
     knowledge: KnowledgeStore
+    metrics: Metrics
     llm_config: LLMConfig | None
     embedded_triton: EmbeddedTriton | None = None
     _known_voices: set[str] = field(default_factory=set)
@@ -155,6 +157,7 @@ async def start_services(settings: Settings) -> Services:
         embedded = EmbeddedTriton(settings.model_repository, models=models)
         await embedded.start()
         url = embedded.url
+    registry = SessionRegistry(settings.max_sessions)
     services = Services(
         settings=settings,
         triton_url=url,
@@ -162,9 +165,10 @@ async def start_services(settings: Settings) -> Services:
         lipsync=LipSyncClient(url, model=settings.lipsync_model),
         lipsync_models=LipSyncModels(url),
         avatars=AvatarStore(settings.avatar_dir),
-        registry=SessionRegistry(settings.max_sessions),
+        registry=registry,
         rtc_configuration=rtc_configuration(settings),
         knowledge=KnowledgeStore(settings.knowledge_dir),
+        metrics=Metrics(lambda: len(registry), settings.max_sessions),
         llm_config=llm_config(settings),
         embedded_triton=embedded,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class Session:
         lipsync: LipSyncModels,
         chat: ChatAgent,
         clips: dict[int, Clip] | None = None,
+        observer: Callable[[dict], None] | None = None,
     ) -> None:
         self.sessionid = sessionid
         self.chat = chat
@@ -80,7 +82,7 @@ class Session:
         self.avatar = members[MAIN].avatar  # fixes the session's frame size
         self.stage = Stage(self.avatar, clips)
         self.options = options
-        self.events = SessionEvents(sessionid)
+        self.events = SessionEvents(sessionid, observer)
         self.clock = MediaClock()
         self.video = video_track(self._start_player)
         self.audio = audio_track(self._start_player)

@@ -246,3 +246,33 @@ async def test_a_stalled_client_does_not_slow_the_others(livehuman):  # noqa: F8
         await client.close()
         if frozen_session is not None:  # its peer is gone without a goodbye
             await frozen_session.close()
+
+
+async def test_metrics_count_sessions_and_utterances_in_prometheus_format(livehuman):  # noqa: F811
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base_url, services = livehuman
+
+    async def scrape() -> dict:
+        async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as resp:
+            assert resp.status == 200 and resp.content_type == "text/plain"
+            text = await resp.text()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    before = await scrape()
+    started = ("livehuman_session_events_total", (("event", "start"), ("kind", "echo")))
+    client = AvatarClient(base_url, keep_video=False)
+    try:
+        await client.connect()
+        await client.wait_for_video(5)
+        during = await scrape()
+        assert during[("livehuman_sessions", ())] == before[("livehuman_sessions", ())] + 1
+        assert during[("livehuman_triton_ready", ())] == 1
+        sent = time.monotonic()
+        await client.post("/human", type="echo", text="Count me.")
+        await client.wait_for_speech(sent, SPEECH_RMS)
+        after = await scrape()
+        assert after[started] == before.get(started, 0) + 1
+    finally:
+        await client.close()
