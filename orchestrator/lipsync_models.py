@@ -54,8 +54,9 @@ class Wav2LipSync:
 class LipSyncModels:
     """One client per model name on a Triton server, its family found once from the metadata."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, shared_memory: bool = False) -> None:
         self.url = url
+        self.shared_memory = shared_memory
         self._models: dict[str, LipSyncModel] = {}
         self._lock = asyncio.Lock()
 
@@ -66,7 +67,7 @@ class LipSyncModels:
             return self._models[name]
 
     async def _discover(self, name: str) -> LipSyncModel:
-        client = LipSyncClient(self.url, model=name)
+        client = LipSyncClient(self.url, model=name, shared_memory=self.shared_memory)
         try:
             inputs = await client.input_shapes()
         except Exception:

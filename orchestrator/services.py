@@ -31,6 +31,7 @@ from .session_registry import SessionRegistry
 from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
 from .triton_clients import LipSyncClient, TTSClient, UnknownVoice
 from .triton_server import EmbeddedTriton, wait_models_ready
+from .triton_shm import on_this_host
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ async def start_services(settings: Settings) -> Services:
         triton_url=url,
         tts=TTSClient(url, model=settings.tts_model),
         lipsync=LipSyncClient(url, model=settings.lipsync_model),
-        lipsync_models=LipSyncModels(url),
+        lipsync_models=LipSyncModels(url, shared_memory=on_this_host(url)),
         avatars=AvatarStore(settings.avatar_dir),
         registry=registry,
         rtc_configuration=rtc_configuration(settings),

@@ -9,11 +9,16 @@ last one.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from .triton_shm import SharedMemoryPool, infer_in_shared_memory
+
+log = logging.getLogger(__name__)
 
 TTS_MODEL = "tts_espeak"
 LIPSYNC_MODEL = "lipsync_default"
@@ -162,31 +167,53 @@ class TTSClient(TritonModelClient):
 
 
 class LipSyncClient(TritonModelClient):
-    """Any lip-sync model with the `mel`, `face`, `mouth` -> `face_out` signature."""
+    """A lip-sync model: `mel` and `face` (and, for the default model, `mouth`) -> `face_out`.
+
+    With `shared_memory` (Triton on this host) the tensors travel through system shared memory;
+    if the server cannot map it (e.g. a container without the host's /dev/shm), gRPC it is.
+    """
 
     def __init__(self, url: str, model: str = LIPSYNC_MODEL,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, shared_memory: bool = False) -> None:
         super().__init__(url, model, timeout_s)
+        self._pool: SharedMemoryPool | None = None
+        self.shared_memory = shared_memory
 
     async def infer(self, mel: np.ndarray, face: np.ndarray, mouth: np.ndarray) -> np.ndarray:
         """mel [B,1,80,16], face [B,3,S,S] RGB in [0,1], mouth [B,4] -> face_out [B,3,S,S]."""
         _check_batch(mel, face, mouth)
-        result = await self._client.infer(
-            self.model,
-            [_fp32_input("mel", mel), _fp32_input("face", face), _fp32_input("mouth", mouth)],
-            client_timeout=self.timeout_s,
-        )
-        return result.as_numpy("face_out")
+        return await self._run({"mel": mel, "face": face, "mouth": mouth}, face.shape[-1])
 
     async def infer_face(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
         """Models without geometry (Wav2Lip): mel [B,1,80,16], face [B,C,S,S] -> face_out."""
         if mel.shape[0] != face.shape[0]:
             raise ValueError(f"batch sizes differ: mel {mel.shape[0]}, face {face.shape[0]}")
+        return await self._run({"mel": mel, "face": face}, face.shape[-1])
+
+    async def _run(self, inputs: dict[str, np.ndarray], size: int) -> np.ndarray:
+        output_shape = (len(inputs["mel"]), 3, size, size)
+        if self.shared_memory:
+            if self._pool is None:
+                self._pool = SharedMemoryPool(self._client, self.model)
+            try:
+                return await infer_in_shared_memory(self._client, self._pool, self.model, inputs,
+                                                    "face_out", output_shape, self.timeout_s)
+            except InferenceServerException as exc:
+                if "shared memory" not in str(exc.message()).lower():
+                    raise
+                log.warning("Triton at %s cannot use shared memory (%s): using gRPC",
+                            self.url, exc.message())
+                self.shared_memory = False
         result = await self._client.infer(
-            self.model, [_fp32_input("mel", mel), _fp32_input("face", face)],
+            self.model, [_fp32_input(name, array) for name, array in inputs.items()],
             client_timeout=self.timeout_s,
         )
         return result.as_numpy("face_out")
+
+    async def close(self) -> None:
+        if self._pool is not None and self._channel is not None:
+            await self._pool.close()
+        await super().close()
 
     async def input_shapes(self) -> dict[str, list[int]]:
         """The model's inputs and their shapes, batch dimension included (-1: any)."""

@@ -423,3 +423,36 @@ def test_killed_parent_leaves_no_orphan(tiny_repository, tmp_path):
             parent.wait()
     log = (tmp_path / "work" / "tritonserver.log").read_text()
     assert TINY_MODEL in log
+
+
+async def test_lipsync_through_shared_memory_matches_grpc(triton):
+    """Triton on this host: frame tensors go through registered system shared memory."""
+    from orchestrator.triton_shm import on_this_host
+
+    assert on_this_host(triton.url)
+    rng = np.random.default_rng(5)
+    mel = rng.uniform(-4, 4, (3, 1, 80, 16)).astype(np.float32)
+    face = rng.uniform(0, 1, (3, 3, 128, 128)).astype(np.float32)
+    mouth = np.tile(np.array([[0.5, 0.62, 0.3, 0.08]], np.float32), (3, 1))
+    plain = LipSyncClient(triton.url)
+    shared = LipSyncClient(triton.url, shared_memory=True)
+    status = await plain._client.get_system_shared_memory_status(as_json=True)
+    before = {r["name"] for r in status.get("regions", {}).values()}
+    try:
+        expected = await plain.infer(mel, face, mouth)
+        outputs = await asyncio.gather(*(shared.infer(mel, face, mouth) for _ in range(4)))
+        status = await shared._client.get_system_shared_memory_status(as_json=True)
+        ours = {r["name"] for r in status.get("regions", {}).values()} - before
+        assert shared.shared_memory and ours, "regions registered with Triton"
+        for out in outputs:
+            np.testing.assert_array_equal(out, expected)
+    finally:
+        await shared.close()
+        await plain.close()
+    client = LipSyncClient(triton.url)
+    try:
+        status = await client._client.get_system_shared_memory_status(as_json=True)
+        left = {r["name"] for r in status.get("regions", {}).values()}
+        assert not ours & left, "unregistered on close"
+    finally:
+        await client.close()
