@@ -17,7 +17,7 @@ from aiohttp import BodyPartReader, web
 from .api import ok
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
-from .validation import read_limited
+from .validation import limited_chunks, read_limited
 
 MAX_FIELD_BYTES = 1024
 UPLOAD_CHUNK_BYTES = 1 << 20
@@ -87,10 +87,6 @@ async def _save_limited(part: BodyPartReader, path: Path, limit: int) -> None:
     """Stream a part to disk (uploads may be far larger than the app's body limit); 413 past
     `limit`. Writes go to a thread: a slow disk must not stall the streams."""
     loop = asyncio.get_running_loop()
-    size = 0
     with path.open("wb") as out:
-        while chunk := await part.read_chunk(UPLOAD_CHUNK_BYTES):
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"field '{part.name}' is larger than {limit} bytes")
+        async for chunk in limited_chunks(part, limit, UPLOAD_CHUNK_BYTES):
             await loop.run_in_executor(None, out.write, chunk)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from .knowledge import KnowledgeBase, Passage, Profile
 from .llm import ChatLLM, LLMConfig, LLMError
-from .speech import SentenceStream, join_sentences, split_sentences
+from .speech import SentenceStream, is_cjk, join_sentences, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class ChatTurn:
 
 
 def language_of(text: str) -> str:
-    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+    return "zh" if any(is_cjk(ch) for ch in text) else "en"
 
 
 def llm_config_for(profile: Profile, base: LLMConfig | None) -> LLMConfig | None:

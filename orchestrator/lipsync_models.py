@@ -61,6 +61,8 @@ class LipSyncModels:
         self._lock = asyncio.Lock()
 
     async def get(self, name: str) -> LipSyncModel:
+        if name in self._models:  # every lip-sync chunk asks: no lock once known
+            return self._models[name]
         async with self._lock:
             if name not in self._models:
                 self._models[name] = await self._discover(name)
@@ -69,23 +71,24 @@ class LipSyncModels:
     async def _discover(self, name: str) -> LipSyncModel:
         client = LipSyncClient(self.url, model=name, shared_memory=self.shared_memory)
         try:
-            inputs = await client.input_shapes()
-        except Exception:
+            return _family(client, name, await client.input_shapes())
+        except BaseException:
             await client.close()
             raise
-        face = inputs.get("face")
-        if face is None or "mel" not in inputs:
-            await client.close()
-            raise ValueError(f"lip-sync model {name!r} has no 'mel' and 'face' inputs: {inputs}")
-        size = face[-1] if face[-1] > 0 else None
-        if "mouth" in inputs and face[1] == 3:
-            return DefaultLipSync(client, name, size)
-        if face[1] == 6:
-            return Wav2LipSync(client, name, size)
-        await client.close()
-        raise ValueError(f"lip-sync model {name!r}: unknown input signature {inputs}")
 
     async def close(self) -> None:
         for model in self._models.values():
             await model.client.close()
         self._models.clear()
+
+
+def _family(client: LipSyncClient, name: str, inputs: dict[str, list[int]]) -> LipSyncModel:
+    face = inputs.get("face")
+    if face is None or "mel" not in inputs:
+        raise ValueError(f"lip-sync model {name!r} has no 'mel' and 'face' inputs: {inputs}")
+    size = face[-1] if face[-1] > 0 else None
+    if "mouth" in inputs and face[1] == 3:
+        return DefaultLipSync(client, name, size)
+    if face[1] == 6:
+        return Wav2LipSync(client, name, size)
+    raise ValueError(f"lip-sync model {name!r}: unknown input signature {inputs}")

@@ -29,13 +29,14 @@ from .roster import FIELD as ROSTER_FIELD
 from .roster import MAIN, Member, parse_multiavatar_config
 from .session_registry import SessionRegistry
 from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
-from .triton_clients import LipSyncClient, TTSClient, UnknownVoice
+from .triton_clients import TTSClient, UnknownVoice
 from .triton_server import EmbeddedTriton, wait_models_ready
 from .triton_shm import on_this_host
 
 log = logging.getLogger(__name__)
 
 TRITON_READY_TIMEOUT_S = 120.0
+TRITON_STATUS_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -43,7 +44,6 @@ class Services:
     settings: Settings
     triton_url: str
     tts: TTSClient
-    lipsync: LipSyncClient  # the default model: health checks
     lipsync_models: LipSyncModels  # every model avatars name
     avatars: AvatarStore
     registry: SessionRegistry
@@ -126,13 +126,17 @@ class Services:
         return ChatAgent(knowledge, self._llms[config])
 
     async def triton_status(self) -> dict:
-        status = await self.lipsync.server_status(self.models)
+        """Server and model readiness; never raises: health and metrics answer regardless."""
+        try:
+            status = await asyncio.wait_for(self.tts.server_status(self.models),
+                                            TRITON_STATUS_TIMEOUT_S)
+        except Exception as exc:
+            return {"url": self.triton_url, "live": False, "ready": False, "error": str(exc)}
         return {"url": self.triton_url, "embedded": self.embedded_triton is not None, **status}
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self.registry.all()), return_exceptions=True)
         await self.tts.close()
-        await self.lipsync.close()
         await self.lipsync_models.close()
         await asyncio.gather(*(llm.close() for llm in self._llms.values()), return_exceptions=True)
         if self.embedded_triton is not None:
@@ -163,7 +167,6 @@ async def start_services(settings: Settings) -> Services:
         settings=settings,
         triton_url=url,
         tts=TTSClient(url, model=settings.tts_model),
-        lipsync=LipSyncClient(url, model=settings.lipsync_model),
         lipsync_models=LipSyncModels(url, shared_memory=on_this_host(url)),
         avatars=AvatarStore(settings.avatar_dir),
         registry=registry,

@@ -103,10 +103,13 @@ class Session:
                                      f"{', '.join(sorted(self.members))})")
         return self.members[avatarid]
 
+    def voice_for(self, avatarid: str, override: str = "") -> str:
+        """Who speaks decides the voice: the request's, else the member's, else the session's."""
+        return override or self.member(avatarid).voice or self.options.refaudio
+
     def _utterance(self, text: str, voice: str, avatarid: str, **what) -> Utterance:
-        member = self.member(avatarid)
         return Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", text,
-                         voice or member.voice or self.options.refaudio, member.avatar, **what)
+                         self.voice_for(avatarid, voice), self.member(avatarid).avatar, **what)
 
     def say(self, text: str, voice: str = "", audio: np.ndarray | None = None,
             avatarid: str = MAIN) -> Utterance:

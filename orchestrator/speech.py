@@ -142,6 +142,11 @@ def _sentence_end(text: str, final: bool) -> int | None:
     return None
 
 
+def is_cjk(ch: str) -> bool:
+    """A Chinese character (CJK unified ideographs): no spaces between words, a Chinese voice."""
+    return "\u4e00" <= ch <= "\u9fff"
+
+
 def _speakable(piece: str) -> bool:
     return any(ch.isalnum() for ch in piece)
 
@@ -156,6 +161,6 @@ def join_sentences(sentences: list[str]) -> str:
     """Pieces back into one text: a space between English ones, none after Chinese ones."""
     text = ""
     for sentence in sentences:
-        glued = text and ("\u4e00" <= text[-1] <= "\u9fff" or text[-1] in "。！？；，：、…")
+        glued = text and (is_cjk(text[-1]) or text[-1] in "。！？；，：、…")
         text += sentence if not text or glued else " " + sentence
     return text

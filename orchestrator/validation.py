@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -59,12 +60,16 @@ def json_config(body: dict[str, Any], name: str, default: str, kind: type) -> An
     return value
 
 
-async def read_limited(part, limit: int) -> bytes:
-    """One multipart field, at most `limit` bytes (413 naming the field beyond that)."""
-    chunks, size = [], 0
-    while chunk := await part.read_chunk(1 << 16):
+async def limited_chunks(part, limit: int, chunk_bytes: int = 1 << 16) -> AsyncIterator[bytes]:
+    """The chunks of one multipart field, 413 naming the field once it passes `limit` bytes."""
+    size = 0
+    while chunk := await part.read_chunk(chunk_bytes):
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"field '{part.name}' is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_limited(part, limit: int) -> bytes:
+    """One multipart field, at most `limit` bytes."""
+    return b"".join([chunk async for chunk in limited_chunks(part, limit)])
