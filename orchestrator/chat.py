@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from .knowledge import KnowledgeBase, Passage, Profile
 from .llm import ChatLLM, LLMConfig, LLMError
+from .settings import DEFAULT_LLM_MODEL
 from .speech import SentenceStream, is_cjk, join_sentences, split_sentences
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def llm_config_for(profile: Profile, base: LLMConfig | None) -> LLMConfig | None
         api_key = os.environ.get(profile.api_key_env, "")
     else:
         api_key = base.api_key if base and base.base_url == base_url else ""
-    config = base or LLMConfig(base_url=base_url, api_key=api_key, model=profile.model or "")
+    config = base or LLMConfig(base_url=base_url, api_key=api_key, model=DEFAULT_LLM_MODEL)
     return replace(
         config,
         base_url=base_url,

@@ -228,3 +228,12 @@ async def test_a_server_that_never_answers_is_given_up_within_the_timeout(make_l
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_a_profile_endpoint_without_a_model_gets_the_default_model():
+    from orchestrator.chat import llm_config_for
+    from orchestrator.knowledge import Profile
+
+    config = llm_config_for(Profile(base_url="http://127.0.0.1:9/v1"), None)
+    assert (config.base_url, config.model) == ("http://127.0.0.1:9/v1", DEFAULT_LLM_MODEL)
+    assert llm_config_for(Profile(), None) is None
