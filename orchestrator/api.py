@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import SessionDescription
 
 from .audio_input import MAX_UPLOAD_BYTES, decode_audio
 from .errors import ApiError
@@ -18,7 +20,7 @@ from .roster import MAIN
 from .services import SERVICES_KEY, Services
 from .session import Session, SessionOptions
 from .speech import MAX_TEXT_CHARS
-from .validation import choice, field, json_config, read_json_object, read_limited
+from .validation import FormReader, choice, field, json_config, parse_id, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,17 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
-routes.static("/static", STATIC_DIR)
+# The web client's files: one flat folder, names checked before any file system call (aiohttp's
+# static handler lets OSError, e.g. a 5,000-character name, through as a 500).
+STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
+@routes.get("/static/{name}")
+async def static_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if not STATIC_NAME.fullmatch(name) or not (STATIC_DIR / name).is_file():
+        raise ApiError.not_found(f"no static file {name[:80]!r}")
+    return web.FileResponse(STATIC_DIR / name)
 
 
 @routes.post("/offer")
@@ -52,9 +64,7 @@ async def offer(request: web.Request) -> web.Response:
     settings = services.settings
     body = await read_json_object(request)
     choice(body, "type", ("offer",))
-    sdp = field(body, "sdp", str)
-    if "m=" not in sdp:
-        raise ApiError.bad_request("field 'sdp' is not an SDP offer (no media section)")
+    sdp = offer_sdp(body)
     options = SessionOptions(
         avatar=field(body, "avatar", str, settings.avatar_id),
         refaudio=field(body, "refaudio", str, settings.ref_file),
@@ -85,6 +95,19 @@ async def offer(request: web.Request) -> web.Response:
     return web.json_response(
         {"type": "answer", "sdp": answer_sdp, "sessionid": sessionid}
     )
+
+
+def offer_sdp(body: dict) -> str:
+    """The `sdp` field, parsed once here: aiortc's parser asserts on malformed lines, and any
+    failure parsing the client's text is the client's (400), never an internal error."""
+    sdp = field(body, "sdp", str)
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise ApiError.bad_request(f"field 'sdp' is not a valid SDP offer ({type(exc).__name__})") from None
+    if not parsed.media:
+        raise ApiError.bad_request("field 'sdp' is not an SDP offer (no media section)")
+    return sdp
 
 
 async def _negotiate(session: Session, sdp: str) -> str:
@@ -205,22 +228,18 @@ async def record(request: web.Request) -> web.Response:
 @routes.get("/record/{sessionid}")
 async def download_record(request: web.Request) -> web.StreamResponse:
     services = services_of(request)
-    raw = request.match_info["sessionid"]
-    if not raw.isdigit():
-        raise ApiError.bad_request("sessionid in the path must be an integer")
-    path = services.settings.data_dir / "record" / f"{int(raw)}.mp4"
+    sessionid = parse_id(request.match_info["sessionid"], "sessionid in the path")
+    path = services.settings.data_dir / "record" / f"{sessionid}.mp4"
     if not path.is_file():
-        raise ApiError.not_found(f"no recording for sessionid {raw}")
+        raise ApiError.not_found(f"no recording for sessionid {sessionid}")
     return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
 
 
 @routes.get("/sse")
 async def sse(request: web.Request) -> web.StreamResponse:
     services = services_of(request)
-    raw = request.query.get("sessionid", "")
-    if not raw.lstrip("-").isdigit():
-        raise ApiError.bad_request("query parameter 'sessionid' must be an integer")
-    session = services.registry.get(int(raw))
+    session = services.registry.get(parse_id(request.query.get("sessionid", ""),
+                                             "query parameter 'sessionid'"))
     events = session.events.subscribe()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -235,12 +254,28 @@ async def sse(request: web.Request) -> web.StreamResponse:
                 continue
             if item is None:
                 break
-            await response.write(f"data: {json.dumps(item, ensure_ascii=False)}\n\n".encode())
+            await response.write(sse_event(item))
     except ConnectionResetError:
         pass  # the reader went away
     finally:
         session.events.unsubscribe(events)
     return response
+
+
+def sse_event(item: dict) -> bytes:
+    """One `data:` line. Never raises: one event that cannot be written as UTF-8 JSON (a lone
+    surrogate in a text) must not end every stream of the session, so it falls back to ASCII
+    escapes, and to a note of what was dropped when it is not JSON at all."""
+    try:
+        text = json.dumps(item, ensure_ascii=False, default=str)
+        try:
+            data = text.encode()
+        except UnicodeEncodeError:
+            data = json.dumps(item, ensure_ascii=True, default=str).encode()
+    except (TypeError, ValueError) as exc:  # e.g. a reference cycle
+        log.warning("sse: event %r not serialisable: %s", item.get("event"), exc)
+        data = json.dumps({"event": "dropped", "reason": "not serialisable"}).encode()
+    return b"data: " + data + b"\n\n"
 
 
 @routes.post("/humanaudio")
@@ -251,16 +286,15 @@ async def humanaudio(request: web.Request) -> web.Response:
         raise ApiError.bad_request("/humanaudio takes multipart/form-data with 'sessionid' and 'file'")
     form: dict[str, str] = {}
     data: bytes | None = None
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
+    reader = FormReader(request)
+    async for part in reader.parts():
         if part.name == "file":
-            data = await read_limited(part, MAX_UPLOAD_BYTES)
+            data = await reader.read(part, MAX_UPLOAD_BYTES)
         elif part.name:
-            form[part.name] = (await read_limited(part, 1024)).decode(errors="replace")
-    raw_id = form.get("sessionid", "")
-    if not raw_id.strip().lstrip("-").isdigit():
-        raise ApiError.bad_request("field 'sessionid' must be an integer")
-    session = services.registry.get(int(raw_id))
+            form[part.name] = await reader.text(part, 1024)
+        else:
+            await reader.skip(part)
+    session = services.registry.get(parse_id(form.get("sessionid", "").strip(), "field 'sessionid'"))
     if data is None:
         raise ApiError.bad_request("missing field 'file'")
     interrupt = form.get("interrupt", "false").strip().lower()

@@ -55,20 +55,39 @@ class Clip:
         return self.audio[position * AUDIO_SAMPLES_PER_TICK : (position + 1) * AUDIO_SAMPLES_PER_TICK]
 
 
-def _inside(data_dir: Path, value: object, where: str) -> Path:
+MAX_PATH_CHARS = 1024
+
+
+def _inside(data_dir: Path, value: object, where: str, kind: str | None = None) -> Path:
+    """The existing path `value` names inside the data directory; `kind` "file" or "folder"
+    when it must be one. 400 for anything else, never an OSError (NUL, a name too long)."""
     if not isinstance(value, str) or not value.strip():
         raise ApiError.bad_request(f"field '{FIELD}': {where} must be a non-empty path string")
+    shown = repr(value[:80])
+    if "\0" in value or len(value) > MAX_PATH_CHARS:
+        raise ApiError.bad_request(f"field '{FIELD}': {where} {shown} is not a usable path "
+                                   f"(NUL, or longer than {MAX_PATH_CHARS} characters)")
     relative = Path(value)
     if relative.is_absolute() or ".." in relative.parts:
-        raise ApiError.bad_request(f"field '{FIELD}': {where} {value!r} must be a path inside the data directory")
-    if relative.parts and relative.parts[0] == data_dir.name and not (data_dir / relative).exists():
-        relative = Path(*relative.parts[1:])
-    root = data_dir.resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise ApiError.bad_request(f"field '{FIELD}': {where} {value!r} leaves the data directory")
-    if not path.exists():
-        raise ApiError.bad_request(f"field '{FIELD}': {where} {value!r} not found")
+        raise ApiError.bad_request(f"field '{FIELD}': {where} {shown} must be a path inside the data directory")
+    try:
+        if relative.parts and relative.parts[0] == data_dir.name and not (data_dir / relative).exists():
+            relative = Path(*relative.parts[1:])
+        root = data_dir.resolve()
+        path = (root / relative).resolve()
+        inside = path.is_relative_to(root)
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a loop
+        raise ApiError.bad_request(f"field '{FIELD}': {where} {shown} is not a usable path "
+                                   f"({type(exc).__name__})") from None
+    if not inside:
+        raise ApiError.bad_request(f"field '{FIELD}': {where} {shown} leaves the data directory")
+    if not exists:
+        raise ApiError.bad_request(f"field '{FIELD}': {where} {shown} not found")
+    if kind == "file" and is_dir:
+        raise ApiError.bad_request(f"field '{FIELD}': {where} {shown} is a folder, not a file")
+    if kind == "folder" and not is_dir:
+        raise ApiError.bad_request(f"field '{FIELD}': {where} {shown} is not a folder")
     return path
 
 
@@ -99,7 +118,7 @@ def parse_custom_config(config: list, data_dir: Path) -> list[ClipSource]:
             raise ApiError.bad_request(f"field '{FIELD}': {where}.imgpath must be a folder of images")
         if key == "video" and not frames.is_file():
             raise ApiError.bad_request(f"field '{FIELD}': {where}.video must be a file")
-        audio = _inside(data_dir, entry["audiopath"], f"{where}.audiopath") if "audiopath" in entry else None
+        audio = _inside(data_dir, entry["audiopath"], f"{where}.audiopath", "file") if "audiopath" in entry else None
         sources.append(ClipSource(audiotype, frames, audio))
     return sources
 

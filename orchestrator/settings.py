@@ -12,6 +12,7 @@ DEFAULT_PORT = 8010
 DEFAULT_MAX_SESSIONS = 8
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"  # when only OPENAI_API_KEY is set
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
+DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Settings:
     customvideo_config: str = ""
     multiavatar_config: str = ""
     max_sessions: int = DEFAULT_MAX_SESSIONS
+    # A request body (JSON or each multipart read) must arrive within this, or 408.
+    body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S
     stun: tuple[str, ...] = ()
     turn: tuple[str, ...] = ()
     turn_username: str | None = None
@@ -59,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--port", "--listenport", dest="port", type=int,
                      default=int(os.environ.get("LIVEHUMAN_PORT", DEFAULT_PORT)),
                      help="HTTP port (default 8010)")
+    net.add_argument("--body-read-timeout", dest="body_read_timeout_s", type=float,
+                     default=DEFAULT_BODY_READ_TIMEOUT_S,
+                     help="seconds a request body (or each read of an upload) may take to arrive "
+                     f"before the request is answered 408 (default {DEFAULT_BODY_READ_TIMEOUT_S:g})")
     tr = p.add_argument_group("Triton")
     tr.add_argument("--triton-url", default=os.environ.get("TRITON_URL"),
                     help="gRPC host:port of a running Triton server (e.g. the official container). "
@@ -119,6 +126,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
     if args.max_sessions < 1:
         raise SystemExit("--max-session must be at least 1")
+    if not args.body_read_timeout_s > 0:
+        raise SystemExit("--body-read-timeout must be positive")
     data_dir = args.data_dir.resolve()
     return Settings(
         host=args.host,
@@ -133,6 +142,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         customvideo_config=args.customvideo_config,
         multiavatar_config=args.multiavatar_config,
         max_sessions=args.max_sessions,
+        body_read_timeout_s=args.body_read_timeout_s,
         stun=tuple(args.stun),
         turn=tuple(args.turn),
         turn_username=args.turn_username,

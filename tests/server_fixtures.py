@@ -11,6 +11,7 @@ from aiohttp import web
 
 from orchestrator.app import create_app
 from orchestrator.client import AvatarClient
+from orchestrator.http_server import AppRunner
 from orchestrator.services import start_services
 from orchestrator.settings import Settings
 
@@ -21,7 +22,7 @@ TEST_MAX_SESSIONS = 4
 async def running_server(settings: Settings) -> AsyncIterator[tuple[str, object]]:
     """(base_url, services) of a server with these settings on a free loopback port."""
     services = await start_services(settings)
-    runner = web.AppRunner(create_app(settings, services))
+    runner = AppRunner(create_app(settings, services))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
