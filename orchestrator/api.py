@@ -98,19 +98,25 @@ async def offer(request: web.Request) -> web.Response:
 
 
 def offer_sdp(body: dict) -> str:
-    """The `sdp` field, parsed once here: aiortc's parser asserts on malformed lines, and any
-    failure parsing the client's text is the client's (400), never an internal error."""
+    """The `sdp` field, checked for a media section (parsed in full at negotiation, after the
+    other fields have been checked)."""
     sdp = field(body, "sdp", str)
-    try:
-        parsed = SessionDescription.parse(sdp)
-    except Exception as exc:
-        raise ApiError.bad_request(f"field 'sdp' is not a valid SDP offer ({type(exc).__name__})") from None
-    if not parsed.media:
+    if "m=" not in sdp:
         raise ApiError.bad_request("field 'sdp' is not an SDP offer (no media section)")
     return sdp
 
 
+def _parse_offer(sdp: str) -> None:
+    """aiortc's SDP parser asserts (and raises StopIteration, IndexError...) on malformed lines:
+    any failure parsing the client's text is the client's, a 400, never an internal error."""
+    try:
+        SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise ApiError.bad_request(f"field 'sdp' is not a valid SDP offer ({type(exc).__name__})") from None
+
+
 async def _negotiate(session: Session, sdp: str) -> str:
+    _parse_offer(sdp)
     pc = session.pc
     pc.addTrack(session.audio)
     pc.addTrack(session.video)
