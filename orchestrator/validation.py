@@ -62,7 +62,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError.bad_request(f"unknown charset {charset[:40]!r} in Content-Type") from None
     except (UnicodeError, ValueError):
         raise ApiError.bad_request(f"malformed JSON body: not {charset[:40]!r} text") from None
-    body = loads(text, "the JSON body")
+    body = loads(text, "the request body")
     if not isinstance(body, dict):
         raise ApiError.bad_request("the JSON body must be an object")
     reject_bad_strings(body, "")
@@ -74,9 +74,9 @@ def loads(text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except RecursionError:
-        raise ApiError.bad_request(f"malformed JSON in {what}: nested too deeply") from None
+        raise ApiError.bad_request(f"{what} is not valid JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and integers past 4,300 digits
-        raise ApiError.bad_request(f"malformed JSON in {what}: {str(exc)[:200]}") from None
+        raise ApiError.bad_request(f"{what} is not valid JSON: {str(exc)[:200]}") from None
 
 
 def reject_bad_strings(value: Any, prefix: str) -> None:

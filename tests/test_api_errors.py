@@ -342,3 +342,12 @@ def test_rate_limited_log_reports_what_it_suppressed(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["line 0", "line 1", "line 2", "another kind",
                         "kind: suppressed 7 similar lines in 60 s", "line again"]
+
+
+async def test_the_web_client_files_are_served(livehuman):  # noqa: F811
+    base_url, _ = livehuman
+    async with aiohttp.ClientSession() as http:
+        for name, kind in [("client.js", "javascript"), ("client.css", "css")]:
+            async with http.get(f"{base_url}/static/{name}") as resp:
+                assert resp.status == 200 and kind in resp.content_type, name
+                assert len(await resp.read()) > 100
