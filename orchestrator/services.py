@@ -25,6 +25,7 @@ from .knowledge import KnowledgeStore, UnknownKnowledgeBase
 from .lipsync_models import LipSyncModels
 from .llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
 from .metrics import Metrics
+from .recordings import Recordings
 from .roster import FIELD as ROSTER_FIELD
 from .roster import MAIN, Member, parse_multiavatar_config
 from .session_registry import SessionRegistry
@@ -51,6 +52,7 @@ class Services:
     knowledge: KnowledgeStore
     metrics: Metrics
     llm_config: LLMConfig | None
+    recordings: Recordings  # this run's recordings (never a previous run's files)
     embedded_triton: EmbeddedTriton | None = None
     _known_voices: set[str] = field(default_factory=set)
     _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
@@ -174,6 +176,7 @@ async def start_services(settings: Settings) -> Services:
         knowledge=KnowledgeStore(settings.knowledge_dir),
         metrics=Metrics(lambda: len(registry), settings.max_sessions),
         llm_config=llm_config(settings),
+        recordings=Recordings(settings.data_dir),
         embedded_triton=embedded,
     )
     await warm_up
