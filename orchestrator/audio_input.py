@@ -9,6 +9,7 @@ a whole, never hard-clipped.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import av
 import numpy as np
@@ -24,8 +25,17 @@ FULL_SCALE = 1.0  # float PCM peak the player turns into int16 without clipping
 def decode_audio(data: bytes, field_name: str = "file") -> np.ndarray:
     """float32 [N] mono at 16 kHz, peak <= FULL_SCALE; 400 naming the field when it is not
     audio or too long."""
+    return _decode(io.BytesIO(data), field_name)
+
+
+def decode_audio_file(path: Path, field_name: str) -> np.ndarray:
+    """decode_audio for a file on disk (a clip's video or sound), read as it is decoded."""
+    return _decode(str(path), field_name)
+
+
+def _decode(source: io.BytesIO | str, field_name: str) -> np.ndarray:
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with av.open(source, mode="r", options={"protocol_whitelist": "file"}) as container:
             if not container.streams.audio:
                 raise ApiError.bad_request(f"field '{field_name}' has no audio stream")
             # Planar float at 16 kHz in the source's own layout: rows are channels, averaged
