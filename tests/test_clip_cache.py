@@ -15,6 +15,8 @@ from server_fixtures import refused_offer, running_server, server_settings
 from test_clips import write_clip_video
 
 from orchestrator.client import AvatarClient
+from orchestrator.clip_cache import ClipCache
+from orchestrator.clips import ClipSource
 from orchestrator.errors import ApiError
 
 MAX_SESSIONS = 8  # earlier sessions may still hold slots until consent fails
@@ -146,3 +148,19 @@ async def test_memory_does_not_grow_with_each_session_using_a_clip(cache_server)
     grown = rss_bytes() - start
     assert grown < clip_bytes / 2, f"RSS grew {grown / 1e6:.0f} MB for {LOADS - 1} more loads " \
                                    f"of a {clip_bytes / 1e6:.0f} MB clip"
+
+
+async def test_least_recently_used_clips_leave_a_full_cache_and_stay_readable(tmp_path):
+    for name in ("a", "b"):
+        write_clip_video(tmp_path / f"{name}.mp4")
+    one_clip = 10 * 48 * 64 * 3
+    cache = ClipCache(tmp_path / "cache", max_bytes=one_clip)  # room for one clip
+    a = await cache.load([ClipSource(1, tmp_path / "a.mp4", None)], 64, 48)
+    b = await cache.load([ClipSource(1, tmp_path / "b.mp4", None)], 64, 48)
+    assert cache.decodes == 2
+    assert int(a[1].frames.sum()) > 0, "a session still showing an evicted clip keeps its frames"
+    again = await cache.load([ClipSource(1, tmp_path / "b.mp4", None)], 64, 48)
+    assert again[1].frames is b[1].frames and cache.decodes == 2
+    await cache.load([ClipSource(1, tmp_path / "a.mp4", None)], 64, 48)
+    assert cache.decodes == 3, "a was evicted, so decoded again"
+    assert list((tmp_path / "cache").iterdir()) == [], "frames live in nameless files"
