@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 
 from aiohttp import web
@@ -216,28 +215,22 @@ async def record(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     session = services.registry.get(field(body, "sessionid", int))
     action = choice(body, "type", ("start_record", "end_record"))
-    record_dir = services.settings.data_dir / "record"
     if action == "start_record":
         if session.recording:
             raise ApiError(409, f"session {session.sessionid} is already recording")
-        session.start_recording(record_dir / f"{session.sessionid}.mp4")
+        session.start_recording(services.recordings)
         return ok()
     if not session.recording:
         raise ApiError(409, f"session {session.sessionid} is not recording (type 'end_record')")
-    path = await session.stop_recording()
-    # The original contract's single path points at the latest recording.
-    latest = services.settings.data_dir / "record.mp4"
-    await asyncio.get_running_loop().run_in_executor(None, shutil.copyfile, path, latest)
-    return ok({"path": str(path), "url": f"/record/{session.sessionid}"})
+    file = await session.stop_recording()  # record.mp4 is updated by then
+    return ok({"path": file.relative, "url": f"/record/{session.sessionid}"})
 
 
 @routes.get("/record/{sessionid}")
 async def download_record(request: web.Request) -> web.StreamResponse:
     services = services_of(request)
-    sessionid = parse_id(request.match_info["sessionid"], "sessionid in the path")
-    path = services.settings.data_dir / "record" / f"{sessionid}.mp4"
-    if not path.is_file():
-        raise ApiError.not_found(f"no recording for sessionid {sessionid}")
+    path = services.recordings.file_for(parse_id(request.match_info["sessionid"],
+                                                 "sessionid in the path"))
     return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
 
 

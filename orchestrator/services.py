@@ -17,7 +17,8 @@ from aiortc import RTCConfiguration
 from .artifacts import ensure_default_artifacts
 from .avatar import Avatar, AvatarNotFound, AvatarStore
 from .chat import ChatAgent, llm_config_for
-from .clips import Clip, load_clip, parse_custom_config
+from .clip_cache import CLIP_CACHE_DIR, ClipCache
+from .clips import Clip, parse_custom_config
 from .errors import ApiError
 from .features import SAMPLE_RATE_HZ, melspectrogram
 from .ice import restrict_host_candidates, rtc_configuration
@@ -25,6 +26,7 @@ from .knowledge import KnowledgeStore, UnknownKnowledgeBase
 from .lipsync_models import LipSyncModels
 from .llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
 from .metrics import Metrics
+from .recordings import Recordings
 from .roster import FIELD as ROSTER_FIELD
 from .roster import MAIN, Member, parse_multiavatar_config
 from .session_registry import SessionRegistry
@@ -51,6 +53,8 @@ class Services:
     knowledge: KnowledgeStore
     metrics: Metrics
     llm_config: LLMConfig | None
+    recordings: Recordings  # this run's recordings (never a previous run's files)
+    clip_cache: ClipCache  # decoded custom clips, shared by all sessions
     embedded_triton: EmbeddedTriton | None = None
     _known_voices: set[str] = field(default_factory=set)
     _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
@@ -90,12 +94,10 @@ class Services:
                            f"'{avatar.lipsync_model}', which Triton does not serve: {exc}") from None
 
     async def clips(self, custom_config: list | None, width: int, height: int) -> dict[int, Clip]:
-        """custom_config checked, then decoded off the event loop at the session's frame size."""
+        """custom_config checked, then its clips from the shared cache (decoded once per file
+        version and frame size, off the event loop)."""
         sources = parse_custom_config(custom_config or [], self.settings.data_dir)
-        loop = asyncio.get_running_loop()
-        loaded = [await loop.run_in_executor(None, load_clip, source, width, height)
-                  for source in sources]
-        return {clip.audiotype: clip for clip in loaded}
+        return await self.clip_cache.load(sources, width, height)
 
     async def check_voice(self, voice: str, field_name: str) -> None:
         """404 for a voice the TTS model does not have (asked once per voice, then remembered)."""
@@ -174,6 +176,8 @@ async def start_services(settings: Settings) -> Services:
         knowledge=KnowledgeStore(settings.knowledge_dir),
         metrics=Metrics(lambda: len(registry), settings.max_sessions),
         llm_config=llm_config(settings),
+        recordings=Recordings(settings.data_dir),
+        clip_cache=ClipCache(settings.data_dir / CLIP_CACHE_DIR),
         embedded_triton=embedded,
     )
     await warm_up

@@ -12,7 +12,6 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import av
 import numpy as np
@@ -33,6 +32,7 @@ from .media_clock import (
     MediaClock,
 )
 from .recorder import Recorder
+from .recordings import RecordingFile, Recordings
 from .roster import MAIN, Member
 from .speech import (
     SentenceStarted,
@@ -93,6 +93,7 @@ class Session:
         self._closed = asyncio.Event()
         self.frames_sent = 0
         self._recorder: Recorder | None = None
+        self._recording: tuple[Recordings, RecordingFile] | None = None
         self.pipeline = SpeechPipeline(tts, lipsync, lambda: self.stage.avatar_tick, sessionid)
         self.pipeline.start()
 
@@ -142,17 +143,27 @@ class Session:
     def recording(self) -> bool:
         return self._recorder is not None
 
-    def start_recording(self, path: Path) -> None:
-        self._recorder = Recorder(path, self.avatar.width, self.avatar.height)
-        self.events.emit("record_started", path=str(path))
+    def start_recording(self, recordings: Recordings) -> None:
+        """Record into a new file of `recordings` (each recording its own file)."""
+        file = recordings.begin(self.sessionid)
+        self._recorder = Recorder(file.path, self.avatar.width, self.avatar.height)
+        self._recording = (recordings, file)
+        self.events.emit("record_started", path=file.relative)
 
-    async def stop_recording(self) -> Path:
-        """Finalize the MP4 off the event loop; the stream goes on meanwhile."""
+    async def stop_recording(self) -> RecordingFile:
+        """Finalize the MP4 off the event loop (the stream goes on meanwhile) and tell the
+        recordings index; RuntimeError when the file could not be written."""
         recorder, self._recorder = self._recorder, None
-        assert recorder is not None, "not recording"
-        path = await asyncio.get_running_loop().run_in_executor(None, recorder.finish)
-        self.events.emit("record_saved", path=str(path), seconds=recorder.ticks / VIDEO_FPS)
-        return path
+        assert recorder is not None and self._recording is not None, "not recording"
+        (recordings, file), self._recording = self._recording, None
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, recorder.finish)
+        except RuntimeError:
+            await recordings.end(file, saved=False)
+            raise
+        await recordings.end(file, saved=True)
+        self.events.emit("record_saved", path=file.relative, seconds=recorder.ticks / VIDEO_FPS)
+        return file
 
     @property
     def speaking(self) -> bool:
