@@ -42,6 +42,9 @@ PORT_ATTEMPTS = 3  # a free port can be taken between picking it and the server 
 LOG_TAIL_CHARS = 4000
 PR_SET_PDEATHSIG = 1
 STUB_NAME = "triton_python_backend_stub"
+# The python backend's per-stub shared memory, named on the stub's command line.
+STUB_SHM_PREFIX = "triton_python_backend_shm_region_"
+SHM_DIR = Path("/dev/shm")
 
 
 class TritonStartError(RuntimeError):
@@ -90,6 +93,40 @@ def _die_with_parent(parent_pid: int):
             os._exit(0)
 
     return preexec
+
+
+def _process_group(pgid: int) -> list[int]:
+    """The live processes of a process group (from /proc; zombies excluded)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def _reap_leftovers(pgid: int) -> None:
+    """After the server (pid = `pgid`) exited: kill the python backend stubs it left in its
+    group and remove their shared memory files, which only the dead server would have removed.
+    Nothing is left after a clean exit; after SIGKILL (or a crash) every model's stub is."""
+    for pid in _process_group(pgid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for arg in argv:
+            name = arg.decode(errors="replace")
+            if name.startswith(STUB_SHM_PREFIX) and "/" not in name:
+                with contextlib.suppress(OSError):
+                    (SHM_DIR / name).unlink()
+        log.info("killed pid=%s left behind by tritonserver pid=%s", pid, pgid)
 
 
 def server_environment(server_dir: Path) -> dict[str, str]:
@@ -251,6 +288,9 @@ class EmbeddedTriton:
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self._workdir, env=server_environment(server_dir),
                 preexec_fn=_die_with_parent(os.getpid()),
+                # Its own process group, which its python backend stubs join: a server killed
+                # abruptly leaves them running (~100 MB each), and the group finds them.
+                process_group=0,
             )
         log.info("tritonserver pid=%s starting: grpc %s, log %s", self._proc.pid, self.url,
                  self.log_path)
@@ -273,7 +313,10 @@ class EmbeddedTriton:
 
     async def _terminate(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
+        if proc is None:
+            return
+        if proc.returncode is not None:  # it died by itself: what it left behind
+            _reap_leftovers(proc.pid)
             return
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
@@ -289,6 +332,9 @@ class EmbeddedTriton:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             raise
+        finally:
+            if proc.returncode is not None:
+                _reap_leftovers(proc.pid)
 
     async def stop(self) -> None:
         """Terminate the server (SIGKILL after STOP_TIMEOUT_S); remove a temporary work dir."""

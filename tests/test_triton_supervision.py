@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -138,6 +139,19 @@ async def assert_speaks(client: AvatarClient, sse: SSE) -> None:
                 and e.get("utterance_id") == utterance], sse.events
 
 
+def process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
 async def assert_video_flows(client: AvatarClient) -> None:
     """Idle video keeps arriving (the session is not stalled by the missing server)."""
     have = len(client.received.video_times)
@@ -175,6 +189,8 @@ async def test_killed_embedded_triton_is_restarted_and_speech_returns(supervised
         await wait_health(base_url, 200, RESTART_WAIT_S)
         assert services.embedded_triton.pid != old_pid
         assert services.triton_url == services.embedded_triton.url  # same ports, same URL
+        # The killed server's python backend stubs (one process per model) were not left behind.
+        assert process_group(old_pid) == []
         await assert_speaks(client, sse)  # shared memory regions registered anew, too
         assert await restarts(base_url) == before + 1
     finally:
@@ -236,6 +252,7 @@ async def test_hung_triton_is_killed_and_restarted(supervised):
             await asyncio.sleep(0.2)
         await wait_health(base_url, 200, RESTART_WAIT_S)
         assert services.embedded_triton.pid != pid
+        assert process_group(pid) == []
         await assert_speaks(client, sse)
     finally:
         supervisor.hung_restart_s = hung_restart_s
