@@ -30,7 +30,7 @@ PROBE_TIMEOUT_S = 1.0
 HUNG_RESTART_S = 30.0
 RESTART_BACKOFF_FIRST_S = 1.0
 RESTART_BACKOFF_MAX_S = 30.0
-# Ready this long after a restart: the next crash starts a new streak (no backoff).
+# Up this long since it (re)started: the next crash starts a new streak (no backoff).
 STABLE_AFTER_S = 60.0
 
 
@@ -54,7 +54,7 @@ class TritonSupervisor:
         self._status: dict = {"live": False, "ready": False, "models": {}, "error": "not probed yet"}
         self._unanswered_since: float | None = None
         self._crash_streak = 0
-        self._ready_since: float | None = None
+        self._up_since = time.monotonic()  # when the current server process was started
         self._task: asyncio.Task | None = None
         self._exit_watch: asyncio.Task | None = None  # the embedded process's wait()
         self._exit_watch_pid: int | None = None
@@ -154,17 +154,14 @@ class TritonSupervisor:
 
     def _set(self, status: dict) -> None:
         was_ready, self._status = self.ready, status
-        now = time.monotonic()
         if self.ready and not was_ready:
-            self._ready_since = now
             log.info("triton at %s is ready", self.url)
         elif was_ready and not self.ready:
-            self._ready_since = None
             log.warning("triton at %s is not ready: %s", self.url, self.reason)
 
     async def _restart_embedded(self) -> None:
         """Restart until ready, with a capped doubling backoff between failed attempts."""
-        if self._ready_since is not None and time.monotonic() - self._ready_since >= STABLE_AFTER_S:
+        if time.monotonic() - self._up_since >= STABLE_AFTER_S:
             self._crash_streak = 0
         self._set({"live": False, "ready": False, "models": {}, "restarting": True})
         self._unanswered_since = None
@@ -182,6 +179,7 @@ class TritonSupervisor:
                 log.error("tritonserver restart failed: %s", exc)
                 continue
             break
+        self._up_since = time.monotonic()
         self.restarts += 1
         self._on_restart()
         log.warning("tritonserver restarted at %s (pid=%s, %d restarts since start)",
