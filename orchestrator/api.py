@@ -60,6 +60,7 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 @routes.post("/offer")
 async def offer(request: web.Request) -> web.Response:
     services = services_of(request)
+    services.require_triton()
     settings = services.settings
     body = await read_json_object(request)
     choice(body, "type", ("offer",))
@@ -138,6 +139,7 @@ def _end_with_peer(services: Services, session: Session) -> None:
 @routes.post("/human")
 async def human(request: web.Request) -> web.Response:
     services = services_of(request)
+    services.require_triton()
     body = await read_json_object(request)
     session = services.registry.get(field(body, "sessionid", int))
     kind = choice(body, "type", ("echo", "chat"))
@@ -281,6 +283,7 @@ def sse_event(item: dict) -> bytes:
 async def humanaudio(request: web.Request) -> web.Response:
     """multipart: sessionid, file, optional interrupt; the audio is spoken lip-synced."""
     services = services_of(request)
+    services.require_triton()
     if not request.content_type.startswith("multipart/"):
         raise ApiError.bad_request("/humanaudio takes multipart/form-data with 'sessionid' and 'file'")
     form: dict[str, str] = {}

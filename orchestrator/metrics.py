@@ -22,6 +22,9 @@ class Metrics:
                               registry=self.registry)
         self.triton_ready = Gauge("livehuman_triton_ready", "Triton and the models ready (1) or "
                                   "not (0), at the last scrape", registry=self.registry)
+        self.triton_restarts = Counter("livehuman_triton_restarts", "Restarts of the embedded "
+                                       "tritonserver after it exited or hung",
+                                       registry=self.registry)
 
     def observe(self, item: dict[str, Any]) -> None:
         """Called for every session event (SessionEvents' observer)."""

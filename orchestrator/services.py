@@ -34,11 +34,11 @@ from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
 from .triton_clients import TTSClient, UnknownVoice
 from .triton_server import EmbeddedTriton, wait_models_ready
 from .triton_shm import on_this_host
+from .triton_supervisor import TritonSupervisor
 
 log = logging.getLogger(__name__)
 
 TRITON_READY_TIMEOUT_S = 120.0
-TRITON_STATUS_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -55,6 +55,7 @@ class Services:
     llm_config: LLMConfig | None
     recordings: Recordings  # this run's recordings (never a previous run's files)
     clip_cache: ClipCache  # decoded custom clips, shared by all sessions
+    triton: TritonSupervisor  # owns "is Triton ready now" (and restarts the embedded server)
     embedded_triton: EmbeddedTriton | None = None
     _known_voices: set[str] = field(default_factory=set)
     _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
@@ -128,15 +129,20 @@ class Services:
         return ChatAgent(knowledge, self._llms[config])
 
     async def triton_status(self) -> dict:
-        """Server and model readiness; never raises: health and metrics answer regardless."""
-        try:
-            status = await asyncio.wait_for(self.tts.server_status(self.models),
-                                            TRITON_STATUS_TIMEOUT_S)
-        except Exception as exc:
-            return {"url": self.triton_url, "live": False, "ready": False, "error": str(exc)}
-        return {"url": self.triton_url, "embedded": self.embedded_triton is not None, **status}
+        """Server and model readiness as the supervisor last saw it (at most a probe interval
+        old); never raises and never waits on Triton: health and metrics answer regardless."""
+        return {"url": self.triton_url, "embedded": self.embedded_triton is not None,
+                "restarts": self.triton.restarts, **self.triton.status}
+
+    def require_triton(self) -> None:
+        """The gate of what needs TTS and lip-sync (/offer, /human, /humanaudio): 503 while
+        Triton is not ready, instead of accepting speech that could never be spoken."""
+        if not self.triton.ready:
+            raise ApiError(503, f"Triton is not ready ({self.triton.reason}): speech is "
+                           "unavailable until it recovers (see /healthz)")
 
     async def close(self) -> None:
+        await self.triton.close()  # first: nothing may restart the server being stopped
         await asyncio.gather(*(s.close() for s in self.registry.all()), return_exceptions=True)
         await self.tts.close()
         await self.lipsync_models.close()
@@ -165,6 +171,9 @@ async def start_services(settings: Settings) -> Services:
         await embedded.start()
         url = embedded.url
     registry = SessionRegistry(settings.max_sessions)
+    metrics = Metrics(lambda: len(registry), settings.max_sessions)
+    triton = TritonSupervisor(url, models, embedded, on_restart=metrics.triton_restarts.inc)
+    await triton.start()
     services = Services(
         settings=settings,
         triton_url=url,
@@ -174,10 +183,11 @@ async def start_services(settings: Settings) -> Services:
         registry=registry,
         rtc_configuration=rtc_configuration(settings),
         knowledge=KnowledgeStore(settings.knowledge_dir),
-        metrics=Metrics(lambda: len(registry), settings.max_sessions),
+        metrics=metrics,
         llm_config=llm_config(settings),
         recordings=Recordings(settings.data_dir),
         clip_cache=ClipCache(settings.data_dir / CLIP_CACHE_DIR),
+        triton=triton,
         embedded_triton=embedded,
     )
     await warm_up
