@@ -172,7 +172,8 @@ async def start_services(settings: Settings) -> Services:
         registry=registry,
         rtc_configuration=rtc_configuration(settings),
         knowledge=KnowledgeStore(settings.knowledge_dir),
-        metrics=Metrics(lambda: len(registry), settings.max_sessions),
+        metrics=Metrics(lambda: len(registry), settings.max_sessions,
+                        registry.queued_speech_seconds),
         llm_config=llm_config(settings),
         embedded_triton=embedded,
     )
