@@ -17,8 +17,8 @@ from .errors import ApiError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .roster import MAIN
 from .services import SERVICES_KEY, Services
-from .session import Session, SessionOptions
-from .speech import MAX_TEXT_CHARS
+from .session import Session, SessionLimits, SessionOptions
+from .speech import MAX_TEXT_CHARS, has_speakable
 from .validation import FormReader, choice, field, json_config, parse_id, read_json_object
 
 log = logging.getLogger(__name__)
@@ -73,28 +73,37 @@ async def offer(request: web.Request) -> web.Response:
         custom_config=json_config(body, "custom_config", settings.customvideo_config, list),
         multiavatar_config=json_config(body, "multiavatar_config", settings.multiavatar_config, dict),
     )
+    # The limit first: a refused offer loads no avatar and decodes no clip. The slot is given
+    # back on every failure path below.
+    sessionid = services.registry.reserve()
+    try:
+        session = await _open_session(services, sessionid, options)
+        try:
+            answer_sdp = await _negotiate(session, sdp)
+        except BaseException:
+            await session.close("negotiation failed")
+            raise
+    except BaseException:
+        services.registry.release(sessionid)
+        raise
+    services.registry.add(session)
+    session.watch_peer()
+    log.info("session opened sessionid=%s avatar=%s", sessionid, options.avatar)
+    return web.json_response(
+        {"type": "answer", "sdp": answer_sdp, "sessionid": sessionid}
+    )
+
+
+async def _open_session(services: Services, sessionid: int, options: SessionOptions) -> Session:
     await services.check_voice(options.refaudio, "refaudio")
     members = await services.members(options.avatar, options.multiavatar_config)
     main = members[MAIN].avatar
     clips = await services.clips(options.custom_config, main.width, main.height)
     chat = await services.chat_agent(options.llmid, "llmid")
-
-    sessionid = services.registry.reserve()
     pc = RTCPeerConnection(services.rtc_configuration)
-    session = Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat, clips,
-                      services.metrics.observe)
-    try:
-        answer_sdp = await _negotiate(session, sdp)
-    except BaseException:
-        services.registry.release(sessionid)
-        await session.close()
-        raise
-    services.registry.add(session)
-    _end_with_peer(services, session)
-    log.info("session opened sessionid=%s avatar=%s", sessionid, options.avatar)
-    return web.json_response(
-        {"type": "answer", "sdp": answer_sdp, "sessionid": sessionid}
-    )
+    return Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat,
+                   clips, services.metrics.observe, SessionLimits.from_settings(services.settings),
+                   services.registry.release)
 
 
 def offer_sdp(body: dict) -> str:
@@ -128,14 +137,6 @@ async def _negotiate(session: Session, sdp: str) -> str:
     return pc.localDescription.sdp
 
 
-def _end_with_peer(services: Services, session: Session) -> None:
-    @session.pc.on("connectionstatechange")
-    async def on_state() -> None:
-        if session.pc.connectionState in ("failed", "closed"):
-            await session.close()
-            services.registry.release(session.sessionid)
-
-
 @routes.post("/human")
 async def human(request: web.Request) -> web.Response:
     services = services_of(request)
@@ -148,6 +149,9 @@ async def human(request: web.Request) -> web.Response:
         raise ApiError.bad_request("field 'text' is empty")
     if len(text) > MAX_TEXT_CHARS:
         raise ApiError(413, f"field 'text' is longer than {MAX_TEXT_CHARS} characters")
+    if kind == "echo" and not has_speakable(text):  # a question of emoji may still get an answer
+        raise ApiError.bad_request(f"nothing speakable in 'text': {text[:40]!r} has no letters "
+                                   "or digits")
     interrupt = field(body, "interrupt", bool, False)
     avatarid = field(body, "avatarid", str, MAIN)
     session.member(avatarid)  # an unknown avatarid is the first thing to say
@@ -302,6 +306,8 @@ async def humanaudio(request: web.Request) -> web.Response:
     interrupt = form.get("interrupt", "false").strip().lower()
     if interrupt not in ("true", "false", "1", "0", ""):
         raise ApiError.bad_request("field 'interrupt' must be true or false")
+    if interrupt not in ("true", "1"):
+        session.admit(0.0)  # a full queue refuses before the upload is decoded
     audio = await asyncio.get_running_loop().run_in_executor(None, decode_audio, data)
     if interrupt in ("true", "1"):
         await session.interrupt()

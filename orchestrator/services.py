@@ -171,7 +171,7 @@ async def start_services(settings: Settings) -> Services:
         await embedded.start()
         url = embedded.url
     registry = SessionRegistry(settings.max_sessions)
-    metrics = Metrics(lambda: len(registry), settings.max_sessions)
+    metrics = Metrics(lambda: len(registry), settings.max_sessions, registry.queued_speech_seconds)
     triton = TritonSupervisor(url, models, embedded, on_restart=metrics.triton_restarts.inc)
     await triton.start()
     services = Services(
