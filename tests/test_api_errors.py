@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from pathlib import Path
 
 import aiohttp
@@ -111,6 +112,7 @@ async def test_session_limit(livehuman):  # noqa: F811
             client = AvatarClient(base_url, keep_video=False)
             clients.append(client)
             await client.connect()
+            await client.wait_for_video(1, timeout=30)  # connected: its close frees the slot at once
         extra = AvatarClient(base_url, keep_video=False)
         clients.append(extra)
         with pytest.raises(RuntimeError, match="503.*session limit"):
@@ -118,6 +120,10 @@ async def test_session_limit(livehuman):  # noqa: F811
     finally:
         for client in clients:
             await client.close()
+    deadline = time.monotonic() + 30
+    while len(services.registry) and time.monotonic() < deadline:  # later tests need the slots
+        await asyncio.sleep(0.05)
+    assert not len(services.registry), "closed clients' sessions were not released"
 
 
 async def test_healthz(livehuman):  # noqa: F811
