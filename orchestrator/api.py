@@ -60,6 +60,7 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/offer")
 async def offer(request: web.Request) -> web.Response:
+    offered_at = asyncio.get_running_loop().time()
     services = services_of(request)
     services.require_triton()
     settings = services.settings
@@ -89,7 +90,7 @@ async def offer(request: web.Request) -> web.Response:
         services.registry.release(sessionid)
         raise
     services.registry.add(session)
-    session.watch_peer()
+    session.watch_peer(offered_at)
     log.info("session opened sessionid=%s avatar=%s", sessionid, options.avatar)
     return web.json_response(
         {"type": "answer", "sdp": answer_sdp, "sessionid": sessionid}

@@ -229,13 +229,16 @@ class Session:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    def watch_peer(self) -> None:
-        """Close the session when its peer is gone (or never connects: limits.setup_timeout_s)."""
-        self._peer_watch = asyncio.create_task(self._end_with_peer(),
+    def watch_peer(self, offered_at: float) -> None:
+        """Close the session when its peer is gone, or has not connected limits.setup_timeout_s
+        after its offer arrived (`offered_at`, event-loop time in s): the slot is held from the
+        offer on, so the timeout counts from there, not from the answer."""
+        remaining_s = offered_at + self.limits.setup_timeout_s - asyncio.get_running_loop().time()
+        self._peer_watch = asyncio.create_task(self._end_with_peer(max(remaining_s, 0.0)),
                                                name=f"peer-{self.sessionid}")
 
-    async def _end_with_peer(self) -> None:
-        reason = await wait_peer_gone(self.pc, self.limits.setup_timeout_s)
+    async def _end_with_peer(self, setup_timeout_s: float) -> None:
+        reason = await wait_peer_gone(self.pc, setup_timeout_s)
         log.info("peer gone sessionid=%s reason=%s", self.sessionid, reason)
         await self.close(reason)
 
