@@ -18,7 +18,7 @@ from .roster import MAIN
 from .services import SERVICES_KEY, Services
 from .session import Session, SessionOptions
 from .speech import MAX_TEXT_CHARS
-from .validation import choice, field, json_config, read_json_object, read_limited
+from .validation import choice, field, form_parts, json_config, read_json_object, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,9 @@ async def record(request: web.Request) -> web.Response:
     # The original contract's single path points at the latest recording.
     latest = services.settings.data_dir / "record.mp4"
     await asyncio.get_running_loop().run_in_executor(None, shutil.copyfile, path, latest)
-    return ok({"path": str(path), "url": f"/record/{session.sessionid}"})
+    # Relative to the data directory: responses never show the server's directories.
+    return ok({"path": str(path.relative_to(services.settings.data_dir)),
+               "url": f"/record/{session.sessionid}"})
 
 
 @routes.get("/record/{sessionid}")
@@ -251,8 +253,7 @@ async def humanaudio(request: web.Request) -> web.Response:
         raise ApiError.bad_request("/humanaudio takes multipart/form-data with 'sessionid' and 'file'")
     form: dict[str, str] = {}
     data: bytes | None = None
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
+    async for part in form_parts(request, MAX_UPLOAD_BYTES):
         if part.name == "file":
             data = await read_limited(part, MAX_UPLOAD_BYTES)
         elif part.name:

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from . import api, avatar_api
+from . import access, api, avatar_api
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
 from .services import SERVICES_KEY, Services, start_services
@@ -40,9 +40,11 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
 
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:
     """The app; with `services` given (tests), their lifetime is the caller's."""
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[json_errors, *access.middlewares(settings)],
+                          client_max_size=MAX_BODY_BYTES)
     app.add_routes(api.routes)
     app.add_routes(avatar_api.routes)
+    access.install(app, settings)  # after the last route: CORS covers every one
 
     async def lifetime(app: web.Application):
         owned = services is None

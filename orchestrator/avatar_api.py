@@ -17,7 +17,7 @@ from aiohttp import BodyPartReader, web
 from .api import ok
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
-from .validation import limited_chunks, read_limited
+from .validation import form_parts, limited_chunks, read_limited
 
 MAX_FIELD_BYTES = 1024
 UPLOAD_CHUNK_BYTES = 1 << 20
@@ -37,10 +37,7 @@ async def create_avatar(request: web.Request) -> web.Response:
     upload: Path | None = None
     filename = ""
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ApiError.bad_request("nested multipart bodies are not supported")
+        async for part in form_parts(request, jobs.max_upload_bytes):
             if part.name == "file":
                 if upload is not None:
                     raise ApiError.bad_request("field 'file' is given twice")
@@ -50,7 +47,7 @@ async def create_avatar(request: web.Request) -> web.Response:
                 avatar_id = (await read_limited(part, MAX_FIELD_BYTES)).decode(errors="replace")
                 jobs.admit(avatar_id)  # before a large file that follows is read
             else:
-                await part.release()
+                await read_limited(part, MAX_FIELD_BYTES)  # unknown: read (bounded), ignored
         if avatar_id is None:
             raise ApiError.bad_request("missing field 'id'")
         if upload is None:

@@ -7,6 +7,7 @@ import sys
 
 from aiohttp import web
 
+from .access import AccessLog
 from .app import create_app
 from .settings import parse_settings
 
@@ -20,4 +21,5 @@ def main(argv: list[str] | None = None) -> None:
     )
     app = create_app(settings)
     print(f"livehuman: serving on http://{settings.host}:{settings.port}", flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None)
+    web.run_app(app, host=settings.host, port=settings.port, print=None,
+                access_log_class=AccessLog)

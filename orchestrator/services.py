@@ -162,7 +162,7 @@ async def start_services(settings: Settings) -> Services:
         embedded = EmbeddedTriton(settings.model_repository, models=models)
         await embedded.start()
         url = embedded.url
-    registry = SessionRegistry(settings.max_sessions)
+    registry = SessionRegistry(settings.max_sessions, settings.max_session_misses)
     services = Services(
         settings=settings,
         triton_url=url,

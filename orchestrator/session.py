@@ -144,14 +144,14 @@ class Session:
 
     def start_recording(self, path: Path) -> None:
         self._recorder = Recorder(path, self.avatar.width, self.avatar.height)
-        self.events.emit("record_started", path=str(path))
+        self.events.emit("record_started", file=path.name)  # names, not server paths
 
     async def stop_recording(self) -> Path:
         """Finalize the MP4 off the event loop; the stream goes on meanwhile."""
         recorder, self._recorder = self._recorder, None
         assert recorder is not None, "not recording"
         path = await asyncio.get_running_loop().run_in_executor(None, recorder.finish)
-        self.events.emit("record_saved", path=str(path), seconds=recorder.ticks / VIDEO_FPS)
+        self.events.emit("record_saved", file=path.name, seconds=recorder.ticks / VIDEO_FPS)
         return path
 
     @property

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from .errors import ApiError
 
@@ -73,3 +73,27 @@ async def limited_chunks(part, limit: int, chunk_bytes: int = 1 << 16) -> AsyncI
 async def read_limited(part, limit: int) -> bytes:
     """One multipart field, at most `limit` bytes."""
     return b"".join([chunk async for chunk in limited_chunks(part, limit)])
+
+
+MAX_FORM_FIELDS = 8  # every multipart route takes a handful of fields
+FORM_OVERHEAD_BYTES = 64 << 10  # part headers and the small fields around the file
+
+
+async def form_parts(request: web.Request, file_limit: int) -> AsyncIterator[BodyPartReader]:
+    """The parts of a multipart body, refused with 413 as soon as it is larger than
+    `file_limit` (the 'file' field's own limit) + FORM_OVERHEAD_BYTES (declared length) or has more than MAX_FORM_FIELDS parts,
+    so a body of many small fields is not parsed at length. Each part's own size is the
+    caller's limit (`read_limited`, `limited_chunks`)."""
+    limit = file_limit + FORM_OVERHEAD_BYTES
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"multipart body larger than {limit} bytes "
+                       f"(field 'file' may have {file_limit} bytes)")
+    reader = await request.multipart()
+    count = 0
+    while (part := await reader.next()) is not None:
+        count += 1
+        if count > MAX_FORM_FIELDS:
+            raise ApiError(413, f"multipart body has more than {MAX_FORM_FIELDS} fields")
+        if not isinstance(part, BodyPartReader):
+            raise ApiError.bad_request("nested multipart bodies are not supported")
+        yield part
