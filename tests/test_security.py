@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from server_fixtures import livehuman, running_server, server_settings  # noqa: F401  (fixture)
+from test_web_client import CHROMIUM, CHROMIUM_ARGS
 
 from orchestrator.app import create_app
 from orchestrator.client import AvatarClient
@@ -328,3 +329,37 @@ async def test_the_path_guard_catches_a_disclosure():
     caught = list(server_fixtures.DISCLOSURES)
     del server_fixtures.DISCLOSURES[:]
     assert caught and caught[0].startswith("GET /leak"), caught
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (make test installs it)")
+async def test_page_asks_for_the_token_once(guarded):
+    """The web client on a server with a token: one prompt, then offer, echo and SSE work."""
+    from playwright.async_api import async_playwright
+
+    base_url, _, _ = guarded
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            prompts: list[str] = []
+
+            async def answer(dialog) -> None:
+                prompts.append(dialog.message)
+                await dialog.accept(TOKEN)
+
+            page.on("dialog", answer)
+            await page.goto(base_url + "/")
+            await page.click("#connect")
+            await page.wait_for_function("document.getElementById('video').videoWidth > 0",
+                                         timeout=30000)
+            await page.fill("#text", "Token accepted.")
+            await page.click("#echo")
+            # 'end' arrives over SSE, which carries the token in its URL.
+            await page.wait_for_function(
+                "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('end: Token accepted'))",
+                timeout=30000)
+            assert len(prompts) == 1 and "token" in prompts[0], prompts
+            assert await page.evaluate("sessionStorage.getItem('livehuman-token')") == TOKEN
+            await page.click("#disconnect")
+        finally:
+            await browser.close()
