@@ -30,7 +30,7 @@ JPEG_QUALITY = 95
 # Larger sources (phone photos and videos) are scaled down to this: every frame of a package is
 # held in memory by the server, and the lip-sync crop is 128 px anyway.
 MAX_LONG_SIDE_PX = 1280
-AVATAR_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+AVATAR_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Progress = Callable[[int, int], None]
 
@@ -60,7 +60,7 @@ def fit_long_side(rgb: np.ndarray, limit: int = MAX_LONG_SIDE_PX) -> np.ndarray:
 
 
 def check_avatar_id(avatar_id: str) -> None:
-    if not AVATAR_ID.match(avatar_id):
+    if not AVATAR_ID.fullmatch(avatar_id):
         raise ValueError(f"avatar id {avatar_id!r}: use 1-64 letters, digits, '_' or '-'")
 
 

@@ -32,8 +32,9 @@ SERVER_HEADER = "livehuman"  # no framework or version: nothing to look up vulne
 TOKEN_QUERY = "token"
 JSON_CONTENT_TYPE = "application/json"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Served without the token: the page must load to ask for it, and holds no secret.
-PAGE_PATHS = frozenset({"/"})
+# Served without the token: the page and its files (api.static_file) must load to ask for it,
+# and hold no secret.
+PAGE_PATHS = frozenset({"/", "/static/{name}"})
 MONITORING_PATHS = frozenset({"/healthz", "/metrics"})
 
 
@@ -51,8 +52,14 @@ def same_origin(request: web.Request) -> bool:
     if request.headers.get("Sec-Fetch-Site") == "same-origin":
         return True
     origin = request.headers.get("Origin")
+    if not origin:
+        return False
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # e.g. 'http://[': whatever sent it, it is not our page
+        return False
     # The host only: behind a TLS proxy the page is https while we see http.
-    return bool(origin) and urlsplit(origin).netloc.lower() == (request.host or "").lower()
+    return netloc.lower() == (request.host or "").lower()
 
 
 def is_open_route(request: web.Request, protect_metrics: bool) -> bool:
@@ -61,8 +68,6 @@ def is_open_route(request: web.Request, protect_metrics: bool) -> bool:
     resource = request.match_info.route.resource
     if resource is None:
         return False
-    if isinstance(resource, web.StaticResource):
-        return True
     path = resource.canonical
     return path in PAGE_PATHS or (path in MONITORING_PATHS and not protect_metrics)
 
@@ -95,7 +100,10 @@ def middlewares(settings: Settings) -> list:
                 request, settings.protect_metrics):
             return await handler(request)
         given = presented_token(request)
-        if given is None or not hmac.compare_digest(given.encode(), expected):
+        # surrogatepass: header bytes that are not UTF-8 reach us as lone surrogates; they are
+        # a wrong token (401), not an encoding error (500).
+        if given is None or not hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                                                    expected):
             return _refuse(401, "this server needs its access token: send "
                            "'Authorization: Bearer <token>' (or ?token=<token> on SSE and "
                            "download links)" if given is None else "wrong access token",

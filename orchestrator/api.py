@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
+import re
 from pathlib import Path
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import SessionDescription
 
 from .audio_input import MAX_UPLOAD_BYTES, decode_audio
 from .errors import ApiError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .roster import MAIN
 from .services import SERVICES_KEY, Services
-from .session import Session, SessionOptions
-from .speech import MAX_TEXT_CHARS
-from .validation import choice, field, form_parts, json_config, read_json_object, read_limited
+from .session import Session, SessionLimits, SessionOptions
+from .speech import MAX_TEXT_CHARS, has_speakable
+from .validation import FormReader, choice, field, json_config, parse_id, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,27 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
-routes.static("/static", STATIC_DIR)
+# The web client's files: one flat folder, names checked before any file system call (aiohttp's
+# static handler lets OSError, e.g. a 5,000-character name, through as a 500).
+STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
+@routes.get("/static/{name}")
+async def static_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if not STATIC_NAME.fullmatch(name) or not (STATIC_DIR / name).is_file():
+        raise ApiError.not_found(f"no static file {name[:80]!r}")
+    return web.FileResponse(STATIC_DIR / name)
 
 
 @routes.post("/offer")
 async def offer(request: web.Request) -> web.Response:
     services = services_of(request)
+    services.require_triton()
     settings = services.settings
     body = await read_json_object(request)
     choice(body, "type", ("offer",))
-    sdp = field(body, "sdp", str)
-    if "m=" not in sdp:
-        raise ApiError.bad_request("field 'sdp' is not an SDP offer (no media section)")
+    sdp = offer_sdp(body)
     options = SessionOptions(
         avatar=field(body, "avatar", str, settings.avatar_id),
         refaudio=field(body, "refaudio", str, settings.ref_file),
@@ -63,31 +73,59 @@ async def offer(request: web.Request) -> web.Response:
         custom_config=json_config(body, "custom_config", settings.customvideo_config, list),
         multiavatar_config=json_config(body, "multiavatar_config", settings.multiavatar_config, dict),
     )
-    await services.check_voice(options.refaudio, "refaudio")
-    members = await services.members(options.avatar, options.multiavatar_config)
-    main = members[MAIN].avatar
-    clips = await services.clips(options.custom_config, main.width, main.height)
-    chat = await services.chat_agent(options.llmid, "llmid")
-
+    # The limit first: a refused offer loads no avatar and decodes no clip. The slot is given
+    # back on every failure path below.
     sessionid = services.registry.reserve()
-    pc = RTCPeerConnection(services.rtc_configuration)
-    session = Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat, clips,
-                      services.metrics.observe)
     try:
-        answer_sdp = await _negotiate(session, sdp)
+        session = await _open_session(services, sessionid, options)
+        try:
+            answer_sdp = await _negotiate(session, sdp)
+        except BaseException:
+            await session.close("negotiation failed")
+            raise
     except BaseException:
         services.registry.release(sessionid)
-        await session.close()
         raise
     services.registry.add(session)
-    _end_with_peer(services, session)
+    session.watch_peer()
     log.info("session opened sessionid=%s avatar=%s", sessionid, options.avatar)
     return web.json_response(
         {"type": "answer", "sdp": answer_sdp, "sessionid": sessionid}
     )
 
 
+async def _open_session(services: Services, sessionid: int, options: SessionOptions) -> Session:
+    await services.check_voice(options.refaudio, "refaudio")
+    members = await services.members(options.avatar, options.multiavatar_config)
+    main = members[MAIN].avatar
+    clips = await services.clips(options.custom_config, main.width, main.height)
+    chat = await services.chat_agent(options.llmid, "llmid")
+    pc = RTCPeerConnection(services.rtc_configuration)
+    return Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat,
+                   clips, services.metrics.observe, SessionLimits.from_settings(services.settings),
+                   services.registry.release)
+
+
+def offer_sdp(body: dict) -> str:
+    """The `sdp` field, checked for a media section (parsed in full at negotiation, after the
+    other fields have been checked)."""
+    sdp = field(body, "sdp", str)
+    if "m=" not in sdp:
+        raise ApiError.bad_request("field 'sdp' is not an SDP offer (no media section)")
+    return sdp
+
+
+def _parse_offer(sdp: str) -> None:
+    """aiortc's SDP parser asserts (and raises StopIteration, IndexError...) on malformed lines:
+    any failure parsing the client's text is the client's, a 400, never an internal error."""
+    try:
+        SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise ApiError.bad_request(f"field 'sdp' is not a valid SDP offer ({type(exc).__name__})") from None
+
+
 async def _negotiate(session: Session, sdp: str) -> str:
+    _parse_offer(sdp)
     pc = session.pc
     pc.addTrack(session.audio)
     pc.addTrack(session.video)
@@ -99,17 +137,10 @@ async def _negotiate(session: Session, sdp: str) -> str:
     return pc.localDescription.sdp
 
 
-def _end_with_peer(services: Services, session: Session) -> None:
-    @session.pc.on("connectionstatechange")
-    async def on_state() -> None:
-        if session.pc.connectionState in ("failed", "closed"):
-            await session.close()
-            services.registry.release(session.sessionid)
-
-
 @routes.post("/human")
 async def human(request: web.Request) -> web.Response:
     services = services_of(request)
+    services.require_triton()
     body = await read_json_object(request)
     session = services.registry.get(field(body, "sessionid", int))
     kind = choice(body, "type", ("echo", "chat"))
@@ -118,6 +149,9 @@ async def human(request: web.Request) -> web.Response:
         raise ApiError.bad_request("field 'text' is empty")
     if len(text) > MAX_TEXT_CHARS:
         raise ApiError(413, f"field 'text' is longer than {MAX_TEXT_CHARS} characters")
+    if kind == "echo" and not has_speakable(text):  # a question of emoji may still get an answer
+        raise ApiError.bad_request(f"nothing speakable in 'text': {text[:40]!r} has no letters "
+                                   "or digits")
     interrupt = field(body, "interrupt", bool, False)
     avatarid = field(body, "avatarid", str, MAIN)
     session.member(avatarid)  # an unknown avatarid is the first thing to say
@@ -187,42 +221,30 @@ async def record(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     session = services.registry.get(field(body, "sessionid", int))
     action = choice(body, "type", ("start_record", "end_record"))
-    record_dir = services.settings.data_dir / "record"
     if action == "start_record":
         if session.recording:
             raise ApiError(409, f"session {session.sessionid} is already recording")
-        session.start_recording(record_dir / f"{session.sessionid}.mp4")
+        session.start_recording(services.recordings)
         return ok()
     if not session.recording:
         raise ApiError(409, f"session {session.sessionid} is not recording (type 'end_record')")
-    path = await session.stop_recording()
-    # The original contract's single path points at the latest recording.
-    latest = services.settings.data_dir / "record.mp4"
-    await asyncio.get_running_loop().run_in_executor(None, shutil.copyfile, path, latest)
-    # Relative to the data directory: responses never show the server's directories.
-    return ok({"path": str(path.relative_to(services.settings.data_dir)),
-               "url": f"/record/{session.sessionid}"})
+    file = await session.stop_recording()  # record.mp4 is updated by then
+    return ok({"path": file.relative, "url": f"/record/{session.sessionid}"})
 
 
 @routes.get("/record/{sessionid}")
 async def download_record(request: web.Request) -> web.StreamResponse:
     services = services_of(request)
-    raw = request.match_info["sessionid"]
-    if not raw.isdigit():
-        raise ApiError.bad_request("sessionid in the path must be an integer")
-    path = services.settings.data_dir / "record" / f"{int(raw)}.mp4"
-    if not path.is_file():
-        raise ApiError.not_found(f"no recording for sessionid {raw}")
+    path = services.recordings.file_for(parse_id(request.match_info["sessionid"],
+                                                 "sessionid in the path"))
     return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
 
 
 @routes.get("/sse")
 async def sse(request: web.Request) -> web.StreamResponse:
     services = services_of(request)
-    raw = request.query.get("sessionid", "")
-    if not raw.lstrip("-").isdigit():
-        raise ApiError.bad_request("query parameter 'sessionid' must be an integer")
-    session = services.registry.get(int(raw))
+    session = services.registry.get(parse_id(request.query.get("sessionid", ""),
+                                             "query parameter 'sessionid'"))
     events = session.events.subscribe()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -237,7 +259,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
                 continue
             if item is None:
                 break
-            await response.write(f"data: {json.dumps(item, ensure_ascii=False)}\n\n".encode())
+            await response.write(sse_event(item))
     except ConnectionResetError:
         pass  # the reader went away
     finally:
@@ -245,28 +267,47 @@ async def sse(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def sse_event(item: dict) -> bytes:
+    """One `data:` line. Never raises: one event that cannot be written as UTF-8 JSON (a lone
+    surrogate in a text) must not end every stream of the session, so it falls back to ASCII
+    escapes, and to a note of what was dropped when it is not JSON at all."""
+    try:
+        text = json.dumps(item, ensure_ascii=False, default=str)
+        try:
+            data = text.encode()
+        except UnicodeEncodeError:
+            data = json.dumps(item, ensure_ascii=True, default=str).encode()
+    except (TypeError, ValueError) as exc:  # e.g. a reference cycle
+        log.warning("sse: event %r not serialisable: %s", item.get("event"), exc)
+        data = json.dumps({"event": "dropped", "reason": "not serialisable"}).encode()
+    return b"data: " + data + b"\n\n"
+
+
 @routes.post("/humanaudio")
 async def humanaudio(request: web.Request) -> web.Response:
     """multipart: sessionid, file, optional interrupt; the audio is spoken lip-synced."""
     services = services_of(request)
+    services.require_triton()
     if not request.content_type.startswith("multipart/"):
         raise ApiError.bad_request("/humanaudio takes multipart/form-data with 'sessionid' and 'file'")
     form: dict[str, str] = {}
     data: bytes | None = None
-    async for part in form_parts(request, MAX_UPLOAD_BYTES):
+    reader = FormReader(request, MAX_UPLOAD_BYTES)
+    async for part in reader.parts():
         if part.name == "file":
-            data = await read_limited(part, MAX_UPLOAD_BYTES)
+            data = await reader.read(part, MAX_UPLOAD_BYTES)
         elif part.name:
-            form[part.name] = (await read_limited(part, 1024)).decode(errors="replace")
-    raw_id = form.get("sessionid", "")
-    if not raw_id.strip().lstrip("-").isdigit():
-        raise ApiError.bad_request("field 'sessionid' must be an integer")
-    session = services.registry.get(int(raw_id))
+            form[part.name] = await reader.text(part, 1024)
+        else:
+            await reader.skip(part)
+    session = services.registry.get(parse_id(form.get("sessionid", "").strip(), "field 'sessionid'"))
     if data is None:
         raise ApiError.bad_request("missing field 'file'")
     interrupt = form.get("interrupt", "false").strip().lower()
     if interrupt not in ("true", "false", "1", "0", ""):
         raise ApiError.bad_request("field 'interrupt' must be true or false")
+    if interrupt not in ("true", "1"):
+        session.admit(0.0)  # a full queue refuses before the upload is decoded
     audio = await asyncio.get_running_loop().run_in_executor(None, decode_audio, data)
     if interrupt in ("true", "1"):
         await session.interrupt()

@@ -9,39 +9,57 @@ from aiohttp import web
 from . import access, api, avatar_api
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
+from .rate_limited_log import RateLimitedLog
 from .services import SERVICES_KEY, Services, start_services
 from .settings import Settings
+from .validation import BODY_READ_TIMEOUT_KEY
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+
+# Rejected requests are the client's doing: one line each (no traceback), bounded per kind.
+REJECTED_LOG = RateLimitedLog(log)
 
 
 def _error(status: int, msg: str) -> web.Response:
     return web.json_response({"code": status, "msg": msg}, status=status)
 
 
+def _rejected(request: web.Request, status: int, msg: str) -> web.Response:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "(no route)"
+    REJECTED_LOG.log(f"{status} {request.method} {route}", logging.INFO,
+                     "rejected %s %r: %d %s", request.method, request.path[:200], status,
+                     msg[:300])
+    return _error(status, msg)
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Every failure as `{"code", "msg"}`: 4xx for the client's faults (logged once, rate
+    limited), 500 with a traceback in the log only for our own."""
     try:
         return await handler(request)
     except ApiError as exc:
-        return _error(exc.status, exc.msg)
+        return _rejected(request, exc.status, exc.msg)
     except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        return _rejected(request, 413, f"request body larger than {MAX_BODY_BYTES} bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, exc.reason)
+        return _rejected(request, exc.status, exc.reason)
     except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
+        log.exception("internal error on %s %r", request.method, request.path[:200])
         return _error(500, "internal error")
 
 
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:
-    """The app; with `services` given (tests), their lifetime is the caller's."""
+    """The app; with `services` given (tests), their lifetime is the caller's. Serve it with
+    `http_server.AppRunner`, which answers malformed HTTP with JSON too."""
     app = web.Application(middlewares=[json_errors, *access.middlewares(settings)],
                           client_max_size=MAX_BODY_BYTES)
+    app[BODY_READ_TIMEOUT_KEY] = settings.body_read_timeout_s
     app.add_routes(api.routes)
     app.add_routes(avatar_api.routes)
     access.install(app, settings)  # after the last route: CORS covers every one

@@ -13,7 +13,7 @@ import numpy as np
 
 FORMAT = "livehuman-avatar"
 SUPPORTED_VERSIONS = (1,)
-AVATAR_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+AVATAR_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class AvatarNotFound(KeyError):
@@ -116,7 +116,7 @@ class AvatarStore:
         self._lock = threading.Lock()  # loads run in executor threads
 
     def path_of(self, avatar_id: str) -> Path:
-        if not AVATAR_ID.match(avatar_id):
+        if not AVATAR_ID.fullmatch(avatar_id):
             raise ValueError(f"avatar id {avatar_id!r} may only use letters, digits, '_' and '-'")
         folder = (self.directory / avatar_id).resolve()
         if folder.parent != self.directory:  # a symlink pointing elsewhere

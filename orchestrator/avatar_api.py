@@ -17,7 +17,7 @@ from aiohttp import BodyPartReader, web
 from .api import ok
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
-from .validation import form_parts, limited_chunks, read_limited
+from .validation import FormReader
 
 MAX_FIELD_BYTES = 1024
 UPLOAD_CHUNK_BYTES = 1 << 20
@@ -37,17 +37,20 @@ async def create_avatar(request: web.Request) -> web.Response:
     upload: Path | None = None
     filename = ""
     try:
-        async for part in form_parts(request, jobs.max_upload_bytes):
+        reader = FormReader(request, jobs.max_upload_bytes)
+        async for part in reader.parts():
             if part.name == "file":
                 if upload is not None:
                     raise ApiError.bad_request("field 'file' is given twice")
-                upload, filename = jobs.new_upload(), part.filename or ""
-                await _save_limited(part, upload, jobs.max_upload_bytes)
+                # Only recorded in the manifest: control characters and the like dropped.
+                filename = "".join(c for c in (part.filename or "")[:200] if c.isprintable())
+                upload = jobs.new_upload()
+                await _save_limited(reader, part, upload, jobs.max_upload_bytes)
             elif part.name == "id":
-                avatar_id = (await read_limited(part, MAX_FIELD_BYTES)).decode(errors="replace")
+                avatar_id = await reader.text(part, MAX_FIELD_BYTES)
                 jobs.admit(avatar_id)  # before a large file that follows is read
             else:
-                await read_limited(part, MAX_FIELD_BYTES)  # unknown: read (bounded), ignored
+                await reader.skip(part)  # unknown: ignored (the body's limit bounds it)
         if avatar_id is None:
             raise ApiError.bad_request("missing field 'id'")
         if upload is None:
@@ -80,10 +83,10 @@ async def avatar_job(request: web.Request) -> web.Response:
     return ok(request.app[AVATAR_JOBS_KEY].get(request.match_info["job"]).describe())
 
 
-async def _save_limited(part: BodyPartReader, path: Path, limit: int) -> None:
+async def _save_limited(reader: FormReader, part: BodyPartReader, path: Path, limit: int) -> None:
     """Stream a part to disk (uploads may be far larger than the app's body limit); 413 past
     `limit`. Writes go to a thread: a slow disk must not stall the streams."""
     loop = asyncio.get_running_loop()
     with path.open("wb") as out:
-        async for chunk in limited_chunks(part, limit, UPLOAD_CHUNK_BYTES):
+        async for chunk in reader.chunks(part, limit, UPLOAD_CHUNK_BYTES):
             await loop.run_in_executor(None, out.write, chunk)

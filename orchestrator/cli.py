@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 
 from aiohttp import web
 
 from .access import AccessLog
 from .app import create_app
-from .settings import parse_settings
+from .http_server import AppRunner
+from .settings import Settings, parse_settings
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then stop the sessions, the services and Triton."""
+    # The access log leaves out query strings: they may hold the token (?token=).
+    runner = AppRunner(create_app(settings), access_log_class=AccessLog)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        print(f"livehuman: serving on http://{settings.host}:{settings.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +39,4 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    app = create_app(settings)
-    print(f"livehuman: serving on http://{settings.host}:{settings.port}", flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None,
-                access_log_class=AccessLog)
+    asyncio.run(serve(settings))

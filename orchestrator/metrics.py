@@ -1,17 +1,23 @@
 """`GET /metrics` in the Prometheus text format: sessions, session events (utterances by kind,
-interruptions, errors, recordings) and Triton readiness, on a registry of this app's own."""
+interruptions, errors, recordings), Triton readiness, and asyncio tasks and queued speech (so a
+leak or a runaway queue shows), on a registry of this app's own."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from .speech_pipeline import SPEECH_TASK_PREFIX
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self, open_sessions, max_sessions: int) -> None:
+    def __init__(self, open_sessions, max_sessions: int,
+                 speech_queue_seconds: Callable[[], float] = lambda: 0.0) -> None:
         self.registry = CollectorRegistry()
         Gauge("livehuman_sessions", "Sessions open now", registry=self.registry
               ).set_function(open_sessions)
@@ -22,6 +28,17 @@ class Metrics:
                               registry=self.registry)
         self.triton_ready = Gauge("livehuman_triton_ready", "Triton and the models ready (1) or "
                                   "not (0), at the last scrape", registry=self.registry)
+        self.triton_restarts = Counter("livehuman_triton_restarts", "Restarts of the embedded "
+                                       "tritonserver after it exited or hung",
+                                       registry=self.registry)
+        # Scraped in the event loop (the /metrics handler), where all_tasks() is this loop's.
+        Gauge("livehuman_tasks", "asyncio tasks alive", registry=self.registry
+              ).set_function(lambda: len(asyncio.all_tasks()))
+        Gauge("livehuman_speech_tasks", "speech tasks alive (one per open session)",
+              registry=self.registry).set_function(_speech_tasks)
+        Gauge("livehuman_speech_queue_seconds", "Seconds of speech queued (waiting or being "
+              "rendered) over all sessions, text estimated", registry=self.registry
+              ).set_function(speech_queue_seconds)
 
     def observe(self, item: dict[str, Any]) -> None:
         """Called for every session event (SessionEvents' observer)."""
@@ -30,3 +47,7 @@ class Metrics:
     def render(self, triton_ready: bool) -> bytes:
         self.triton_ready.set(1 if triton_ready else 0)
         return generate_latest(self.registry)
+
+
+def _speech_tasks() -> int:
+    return sum(1 for task in asyncio.all_tasks() if task.get_name().startswith(SPEECH_TASK_PREFIX))

@@ -2,11 +2,14 @@
 
 Encoding runs on a dedicated thread fed by a queue, so a slow disk or encoder never stalls the
 live stream; every frame is kept (recordings must be complete), the queue only grows meanwhile.
+The file is written under a temporary name beside its own and renamed once finalised: its real
+name only ever holds a whole MP4.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from fractions import Fraction
@@ -30,6 +33,7 @@ class Recorder:
 
     def __init__(self, path: Path, width: int, height: int) -> None:
         self.path = path
+        self._partial = path.with_name(f".{path.name}.part")
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._width = width
         self._height = height
@@ -54,14 +58,20 @@ class Recorder:
         """Flush and close the file (blocking: call it in an executor)."""
         self._queue.put(None)
         self._thread.join()
+        if self._error is None:
+            try:
+                os.replace(self._partial, self.path)
+            except OSError as exc:
+                self._error = exc
         if self._error is not None:
+            self._partial.unlink(missing_ok=True)
             raise RuntimeError(f"recording failed: {self._error}") from self._error
         return self.path
 
     def _encode(self) -> None:
         finished_reading = False
         try:
-            with av.open(str(self.path), mode="w", format="mp4") as container:
+            with av.open(str(self._partial), mode="w", format="mp4") as container:
                 video = container.add_stream(VIDEO_CODEC, rate=VIDEO_FPS)
                 video.width, video.height = self._width, self._height
                 video.pix_fmt = "yuv420p"

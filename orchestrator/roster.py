@@ -14,7 +14,7 @@ from .errors import ApiError
 
 FIELD = "multiavatar_config"
 MAIN = "main"
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_MEMBERS = 16
 
 
@@ -38,7 +38,7 @@ def parse_multiavatar_config(config: dict) -> list[MemberSpec]:
         raise ApiError.bad_request(f"field '{FIELD}': at most {MAX_MEMBERS} avatars")
     specs = []
     for name, value in config.items():
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise ApiError.bad_request(f"field '{FIELD}': name {name!r} may only use letters, "
                                        "digits, '_', '-' and '.'")
         if isinstance(value, str):

@@ -17,7 +17,8 @@ from aiortc import RTCConfiguration
 from .artifacts import ensure_default_artifacts
 from .avatar import Avatar, AvatarNotFound, AvatarStore
 from .chat import ChatAgent, llm_config_for
-from .clips import Clip, load_clip, parse_custom_config
+from .clip_cache import CLIP_CACHE_DIR, ClipCache
+from .clips import Clip, parse_custom_config
 from .errors import ApiError
 from .features import SAMPLE_RATE_HZ, melspectrogram
 from .ice import restrict_host_candidates, rtc_configuration
@@ -25,6 +26,7 @@ from .knowledge import KnowledgeStore, UnknownKnowledgeBase
 from .lipsync_models import LipSyncModels
 from .llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
 from .metrics import Metrics
+from .recordings import Recordings
 from .roster import FIELD as ROSTER_FIELD
 from .roster import MAIN, Member, parse_multiavatar_config
 from .session_registry import SessionRegistry
@@ -32,11 +34,11 @@ from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
 from .triton_clients import TTSClient, UnknownVoice
 from .triton_server import EmbeddedTriton, wait_models_ready
 from .triton_shm import on_this_host
+from .triton_supervisor import TritonSupervisor
 
 log = logging.getLogger(__name__)
 
 TRITON_READY_TIMEOUT_S = 120.0
-TRITON_STATUS_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -51,6 +53,9 @@ class Services:
     knowledge: KnowledgeStore
     metrics: Metrics
     llm_config: LLMConfig | None
+    recordings: Recordings  # this run's recordings (never a previous run's files)
+    clip_cache: ClipCache  # decoded custom clips, shared by all sessions
+    triton: TritonSupervisor  # owns "is Triton ready now" (and restarts the embedded server)
     embedded_triton: EmbeddedTriton | None = None
     _known_voices: set[str] = field(default_factory=set)
     _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
@@ -90,12 +95,10 @@ class Services:
                            f"'{avatar.lipsync_model}', which Triton does not serve: {exc}") from None
 
     async def clips(self, custom_config: list | None, width: int, height: int) -> dict[int, Clip]:
-        """custom_config checked, then decoded off the event loop at the session's frame size."""
+        """custom_config checked, then its clips from the shared cache (decoded once per file
+        version and frame size, off the event loop)."""
         sources = parse_custom_config(custom_config or [], self.settings.data_dir)
-        loop = asyncio.get_running_loop()
-        loaded = [await loop.run_in_executor(None, load_clip, source, width, height)
-                  for source in sources]
-        return {clip.audiotype: clip for clip in loaded}
+        return await self.clip_cache.load(sources, width, height)
 
     async def check_voice(self, voice: str, field_name: str) -> None:
         """404 for a voice the TTS model does not have (asked once per voice, then remembered)."""
@@ -126,15 +129,20 @@ class Services:
         return ChatAgent(knowledge, self._llms[config])
 
     async def triton_status(self) -> dict:
-        """Server and model readiness; never raises: health and metrics answer regardless."""
-        try:
-            status = await asyncio.wait_for(self.tts.server_status(self.models),
-                                            TRITON_STATUS_TIMEOUT_S)
-        except Exception as exc:
-            return {"url": self.triton_url, "live": False, "ready": False, "error": str(exc)}
-        return {"url": self.triton_url, "embedded": self.embedded_triton is not None, **status}
+        """Server and model readiness as the supervisor last saw it (at most a probe interval
+        old); never raises and never waits on Triton: health and metrics answer regardless."""
+        return {"url": self.triton_url, "embedded": self.embedded_triton is not None,
+                "restarts": self.triton.restarts, **self.triton.status}
+
+    def require_triton(self) -> None:
+        """The gate of what needs TTS and lip-sync (/offer, /human, /humanaudio): 503 while
+        Triton is not ready, instead of accepting speech that could never be spoken."""
+        if not self.triton.ready:
+            raise ApiError(503, f"Triton is not ready ({self.triton.reason}): speech is "
+                           "unavailable until it recovers (see /healthz)")
 
     async def close(self) -> None:
+        await self.triton.close()  # first: nothing may restart the server being stopped
         await asyncio.gather(*(s.close() for s in self.registry.all()), return_exceptions=True)
         await self.tts.close()
         await self.lipsync_models.close()
@@ -163,6 +171,9 @@ async def start_services(settings: Settings) -> Services:
         await embedded.start()
         url = embedded.url
     registry = SessionRegistry(settings.max_sessions, settings.max_session_misses)
+    metrics = Metrics(lambda: len(registry), settings.max_sessions, registry.queued_speech_seconds)
+    triton = TritonSupervisor(url, models, embedded, on_restart=metrics.triton_restarts.inc)
+    await triton.start()
     services = Services(
         settings=settings,
         triton_url=url,
@@ -172,8 +183,11 @@ async def start_services(settings: Settings) -> Services:
         registry=registry,
         rtc_configuration=rtc_configuration(settings),
         knowledge=KnowledgeStore(settings.knowledge_dir),
-        metrics=Metrics(lambda: len(registry), settings.max_sessions),
+        metrics=metrics,
         llm_config=llm_config(settings),
+        recordings=Recordings(settings.data_dir),
+        clip_cache=ClipCache(settings.data_dir / CLIP_CACHE_DIR),
+        triton=triton,
         embedded_triton=embedded,
     )
     await warm_up

@@ -3,6 +3,12 @@
 The player is the session's single media clock: on every 40 ms tick it takes the next lip-synced
 frame (or the idle frame), pastes it into the avatar's frame and pushes one video frame and the
 two 20 ms audio packets that belong to it, so audio and video cannot drift apart.
+
+Lifetime: a session ends when its peer is gone (peer_watch: not connected within the setup
+timeout, or failed/closed) or the server stops; `close` then frees everything and tells the
+registry. Nothing the session owns holds a strong reference back to it (tracks hold the player
+start weakly, the pipeline reads the stage, the peer watch listens with an Event), so a closed
+session is freed by reference counting at once, not at the next garbage collection.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import av
 import numpy as np
@@ -32,14 +37,24 @@ from .media_clock import (
     VIDEO_TIME_BASE,
     MediaClock,
 )
+from .peer_watch import wait_peer_gone
 from .recorder import Recorder
+from .recordings import RecordingFile, Recordings
 from .roster import MAIN, Member
+from .settings import (
+    DEFAULT_MAX_QUEUED_SPEECH_S,
+    DEFAULT_MAX_QUEUED_UTTERANCES,
+    DEFAULT_SETUP_TIMEOUT_S,
+    Settings,
+)
 from .speech import (
+    CHAT_ANSWER_ESTIMATE_S,
     SentenceStarted,
     SpeechFrame,
     Utterance,
     UtteranceEnded,
     UtteranceStarted,
+    estimated_speech_seconds,
     join_sentences,
 )
 from .speech_pipeline import SpeechPipeline
@@ -62,6 +77,20 @@ class SessionOptions:
     multiavatar_config: dict | None
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """Lifetime and queue bounds of a session (settings, with the flags named in 429s)."""
+
+    setup_timeout_s: float = DEFAULT_SETUP_TIMEOUT_S
+    max_queued_utterances: int = DEFAULT_MAX_QUEUED_UTTERANCES
+    max_queued_speech_s: float = DEFAULT_MAX_QUEUED_SPEECH_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionLimits:
+        return cls(settings.setup_timeout_s, settings.max_queued_utterances,
+                   settings.max_queued_speech_s)
+
+
 class Session:
     def __init__(
         self,
@@ -74,6 +103,8 @@ class Session:
         chat: ChatAgent,
         clips: dict[int, Clip] | None = None,
         observer: Callable[[dict], None] | None = None,
+        limits: SessionLimits = SessionLimits(),
+        on_closed: Callable[[int], None] | None = None,
     ) -> None:
         self.sessionid = sessionid
         self.chat = chat
@@ -82,6 +113,8 @@ class Session:
         self.avatar = members[MAIN].avatar  # fixes the session's frame size
         self.stage = Stage(self.avatar, clips)
         self.options = options
+        self.limits = limits
+        self._on_closed = on_closed  # the registry frees the slot
         self.events = SessionEvents(sessionid, observer)
         self.clock = MediaClock()
         self.video = video_track(self._start_player)
@@ -90,10 +123,12 @@ class Session:
         self._spoken: list[str] = []  # sentences of the current utterance played so far
         self._utterance_ids = itertools.count(1)
         self._player: asyncio.Task | None = None
+        self._peer_watch: asyncio.Task | None = None
         self._closed = asyncio.Event()
         self.frames_sent = 0
         self._recorder: Recorder | None = None
-        self.pipeline = SpeechPipeline(tts, lipsync, lambda: self.stage.avatar_tick, sessionid)
+        self._recording: tuple[Recordings, RecordingFile] | None = None
+        self.pipeline = SpeechPipeline(tts, lipsync, _avatar_cursor(self.stage), sessionid)
         self.pipeline.start()
 
     # --- control, called by the API -------------------------------------------------------
@@ -114,24 +149,46 @@ class Session:
     def say(self, text: str, voice: str = "", audio: np.ndarray | None = None,
             avatarid: str = MAIN) -> Utterance:
         """Queue speech: text for TTS, or ready 16 kHz audio (then `text` only labels it)."""
+        self.admit(audio.size / AUDIO_SAMPLE_RATE_HZ if audio is not None
+                   else estimated_speech_seconds(text))
         utterance = self._utterance(text, voice, avatarid, audio=audio)
         self.pipeline.say(utterance)
         return utterance
 
     def ask(self, question: str, voice: str = "", avatarid: str = MAIN) -> Utterance:
         """Queue a chat answer: spoken sentence by sentence as the chat agent produces it."""
+        self.admit(CHAT_ANSWER_ESTIMATE_S)  # before the answer (an LLM stream) exists
         utterance = self._utterance(question, voice, avatarid, source=self.chat.answer(question),
                                     kind="chat")
         self.events.emit("question", utterance_id=utterance.id, text=question)
         self.pipeline.say(utterance)
         return utterance
 
+    def admit(self, seconds: float) -> None:
+        """429 naming the limit (and its flag) when `seconds` more speech would not fit.
+
+        One utterance always fits an empty queue: text and upload size limits bound it.
+        """
+        pipeline, limits = self.pipeline, self.limits
+        if pipeline.queued_utterances >= limits.max_queued_utterances:
+            raise ApiError(429, f"speech queue full: {pipeline.queued_utterances} utterances "
+                           f"queued, at most {limits.max_queued_utterances} "
+                           "(--max-queued-utterances); retry later or interrupt")
+        queued = pipeline.queued_seconds
+        if queued > 0 and queued + seconds > limits.max_queued_speech_s:
+            raise ApiError(429, f"speech queue full: {queued:.0f} s queued + {seconds:.0f} s "
+                           f"is more than {limits.max_queued_speech_s:g} s "
+                           "(--max-queued-speech); retry later or interrupt")
+
     def set_audiotype(self, audiotype: int, reinit: bool) -> None:
         self.stage.set_audiotype(audiotype, reinit)
         self.events.emit("audiotype", audiotype=audiotype, reinit=reinit)
 
     async def interrupt(self) -> None:
-        dropped = await self.pipeline.interrupt()
+        self._end_dropped(await self.pipeline.interrupt())
+
+    def _end_dropped(self, dropped: list[Utterance]) -> None:
+        """Each cut or never-started utterance ends with an `interrupted` event."""
         if self._speaking is not None and self._speaking not in dropped:
             dropped.insert(0, self._speaking)
         self._speaking = None
@@ -142,17 +199,27 @@ class Session:
     def recording(self) -> bool:
         return self._recorder is not None
 
-    def start_recording(self, path: Path) -> None:
-        self._recorder = Recorder(path, self.avatar.width, self.avatar.height)
-        self.events.emit("record_started", file=path.name)  # names, not server paths
+    def start_recording(self, recordings: Recordings) -> None:
+        """Record into a new file of `recordings` (each recording its own file)."""
+        file = recordings.begin(self.sessionid)
+        self._recorder = Recorder(file.path, self.avatar.width, self.avatar.height)
+        self._recording = (recordings, file)
+        self.events.emit("record_started", path=file.relative)
 
-    async def stop_recording(self) -> Path:
-        """Finalize the MP4 off the event loop; the stream goes on meanwhile."""
+    async def stop_recording(self) -> RecordingFile:
+        """Finalize the MP4 off the event loop (the stream goes on meanwhile) and tell the
+        recordings index; RuntimeError when the file could not be written."""
         recorder, self._recorder = self._recorder, None
-        assert recorder is not None, "not recording"
-        path = await asyncio.get_running_loop().run_in_executor(None, recorder.finish)
-        self.events.emit("record_saved", file=path.name, seconds=recorder.ticks / VIDEO_FPS)
-        return path
+        assert recorder is not None and self._recording is not None, "not recording"
+        (recordings, file), self._recording = self._recording, None
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, recorder.finish)
+        except RuntimeError:
+            await recordings.end(file, saved=False)
+            raise
+        await recordings.end(file, saved=True)
+        self.events.emit("record_saved", path=file.relative, seconds=recorder.ticks / VIDEO_FPS)
+        return file
 
     @property
     def speaking(self) -> bool:
@@ -162,25 +229,48 @@ class Session:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    async def close(self) -> None:
+    def watch_peer(self) -> None:
+        """Close the session when its peer is gone (or never connects: limits.setup_timeout_s)."""
+        self._peer_watch = asyncio.create_task(self._end_with_peer(),
+                                               name=f"peer-{self.sessionid}")
+
+    async def _end_with_peer(self) -> None:
+        reason = await wait_peer_gone(self.pc, self.limits.setup_timeout_s)
+        log.info("peer gone sessionid=%s reason=%s", self.sessionid, reason)
+        await self.close(reason)
+
+    async def close(self, reason: str = "closed") -> None:
         if self._closed.is_set():
             return
         self._closed.set()
-        if self._player:
-            self._player.cancel()
-            await asyncio.gather(self._player, return_exceptions=True)
-        await self.pipeline.close()
-        if self._recorder is not None:
-            try:
-                await self.stop_recording()
-            except RuntimeError:
-                log.exception("recording lost sessionid=%s", self.sessionid)
-        self.video.stop()
-        self.audio.stop()
-        await self.pc.close()
-        self.events.emit("closed")
-        self.events.close()
-        log.info("session closed sessionid=%s frames=%s", self.sessionid, self.frames_sent)
+        try:
+            # Tasks are dropped once done: a finished task's exception (and its traceback's
+            # frames) would otherwise tie the session into a cycle.
+            watch, self._peer_watch = self._peer_watch, None
+            if watch is not None and watch is not asyncio.current_task():
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
+            player, self._player = self._player, None
+            if player is not None:
+                player.cancel()
+                await asyncio.gather(player, return_exceptions=True)
+            self._end_dropped(await self.pipeline.close())
+            if self._recorder is not None:
+                try:
+                    await self.stop_recording()
+                except RuntimeError:
+                    log.exception("recording lost sessionid=%s", self.sessionid)
+            self.video.stop()
+            self.audio.stop()
+            await self.pc.close()
+            self.events.emit("closed", reason=reason)
+            self.events.close()
+            log.info("session closed sessionid=%s reason=%s frames=%s", self.sessionid, reason,
+                     self.frames_sent)
+        finally:
+            on_closed, self._on_closed = self._on_closed, None
+            if on_closed is not None:
+                on_closed(self.sessionid)
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -215,6 +305,8 @@ class Session:
                 self.events.emit("sentence", utterance_id=utterance.id, kind=utterance.kind,
                                  text=item.text)
             elif isinstance(item, UtteranceEnded):
+                if self._speaking is not utterance:  # ended without starting: nothing spoken
+                    self._spoken = []
                 self._speaking = None
                 if item.error:
                     self.events.emit("error", utterance_id=utterance.id, msg=item.error)
@@ -244,3 +336,8 @@ class Session:
             self._recorder.add(tick, image, pcm)
         self.frames_sent += 1
 
+
+
+def _avatar_cursor(stage: Stage) -> Callable[[], int]:
+    """The stage's idle-loop position, read without holding the session."""
+    return lambda: stage.avatar_tick

@@ -89,6 +89,7 @@ class SessionRegistry:
                 return sessionid
 
     def release(self, sessionid: int) -> None:
+        """Free the id's slot (idempotent): a failed /offer, or the session's close."""
         self._reserved.discard(sessionid)
         self._sessions.pop(sessionid, None)
 
@@ -112,3 +113,7 @@ class SessionRegistry:
 
     def all(self) -> list[Session]:
         return list(self._sessions.values())
+
+    def queued_speech_seconds(self) -> float:
+        """Seconds of speech queued over all sessions (the metrics gauge)."""
+        return sum(session.pipeline.queued_seconds for session in self._sessions.values())

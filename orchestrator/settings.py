@@ -11,9 +11,16 @@ from urllib.parse import urlsplit
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8010
 DEFAULT_MAX_SESSIONS = 8
+# A peer that has not connected by then (a page refreshed mid-connect, an offer whose ICE can
+# never finish) gives its slot back.
+DEFAULT_SETUP_TIMEOUT_S = 15.0
+# Per session: what /human and /humanaudio may queue before they answer 429.
+DEFAULT_MAX_QUEUED_UTTERANCES = 64
+DEFAULT_MAX_QUEUED_SPEECH_S = 600.0
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"  # when only OPENAI_API_KEY is set
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
 DEFAULT_MAX_SESSION_MISSES = 20  # unknown-sessionid lookups per client address and minute
+DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,11 @@ class Settings:
     customvideo_config: str = ""
     multiavatar_config: str = ""
     max_sessions: int = DEFAULT_MAX_SESSIONS
+    # A request body (JSON or each multipart read) must arrive within this, or 408.
+    body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S
+    setup_timeout_s: float = DEFAULT_SETUP_TIMEOUT_S
+    max_queued_utterances: int = DEFAULT_MAX_QUEUED_UTTERANCES
+    max_queued_speech_s: float = DEFAULT_MAX_QUEUED_SPEECH_S
     stun: tuple[str, ...] = ()
     turn: tuple[str, ...] = ()
     turn_username: str | None = None
@@ -78,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--max-session-misses", type=int, default=DEFAULT_MAX_SESSION_MISSES,
                      help="unknown-sessionid lookups a client address may make per minute before "
                      f"it gets 429 (default {DEFAULT_MAX_SESSION_MISSES})")
+    net.add_argument("--body-read-timeout", dest="body_read_timeout_s", type=float,
+                     default=DEFAULT_BODY_READ_TIMEOUT_S,
+                     help="seconds a request body (or each read of an upload) may take to arrive "
+                     f"before the request is answered 408 (default {DEFAULT_BODY_READ_TIMEOUT_S:g})")
     tr = p.add_argument_group("Triton")
     tr.add_argument("--triton-url", default=os.environ.get("TRITON_URL"),
                     help="gRPC host:port of a running Triton server (e.g. the official container). "
@@ -120,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--max-session", "--max_session", dest="max_sessions", type=int,
                     default=DEFAULT_MAX_SESSIONS,
                     help=f"maximum concurrent sessions (default {DEFAULT_MAX_SESSIONS})")
+    se.add_argument("--setup-timeout", dest="setup_timeout_s", type=float,
+                    default=DEFAULT_SETUP_TIMEOUT_S,
+                    help="seconds a new session may take to connect its peer before it is closed "
+                    f"and its slot freed (default {DEFAULT_SETUP_TIMEOUT_S:g})")
+    se.add_argument("--max-queued-utterances", type=int, default=DEFAULT_MAX_QUEUED_UTTERANCES,
+                    help="utterances a session may have waiting or speaking; more answer 429 "
+                    f"(default {DEFAULT_MAX_QUEUED_UTTERANCES})")
+    se.add_argument("--max-queued-speech", dest="max_queued_speech_s", type=float,
+                    default=DEFAULT_MAX_QUEUED_SPEECH_S,
+                    help="seconds of speech a session may have waiting or speaking (estimated for "
+                    "text, exact for uploads); more answer 429 "
+                    f"(default {DEFAULT_MAX_QUEUED_SPEECH_S:g})")
     se.add_argument("--stun", action="append", default=[],
                     help="STUN server URL (repeatable); none by default")
     se.add_argument("--turn", action="append", default=[],
@@ -145,6 +173,12 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             raise SystemExit(f"--cors-origin {origin!r}: give '*' or scheme://host[:port]")
     if args.max_session_misses < 1:
         raise SystemExit("--max-session-misses must be at least 1")
+    if not args.body_read_timeout_s > 0:
+        raise SystemExit("--body-read-timeout must be positive")
+    if args.setup_timeout_s <= 0:
+        raise SystemExit("--setup-timeout must be positive")
+    if args.max_queued_utterances < 1 or args.max_queued_speech_s <= 0:
+        raise SystemExit("--max-queued-utterances and --max-queued-speech must be positive")
     data_dir = args.data_dir.resolve()
     return Settings(
         host=args.host,
@@ -159,6 +193,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         customvideo_config=args.customvideo_config,
         multiavatar_config=args.multiavatar_config,
         max_sessions=args.max_sessions,
+        body_read_timeout_s=args.body_read_timeout_s,
+        setup_timeout_s=args.setup_timeout_s,
+        max_queued_utterances=args.max_queued_utterances,
+        max_queued_speech_s=args.max_queued_speech_s,
         stun=tuple(args.stun),
         turn=tuple(args.turn),
         turn_username=args.turn_username,

@@ -11,12 +11,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from .avatar import Avatar
+from .media_clock import AUDIO_SAMPLE_RATE_HZ
 
 # A clause longer than this is cut at a comma so the first audio comes sooner.
 MAX_CLAUSE_CHARS = 60
 # Text with no punctuation at all is cut at a space past this length.
 MAX_PIECE_CHARS = 200
 MAX_TEXT_CHARS = 5000
+# Speaking rates for estimating queued speech before TTS has run (eSpeak's default 175 words a
+# minute is ~14 characters a second of English; Chinese runs ~4.5 characters a second).
+SPOKEN_CHARS_PER_S = 14.0
+SPOKEN_CJK_CHARS_PER_S = 4.5
+# A chat answer's length is unknown until the LLM has written it: count it as this much speech.
+CHAT_ANSWER_ESTIMATE_S = 15.0
 
 # Chinese sentence ends are unambiguous; ASCII ones count when followed by a space or when they
 # end the text so far after a word: "3.5" and "v1.2" are not sentence ends.
@@ -42,6 +49,15 @@ class Utterance:
     audio: np.ndarray | None = None
     source: AsyncIterator[str] | None = None
     kind: str = "echo"
+
+    @property
+    def estimated_seconds(self) -> float:
+        """How long it will speak: exact for audio, estimated for text and chat answers."""
+        if self.audio is not None:
+            return self.audio.size / AUDIO_SAMPLE_RATE_HZ
+        if self.source is not None:
+            return CHAT_ANSWER_ESTIMATE_S
+        return estimated_speech_seconds(self.text)
 
 
 @dataclass(frozen=True)
@@ -149,6 +165,18 @@ def is_cjk(ch: str) -> bool:
 
 def _speakable(piece: str) -> bool:
     return any(ch.isalnum() for ch in piece)
+
+
+def estimated_speech_seconds(text: str) -> float:
+    """Seconds TTS will take to say `text`, from its character counts (before synthesis)."""
+    cjk = sum(1 for ch in text if is_cjk(ch))
+    return cjk / SPOKEN_CJK_CHARS_PER_S + (len(text) - cjk) / SPOKEN_CHARS_PER_S
+
+
+def has_speakable(text: str) -> bool:
+    """Whether any piece of `text` would be spoken (letters or digits, not only punctuation,
+    emoji or invisible characters)."""
+    return bool(split_sentences(text))
 
 
 def split_sentences(text: str) -> list[str]:

@@ -3,6 +3,11 @@
 Two stages run concurrently so the next sentence is synthesized while the current one is being
 lip-synced. Interruption cancels both stages (in-flight Triton calls included) and drops every
 queued item: the player then shows the idle (mouth closed) frame on its next tick.
+
+One speech task per session, always: a lock owns cancel-and-restart, so concurrent interrupts
+run one after another (each cuts what was there when it ran), and close wins over any interrupt
+waiting behind it. Every utterance taken from the queue ends with an UtteranceEnded item, also
+when nothing in it was speakable.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ PLANNING_LEAD_TICKS = 2
 SENTENCE_QUEUE_SIZE = 2
 # Uploaded audio is cut in pieces like sentences so its first frames leave early.
 UPLOADED_PIECE_SAMPLES = 5 * 16000
+# The session's speech task is named SPEECH_TASK_PREFIX + sessionid (metrics count them).
+SPEECH_TASK_PREFIX = "speech-"
 
 
 @dataclass(frozen=True)
@@ -63,36 +70,56 @@ class SpeechPipeline:
     ) -> None:
         self._tts = tts
         self._lipsync = lipsync
-        self._avatar_cursor = avatar_cursor
+        self._avatar_cursor = avatar_cursor  # must not hold the session (it would keep it alive)
         self._sessionid = sessionid
-        self._utterances: asyncio.Queue[Utterance] = asyncio.Queue()
+        self._waiting: collections.deque[Utterance] = collections.deque()
+        self._waiting_s = 0.0  # estimated seconds of the waiting utterances
+        self._arrived = asyncio.Event()
         self._items: collections.deque[SpeechItem] = collections.deque()
         self._frames_ahead = 0
         self._drained = asyncio.Event()
         self._current: Utterance | None = None
         self._next_avatar_tick = 0
         self._task: asyncio.Task | None = None
+        self._restart = asyncio.Lock()  # owns cancel-and-restart of _task
+        self._closed = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"speech-{self._sessionid}")
+        assert self._task is None and not self._closed
+        self._task = asyncio.create_task(self._run(), name=f"{SPEECH_TASK_PREFIX}{self._sessionid}")
 
-    async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    async def close(self) -> list[Utterance]:
+        """Stop for good; return the utterances that were cut short or never started."""
+        self._closed = True  # interrupts waiting for the lock now do nothing
+        async with self._restart:
+            dropped = self._take_all()
+            await self._stop_task()
+            return dropped
 
     def say(self, utterance: Utterance) -> None:
-        self._utterances.put_nowait(utterance)
+        self._waiting.append(utterance)
+        self._waiting_s += utterance.estimated_seconds
+        self._arrived.set()
+
+    @property
+    def queued_utterances(self) -> int:
+        """Utterances waiting or being rendered (not counting frames already rendered)."""
+        return len(self._waiting) + (self._current is not None)
+
+    @property
+    def queued_seconds(self) -> float:
+        """Estimated seconds of speech waiting or being rendered."""
+        current = self._current.estimated_seconds if self._current is not None else 0.0
+        return max(self._waiting_s, 0.0) + current
 
     @property
     def busy(self) -> bool:
         """True while anything is queued, being rendered or waiting to be played."""
-        return self._current is not None or not self._utterances.empty() or bool(self._items)
+        return self._current is not None or bool(self._waiting) or bool(self._items)
 
     def pop(self) -> SpeechItem | None:
         """Next item for the player (called once per tick, plus markers)."""
-        if not self._items:
+        if not self._items or self._restart.locked():  # nothing of speech being cut plays
             return None
         item = self._items.popleft()
         if isinstance(item, SpeechFrame):
@@ -102,22 +129,47 @@ class SpeechPipeline:
         return item
 
     async def interrupt(self) -> list[Utterance]:
-        """Drop all speech now; return the utterances that were cut short or never started."""
-        dropped: list[Utterance] = []
-        if self._current is not None:
-            dropped.append(self._current)
-        while not self._utterances.empty():
-            dropped.append(self._utterances.get_nowait())
-        await self.close()
-        self._items.clear()
-        self._frames_ahead = 0
-        self._current = None
-        self.start()
+        """Drop all speech now; return the utterances that were cut short or never started.
+
+        Idempotent: a second interrupt right after the first finds nothing to drop. After close,
+        nothing happens (and nothing is restarted).
+        """
+        async with self._restart:
+            if self._closed:
+                return []
+            dropped = self._take_all()
+            await self._stop_task()
+            self._items.clear()
+            self._frames_ahead = 0
+            self._drained.set()
+            self.start()
+            return dropped
+
+    def _take_all(self) -> list[Utterance]:
+        dropped = [self._current] if self._current is not None else []
+        dropped += self._waiting
+        self._waiting.clear()
+        self._waiting_s = 0.0
         return dropped
+
+    async def _stop_task(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._current = None
+
+    async def _next_utterance(self) -> Utterance:
+        while not self._waiting:
+            self._arrived.clear()
+            await self._arrived.wait()
+        utterance = self._waiting.popleft()
+        self._waiting_s -= utterance.estimated_seconds
+        return utterance
 
     async def _run(self) -> None:
         while True:
-            utterance = await self._utterances.get()
+            utterance = await self._next_utterance()
             self._current = utterance
             try:
                 await self._speak(utterance)
@@ -141,8 +193,9 @@ class SpeechPipeline:
                     started = True
                 await self._lipsync_sentence(sentence)
             await producer  # re-raises a TTS failure
-            if started:
-                self._items.append(UtteranceEnded(utterance))
+            # Also when nothing was speakable (an answer of emoji, TTS audio of length 0): every
+            # utterance taken gets its end, never silence.
+            self._items.append(UtteranceEnded(utterance))
         finally:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)

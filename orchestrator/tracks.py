@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
+import weakref
 from collections.abc import Callable
 
 import av
@@ -18,13 +20,17 @@ class PlayerTrack(MediaStreamTrack):
     """A track whose frames are pushed by the session's media clock.
 
     `on_first_recv` lets the session start its clock when the peer actually starts pulling, so
-    the first frames are not stale.
+    the first frames are not stale. A bound method is held weakly: the session owns its tracks,
+    and a track (kept by aiortc's sender) must not keep a closed session alive.
     """
 
     def __init__(self, kind: str, on_first_recv: Callable[[], None], max_queued: int) -> None:
         super().__init__()
         self.kind = kind
-        self._on_first_recv: Callable[[], None] | None = on_first_recv
+        self._on_first_recv: Callable[[], Callable[[], None] | None] | None = (
+            weakref.WeakMethod(on_first_recv) if inspect.ismethod(on_first_recv)
+            else lambda: on_first_recv
+        )
         self._frames: collections.deque[av.VideoFrame | av.AudioFrame] = collections.deque(
             maxlen=max_queued
         )
@@ -39,8 +45,9 @@ class PlayerTrack(MediaStreamTrack):
 
     async def recv(self) -> av.VideoFrame | av.AudioFrame:
         if self._on_first_recv is not None:
-            callback, self._on_first_recv = self._on_first_recv, None
-            callback()
+            callback, self._on_first_recv = self._on_first_recv(), None
+            if callback is not None:
+                callback()
         while not self._frames:
             if self.readyState != "live":
                 raise MediaStreamError
@@ -50,6 +57,7 @@ class PlayerTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
+        self._on_first_recv = None
         self._ready.set()  # wake a pending recv so it sees the track ended
 
 

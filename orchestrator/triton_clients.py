@@ -4,6 +4,11 @@ All clients of one Triton URL (in one event loop) share a single `InferenceServe
 concurrent lip-sync requests from every session travel over one gRPC channel and meet in the
 server's dynamic batcher. Each client's `close()` releases its share; the channel closes with the
 last one.
+
+The channel reconnects by itself when the server comes back (a restarted embedded server, an
+external one after an outage): its reconnect backoff is capped at RECONNECT_BACKOFF_MAX_MS, where
+gRPC's default (1 s growing by 1.6x up to 120 s) left the app unable to speak for ~9 s after the
+server was ready again.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
 from .triton_shm import SharedMemoryPool, infer_in_shared_memory
@@ -27,6 +33,32 @@ SAMPLE_RATE_HZ = 16000
 MEL_BINS = 80
 MEL_WINDOW_FRAMES = 16
 DEFAULT_TIMEOUT_S = 30.0
+RECONNECT_BACKOFF_INITIAL_MS = 100
+RECONNECT_BACKOFF_MAX_MS = 1000
+MAX_GRPC_MESSAGE_BYTES = 2**31 - 1  # tritonclient's own default: no message size limit
+
+
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's default channel options plus a short, capped reconnect backoff.
+
+    Passing `channel_args` replaces tritonclient's defaults, so those are repeated here.
+    """
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(keepalive.keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_INITIAL_MS),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
+    ]
+
+
+def new_client(url: str) -> grpcclient.InferenceServerClient:
+    """An InferenceServerClient (gRPC, asyncio) that reconnects quickly; see channel_args()."""
+    return grpcclient.InferenceServerClient(url, channel_args=channel_args())
 
 
 class UnknownVoice(LookupError):
@@ -61,7 +93,7 @@ class _SharedChannel:
                  loop: asyncio.AbstractEventLoop | None) -> None:
         self.key = key
         self.loop = loop
-        self.client = grpcclient.InferenceServerClient(url)
+        self.client = new_client(url)
         self.users = 0
 
     @classmethod
@@ -110,23 +142,28 @@ def _times(array: np.ndarray | None) -> np.ndarray:
     return array.astype(np.float32, copy=False).reshape(-1, 2)
 
 
-class TritonModelClient:
-    """One model on a Triton server (shared channel), plus the server's health for /healthz."""
+class TritonServerClient:
+    """A Triton server over the shared channel: its health (the supervisor's probe).
 
-    def __init__(self, url: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    Probing through the channel the models use means "ready" is true only once that channel
+    itself has reconnected, so the first request after recovery does not fail.
+    """
+
+    def __init__(self, url: str) -> None:
         self.url = url
-        self.model = model
-        self.timeout_s = timeout_s
         self._channel: _SharedChannel | None = _SharedChannel.acquire(url)
 
     @property
     def _client(self) -> grpcclient.InferenceServerClient:
         if self._channel is None:
-            raise RuntimeError(f"client for {self.model} at {self.url} is closed")
+            raise RuntimeError(f"Triton client for {self.url} is closed")
         return self._channel.client
 
     async def server_status(self, models: list[str] | tuple[str, ...]) -> dict:
-        """{"live", "ready" (server and every model in `models`), "models": {name: ready}}."""
+        """{"live", "ready" (server and every model in `models`), "models": {name: ready}}.
+
+        Raises what the gRPC calls raise (InferenceServerException: unreachable and the like).
+        """
         live = bool(await self._client.is_server_live())
         server_ready = bool(await self._client.is_server_ready())
         states = {m: bool(await self._client.is_model_ready(m)) for m in models}
@@ -136,6 +173,15 @@ class TritonModelClient:
         channel, self._channel = self._channel, None
         if channel is not None:
             await channel.release()
+
+
+class TritonModelClient(TritonServerClient):
+    """One model on a Triton server (shared channel)."""
+
+    def __init__(self, url: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(url)
+        self.model = model
+        self.timeout_s = timeout_s
 
 
 class TTSClient(TritonModelClient):
@@ -193,13 +239,10 @@ class LipSyncClient(TritonModelClient):
     async def _run(self, inputs: dict[str, np.ndarray], size: int) -> np.ndarray:
         output_shape = (len(inputs["mel"]), 3, size, size)
         if self.shared_memory:
-            if self._pool is None:
-                self._pool = SharedMemoryPool(self._client, self.model)
             try:
-                return await infer_in_shared_memory(self._client, self._pool, self.model, inputs,
-                                                    "face_out", output_shape, self.timeout_s)
+                return await self._run_in_shared_memory(inputs, output_shape)
             except InferenceServerException as exc:
-                if "shared memory" not in str(exc.message()).lower():
+                if not _is_shared_memory_error(exc):
                     raise
                 log.warning("Triton at %s cannot use shared memory (%s): using gRPC",
                             self.url, exc.message())
@@ -210,6 +253,27 @@ class LipSyncClient(TritonModelClient):
         )
         return result.as_numpy("face_out")
 
+    async def _run_in_shared_memory(self, inputs: dict[str, np.ndarray],
+                                    output_shape: tuple[int, ...]) -> np.ndarray:
+        """One inference through the pool; once more through a new pool when the server lost
+        the registrations (a restarted Triton knows none of them)."""
+        for attempt in (1, 2):
+            if self._pool is None:
+                self._pool = SharedMemoryPool(self._client, self.model)
+            pool = self._pool
+            try:
+                return await infer_in_shared_memory(self._client, pool, self.model, inputs,
+                                                    "face_out", output_shape, self.timeout_s)
+            except InferenceServerException as exc:
+                if attempt == 2 or not _is_shared_memory_error(exc):
+                    raise
+                if self._pool is pool:  # the first of concurrent calls to notice replaces it
+                    log.info("Triton at %s lost the shared memory regions (%s): registering "
+                             "new ones", self.url, exc.message())
+                    self._pool = None
+                    pool.retire()
+        raise AssertionError("unreachable")
+
     async def close(self) -> None:
         if self._pool is not None and self._channel is not None:
             await self._pool.close()
@@ -219,6 +283,10 @@ class LipSyncClient(TritonModelClient):
         """The model's inputs and their shapes, batch dimension included (-1: any)."""
         metadata = await self._client.get_model_metadata(self.model, as_json=True)
         return {i["name"]: [int(d) for d in i["shape"]] for i in metadata["inputs"]}
+
+
+def _is_shared_memory_error(exc: InferenceServerException) -> bool:
+    return "shared memory" in str(exc.message()).lower()
 
 
 def _check_batch(mel: np.ndarray, face: np.ndarray, mouth: np.ndarray) -> None:

@@ -5,6 +5,9 @@ official Triton container instead; both load the same `model_repository/`. The e
 starts with `--model-config-name=local`, so a model with `configs/local.pbtxt` (e.g. an ONNX
 model served by a python-backend adapter, as this server has no onnxruntime backend) uses that
 file here and `config.pbtxt` in the container.
+
+`restart()` starts a new server process on the same ports (so the URL every client holds stays
+valid); `triton_supervisor` decides when.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 
 import tritonclient.grpc.aio as grpcclient
 
+from .triton_clients import new_client
+
 log = logging.getLogger(__name__)
 
 LOCAL_CONFIG_NAME = "local"
@@ -37,6 +42,9 @@ PORT_ATTEMPTS = 3  # a free port can be taken between picking it and the server 
 LOG_TAIL_CHARS = 4000
 PR_SET_PDEATHSIG = 1
 STUB_NAME = "triton_python_backend_stub"
+# The python backend's per-stub shared memory, named on the stub's command line.
+STUB_SHM_PREFIX = "triton_python_backend_shm_region_"
+SHM_DIR = Path("/dev/shm")
 
 
 class TritonStartError(RuntimeError):
@@ -85,6 +93,40 @@ def _die_with_parent(parent_pid: int):
             os._exit(0)
 
     return preexec
+
+
+def _process_group(pgid: int) -> list[int]:
+    """The live processes of a process group (from /proc; zombies excluded)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def _reap_leftovers(pgid: int) -> None:
+    """After the server (pid = `pgid`) exited: kill the python backend stubs it left in its
+    group and remove their shared memory files, which only the dead server would have removed.
+    Nothing is left after a clean exit; after SIGKILL (or a crash) every model's stub is."""
+    for pid in _process_group(pgid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for arg in argv:
+            name = arg.decode(errors="replace")
+            if name.startswith(STUB_SHM_PREFIX) and "/" not in name:
+                with contextlib.suppress(OSError):
+                    (SHM_DIR / name).unlink()
+        log.info("killed pid=%s left behind by tritonserver pid=%s", pid, pgid)
 
 
 def server_environment(server_dir: Path) -> dict[str, str]:
@@ -136,6 +178,8 @@ class EmbeddedTriton:
         self._given_workdir = Path(workdir) if workdir is not None else None
         self._workdir: Path | None = None
         self._proc: asyncio.subprocess.Process | None = None
+        self._server_dir: Path | None = None
+        self._backends: Path | None = None
         self.log_path: Path | None = None
 
     @property
@@ -181,7 +225,7 @@ class EmbeddedTriton:
             raise RuntimeError("EmbeddedTriton already started")
         if not self.model_repository.is_dir():
             raise TritonStartError(f"model repository {self.model_repository} is not a directory")
-        server_dir = bundled_server_dir()
+        server_dir = self._server_dir = bundled_server_dir()
         if self._given_workdir is not None:
             self._given_workdir.mkdir(parents=True, exist_ok=True)
             self._workdir = self._given_workdir
@@ -189,8 +233,9 @@ class EmbeddedTriton:
             self._workdir = Path(tempfile.mkdtemp(prefix="livehuman-triton-"))
         started = time.monotonic()
         try:
-            backends = _prepare_backends(server_dir, self._workdir)
+            backends = self._backends = _prepare_backends(server_dir, self._workdir)
             for attempt in range(1, PORT_ATTEMPTS + 1):
+                self.grpc_port, self.http_port, self.metrics_port = _free_ports(3)
                 if await self._start_once(server_dir, backends, last=attempt == PORT_ATTEMPTS):
                     break
                 log.warning("tritonserver could not bind its ports; retrying with others")
@@ -200,17 +245,52 @@ class EmbeddedTriton:
         log.info("tritonserver pid=%s ready at %s in %.1f s, models: %s", self.pid, self.url,
                  time.monotonic() - started, ", ".join(self.models) or "-")
 
-    async def _start_once(self, server_dir: Path, backends: Path, last: bool) -> bool:
+    async def restart(self) -> None:
+        """A new server process on the same ports, after the old one exited or was killed.
+
+        Waits for `models` like start(); TritonStartError (with the log's tail) if they do not
+        get ready, the process then stopped. The log file is appended to, not replaced, so what
+        the previous process wrote before it died stays readable.
+        """
+        if self._server_dir is None or self._backends is None or self._workdir is None:
+            raise RuntimeError("EmbeddedTriton.restart() before start()")
+        await self._terminate()
+        started = time.monotonic()
+        try:
+            await self._start_once(self._server_dir, self._backends, last=True, append_log=True)
+        except BaseException:
+            await self._terminate()
+            raise
+        log.info("tritonserver pid=%s ready again at %s in %.1f s", self.pid, self.url,
+                 time.monotonic() - started)
+
+    async def wait_exited(self) -> int:
+        """Wait until the current server process exits; its exit code (-N: killed by signal N)."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("EmbeddedTriton is not running")
+        return await proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server process (a hung one that no longer answers); restart() follows."""
+        if self.running:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+
+    async def _start_once(self, server_dir: Path, backends: Path, last: bool,
+                          append_log: bool = False) -> bool:
         """True when ready; False when the ports were taken (and `last` is False)."""
-        self.grpc_port, self.http_port, self.metrics_port = _free_ports(3)
         self.log_path = self._workdir / "tritonserver.log"
-        with open(self.log_path, "wb") as log_file:
+        with open(self.log_path, "ab" if append_log else "wb") as log_file:
             self._proc = await asyncio.create_subprocess_exec(
                 *self._args(server_dir, backends),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self._workdir, env=server_environment(server_dir),
                 preexec_fn=_die_with_parent(os.getpid()),
+                # Its own process group, which its python backend stubs join: a server killed
+                # abruptly leaves them running (~100 MB each), and the group finds them.
+                process_group=0,
             )
         log.info("tritonserver pid=%s starting: grpc %s, log %s", self._proc.pid, self.url,
                  self.log_path)
@@ -233,7 +313,10 @@ class EmbeddedTriton:
 
     async def _terminate(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
+        if proc is None:
+            return
+        if proc.returncode is not None:  # it died by itself: what it left behind
+            _reap_leftovers(proc.pid)
             return
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
@@ -249,6 +332,9 @@ class EmbeddedTriton:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             raise
+        finally:
+            if proc.returncode is not None:
+                _reap_leftovers(proc.pid)
 
     async def stop(self) -> None:
         """Terminate the server (SIGKILL after STOP_TIMEOUT_S); remove a temporary work dir."""
@@ -275,7 +361,7 @@ async def wait_models_ready(url: str, models: list[str] | tuple[str, ...], timeo
     Raises TritonStartError when `timeout_s` passes, when `process` (the server) exits, or when a
     model failed to load (Triton reports it UNAVAILABLE with the reason).
     """
-    client = grpcclient.InferenceServerClient(url)
+    client = new_client(url)
     deadline = time.monotonic() + timeout_s
     last_state = "not reachable"
     try:

@@ -44,6 +44,7 @@ class SharedMemoryPool:
         self._free: list[Region] = []
         self._all: list[Region] = []
         self._lock = asyncio.Lock()
+        self._retired = False
 
     async def acquire(self, byte_size: int) -> Region:
         async with self._lock:
@@ -64,7 +65,23 @@ class SharedMemoryPool:
             return region
 
     def release(self, region: Region) -> None:
-        self._free.append(region)
+        if self._retired:
+            self._destroy(region)
+        else:
+            self._free.append(region)
+
+    def retire(self) -> None:
+        """The server no longer knows these regions (it restarted): free them locally, each
+        region in use when its request is done. No unregistering: there is nothing to undo."""
+        self._retired = True
+        for region in self._free:
+            self._destroy(region)
+        self._free.clear()
+
+    def _destroy(self, region: Region) -> None:
+        if region in self._all:
+            self._all.remove(region)
+            shm.destroy_shared_memory_region(region.handle)
 
     async def close(self) -> None:
         async with self._lock:

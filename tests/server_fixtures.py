@@ -14,6 +14,7 @@ from aiohttp import web
 
 from orchestrator.app import create_app
 from orchestrator.client import AvatarClient
+from orchestrator.http_server import AppRunner
 from orchestrator.services import start_services
 from orchestrator.settings import Settings
 
@@ -55,7 +56,7 @@ def create_test_app(settings: Settings, services) -> web.Application:
 async def running_server(settings: Settings) -> AsyncIterator[tuple[str, object]]:
     """(base_url, services) of a server with these settings on a free loopback port."""
     services = await start_services(settings)
-    runner = web.AppRunner(create_test_app(settings, services))
+    runner = AppRunner(create_test_app(settings, services))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:

@@ -1,3 +1,5 @@
+import time
+
 import av
 import numpy as np
 
@@ -31,3 +33,20 @@ def test_recording_failure_is_reported_not_hung(tmp_path):
         assert "recording failed" in str(exc)
     else:
         raise AssertionError("writing over a directory must fail")
+
+
+def test_the_file_gets_its_name_only_when_finalised(tmp_path):
+    target = tmp_path / "rec.mp4"
+    recorder = Recorder(target, 64, 64)
+    for tick in range(10):
+        recorder.add(tick, np.zeros((64, 64, 3), np.uint8), np.zeros(640, np.int16))
+    for _ in range(200):  # the encoder thread has opened its file
+        if any(tmp_path.iterdir()):
+            break
+        time.sleep(0.05)
+    assert any(tmp_path.iterdir()) and not target.exists(), \
+        "an unfinished recording is not under its real name"
+    assert recorder.finish() == target
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.mp4"], "no temporary file left"
+    with av.open(str(target)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 10

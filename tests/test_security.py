@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from server_fixtures import livehuman, running_server, server_settings  # noqa: F401  (fixture)
 from test_web_client import CHROMIUM, CHROMIUM_ARGS
+from yarl import URL
 
 from orchestrator.app import create_app
 from orchestrator.client import AvatarClient
@@ -29,8 +30,9 @@ TOKEN = "s3cret-test-token"
 ALLOWED = "http://allowed.example"
 FOREIGN = "http://evil.example"
 MISS_LIMIT = 20
-# Served without the token: the page (it asks for the token), health and metrics for operators.
-OPEN_ROUTES = {("GET", "/"), ("GET", "/healthz"), ("GET", "/metrics")}
+# Served without the token: the page (it asks for the token) and its files, health and metrics
+# for operators.
+OPEN_ROUTES = {("GET", "/"), ("GET", "/static/1"), ("GET", "/healthz"), ("GET", "/metrics")}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ABSOLUTE_PATH = re.compile(r"(^|[\s'\"(=])/(home|work|tmp|usr|opt|root|var)/")
 
@@ -128,11 +130,13 @@ async def test_the_normal_flow_works_with_the_token(guarded):
         status, answer = await client.post("/record", type="end_record")
         assert status == 200, answer
         # Relative to the data directory, never the server's own directories.
-        assert answer["data"]["path"] == f"record/{client.sessionid}.mp4"
+        relative = answer["data"]["path"]
+        assert re.fullmatch(rf"record/{client.sessionid}-[0-9TZ.]+-[0-9a-f]+\.mp4", relative), relative
+        assert (services.settings.data_dir / relative).is_file()
         saved = await wait_for_event(events, "record_saved")
         for event in events:
             assert not ABSOLUTE_PATH.search(json.dumps(event)), event
-        assert saved["file"] == f"{client.sessionid}.mp4"
+        assert saved["path"] == relative
         async with aiohttp.ClientSession() as http:
             # A <a download> / <video> link: the token in the query.
             async with http.get(f"{base_url}{answer['data']['url']}",
@@ -278,12 +282,49 @@ async def test_allowed_origin_may_post_forms(guarded):
             assert resp.status == 404  # past the origin check, at the session lookup
 
 
+async def test_hostile_credentials_and_origins_are_the_clients_fault(guarded):
+    """A token that is not UTF-8 (header bytes reach the app as lone surrogates) and an Origin
+    no URL parser takes are refused like any wrong token or foreign origin: never a 500."""
+    base_url, _, _ = guarded
+    url = URL(base_url)
+    for token in (b"\xff\xfe", b"\xed\xa0\x80", TOKEN.encode() + b"\xff"):
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            writer.write(b"POST /is_speaking HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token
+                         + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                         b"Connection: close\r\n\r\n{}")
+            answer = await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 401"), (token, answer[:300])
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["msg"] == "wrong access token"
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        for origin in ("http://[", "http://[::1", "http://a]b"):
+            async with http.post(f"{base_url}/human", data=b"{}", headers={
+                    "Origin": origin, "Content-Type": "text/plain"}) as resp:
+                assert resp.status == 415, (origin, await resp.json())
+            async with http.post(f"{base_url}/humanaudio", data=form(2),
+                                 headers={"Origin": origin}) as resp:
+                assert resp.status == 403, (origin, await resp.json())
+
+
 async def test_server_header_names_no_framework(guarded):
     base_url, _, _ = guarded
     async with aiohttp.ClientSession() as http:
         for path in ("/", "/static/client.js", "/healthz", "/human", "/no-such-route"):
             async with http.get(f"{base_url}{path}") as resp:
                 assert resp.headers["Server"] == "livehuman", (path, resp.headers["Server"])
+    # Malformed HTTP is answered by the server's protocol (http_server.py), not the app.
+    url = URL(base_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.split(b"\r\n")[0].endswith(b" 400 bad request"), answer[:300]
+    assert b"\r\nserver: livehuman\r\n" in head + b"\r\n", answer[:300]
 
 
 async def test_warning_when_reachable_without_a_token(livehuman, caplog):  # noqa: F811
