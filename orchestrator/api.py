@@ -15,6 +15,7 @@ from aiortc.sdp import SessionDescription
 from .audio_input import MAX_UPLOAD_BYTES, decode_audio
 from .errors import ApiError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .recorder import EmptyRecording
 from .roster import MAIN
 from .services import SERVICES_KEY, Services
 from .session import Session, SessionLimits, SessionOptions
@@ -73,8 +74,9 @@ async def offer(request: web.Request) -> web.Response:
         custom_config=json_config(body, "custom_config", settings.customvideo_config, list),
         multiavatar_config=json_config(body, "multiavatar_config", settings.multiavatar_config, dict),
     )
-    # The limit first: a refused offer loads no avatar and decodes no clip. The slot is given
-    # back on every failure path below.
+    _parse_offer(sdp)
+    # The limit before any loading: a refused offer loads no avatar and decodes no clip. The
+    # slot is given back on every failure path below.
     sessionid = services.registry.reserve()
     try:
         session = await _open_session(services, sessionid, options)
@@ -107,8 +109,8 @@ async def _open_session(services: Services, sessionid: int, options: SessionOpti
 
 
 def offer_sdp(body: dict) -> str:
-    """The `sdp` field, checked for a media section (parsed in full at negotiation, after the
-    other fields have been checked)."""
+    """The `sdp` field, checked for a media section (parsed in full by `_parse_offer` once the
+    other fields of the body have been checked)."""
     sdp = field(body, "sdp", str)
     if "m=" not in sdp:
         raise ApiError.bad_request("field 'sdp' is not an SDP offer (no media section)")
@@ -116,16 +118,27 @@ def offer_sdp(body: dict) -> str:
 
 
 def _parse_offer(sdp: str) -> None:
-    """aiortc's SDP parser asserts (and raises StopIteration, IndexError...) on malformed lines:
-    any failure parsing the client's text is the client's, a 400, never an internal error."""
+    """What aiortc's setRemoteDescription would refuse, refused before a session slot is taken:
+    a text its parser cannot read (it asserts, raises StopIteration, IndexError...), no audio or
+    video section, or a section without ICE credentials, a DTLS fingerprint or RTCP mux. So a
+    malformed offer is a 400 even when the server is full, and never holds a slot."""
     try:
-        SessionDescription.parse(sdp)
+        description = SessionDescription.parse(sdp)
     except Exception as exc:
         raise ApiError.bad_request(f"field 'sdp' is not a valid SDP offer ({type(exc).__name__})") from None
+    media = [m for m in description.media if m.kind in ("audio", "video")]
+    if not media:
+        raise ApiError.bad_request("field 'sdp' offers no audio or video section")
+    for m in media:
+        if not (m.ice.usernameFragment and m.ice.password):
+            raise ApiError.bad_request(f"field 'sdp': {m.kind} section without ICE credentials")
+        if not (m.dtls and m.dtls.fingerprints):
+            raise ApiError.bad_request(f"field 'sdp': {m.kind} section without a DTLS fingerprint")
+        if not m.rtcp_mux:
+            raise ApiError.bad_request(f"field 'sdp': {m.kind} section without rtcp-mux")
 
 
 async def _negotiate(session: Session, sdp: str) -> str:
-    _parse_offer(sdp)
     pc = session.pc
     pc.addTrack(session.audio)
     pc.addTrack(session.video)
@@ -228,7 +241,11 @@ async def record(request: web.Request) -> web.Response:
         return ok()
     if not session.recording:
         raise ApiError(409, f"session {session.sessionid} is not recording (type 'end_record')")
-    file = await session.stop_recording()  # record.mp4 is updated by then
+    try:
+        file = await session.stop_recording()  # record.mp4 is updated by then
+    except EmptyRecording:
+        raise ApiError(409, f"session {session.sessionid} recorded no frame yet (type "
+                       "'end_record' came right after 'start_record'); nothing was saved") from None
     return ok({"path": file.relative, "url": f"/record/{session.sessionid}"})
 
 

@@ -28,6 +28,10 @@ AUDIO_OUT_RATE_HZ = 48000
 VIDEO_BITRATE = 2_000_000
 
 
+class EmptyRecording(RuntimeError):
+    """`finish` came before the first frame: there is nothing to write (no file is left)."""
+
+
 class Recorder:
     """Writes one MP4; `add` is called from the event loop once per tick, `finish` ends it."""
 
@@ -55,9 +59,15 @@ class Recorder:
         self.ticks += 1
 
     def finish(self) -> Path:
-        """Flush and close the file (blocking: call it in an executor)."""
+        """Flush and close the file (blocking: call it in an executor).
+
+        Raises EmptyRecording when no frame was added (an MP4 needs one), RuntimeError when the
+        file could not be written; in both cases no file is left behind."""
         self._queue.put(None)
         self._thread.join()
+        if self._error is None and self.ticks == 0:
+            self._partial.unlink(missing_ok=True)
+            raise EmptyRecording("the recording ended before its first frame")
         if self._error is None:
             try:
                 os.replace(self._partial, self.path)

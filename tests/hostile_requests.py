@@ -14,13 +14,17 @@ session and never meets the session limit.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
+from yarl import URL
 
 # Field names of the contract (../shared/spec/API.md), tried on every JSON route.
 CONTRACT_FIELDS = ("sessionid", "type", "text", "interrupt", "avatarid", "tts", "audiotype",
@@ -31,6 +35,8 @@ METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
 LONG_DIGITS = 5000  # past CPython's 4,300-digit int parsing limit
 DEEP_NESTING = 100_000
 UNKNOWN_SESSIONID = 987_654_321
+REQUEST_TIMEOUT_S = 60.0  # generous: only a hang fails a fuzz run, not slowness
+MAX_BODY_READ_BYTES = 1 << 16
 
 # Raw JSON texts (not Python values): json.dumps cannot write most of these.
 RAW_JSON_VALUES = (
@@ -94,6 +100,22 @@ class HostileRequest:
     headers: dict[str, str]
     body: bytes
     kind: str  # what the generator meant to test, for reports
+
+
+async def send(http: aiohttp.ClientSession, base_url: str, request: HostileRequest,
+               timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[int | str, float]:
+    """(the status, or the name of the client-side error such as a connection the server closed;
+    seconds until the answer). Reads at most MAX_BODY_READ_BYTES, nothing of an SSE stream."""
+    started = time.monotonic()
+    try:
+        async with http.request(request.method, URL(base_url + request.path, encoded=True),
+                                headers=request.headers, data=request.body,
+                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            if resp.content_type != "text/event-stream":  # an SSE stream never ends
+                await resp.content.read(MAX_BODY_READ_BYTES)
+            return resp.status, time.monotonic() - started
+    except (aiohttp.ClientError, ValueError, asyncio.TimeoutError) as exc:
+        return type(exc).__name__, time.monotonic() - started
 
 
 def route_table(app: web.Application) -> list[tuple[str, str]]:

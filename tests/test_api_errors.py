@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +24,13 @@ from orchestrator.client import AvatarClient
 from orchestrator.rate_limited_log import DEFAULT_LINES_PER_WINDOW, RateLimitedLog
 
 UNKNOWN_SESSION = 987654
+# A well-formed offer (ICE credentials, fingerprint, rtcp-mux): it passes the SDP check, so what
+# is tested is the field after it (avatar, voice, clips), which is checked once a slot is taken.
+OFFER_SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
+             "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtcp-mux\r\na=mid:0\r\n"
+             "a=recvonly\r\na=rtpmap:96 VP8/90000\r\na=ice-ufrag:abcd\r\n"
+             "a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 "
+             + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\n")
 
 
 async def post(base_url: str, path: str, body) -> tuple[int, dict]:
@@ -44,9 +52,9 @@ async def post(base_url: str, path: str, body) -> tuple[int, dict]:
         ("/offer", {"type": "offer"}, 400, "sdp"),
         ("/offer", {"type": "offer", "sdp": 5}, 400, "sdp"),
         ("/offer", {"type": "offer", "sdp": "garbage"}, 400, "sdp"),
-        ("/offer", {"type": "offer", "sdp": "v=0\r\nm=video", "avatar": "nobody"}, 404, "avatar"),
-        ("/offer", {"type": "offer", "sdp": "v=0\r\nm=video", "avatar": "../etc"}, 400, "avatar"),
-        ("/offer", {"type": "offer", "sdp": "v=0\r\nm=video", "refaudio": "xx-nonexistent"}, 404,
+        ("/offer", {"type": "offer", "sdp": OFFER_SDP, "avatar": "nobody"}, 404, "avatar"),
+        ("/offer", {"type": "offer", "sdp": OFFER_SDP, "avatar": "../etc"}, 400, "avatar"),
+        ("/offer", {"type": "offer", "sdp": OFFER_SDP, "refaudio": "xx-nonexistent"}, 404,
          "refaudio"),
         ("/offer", {"type": "offer", "sdp": "v=0\r\nm=video", "custom_config": "{oops"}, 400,
          "custom_config"),
@@ -113,6 +121,7 @@ async def test_session_limit(livehuman):  # noqa: F811
             client = AvatarClient(base_url, keep_video=False)
             clients.append(client)
             await client.connect()
+            await client.wait_for_video(1, timeout=30)  # connected: its close frees the slot at once
         extra = AvatarClient(base_url, keep_video=False)
         clients.append(extra)
         with pytest.raises(RuntimeError, match="503.*session limit"):
@@ -120,6 +129,10 @@ async def test_session_limit(livehuman):  # noqa: F811
     finally:
         for client in clients:
             await client.close()
+    deadline = time.monotonic() + 30
+    while len(services.registry) and time.monotonic() < deadline:  # later tests need the slots
+        await asyncio.sleep(0.05)
+    assert not len(services.registry), "closed clients' sessions were not released"
 
 
 async def test_healthz(livehuman):  # noqa: F811
@@ -190,29 +203,29 @@ async def send_raw(base_url: str, method: str, path: str, body: bytes = b"",
         ("GET", "/sse?sessionid=%D9%A3", b"", "", 400, "sessionid"),
         ("GET", "/static/" + "a" * 5000, b"", "", 404, "static"),
         ("GET", "/static/..%2f..%2fetc%2fpasswd", b"", "", 404, "static"),
-        ("POST", "/offer", json.dumps({"type": "offer", "sdp": "v=0\r\nm=video 9",
+        ("POST", "/offer", json.dumps({"type": "offer", "sdp": OFFER_SDP,
                                        "refaudio": "\ud800"}).encode(), "application/json", 400,
          "refaudio"),
-        ("POST", "/offer", json.dumps({"type": "offer", "sdp": "v=0\r\nm=video 9",
+        ("POST", "/offer", json.dumps({"type": "offer", "sdp": OFFER_SDP,
                                        "avatar": "default\n"}).encode(), "application/json", 400,
          "avatar"),
-        ("POST", "/offer", json.dumps({"type": "offer", "sdp": "v=0\r\nm=video 9",
+        ("POST", "/offer", json.dumps({"type": "offer", "sdp": OFFER_SDP,
                                        "multiavatar_config": '{"guide\\n": "default"}'}).encode(),
          "application/json", 400, "multiavatar_config"),
-        ("POST", "/offer", json.dumps({"type": "offer", "sdp": "v=0\r\nm=video 9",
+        ("POST", "/offer", json.dumps({"type": "offer", "sdp": OFFER_SDP,
                                        "custom_config": json.dumps(
                                            [{"audiotype": 2, "imgpath": "a\0b"}])}).encode(),
          "application/json", 400, "custom_config"),
-        ("POST", "/offer", json.dumps({"type": "offer", "sdp": "v=0\r\nm=video 9",
+        ("POST", "/offer", json.dumps({"type": "offer", "sdp": OFFER_SDP,
                                        "custom_config": json.dumps(
                                            [{"audiotype": 2, "imgpath": "x" * 5000}])}).encode(),
          "application/json", 400, "custom_config"),
-        ("POST", "/offer", json.dumps({"type": "offer", "sdp": "v=0\r\nm=video 9",
+        ("POST", "/offer", json.dumps({"type": "offer", "sdp": OFFER_SDP,
                                        "custom_config": json.dumps(
                                            [{"audiotype": 2, "imgpath": CLIP_FOLDER,
                                              "audiopath": "avatars"}])}).encode(),
          "application/json", 400, "audiopath"),
-        ("POST", "/offer", json.dumps({"type": "offer", "sdp": "v=0\r\nm=video 9",
+        ("POST", "/offer", json.dumps({"type": "offer", "sdp": OFFER_SDP,
                                        "custom_config": "[" * 100_000}).encode(),
          "application/json", 400, "custom_config"),
     ],

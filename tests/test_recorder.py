@@ -2,8 +2,9 @@ import time
 
 import av
 import numpy as np
+import pytest
 
-from orchestrator.recorder import Recorder
+from orchestrator.recorder import EmptyRecording, Recorder
 
 
 def test_mp4_has_h264_and_aac_of_the_recorded_length(tmp_path):
@@ -50,3 +51,12 @@ def test_the_file_gets_its_name_only_when_finalised(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["rec.mp4"], "no temporary file left"
     with av.open(str(target)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 10
+
+
+def test_a_recording_ended_before_its_first_frame_is_refused_and_leaves_no_file(tmp_path):
+    """start_record then end_record within one tick (the fuzz found it as a 500): no MP4 can be
+    written, the caller is told so, and no partial file stays behind."""
+    recorder = Recorder(tmp_path / "empty.mp4", 64, 64)
+    with pytest.raises(EmptyRecording):
+        recorder.finish()
+    assert list(tmp_path.iterdir()) == []

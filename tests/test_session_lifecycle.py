@@ -141,15 +141,17 @@ async def test_connected_session_outlives_the_setup_timeout_and_is_freed_when_th
 async def test_session_limit_is_checked_before_the_offer_is_loaded(server):
     base_url, services, _ = server
     await free_slot(services)
+    pc, sdp = await offer_sdp()  # well-formed: what is refused is the field named
+    await pc.close()
     # failing offers give their reserved slot back, whatever fails
     for fields in ({"avatar": "nobody"}, {"refaudio": "xx-nonexistent"}, {"llmid": "nobody"},
                    {"custom_config": json.dumps([{"audiotype": 2, "imgpath": "no/such/dir"}])}):
-        status, answer = await post_offer(base_url, "v=0\r\nm=video", **fields)
+        status, answer = await post_offer(base_url, sdp, **fields)
         assert 400 <= status < 500, (fields, answer)
     client = await connected_client(base_url)
     try:
         # full: refused before the avatar (or anything else named) is even looked at
-        status, answer = await post_offer(base_url, "v=0\r\nm=video", avatar="nobody")
+        status, answer = await post_offer(base_url, sdp, avatar="nobody")
         assert status == 503 and "session limit" in answer["msg"], answer
     finally:
         await client.close()
