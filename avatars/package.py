@@ -146,5 +146,5 @@ def build_from_image(rgb: np.ndarray, avatar_id: str, out_dir: Path, seconds: fl
 def read_image(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"cannot read an image from {path}")
+        raise ValueError(f"cannot read an image from {Path(path).name}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

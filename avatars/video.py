@@ -53,6 +53,12 @@ class VideoInfo:
     seconds: float | None
 
 
+def _reason(exc: Exception) -> str:
+    """What went wrong, without the file's path (FFmpeg errors end with it; errors reach
+    clients)."""
+    return getattr(exc, "strerror", None) or type(exc).__name__
+
+
 def probe_video(path: Path, max_seconds: float = MAX_SECONDS) -> VideoInfo:
     """What the first video stream holds; ValueError when it is not decodable or too long."""
     try:
@@ -68,7 +74,7 @@ def probe_video(path: Path, max_seconds: float = MAX_SECONDS) -> VideoInfo:
                 seconds = float(stream.duration * stream.time_base)
             rate = stream.average_rate or stream.guessed_rate
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{Path(path).name} is not a decodable video: {exc}") from None
+        raise ValueError(f"{Path(path).name} is not a decodable video: {_reason(exc)}") from None
     if first is None:
         raise ValueError(f"{Path(path).name}: the video has no frames")
     if seconds is not None and seconds > max_seconds + 0.5 / FPS:
@@ -102,7 +108,7 @@ def video_frames(path: Path, info: VideoInfo, max_seconds: float = MAX_SECONDS) 
                     rgb = np.ascontiguousarray(np.rot90(rgb, round(frame.rotation / 90)))
                 yield rgb
     except av.error.FFmpegError as exc:
-        raise ValueError(f"the video cannot be decoded: {exc}") from None
+        raise ValueError(f"the video cannot be decoded: {_reason(exc)}") from None
 
 
 def _open(path: Path) -> av.container.InputContainer:

@@ -310,7 +310,7 @@ async def humanaudio(request: web.Request) -> web.Response:
         raise ApiError.bad_request("/humanaudio takes multipart/form-data with 'sessionid' and 'file'")
     form: dict[str, str] = {}
     data: bytes | None = None
-    reader = FormReader(request)
+    reader = FormReader(request, MAX_UPLOAD_BYTES)
     async for part in reader.parts():
         if part.name == "file":
             data = await reader.read(part, MAX_UPLOAD_BYTES)

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from . import api, avatar_api
+from . import access, api, avatar_api
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
 from .rate_limited_log import RateLimitedLog
@@ -57,10 +57,12 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:
     """The app; with `services` given (tests), their lifetime is the caller's. Serve it with
     `http_server.AppRunner`, which answers malformed HTTP with JSON too."""
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[json_errors, *access.middlewares(settings)],
+                          client_max_size=MAX_BODY_BYTES)
     app[BODY_READ_TIMEOUT_KEY] = settings.body_read_timeout_s
     app.add_routes(api.routes)
     app.add_routes(avatar_api.routes)
+    access.install(app, settings)  # after the last route: CORS covers every one
 
     async def lifetime(app: web.Application):
         owned = services is None

@@ -37,7 +37,7 @@ async def create_avatar(request: web.Request) -> web.Response:
     upload: Path | None = None
     filename = ""
     try:
-        reader = FormReader(request)
+        reader = FormReader(request, jobs.max_upload_bytes)
         async for part in reader.parts():
             if part.name == "file":
                 if upload is not None:
@@ -50,7 +50,7 @@ async def create_avatar(request: web.Request) -> web.Response:
                 avatar_id = await reader.text(part, MAX_FIELD_BYTES)
                 jobs.admit(avatar_id)  # before a large file that follows is read
             else:
-                await reader.skip(part)
+                await reader.skip(part)  # unknown: ignored (the body's limit bounds it)
         if avatar_id is None:
             raise ApiError.bad_request("missing field 'id'")
         if upload is None:

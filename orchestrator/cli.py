@@ -9,6 +9,7 @@ import sys
 
 from aiohttp import web
 
+from .access import AccessLog
 from .app import create_app
 from .http_server import AppRunner
 from .settings import Settings, parse_settings
@@ -16,7 +17,8 @@ from .settings import Settings, parse_settings
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then stop the sessions, the services and Triton."""
-    runner = AppRunner(create_app(settings))
+    # The access log leaves out query strings: they may hold the token (?token=).
+    runner = AppRunner(create_app(settings), access_log_class=AccessLog)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ class AvatarClient:
     """Connects to a livehuman server, keeps every frame with its arrival time."""
 
     def __init__(self, base_url: str, keep_video: bool = True,
-                 video_region: tuple[slice, slice] | None = None) -> None:
+                 video_region: tuple[slice, slice] | None = None,
+                 token: str | None = None) -> None:
         self.base_url = base_url
         self.keep_video = keep_video
         # Keep only this (rows, cols) part of each frame: long runs without gigabytes of video.
@@ -40,7 +42,10 @@ class AvatarClient:
         self.received = Received()
         self.sessionid: int | None = None
         self._tasks: list[asyncio.Task] = []
-        self.http = aiohttp.ClientSession()
+        # The server's access token (--api-token), sent on every request; requests are JSON
+        # with Content-Type: application/json (the server refuses other types cross-site).
+        self.http = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {token}"} if token else None)
 
     async def connect(self, **offer_fields) -> dict:
         self.pc.addTransceiver("video", direction="recvonly")
@@ -168,8 +173,8 @@ def lagged_correlations(video: np.ndarray, audio: np.ndarray, start: int, stop: 
             for lag in lags if start + lag >= 0 and stop + lag <= len(audio)}
 
 
-async def _main(base_url: str, say: str | None, seconds: float) -> None:
-    client = AvatarClient(base_url, keep_video=False)
+async def _main(base_url: str, say: str | None, seconds: float, token: str | None) -> None:
+    client = AvatarClient(base_url, keep_video=False, token=token)
     try:
         await client.connect()
         await client.wait_for_video(1)
@@ -192,8 +197,10 @@ if __name__ == "__main__":
     parser.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8010")
     parser.add_argument("--say", help="text to echo once connected")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long to stay (default 5)")
+    parser.add_argument("--token", default=os.environ.get("LIVEHUMAN_API_TOKEN") or None,
+                        help="the server's access token (default: LIVEHUMAN_API_TOKEN)")
     args = parser.parse_args()
     try:
-        asyncio.run(_main(args.url, args.say, args.seconds))
+        asyncio.run(_main(args.url, args.say, args.seconds, args.token))
     except KeyboardInterrupt:
         sys.exit(130)

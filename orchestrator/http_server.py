@@ -14,6 +14,7 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from .access import SERVER_HEADER
 from .rate_limited_log import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ class JsonErrorProtocol(RequestHandler):
             msg = f"malformed HTTP request ({name})"
         if request.writer.output_size > 0:  # an answer was begun: the connection is lost anyway
             raise ConnectionError("response already started, cannot send the error")
-        response = web.json_response({"code": status, "msg": msg}, status=status)
+        # Never through the app (its on_response_prepare names the server): named here too.
+        response = web.json_response({"code": status, "msg": msg}, status=status,
+                                     headers={"Server": SERVER_HEADER})
         response.force_close()
         return response
 

@@ -193,7 +193,7 @@ class KnowledgeBase:
             if kind is None or not path.is_file():
                 continue
             if path.stat().st_size > MAX_FILE_BYTES:
-                raise ValueError(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MB")
+                raise ValueError(f"{_shown(path)}: larger than {MAX_FILE_BYTES // 2**20} MB")
             text = _read_text(path)
             if kind == "profile":
                 profile = _parse_profile(text, path)
@@ -293,29 +293,34 @@ def _title(source: str) -> str:
     return source.partition(": ")[2]
 
 
+def _shown(path: Path) -> str:
+    """A knowledge file as errors name it: base and file, never the server's directories."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet exports start with a BOM
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        raise ValueError(f"{_shown(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from e
 
 
 def _parse_profile(text: str, path: Path) -> Profile:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from e
+        raise ValueError(f"{_shown(path)}: not valid JSON: {e}") from e
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: must be a JSON object")
+        raise ValueError(f"{_shown(path)}: must be a JSON object")
     hints = typing.get_type_hints(Profile)
     allowed = [f.name for f in fields(Profile)]
     for key, value in raw.items():
         if key not in allowed:
-            raise ValueError(f"{path}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+            raise ValueError(f"{_shown(path)}: unknown key {key!r} (allowed: {', '.join(allowed)})")
         kind = typing.get_args(hints[key])[0]  # `X | None` -> X
         accepted = (int, float) if kind is float else kind
         if isinstance(value, bool) or not isinstance(value, accepted):
-            raise ValueError(f"{path}: {key!r} must be a {kind.__name__}, not {value!r}")
+            raise ValueError(f"{_shown(path)}: {key!r} must be a {kind.__name__}, not {value!r}")
     return Profile(**{k: float(v) if k == "temperature" else v for k, v in raw.items()})
 
 
@@ -323,13 +328,13 @@ def _parse_faq(text: str, path: Path) -> list[FaqEntry]:
     reader = csv.DictReader(io.StringIO(text))
     columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
     if "question" not in columns or "answer" not in columns:
-        raise ValueError(f"{path}: the header must name the columns question,answer")
+        raise ValueError(f"{_shown(path)}: the header must name the columns question,answer")
     entries = []
     for row in reader:
         question = (row[columns["question"]] or "").strip()
         answer = (row[columns["answer"]] or "").strip()
         if not question or not answer:
-            raise ValueError(f"{path}, line {reader.line_num}: empty question or answer")
+            raise ValueError(f"{_shown(path)}, line {reader.line_num}: empty question or answer")
         entries.append(FaqEntry(question, answer, path.name))
     return entries
 

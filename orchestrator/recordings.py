@@ -2,7 +2,7 @@
 contract's `data/record.mp4` (a copy of the latest finished one).
 
 The index lives in memory on purpose: files a previous run left in `data/record/` are never
-served as a new session's (session ids restart at 1). Paths given to clients are relative to the
+served as a new session's (session ids are drawn anew each run). Paths given to clients are relative to the
 data directory.
 """
 

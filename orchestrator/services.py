@@ -170,7 +170,7 @@ async def start_services(settings: Settings) -> Services:
         embedded = EmbeddedTriton(settings.model_repository, models=models)
         await embedded.start()
         url = embedded.url
-    registry = SessionRegistry(settings.max_sessions)
+    registry = SessionRegistry(settings.max_sessions, settings.max_session_misses)
     metrics = Metrics(lambda: len(registry), settings.max_sessions, registry.queued_speech_seconds)
     triton = TritonSupervisor(url, models, embedded, on_restart=metrics.triton_restarts.inc)
     await triton.start()

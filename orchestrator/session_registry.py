@@ -1,19 +1,75 @@
-"""Session ids, the session limit and lookup."""
+"""Session ids, the session limit, lookup, and the limit on failed lookups per client.
+
+Ids are integers (the contract) drawn at random from 1 … 2**53 - 1, so a JavaScript client keeps
+them exact and a stranger cannot find a live session by counting; an id is never issued twice
+in a run. Failed lookups (unknown ids) are counted per client address: past
+`max_misses_per_minute` in a minute, that address gets 429 on every lookup until the minute
+has passed, so probing the id space at random is hopeless.
+"""
 
 from __future__ import annotations
 
-import itertools
+import secrets
+import time
+from collections import defaultdict, deque
+from contextvars import ContextVar
 
 from .errors import ApiError
 from .session import Session
 
+MAX_SESSION_ID = 2**53 - 1  # Number.MAX_SAFE_INTEGER: exact in every JSON client
+DEFAULT_MAX_MISSES_PER_MINUTE = 20
+MISS_WINDOW_S = 60.0
+
+# The address of the client whose request is being handled (set by the access middleware);
+# "" outside a request (tests, internal calls): misses are then counted for "".
+current_client: ContextVar[str] = ContextVar("current_client", default="")
+
+
+class UnknownSession(ApiError):
+    """404: no live session has this id."""
+
+    def __init__(self, sessionid: int) -> None:
+        super().__init__(404, f"unknown sessionid {sessionid}")
+
+
+class MissLimiter:
+    """Failed lookups per client address over a sliding window of MISS_WINDOW_S seconds."""
+
+    def __init__(self, max_misses_per_minute: int) -> None:
+        self.max_misses = max_misses_per_minute
+        self._misses: dict[str, deque[float]] = defaultdict(deque)
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        misses = self._misses[client]
+        while misses and misses[0] <= now - MISS_WINDOW_S:
+            misses.popleft()
+        if not misses:
+            del self._misses[client]  # no memory kept for quiet addresses
+            return deque()
+        return misses
+
+    def check(self, client: str) -> None:
+        """429 when `client` has used up its failed lookups for this window."""
+        misses = self._recent(client, time.monotonic())
+        if len(misses) >= self.max_misses:
+            retry_s = int(misses[0] + MISS_WINDOW_S - time.monotonic()) + 1
+            raise ApiError(429, f"too many unknown sessionid lookups from this address: "
+                           f"{self.max_misses} a minute (--max-session-misses); "
+                           f"retry in {retry_s} s")
+
+    def miss(self, client: str) -> None:
+        self._misses[client].append(time.monotonic())
+
 
 class SessionRegistry:
-    def __init__(self, max_sessions: int) -> None:
+    def __init__(self, max_sessions: int,
+                 max_misses_per_minute: int = DEFAULT_MAX_MISSES_PER_MINUTE) -> None:
         self.max_sessions = max_sessions
+        self.misses = MissLimiter(max_misses_per_minute)
         self._sessions: dict[int, Session] = {}
         self._reserved: set[int] = set()
-        self._ids = itertools.count(1)
+        self._issued: set[int] = set()  # every id of this run: none is handed out twice
 
     def reserve(self) -> int:
         """A new session id, or 503 when the limit is reached (reserved ids count too)."""
@@ -21,9 +77,16 @@ class SessionRegistry:
             raise ApiError(
                 503, f"session limit reached: {self.max_sessions} sessions (--max-session)"
             )
-        sessionid = next(self._ids)
+        sessionid = self._new_id()
         self._reserved.add(sessionid)
         return sessionid
+
+    def _new_id(self) -> int:
+        while True:
+            sessionid = secrets.randbelow(MAX_SESSION_ID) + 1
+            if sessionid not in self._issued:
+                self._issued.add(sessionid)
+                return sessionid
 
     def release(self, sessionid: int) -> None:
         """Free the id's slot (idempotent): a failed /offer, or the session's close."""
@@ -35,9 +98,14 @@ class SessionRegistry:
         self._sessions[session.sessionid] = session
 
     def get(self, sessionid: int) -> Session:
+        """The live session; 404 when unknown (counted against the client), 429 when its client
+        has failed too many lookups."""
+        client = current_client.get()
+        self.misses.check(client)
         session = self._sessions.get(sessionid)
         if session is None or session.closed:
-            raise ApiError.not_found(f"unknown sessionid {sessionid}")
+            self.misses.miss(client)
+            raise UnknownSession(sessionid)
         return session
 
     def __len__(self) -> int:

@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8010
@@ -18,6 +19,7 @@ DEFAULT_MAX_QUEUED_UTTERANCES = 64
 DEFAULT_MAX_QUEUED_SPEECH_S = 600.0
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"  # when only OPENAI_API_KEY is set
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
+DEFAULT_MAX_SESSION_MISSES = 20  # unknown-sessionid lookups per client address and minute
 DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 
 
@@ -56,6 +58,11 @@ class Settings:
     llm_model: str | None = None
     llm_timeout_s: float = 30.0
     log_level: str = "INFO"
+    # Access (docs/SECURITY.md): None: no token asked; origins allowed cross-site (CORS), "*" any.
+    api_token: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    protect_metrics: bool = False
+    max_session_misses: int = DEFAULT_MAX_SESSION_MISSES
     extra: dict = field(default_factory=dict)
 
 
@@ -71,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--port", "--listenport", dest="port", type=int,
                      default=int(os.environ.get("LIVEHUMAN_PORT", DEFAULT_PORT)),
                      help="HTTP port (default 8010)")
+    net.add_argument("--api-token", default=os.environ.get("LIVEHUMAN_API_TOKEN") or None,
+                     help="require this token on every control endpoint (Authorization: Bearer, "
+                     "or ?token= for SSE and downloads); default: LIVEHUMAN_API_TOKEN, else none. "
+                     "Prefer the environment variable: a flag is visible in the process list")
+    net.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
+                     help="let pages from this origin (e.g. https://app.example.com) call the API "
+                     "from the browser (repeatable; '*' for any). Default: none")
+    net.add_argument("--protect-metrics", action="store_true",
+                     help="require the token on /healthz and /metrics too (default: open)")
+    net.add_argument("--max-session-misses", type=int, default=DEFAULT_MAX_SESSION_MISSES,
+                     help="unknown-sessionid lookups a client address may make per minute before "
+                     f"it gets 429 (default {DEFAULT_MAX_SESSION_MISSES})")
     net.add_argument("--body-read-timeout", dest="body_read_timeout_s", type=float,
                      default=DEFAULT_BODY_READ_TIMEOUT_S,
                      help="seconds a request body (or each read of an upload) may take to arrive "
@@ -147,6 +166,13 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
     if args.max_sessions < 1:
         raise SystemExit("--max-session must be at least 1")
+    for origin in args.cors_origins:
+        parts = urlsplit(origin)
+        if origin != "*" and not (parts.scheme in ("http", "https") and parts.netloc
+                                  and parts.path in ("", "/") and not parts.query):
+            raise SystemExit(f"--cors-origin {origin!r}: give '*' or scheme://host[:port]")
+    if args.max_session_misses < 1:
+        raise SystemExit("--max-session-misses must be at least 1")
     if not args.body_read_timeout_s > 0:
         raise SystemExit("--body-read-timeout must be positive")
     if args.setup_timeout_s <= 0:
@@ -185,4 +211,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         llm_timeout_s=args.llm_timeout,
         llmid=args.llmid,
         log_level=args.log_level,
+        api_token=args.api_token,
+        cors_origins=tuple(args.cors_origins),
+        protect_metrics=args.protect_metrics,
+        max_session_misses=args.max_session_misses,
     )

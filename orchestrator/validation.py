@@ -7,7 +7,12 @@ One place for each kind of hostile input, so a handler cannot forget it:
 - no string anywhere in a JSON body may hold NUL or a lone surrogate (they break paths, logs
   and the UTF-8 SSE stream): 400 naming the field;
 - ids from JSON, forms, queries and paths go through one integer rule (`parse_id`, `field`);
-- a malformed multipart body (no or wrong boundary, truncated, stalled) is a 400 or 408.
+- a malformed multipart body (no or wrong boundary, truncated, stalled) is a 400 or 408; one
+  with more than MAX_FORM_FIELDS parts, or larger than its route's file limit plus
+  FORM_OVERHEAD_BYTES (declared or as read), a 413 (`FormReader`, the one multipart reader).
+
+The content type a JSON route takes (415) and the `Origin` a multipart route takes (403) are
+the access middlewares' (orchestrator/access.py): they hold for every route.
 """
 
 from __future__ import annotations
@@ -156,19 +161,37 @@ def _malformed_multipart(exc: Exception, where: str) -> ApiError:
     return ApiError.bad_request(f"malformed multipart/form-data in {where} ({type(exc).__name__})")
 
 
+MAX_FORM_FIELDS = 8  # every multipart route takes a handful of fields
+FORM_OVERHEAD_BYTES = 64 << 10  # part headers and the small fields around the file
+
+
 class FormReader:
     """The parts of one multipart/form-data request: malformed bodies are a 400 naming the
-    problem, a stalled client a 408, a part past its limit a 413 naming the field."""
+    problem, a stalled client a 408, a part past its limit a 413 naming the field, and the
+    whole body a 413 as soon as it has more than MAX_FORM_FIELDS parts or is larger than
+    `file_limit` (the limit of the route's field 'file') + FORM_OVERHEAD_BYTES: refused on the declared
+    length before anything is parsed, and on the bytes read when no length is declared
+    (chunked), so a body of many small fields is never parsed at length."""
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, file_limit: int) -> None:
         self._request = request
+        self.file_limit = file_limit
+        self.max_bytes = file_limit + FORM_OVERHEAD_BYTES
+        self._read_bytes = 0  # the parts' contents so far, over all parts
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"multipart body larger than {self.max_bytes} bytes "
+                        f"(field 'file' may have {self.file_limit} bytes)")
 
     async def parts(self) -> AsyncIterator[BodyPartReader]:
         request = self._request
+        if request.content_length is not None and request.content_length > self.max_bytes:
+            raise self._too_large()
         try:
             reader = await request.multipart()
         except _MALFORMED_MULTIPART as exc:
             raise _malformed_multipart(exc, "the body") from None
+        count = 0
         while True:
             try:
                 part = await within_read_timeout(request, reader.next(), "the multipart body")
@@ -176,6 +199,9 @@ class FormReader:
                 raise _malformed_multipart(exc, "the body") from None
             if part is None:
                 return
+            count += 1
+            if count > MAX_FORM_FIELDS:
+                raise ApiError(413, f"multipart body has more than {MAX_FORM_FIELDS} fields")
             if not isinstance(part, BodyPartReader):
                 raise ApiError.bad_request("nested multipart bodies are not supported")
             yield part
@@ -195,6 +221,9 @@ class FormReader:
             size += len(chunk)
             if size > limit:
                 raise ApiError(413, f"field '{part.name}' is larger than {limit} bytes")
+            self._read_bytes += len(chunk)
+            if self._read_bytes > self.max_bytes:
+                raise self._too_large()
             yield chunk
 
     async def read(self, part: BodyPartReader, limit: int) -> bytes:

@@ -41,3 +41,14 @@ async def triton():
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_paths_disclosed():
+    """Every response of a test server (server_fixtures.disclosure_guard) is free of absolute
+    server paths: error messages name fields and files, never the server's directories."""
+    import server_fixtures
+
+    del server_fixtures.DISCLOSURES[:]
+    yield
+    assert not server_fixtures.DISCLOSURES, server_fixtures.DISCLOSURES

@@ -5,8 +5,8 @@ reliability bench (bench/reliability.py) draw from here.
 file); `hostile_requests(routes, seed, count, sessionids)` yields `HostileRequest`s: each kind of
 input that once made the server answer 500, plus random mutations of valid bodies (wrong types,
 huge/negative numbers, Unicode edge cases, truncated or garbage JSON, wrong content types,
-garbage multipart, path traversal, long paths and queries). Seeded: the same seed gives the same
-requests.
+garbage multipart, path traversal, long paths and queries, hostile CORS preflights, origins and
+credentials). Seeded: the same seed gives the same requests.
 
 A request never carries a *valid* SDP offer (no `a=fingerprint`), so fuzzing never opens a
 session and never meets the session limit.
@@ -80,6 +80,17 @@ PATH_SUFFIXES = (
 )
 QUERY_VALUES = ("", "²", "٣", "-1", "-0", "+1", " 1", "1 ", "0x10", "1e3", "9" * LONG_DIGITS,
                 "%00", "%ED%A0%80", "a" * 10000, "1&sessionid=2", "%ff")
+# The access layer's headers (orchestrator/access.py): origins, preflight asks, credentials.
+ORIGINS = ("null", "", "http://[", "http://[::1", "http://a]b", "*", "http://evil.example",
+           "http://allowed.example", "http://allowed.example/", "HTTP://ALLOWED.EXAMPLE",
+           "http://127.0.0.1", "http://127.0.0.1:1", "http://" + "a" * 5000, "file://",
+           "http://é.example", "http://x, http://y", "javascript:alert(1)", "http://a:b@c")
+PREFLIGHT_METHODS = (None, "", "POST", "GET", "post", "FOO", "x" * 3000, ",", "OPTIONS")
+PREFLIGHT_HEADERS = (None, "", "authorization,content-type", ",,,", "x" * 5000, "a b, c", "*")
+AUTHORIZATIONS = ("", "Bearer", "Bearer ", "Bearer  ", "bearer x", "Basic YTpi", "Token x",
+                  "Bearer " + "t" * 5000, "Bearer é", "Bearer ÿþ", "Bearer a b", " ")
+FETCH_SITES = ("same-origin", "cross-site", "none", "", "SAME-ORIGIN", "same-origin, cross-site")
+TOKEN_QUERIES = ("", "x", "%00", "%ff", "%ED%A0%80", "a" * 5000, "x&token=y")
 
 
 @dataclass(frozen=True)
@@ -109,9 +120,13 @@ async def send(http: aiohttp.ClientSession, base_url: str, request: HostileReque
 
 def route_table(app: web.Application) -> list[tuple[str, str]]:
     """(method, path template) of every route the app serves, e.g. ("GET", "/record/{sessionid}");
-    a static folder appears as its prefix with "/{filename}"."""
+    a static folder appears as its prefix with "/{filename}". The CORS policy's preflight
+    routes (OPTIONS on every resource) are left out: `_preflight` sends hostile preflights to
+    every route's path instead, so they do not take a share of the routes' requests."""
     table = set()
     for route in app.router.routes():
+        if route.method == "OPTIONS":
+            continue
         info = route.resource.get_info() if route.resource is not None else {}
         if "prefix" in info:  # static
             template = info["prefix"].rstrip("/") + "/{filename}"
@@ -127,7 +142,8 @@ def hostile_requests(routes: list[tuple[str, str]], seed: int, count: int,
     may name (so validation behind the session lookup is reached too)."""
     rng = random.Random(seed)
     makers = (_json_mutation, _json_mutation, _json_mutation, _raw_garbage, _multipart,
-              _path_mutation, _query_mutation, _wrong_method, _sdp_garbage)
+              _path_mutation, _query_mutation, _wrong_method, _sdp_garbage, _preflight,
+              _hostile_access)
     for i in range(count):
         method, template = routes[i % len(routes)]
         yield rng.choice(makers)(rng, method, template, sessionids)
@@ -258,3 +274,33 @@ def _sdp_garbage(rng, method, template, sessionids) -> HostileRequest:
     body = json.dumps({"type": "offer", "sdp": sdp}, ensure_ascii=True)
     return HostileRequest("POST", "/offer" if rng.random() < 0.7 else _fill(template, rng, sessionids),
                           {"Content-Type": "application/json"}, body.encode(), "garbage SDP")
+
+
+def _preflight(rng, method, template, sessionids) -> HostileRequest:
+    """A CORS preflight for the route, with hostile origin and asks."""
+    headers = {"Origin": rng.choice(ORIGINS)}
+    asked_method = rng.choice(PREFLIGHT_METHODS)
+    if asked_method is not None:
+        headers["Access-Control-Request-Method"] = asked_method
+    asked_headers = rng.choice(PREFLIGHT_HEADERS)
+    if asked_headers is not None:
+        headers["Access-Control-Request-Headers"] = asked_headers
+    return HostileRequest("OPTIONS", _fill(template, rng, sessionids), headers, b"",
+                          "hostile preflight")
+
+
+def _hostile_access(rng, method, template, sessionids) -> HostileRequest:
+    """The route's own method and a plausible body, with hostile origin, fetch site, content
+    type and credentials (a header, a `token` query, or none)."""
+    headers = {"Content-Type": rng.choice(CONTENT_TYPES)}
+    if rng.random() < 0.7:
+        headers["Origin"] = rng.choice(ORIGINS)
+    if rng.random() < 0.4:
+        headers["Sec-Fetch-Site"] = rng.choice(FETCH_SITES)
+    if rng.random() < 0.5:
+        headers["Authorization"] = rng.choice(AUTHORIZATIONS)
+    path = _fill(template, rng, sessionids)
+    if rng.random() < 0.3:
+        path += f"{'&' if '?' in path else '?'}token={rng.choice(TOKEN_QUERIES)}"
+    body = _json_body(rng, sessionids).encode("utf-8", "surrogatepass")
+    return HostileRequest(method, path, headers, body, "hostile access headers")

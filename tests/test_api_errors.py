@@ -35,7 +35,9 @@ OFFER_SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 
 
 async def post(base_url: str, path: str, body) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as http:
-        kwargs = {"data": body} if isinstance(body, (bytes, str)) else {"json": body}
+        # Raw bodies are sent as JSON too: other types are refused (415) before parsing.
+        kwargs = ({"data": body, "headers": {"Content-Type": "application/json"}}
+                  if isinstance(body, (bytes, str)) else {"json": body})
         async with http.post(f"{base_url}{path}", **kwargs) as resp:
             return resp.status, await resp.json()
 

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import web
+from server_fixtures import disclosure_guard
 from skimage import data
 
 from avatars.__main__ import main as avatars_main
@@ -183,7 +184,8 @@ def test_cli_builds_from_a_video(moving_video, noise_video, tmp_path, capsys):
 async def server(tmp_path):
     """(base_url, jobs) of an app with the avatar routes only, on 127.0.0.1."""
     jobs = AvatarJobs(AvatarStore(tmp_path / "avatars"), tmp_path / "uploads", image_seconds=1.0)
-    app = web.Application(middlewares=[json_errors], client_max_size=APP_BODY_LIMIT)
+    app = web.Application(middlewares=[disclosure_guard(tmp_path), json_errors],
+                          client_max_size=APP_BODY_LIMIT)
     app.add_routes(routes)
     app[AVATAR_JOBS_KEY] = jobs
     runner = web.AppRunner(app)

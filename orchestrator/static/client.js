@@ -20,8 +20,28 @@ function setConnected(on) {
   for (const id of ["disconnect", "echo", "chat", "interrupt", "record", "set-audiotype"]) $(id).disabled = !on;
 }
 
+// The server's access token (--api-token), asked for once when the server answers 401 and kept
+// for this tab only. Sent as a header; as ?token= where a header cannot be set (SSE, downloads).
+const TOKEN_KEY = "livehuman-token";
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+function withToken(url) {
+  return token() ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token())}` : url;
+}
+
+async function api(path, init = {}) {
+  for (let asked = false; ; asked = true) {
+    const headers = new Headers(init.headers || {});
+    if (token()) headers.set("Authorization", `Bearer ${token()}`);
+    const resp = await fetch(path, { ...init, headers });
+    if (resp.status !== 401 || asked) return resp;
+    const given = window.prompt("This server needs its access token:");
+    if (!given) return resp;
+    sessionStorage.setItem(TOKEN_KEY, given.trim());
+  }
+}
+
 async function post(path, body) {
-  const resp = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  const resp = await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   const answer = await resp.json();
   if (!resp.ok || (answer.code !== undefined && answer.code !== 0)) {
     log(`${path}: ${answer.msg || resp.status}`);
@@ -78,7 +98,7 @@ async function connect() {
 }
 
 function listen(sessionid) {
-  const events = new EventSource(`/sse?sessionid=${sessionid}`);
+  const events = new EventSource(withToken(`/sse?sessionid=${sessionid}`));
   state.events = events;
   events.onmessage = (msg) => {
     const ev = JSON.parse(msg.data);
@@ -94,7 +114,7 @@ function listen(sessionid) {
 }
 
 function showDownload(sessionid) {
-  $("download").href = `/record/${sessionid}`;
+  $("download").href = withToken(`/record/${sessionid}`);
   $("download").hidden = false;
 }
 
@@ -138,14 +158,14 @@ $("new-avatar").addEventListener("submit", async (ev) => {
   const bar = $("new-avatar-progress");
   $("new-avatar-build").disabled = true;
   try {
-    const resp = await fetch("/avatars", { method: "POST", body: form });
+    const resp = await api("/avatars", { method: "POST", body: form });
     let answer = await resp.json();
     if (answer.code !== 0) throw new Error(answer.msg);
     const job = answer.data.job;
     log(`building avatar '${answer.data.avatar}'`);
     bar.hidden = false;
     for (;;) {
-      answer = await (await fetch(`/avatars/${job}`)).json();
+      answer = await (await api(`/avatars/${job}`)).json();
       if (answer.code !== 0) throw new Error(answer.msg);
       bar.value = answer.data.progress || 0;
       if (answer.data.state === "done") { log(`avatar '${answer.data.avatar}' ready: put it in Avatar id and connect`); $("avatar").value = answer.data.avatar; break; }
