@@ -1,4 +1,5 @@
-"""python -m avatars build (--image face.jpg | --video me.mp4) --id NAME | build-default"""
+"""python -m avatars build (--image face.jpg | --video me.mp4) --id NAME | build-default |
+import-livetalking FOLDER --id NAME"""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .face_detection import FaceError
+from .livetalking import import_folder
 from .package import build_from_image, read_image
 from .video import MAX_LONG_SIDE_PX, MAX_SECONDS, build_from_video
 
@@ -39,9 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     default = sub.add_parser("build-default", help="build 'default' from the public-domain "
                              "NASA portrait shipped with scikit-image")
     for p in (build, default):
-        p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
         p.add_argument("--seconds", type=float, default=4.0,
                        help="length of the idle loop made from a photo")
+    imported = sub.add_parser("import-livetalking", help="convert a LiveTalking avatar folder "
+                              "(full_imgs/, face_imgs/, coords.pkl), keeping its face boxes")
+    imported.add_argument("folder", type=Path, help="e.g. LiveTalking/data/avatars/wav2lip256_avatar1")
+    imported.add_argument("--id", required=True, help="avatar id (letters, digits, _ and -)")
+    imported.add_argument("--lipsync-model", help="the Triton model the avatar speaks with "
+                          "(default lipsync_default; e.g. wav2lip256 once exported)")
+    for p in (build, default, imported):
+        p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     args = parser.parse_args(argv)
     try:
         path = _build(args)
@@ -53,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build(args: argparse.Namespace) -> Path:
+    if args.command == "import-livetalking":
+        return import_folder(args.folder, args.id, args.out_dir, args.lipsync_model, _progress)
     if args.command == "build" and args.video:
         return build_from_video(args.video, args.id, args.out_dir, _progress)
     if args.command == "build":

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 # The tensors, shared with the PyTorch model (kept here, free of torch, so that the CLI and
 # `python -m export default-lipsync` import without it).
 FACE_SIZES_PX = (96, 256)
+# The generator layouts export/wav2lip_model.py builds (LiveTalking's wav2lip256 is livetalking256).
+LAYOUT_NAMES = ("wav2lip96", "livetalking256", "livehuman256")
 MEL_BINS = 80
 MEL_WINDOW_FRAMES = 16
 FACE_CHANNELS = 6  # masked target BGR + reference BGR

@@ -29,7 +29,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import wav2lip_configs as configs
-from .wav2lip_configs import FACE_CHANNELS, FACE_SIZES_PX, MEL_BINS, MEL_WINDOW_FRAMES
+from .wav2lip_configs import (
+    FACE_CHANNELS,
+    FACE_SIZES_PX,
+    LAYOUT_NAMES,
+    MEL_BINS,
+    MEL_WINDOW_FRAMES,
+)
 
 if TYPE_CHECKING:  # torch is imported only when exporting: the CLI parser works without it
     from .wav2lip_model import Wav2Lip
@@ -58,6 +64,7 @@ class ExportReport:
     face_px: int
     parity_fp32: float  # max abs error, onnxruntime vs PyTorch
     parity_fp16: float | None = None
+    layout: str = ""  # wav2lip96, livetalking256, livehuman256 (export/wav2lip_model.py)
     notes: list[str] = field(default_factory=list)  # what was skipped, and why
     files: list[Path] = field(default_factory=list)
 
@@ -89,7 +96,8 @@ def export_onnx(model: Wav2Lip, path: Path) -> Path:
             do_constant_folding=True,
         )
     graph = onnx.load(str(path))
-    graph.doc_string = f"Wav2Lip {model.face_px}x{model.face_px} generator (livehuman.export)"
+    graph.doc_string = (f"Wav2Lip {model.face_px}x{model.face_px} generator, layout {model.layout} "
+                        "(livehuman.export)")
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path))
     return path
@@ -198,28 +206,32 @@ def build_tensorrt_plan(onnx_path: Path, plan_path: Path, face_px: int, max_batc
     return plan_path
 
 
-def _model(checkpoint: Path | None, face_px: int, seed: int) -> Wav2Lip:
+def _model(checkpoint: Path | None, face_px: int, seed: int, layout: str | None) -> Wav2Lip:
     from .wav2lip_model import load_checkpoint, random_model
 
     if checkpoint is None:
-        return random_model(face_px, seed)
-    return load_checkpoint(checkpoint, face_px)
+        return random_model(face_px, seed, layout)
+    return load_checkpoint(checkpoint, face_px, layout)
 
 
 def export_repository(out: Path, face_px: int, *, checkpoint: Path | None = None,
                       model: Wav2Lip | None = None, fp16: bool = False, max_batch: int = 64,
-                      seed: int = 0, tensorrt: bool = True) -> ExportReport:
+                      seed: int = 0, tensorrt: bool = True,
+                      layout: str | None = None) -> ExportReport:
     """Write the Triton model folder `out` (its name is the model's name); see the module doc.
 
     `model` (already built) wins over `checkpoint`; with neither, random weights of the real
-    architecture. Raises CheckpointError / ExportError with the reason.
+    architecture. `layout` forces one of the size's layouts (default: found from the checkpoint's
+    keys; LiveTalking's for random 256 weights). Raises CheckpointError / ExportError with the reason.
     """
     if face_px not in FACE_SIZES_PX:
         raise ExportError(f"--variant must be one of {list(FACE_SIZES_PX)}, got {face_px}")
     if not 1 <= max_batch <= 1024:
         raise ExportError(f"--max-batch must be in 1..1024, got {max_batch}")
+    if layout is not None and not layout.endswith(str(face_px)):
+        raise ExportError(f"--layout {layout} is not a {face_px} layout")
     if model is None:
-        model = _model(checkpoint, face_px, seed)
+        model = _model(checkpoint, face_px, seed, layout)
     elif model.face_px != face_px:
         raise ExportError(f"model is a {model.face_px} model, variant {face_px} given")
     version = out / "1"
@@ -228,7 +240,8 @@ def export_repository(out: Path, face_px: int, *, checkpoint: Path | None = None
     error = onnxruntime_max_error(model, onnx_path)
     if not error <= FP32_TOLERANCE:  # also catches NaN
         raise ExportError(f"onnxruntime and PyTorch differ by {error:.3g} (> {FP32_TOLERANCE})")
-    report = ExportReport(out, face_px, parity_fp32=error, files=[onnx_path])
+    report = ExportReport(out, face_px, parity_fp32=error, files=[onnx_path],
+                          layout=model.layout)
 
     onnx_file = ONNX_FILE
     if fp16:
@@ -278,6 +291,8 @@ def add_command(subcommands: argparse._SubParsersAction) -> None:
                         help="random weights of the real architecture (tests, benchmarks)")
     parser.add_argument("--variant", type=int, choices=FACE_SIZES_PX, required=True,
                         help="face crop size the checkpoint was trained for")
+    parser.add_argument("--layout", choices=LAYOUT_NAMES, help="force a layout (default: "
+                        "found from the checkpoint's keys; random 256 weights: livetalking256)")
     parser.add_argument("--out", type=Path, help="model folder (default model_repository/"
                         "wav2lip<variant>); its name is the Triton model name")
     parser.add_argument("--name", help="model name; must equal the --out folder's name")
@@ -299,9 +314,10 @@ def run(args: argparse.Namespace) -> None:
         sys.exit(f"error: the wav2lip export needs PyTorch (the `export` extra): {exc}")
     try:
         report = export_repository(out, args.variant, checkpoint=args.checkpoint, fp16=args.fp16,
-                                   max_batch=args.max_batch, seed=args.seed)
+                                   max_batch=args.max_batch, seed=args.seed, layout=args.layout)
     except (CheckpointError, ExportError) as exc:
         sys.exit(f"error: {exc}")
+    print(f"layout {report.layout}")
     print(f"parity fp32 (onnxruntime vs PyTorch, batch {PARITY_BATCH}): "
           f"max abs error {report.parity_fp32:.3g}")
     if report.parity_fp16 is not None:

@@ -10,14 +10,18 @@ most stages add residual 3x3 blocks. Parameter names follow the published checkp
 `audio_encoder.<layer>...`, `face_decoder_blocks...`, `output_block.0...`, `output_block.1.weight`,
 so `load_state_dict(strict=True)` accepts them.
 
-The 256 variant is our assumption of the layout LiveTalking users call `wav2lip256`, designed as
-the natural extension of the 96 one (no reference file was available to check it against):
-- one more encoder stage: 256 -> 128 -> 64 -> 32 -> 16 -> 8 -> 4 (the new 512-channel stage sits
-  at 8x8, with two residual blocks), and the bottleneck conv that reduces the last map to 1x1
-  has a 4x4 kernel (3x3 in the 96 model, whose last map is 3x3);
-- the decoder mirrors it: a 4x4 transposed conv from 1x1 to 4x4, then one more 512-channel
-  upsampling stage than the 96 model; the audio encoder and output block are unchanged.
-A checkpoint with another 256 layout fails to load with the missing/unexpected keys named.
+Two 256-pixel layouts exist (`LAYOUTS`), told apart by a checkpoint's keys and shapes:
+- `livetalking256`: the generator LiveTalking users call `wav2lip256` (its
+  `avatars/wav2lip/models/wav2lip_v2.py`; `models/wav2lip.pth` in a LiveTalking install). One
+  more encoder stage than the 96 model: 256 -> 128 -> 64 -> 32 -> 16 -> 8 -> 4, both 512-channel
+  stages (8x8 and 4x4) with one residual block, then a 4x4 valid conv to 1x1; the decoder
+  starts with a 4x4 transposed conv (1x1 -> 4x4, one residual block), then 512 channels at 8x8
+  (one residual block) and 16x16 (two), then 384, 256, 128, 64 as in the 96 model. Same
+  Conv/BatchNorm/ReLU blocks, same names, no attention; 80 channels reach the output block.
+- `livehuman256`: this project's earlier guess at that layout (two residual blocks in both 8x8
+  stages), kept so that models exported with it still load.
+A checkpoint that fits no layout of its size fails with the closest layout's missing,
+unexpected and wrongly shaped keys named.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ BOTTLENECK_CHANNELS = 512
 class Variant:
     """Layout of one Wav2Lip generator; stages are (channels, residual blocks after the first conv)."""
 
+    name: str
     face_px: int
     encoder_stages: tuple[tuple[int, int], ...]  # first stage keeps the size, the rest halve it
     bottleneck_kernel: int  # the last encoder map's size: a valid conv to 1x1
@@ -44,22 +49,31 @@ class Variant:
     bottleneck_residual_blocks: int  # residual blocks after that first transposed conv
 
 
-VARIANTS: dict[int, Variant] = {
-    96: Variant(
-        face_px=96,
+LAYOUTS: dict[str, Variant] = {
+    "wav2lip96": Variant(
+        name="wav2lip96", face_px=96,
         encoder_stages=((16, 0), (32, 2), (64, 3), (128, 2), (256, 2), (512, 1)),  # 96 .. 3
         bottleneck_kernel=3,
         decoder_stages=((512, 2), (384, 2), (256, 2), (128, 2), (64, 2)),  # 6 .. 96
         bottleneck_residual_blocks=1,
     ),
-    256: Variant(
-        face_px=256,
+    "livetalking256": Variant(
+        name="livetalking256", face_px=256,
+        encoder_stages=((16, 0), (32, 2), (64, 3), (128, 2), (256, 2), (512, 1), (512, 1)),
+        bottleneck_kernel=4,
+        decoder_stages=((512, 1), (512, 2), (384, 2), (256, 2), (128, 2), (64, 2)),  # 8 .. 256
+        bottleneck_residual_blocks=1,
+    ),
+    "livehuman256": Variant(
+        name="livehuman256", face_px=256,
         encoder_stages=((16, 0), (32, 2), (64, 3), (128, 2), (256, 2), (512, 2), (512, 1)),
         bottleneck_kernel=4,
         decoder_stages=((512, 2), (512, 2), (384, 2), (256, 2), (128, 2), (64, 2)),  # 8 .. 256
         bottleneck_residual_blocks=1,
     ),
 }
+# The layout a face size gets when no checkpoint says otherwise (random weights, --variant).
+VARIANTS: dict[int, Variant] = {96: LAYOUTS["wav2lip96"], 256: LAYOUTS["livetalking256"]}
 
 
 class ConvBlock(nn.Module):
@@ -151,11 +165,14 @@ def _face_decoder(variant: Variant) -> tuple[nn.ModuleList, int]:
 class Wav2Lip(nn.Module):
     """forward(mel [B,1,80,16], face [B,6,S,S]) -> [B,3,S,S] BGR in [0, 1]."""
 
-    def __init__(self, face_px: int = 96) -> None:
+    def __init__(self, face_px: int = 96, layout: str | None = None) -> None:
         super().__init__()
         if face_px not in VARIANTS:
             raise ValueError(f"no Wav2Lip variant for {face_px} px faces; have {sorted(VARIANTS)}")
-        self.variant = VARIANTS[face_px]
+        if layout is not None and (layout not in LAYOUTS or LAYOUTS[layout].face_px != face_px):
+            raise ValueError(f"no Wav2Lip layout {layout!r} for {face_px} px faces; have "
+                             f"{layouts_for(face_px)}")
+        self.variant = LAYOUTS[layout] if layout else VARIANTS[face_px]
         self.face_encoder_blocks = _face_encoder(self.variant)
         self.audio_encoder = _audio_encoder()
         self.face_decoder_blocks, channels = _face_decoder(self.variant)
@@ -165,6 +182,10 @@ class Wav2Lip(nn.Module):
     @property
     def face_px(self) -> int:
         return self.variant.face_px
+
+    @property
+    def layout(self) -> str:
+        return self.variant.name
 
     def forward(self, mel: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
         features = []
@@ -209,10 +230,16 @@ def calibrate_random(model: Wav2Lip, seed: int = 0, batch: int = 4,
     return model.eval()
 
 
-def random_model(face_px: int, seed: int = 0) -> Wav2Lip:
+def layouts_for(face_px: int) -> list[str]:
+    """The layout names for one face size, the default first."""
+    names = [v.name for v in LAYOUTS.values() if v.face_px == face_px]
+    return sorted(names, key=lambda name: name != VARIANTS[face_px].name)
+
+
+def random_model(face_px: int, seed: int = 0, layout: str | None = None) -> Wav2Lip:
     """A Wav2Lip of the real architecture with random weights (no checkpoint can be downloaded)."""
     torch.manual_seed(seed)
-    return calibrate_random(Wav2Lip(face_px), seed)
+    return calibrate_random(Wav2Lip(face_px, layout), seed)
 
 
 def fused_for_inference(model: Wav2Lip) -> nn.Module:
@@ -280,18 +307,8 @@ def detect_face_px(state: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
-def load_checkpoint(path, face_px: int) -> Wav2Lip:
-    """A Wav2Lip for `face_px` faces with the checkpoint's weights, in eval mode.
-
-    Raises CheckpointError naming the problem: not a torch file, the other variant, missing or
-    unexpected keys, tensors of the wrong shape.
-    """
-    state = read_state_dict(path)
-    found = detect_face_px(state)
-    if found is not None and found != face_px:
-        raise CheckpointError(f"checkpoint {path} is a {found} model, --variant {face_px} given")
-    model = Wav2Lip(face_px)
-    expected = model.state_dict()
+def _mismatches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps `state` from loading into a model whose state dict is `expected` (empty: fits)."""
     missing = [k for k in expected if k not in state and not k.endswith(IGNORED_MISSING_SUFFIX)]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})"
@@ -303,10 +320,46 @@ def load_checkpoint(path, face_px: int) -> Wav2Lip:
         problems.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
     if wrong_shape:
         problems.append(f"{len(wrong_shape)} tensor(s) of the wrong shape: {_listed(wrong_shape)}")
-    if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit the Wav2Lip {face_px} generator: "
-                              + "; ".join(problems))
-    for key, value in expected.items():  # absent counters keep their fresh value
-        state.setdefault(key, value)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return problems
+
+
+def _problem_count(problems: list[str]) -> int:
+    return sum(int(p.split(" ", 1)[0]) for p in problems)
+
+
+def detect_layout(state: dict[str, torch.Tensor], face_px: int) -> str | None:
+    """The layout of `face_px` whose names and shapes `state` matches exactly, or None."""
+    for name in layouts_for(face_px):
+        if not _mismatches(state, Wav2Lip(face_px, name).state_dict()):
+            return name
+    return None
+
+
+def load_checkpoint(path, face_px: int, layout: str | None = None) -> Wav2Lip:
+    """A Wav2Lip for `face_px` faces with the checkpoint's weights, in eval mode.
+
+    The layout is found from the checkpoint's keys and shapes (or forced with `layout`). Raises
+    CheckpointError naming the problem: not a torch file, the other face size, missing or
+    unexpected keys, tensors of the wrong shape (against the closest layout).
+    """
+    state = read_state_dict(path)
+    found = detect_face_px(state)
+    if found is not None and found != face_px:
+        raise CheckpointError(f"checkpoint {path} is a {found} model, --variant {face_px} given")
+    candidates = [layout] if layout else layouts_for(face_px)
+    checked = []
+    for name in candidates:
+        model = Wav2Lip(face_px, name)
+        expected = model.state_dict()
+        problems = _mismatches(state, expected)
+        if not problems:
+            for key, value in expected.items():  # absent counters keep their fresh value
+                state.setdefault(key, value)
+            model.load_state_dict(state, strict=True)
+            return model.eval()
+        checked.append((_problem_count(problems), name, problems))
+    _, name, problems = min(checked, key=lambda item: item[0])
+    tried = f" (layouts tried: {', '.join(candidates)}; closest: {name})" if len(candidates) > 1 \
+        else f" (layout {name})"
+    raise CheckpointError(f"checkpoint {path} does not fit the Wav2Lip {face_px} generator"
+                          f"{tried}: " + "; ".join(problems))

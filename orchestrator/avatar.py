@@ -1,4 +1,7 @@
-"""Avatar packages (docs/INTERFACES.md), loaded once by id and shared read-only by all sessions."""
+"""Avatar packages (docs/INTERFACES.md), loaded once by id and shared read-only by all sessions.
+
+A LiveTalking avatar folder (`full_imgs/`, `face_imgs/`, `coords.pkl`) in the avatar directory
+loads as it is (avatars/livetalking.py), with its own boxes and its mirrored loop."""
 
 from __future__ import annotations
 
@@ -11,8 +14,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from avatars import livetalking
+
 FORMAT = "livehuman-avatar"
 SUPPORTED_VERSIONS = (1,)
+DEFAULT_LIPSYNC_MODEL = "lipsync_default"
+LIVETALKING_FPS = 25  # LiveTalking plays every avatar at 25 fps (40 ms a frame), as we do
+LOOPS = ("ping-pong", "mirror")  # ours (ends shown once) and LiveTalking's (ends shown twice)
 AVATAR_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -29,14 +37,20 @@ class Avatar:
     crop_size: int
     lipsync_model: str
     frames: np.ndarray  # uint8 [N, H, W, 3] RGB, read-only
-    boxes: np.ndarray  # int32 [N, 4] x0, y0, x1, y1 (square, may pass the frame edge)
-    mouth: np.ndarray  # float32 [N, 4] relative to the box
+    boxes: np.ndarray  # int32 [N, 4] x0, y0, x1, y1 (may pass the frame edge; imported
+    # LiveTalking boxes are not square: their crop is stretched to S x S, as LiveTalking does)
+    mouth: np.ndarray  # float32 [N, 4] relative to the box (x to its width, y to its height)
+    loop: str = "ping-pong"
 
     def frame_index(self, tick: int) -> int:
-        """The idle loop played ping-pong: 0, 1, ..., N-1, N-2, ..., 1, 0, 1, ..."""
+        """The idle loop. ping-pong: 0, 1, ..., N-1, N-2, ..., 1, 0, 1, ...;
+        mirror (LiveTalking's): 0, 1, ..., N-1, N-1, N-2, ..., 0, 0, 1, ..."""
         n = len(self.frames)
         if n == 1:
             return 0
+        if self.loop == "mirror":
+            position = tick % (2 * n)
+            return position if position < n else 2 * n - 1 - position
         position = tick % (2 * n - 2)
         return position if position < n else 2 * n - 2 - position
 
@@ -51,7 +65,7 @@ class Avatar:
             frame = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
             x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
         region = frame[y0:y1, x0:x1]
-        if region.shape[0] != size:
+        if region.shape[:2] != (size, size):
             region = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
         return region
 
@@ -97,14 +111,47 @@ def load_avatar(folder: Path) -> Avatar:
     boxes, mouth = geometry["boxes"].astype(np.int32), geometry["mouth"].astype(np.float32)
     if len(boxes) != count or len(mouth) != count:
         raise ValueError(f"{folder.name}: geometry does not match frame_count {count}")
-    for array in (stacked, boxes, mouth):
-        array.setflags(write=False)  # shared by every session: nobody may paint on it
-    return Avatar(
+    loop = manifest.get("loop", "ping-pong")
+    if loop not in LOOPS:
+        raise ValueError(f"{folder.name}: loop {loop!r} is not one of {LOOPS}")
+    return _shared(Avatar(
         id=manifest["id"], fps=int(manifest["fps"]), width=stacked.shape[2],
         height=stacked.shape[1], crop_size=int(manifest["crop_size"]),
-        lipsync_model=manifest.get("lipsync_model", "lipsync_default"),
-        frames=stacked, boxes=boxes, mouth=mouth,
-    )
+        lipsync_model=manifest.get("lipsync_model", DEFAULT_LIPSYNC_MODEL),
+        frames=stacked, boxes=boxes, mouth=mouth, loop=loop,
+    ))
+
+
+def _shared(avatar: Avatar) -> Avatar:
+    for array in (avatar.frames, avatar.boxes, avatar.mouth):
+        array.setflags(write=False)  # shared by every session: nobody may paint on it
+    return avatar
+
+
+def _livetalking_model(folder: Path) -> str:
+    """The lip-sync model a LiveTalking folder uses: `livehuman.json` may name one."""
+    overrides = folder / livetalking.OVERRIDES
+    if not overrides.is_file():
+        return DEFAULT_LIPSYNC_MODEL
+    try:
+        model = json.loads(overrides.read_text()).get("lipsync_model", DEFAULT_LIPSYNC_MODEL)
+    except (ValueError, AttributeError, OSError) as exc:
+        raise ValueError(f"{folder.name}/{livetalking.OVERRIDES}: {exc}") from None
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{folder.name}/{livetalking.OVERRIDES}: lipsync_model must be a name")
+    return model
+
+
+def load_livetalking_avatar(folder: Path) -> Avatar:
+    """A LiveTalking folder as it is (ValueError naming what is wrong with it)."""
+    loaded = livetalking.load(folder)
+    return _shared(Avatar(
+        id=folder.name, fps=LIVETALKING_FPS, width=loaded.frames.shape[2],
+        height=loaded.frames.shape[1], crop_size=loaded.crop_size,
+        lipsync_model=_livetalking_model(folder), frames=loaded.frames, boxes=loaded.boxes,
+        mouth=loaded.mouth, loop=loaded.loop,
+    ))
+
 
 
 class AvatarStore:
@@ -121,7 +168,7 @@ class AvatarStore:
         folder = (self.directory / avatar_id).resolve()
         if folder.parent != self.directory:  # a symlink pointing elsewhere
             raise ValueError(f"avatar id {avatar_id!r} resolves outside the avatar directory")
-        if not (folder / "manifest.json").is_file():
+        if not (folder / "manifest.json").is_file() and not livetalking.is_livetalking_folder(folder):
             raise AvatarNotFound(avatar_id)
         return folder
 
@@ -138,7 +185,11 @@ class AvatarStore:
         infos = []
         for entry in sorted(self.directory.iterdir()) if self.directory.is_dir() else []:
             try:
-                manifest = json.loads((self.path_of(entry.name) / "manifest.json").read_text())
+                folder = self.path_of(entry.name)
+                if not (folder / "manifest.json").is_file():
+                    infos.append(_livetalking_info(folder))
+                    continue
+                manifest = json.loads((folder / "manifest.json").read_text())
                 infos.append(AvatarInfo(entry.name, int(manifest["frame_count"]),
                                         int(manifest["width"]), int(manifest["height"]),
                                         str(manifest.get("source", ""))))
@@ -149,5 +200,17 @@ class AvatarStore:
     def load(self, avatar_id: str) -> Avatar:
         with self._lock:
             if avatar_id not in self._cache:
-                self._cache[avatar_id] = load_avatar(self.path_of(avatar_id))
+                folder = self.path_of(avatar_id)
+                self._cache[avatar_id] = (load_avatar(folder) if (folder / "manifest.json").is_file()
+                                          else load_livetalking_avatar(folder))
             return self._cache[avatar_id]
+
+
+def _livetalking_info(folder: Path) -> AvatarInfo:
+    """A listing entry for a LiveTalking folder: its counts checked, one frame's size read."""
+    checked = livetalking.open_folder(folder)
+    header = cv2.imread(str(checked.frames[0]), cv2.IMREAD_COLOR)
+    if header is None:
+        raise ValueError(f"{folder.name}: first frame unreadable")
+    return AvatarInfo(folder.name, len(checked), int(header.shape[1]), int(header.shape[0]),
+                      "LiveTalking avatar folder")

@@ -127,10 +127,9 @@ def fps(times: list[float], start: float, stop: float) -> float:
 
 def mouth_window(avatar) -> tuple[slice, slice]:
     """Frame rows/cols around an avatar's mouth, open jaw included (idle motion is sub-pixel)."""
-    x0, y0, x1, _ = avatar.boxes.mean(axis=0)
+    x0, y0, x1, y1 = avatar.boxes.mean(axis=0)
     cx, cy, w, _ = avatar.mouth.mean(axis=0)
-    size = x1 - x0
-    mx, my, mw = x0 + cx * size, y0 + cy * size, w * size
+    mx, my, mw = x0 + cx * (x1 - x0), y0 + cy * (y1 - y0), w * (x1 - x0)
     return slice(int(my - 0.15 * mw), int(my + 0.6 * mw)), slice(int(mx - 0.5 * mw), int(mx + 0.5 * mw))
 
 

@@ -16,15 +16,18 @@ MASK_FEATHER_FRACTION = 0.08
 
 
 @lru_cache(maxsize=32)
-def lower_face_mask(size: int) -> np.ndarray:
-    """float32 [size, size, 1] in [0, 1]: 1 over the mouth and chin, fading to 0 at the edges."""
-    mask = np.zeros((size, size), np.float32)
-    top = int(size * MASK_TOP_FRACTION)
-    side = int(size * MASK_SIDE_FRACTION)
-    bottom = size - int(size * MASK_BOTTOM_FRACTION)
-    mask[top:bottom, side : size - side] = 1.0
-    blur = max(3, int(size * MASK_FEATHER_FRACTION) | 1)
-    mask = cv2.GaussianBlur(mask, (blur, blur), 0)
+def lower_face_mask(size: int, width: int | None = None) -> np.ndarray:
+    """float32 [size, width, 1] in [0, 1] (width defaults to size): 1 over the mouth and chin,
+    fading to 0 at the edges."""
+    height, width = size, width or size
+    mask = np.zeros((height, width), np.float32)
+    top = int(height * MASK_TOP_FRACTION)
+    side = int(width * MASK_SIDE_FRACTION)
+    bottom = height - int(height * MASK_BOTTOM_FRACTION)
+    mask[top:bottom, side : width - side] = 1.0
+    blur_x = max(3, int(width * MASK_FEATHER_FRACTION) | 1)
+    blur_y = max(3, int(height * MASK_FEATHER_FRACTION) | 1)
+    mask = cv2.GaussianBlur(mask, (blur_x, blur_y), 0)
     mask.setflags(write=False)
     return mask[:, :, None]
 
@@ -32,13 +35,14 @@ def lower_face_mask(size: int) -> np.ndarray:
 def paste_face(frame: np.ndarray, box: np.ndarray, crop: np.ndarray) -> np.ndarray:
     """Return a copy of `frame` (uint8 HxWx3) with `crop` (uint8 SxSx3) blended into `box`.
 
-    The box is square and may extend past the frame edges; only the visible part is written.
+    The box may extend past the frame edges (only the visible part is written) and need not be
+    square (an imported LiveTalking box: the crop is stretched back into it).
     """
     out = frame.copy()
     x0, y0, x1, y1 = (int(v) for v in box)
-    size = x1 - x0
-    resized = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
-    mask = lower_face_mask(size)
+    width, height = x1 - x0, y1 - y0
+    resized = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
+    mask = lower_face_mask(height, width)
     fx0, fy0 = max(x0, 0), max(y0, 0)
     fx1, fy1 = min(x1, frame.shape[1]), min(y1, frame.shape[0])
     if fx0 >= fx1 or fy0 >= fy1:

@@ -35,6 +35,7 @@ from export.wav2lip_export import (  # noqa: E402
     to_fp16,
 )
 from export.wav2lip_model import (  # noqa: E402
+    LAYOUTS,
     VARIANTS,
     CheckpointError,
     Wav2Lip,
@@ -106,6 +107,71 @@ def test_architecture_names_and_shapes(face_px):
         out = model(mel, face)
     assert out.shape == (1, 3, face_px, face_px) and out.dtype == torch.float32
     assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+
+
+def test_layouts_match_the_names_the_cli_offers():
+    assert tuple(LAYOUTS) == configs.LAYOUT_NAMES
+    assert VARIANTS[256].name == "livetalking256"  # random 256 weights: LiveTalking's layout
+
+
+def test_livetalking256_layout():
+    """LiveTalking's wav2lip256 generator (its avatars/wav2lip/models/wav2lip_v2.py): both
+    512-channel encoder stages (8x8, 4x4) and the 8x8 decoder stage have one residual block,
+    the 16x16 decoder stage two; the transposed convs take 1024, 1024, 1024, 768, 512, 320, 160
+    channels and the output block 80."""
+    state = Wav2Lip(256, "livetalking256").state_dict()
+
+    def convs(prefix: str) -> int:
+        return sum(1 for k in state if k.startswith(prefix) and k.endswith("conv_block.0.weight"))
+
+    assert [convs(f"face_encoder_blocks.{i}.") for i in range(8)] == [1, 3, 4, 3, 3, 2, 2, 2]
+    assert [convs(f"face_decoder_blocks.{i}.") for i in range(8)] == [1, 2, 2, 3, 3, 3, 3, 3]
+    assert [state[f"face_decoder_blocks.{i}.0.conv_block.0.weight"].shape[0]
+            for i in range(1, 8)] == [1024, 1024, 1024, 768, 512, 320, 160]
+    assert state["face_decoder_blocks.1.0.conv_block.0.weight"].shape[2:] == (4, 4)
+    assert state["face_encoder_blocks.7.0.conv_block.0.weight"].shape[2:] == (4, 4)
+    assert state["output_block.0.conv_block.0.weight"].shape[1] == 80
+    model = Wav2Lip(256, "livetalking256")
+    assert sum(p.numel() for p in model.parameters()) == 53_605_683
+    assert len(state) == 380
+
+
+def _livetalking_checkpoint(model: Wav2Lip, path: Path) -> Path:
+    """As LiveTalking's training saves it: {"state_dict": module.-prefixed, "optimizer", ...}."""
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+                "global_step": 1, "global_epoch": 1}, path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["livetalking256", "livehuman256"])
+def test_256_layout_is_detected_from_the_keys(tmp_path, layout):
+    model = Wav2Lip(256, layout).eval()
+    path = _livetalking_checkpoint(model, tmp_path / "wav2lip.pth")
+    loaded = load_checkpoint(path, 256)
+    assert loaded.layout == layout
+    mel, face = (torch.from_numpy(a) for a in random_inputs(256, 1, seed=2))
+    with torch.no_grad():
+        assert torch.equal(loaded(mel, face), model(mel, face))
+
+
+def test_a_256_checkpoint_of_neither_layout_names_its_keys(tmp_path):
+    state = dict(Wav2Lip(256, "livetalking256").state_dict())
+    state["sam.sa.conv1.weight"] = torch.zeros(1, 2, 7, 7)  # an attention block we do not have
+    state.pop("face_decoder_blocks.2.1.conv_block.0.bias")
+    torch.save({"state_dict": state}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(tmp_path / "other.pth", 256)
+    message = str(caught.value)
+    assert "layouts tried: livetalking256, livehuman256; closest: livetalking256" in message
+    assert "1 missing key(s): face_decoder_blocks.2.1.conv_block.0.bias" in message
+    assert "1 unexpected key(s): sam.sa.conv1.weight" in message
+    with pytest.raises(CheckpointError, match=r"\(layout livehuman256\): .*missing key"):
+        load_checkpoint(_livetalking_checkpoint(Wav2Lip(256, "livetalking256"),
+                                                tmp_path / "lt.pth"), 256, layout="livehuman256")
+    with pytest.raises(SystemExit) as exited:
+        export_main(["wav2lip", "--random-init", "--variant", "96", "--layout", "livetalking256",
+                     "--out", str(tmp_path / "w")])
+    assert "--layout livetalking256 is not a 96 layout" in str(exited.value.code)
 
 
 def test_96_has_the_published_size():
