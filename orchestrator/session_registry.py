@@ -4,7 +4,9 @@ Ids are integers (the contract) drawn at random from 1 … 2**53 - 1, so a JavaS
 them exact and a stranger cannot find a live session by counting; an id is never issued twice
 in a run. Failed lookups (unknown ids) are counted per client address: past
 `max_misses_per_minute` in a minute, that address gets 429 on every lookup until the minute
-has passed, so probing the id space at random is hopeless.
+has passed, so probing the id space at random is hopeless — except on the sessions that address
+opened itself: clients behind one NAT or proxy share an address, and one prober among them must
+not lock the others out of their own sessions.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class SessionRegistry:
         self._sessions: dict[int, Session] = {}
         self._reserved: set[int] = set()
         self._issued: set[int] = set()  # every id of this run: none is handed out twice
+        self._opened_by: dict[int, str] = {}  # live id -> the client address of its /offer
 
     def reserve(self) -> int:
         """A new session id, or 503 when the limit is reached (reserved ids count too)."""
@@ -79,6 +82,7 @@ class SessionRegistry:
             )
         sessionid = self._new_id()
         self._reserved.add(sessionid)
+        self._opened_by[sessionid] = current_client.get()
         return sessionid
 
     def _new_id(self) -> int:
@@ -92,6 +96,7 @@ class SessionRegistry:
         """Free the id's slot (idempotent): a failed /offer, or the session's close."""
         self._reserved.discard(sessionid)
         self._sessions.pop(sessionid, None)
+        self._opened_by.pop(sessionid, None)
 
     def add(self, session: Session) -> None:
         self._reserved.discard(session.sessionid)
@@ -99,11 +104,14 @@ class SessionRegistry:
 
     def get(self, sessionid: int) -> Session:
         """The live session; 404 when unknown (counted against the client), 429 when its client
-        has failed too many lookups."""
+        has failed too many lookups and did not open this session itself."""
         client = current_client.get()
-        self.misses.check(client)
         session = self._sessions.get(sessionid)
-        if session is None or session.closed:
+        live = session is not None and not session.closed
+        if live and self._opened_by.get(sessionid) == client:
+            return session
+        self.misses.check(client)
+        if not live:
             self.misses.miss(client)
             raise UnknownSession(sessionid)
         return session

@@ -169,9 +169,16 @@ async def test_session_ids_cannot_be_found_by_counting(guarded):
                     statuses.append(resp.status)
                     assert resp.status in (404, 429), (sessionid, await resp.json())
             assert statuses == [404] * MISS_LIMIT + [429] * (60 - MISS_LIMIT)
+            # this address opened ids[0] itself: a prober behind the same NAT or proxy must not
+            # lock its neighbours out of their own sessions
             async with http.post(f"{base_url}/is_speaking", json={"sessionid": ids[0]}) as resp:
+                assert resp.status == 200, await resp.json()
+        # a session opened from another address is out of reach while this one is locked out
+        services.registry._opened_by[ids[1]] = "192.0.2.7"
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            async with http.post(f"{base_url}/is_speaking", json={"sessionid": ids[1]}) as resp:
                 answer = await resp.json()
-                assert resp.status == 429 and "--max-session-misses" in answer["msg"]
+                assert resp.status == 429 and "--max-session-misses" in answer["msg"], answer
     finally:
         services.registry.misses = MissLimiter(MISS_LIMIT)  # the other tests' address
         for client in clients:
