@@ -106,7 +106,7 @@ async def _open_session(services: Services, sessionid: int, options: SessionOpti
     pc = RTCPeerConnection(services.rtc_configuration)
     return Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat,
                    clips, services.metrics.observe, SessionLimits.from_settings(services.settings),
-                   services.registry.release)
+                   services.session_closed)
 
 
 def offer_sdp(body: dict) -> str:

@@ -21,6 +21,7 @@ from .clip_cache import CLIP_CACHE_DIR, ClipCache
 from .clips import Clip, parse_custom_config
 from .errors import ApiError
 from .features import SAMPLE_RATE_HZ, melspectrogram
+from .heap_trim import HeapTrimmer
 from .ice import restrict_host_candidates, rtc_configuration
 from .knowledge import KnowledgeStore, UnknownKnowledgeBase
 from .lipsync_models import LipSyncModels
@@ -57,6 +58,7 @@ class Services:
     clip_cache: ClipCache  # decoded custom clips, shared by all sessions
     triton: TritonSupervisor  # owns "is Triton ready now" (and restarts the embedded server)
     embedded_triton: EmbeddedTriton | None = None
+    heap_trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
     _known_voices: set[str] = field(default_factory=set)
     _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
 
@@ -134,6 +136,11 @@ class Services:
         return {"url": self.triton_url, "embedded": self.embedded_triton is not None,
                 "restarts": self.triton.restarts, **self.triton.status}
 
+    def session_closed(self, sessionid: int) -> None:
+        """A session's slot is free, and the memory it freed goes back to the system."""
+        self.registry.release(sessionid)
+        self.heap_trimmer.request()
+
     def require_triton(self) -> None:
         """The gate of what needs TTS and lip-sync (/offer, /human, /humanaudio): 503 while
         Triton is not ready, instead of accepting speech that could never be spoken."""
@@ -147,6 +154,7 @@ class Services:
         await self.tts.close()
         await self.lipsync_models.close()
         await asyncio.gather(*(llm.close() for llm in self._llms.values()), return_exceptions=True)
+        self.heap_trimmer.close()
         if self.embedded_triton is not None:
             await self.embedded_triton.stop()
 

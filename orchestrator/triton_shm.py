@@ -57,7 +57,9 @@ class SharedMemoryPool:
             handle = shm.create_shared_memory_region(name, f"/{name}", size)
             try:
                 await self._client.register_system_shared_memory(name, f"/{name}", size)
-            except Exception:
+            except BaseException:
+                # Cancelled too (the session closed or was interrupted mid-registration): a
+                # region neither pooled nor unlinked would stay in /dev/shm after we exit.
                 shm.destroy_shared_memory_region(handle)
                 raise
             region = Region(name, size, handle)

@@ -454,5 +454,6 @@ async def test_lipsync_through_shared_memory_matches_grpc(triton):
         status = await client._client.get_system_shared_memory_status(as_json=True)
         left = {r["name"] for r in status.get("regions", {}).values()}
         assert not ours & left, "unregistered on close"
+        assert not [n for n in ours if (Path("/dev/shm") / n).exists()], "unlinked on close"
     finally:
         await client.close()
