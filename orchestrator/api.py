@@ -20,6 +20,7 @@ from .roster import MAIN
 from .services import SERVICES_KEY, Services
 from .session import Session, SessionLimits, SessionOptions
 from .speech import MAX_TEXT_CHARS, has_speakable
+from .tts import Voice
 from .validation import FormReader, choice, field, json_config, parse_id, read_json_object
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ async def offer(request: web.Request) -> web.Response:
 
 
 async def _open_session(services: Services, sessionid: int, options: SessionOptions) -> Session:
-    await services.check_voice(options.refaudio, "refaudio")
+    await services.check_voice(Voice.named(options.refaudio, options.reftext), "refaudio")
     members = await services.members(options.avatar, options.multiavatar_config)
     main = members[MAIN].avatar
     clips = await services.clips(options.custom_config, main.width, main.height)
@@ -170,8 +171,9 @@ async def human(request: web.Request) -> web.Response:
     avatarid = field(body, "avatarid", str, MAIN)
     session.member(avatarid)  # an unknown avatarid is the first thing to say
     tts = field(body, "tts", dict, {})
-    voice = session.voice_for(avatarid, field(tts, "ref_file", str, ""))
-    field(tts, "ref_text", str, "")
+    others = {k: v for k, v in tts.items() if k not in ("ref_file", "ref_text")}
+    voice = session.voice_for(avatarid, field(tts, "ref_file", str, ""),
+                              field(tts, "ref_text", str, ""), others)
     await services.check_voice(voice, "tts.ref_file")
     if interrupt:
         await session.interrupt()

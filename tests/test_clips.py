@@ -22,6 +22,7 @@ from orchestrator.errors import ApiError
 from orchestrator.settings import Settings
 from orchestrator.speech import SpeechFrame, Utterance
 from orchestrator.stage import TRANSITION_FRAMES, Stage
+from orchestrator.tts import Voice
 
 SPEECH_RMS = 0.01
 CLIP_FRAMES = 10
@@ -172,7 +173,7 @@ def test_speech_takes_over_and_the_clip_resumes_after(default_avatar):
     stage = Stage(default_avatar, {1: flat_clip(default_avatar)})
     stage.set_audiotype(1, True)
     assert shown_indices(stage, 4) == [0, 1, 2, 3]
-    utterance = Utterance("1-1", "hi", "", default_avatar)
+    utterance = Utterance("1-1", "hi", Voice(), default_avatar)
     crop = np.zeros((default_avatar.crop_size,) * 2 + (3,), np.uint8)
     speech = [SpeechFrame(utterance, stage.avatar_tick + k, crop, np.full(640, 0.1, np.float32))
               for k in range(8)]

@@ -21,8 +21,10 @@ import tritonclient.grpc.aio as grpcclient
 from conftest import LIPSYNC_MODEL, LIPSYNC_ONNX, MODEL_REPOSITORY, TTS_MODEL
 from onnx import TensorProto, helper
 
-from orchestrator.triton_clients import LipSyncClient, SpeechAudio, TTSClient, UnknownVoice
+from orchestrator.triton_clients import LipSyncClient, TritonServerClient
 from orchestrator.triton_server import EmbeddedTriton, TritonStartError, wait_models_ready
+from orchestrator.tts import UnknownVoice
+from orchestrator.tts.espeak import ESpeakEngine, SpeechAudio
 
 PROJECT_ROOT = MODEL_REPOSITORY.parent
 SAMPLE_RATE_HZ = 16000
@@ -171,18 +173,20 @@ async def test_local_config_selected_over_container_config(tiny_triton):
 
 
 async def test_server_status_and_shared_channel(triton):
-    tts, lipsync = TTSClient(triton.url), LipSyncClient(triton.url)
+    server, lipsync = TritonServerClient(triton.url), LipSyncClient(triton.url)
     try:
-        assert tts._client is lipsync._client  # one gRPC channel per Triton URL
-        status = await tts.server_status([TTS_MODEL, "no_such_model"])
+        assert server._client is lipsync._client  # one gRPC channel per Triton URL
+        status = await server.server_status([TTS_MODEL, "no_such_model"])
         assert status["live"] and not status["ready"]
         assert status["models"] == {TTS_MODEL: True, "no_such_model": False}
-        assert (await tts.server_status(triton.models))["ready"]
+        assert (await server.server_status(triton.models))["ready"]
     finally:
-        await tts.close()
+        await server.close()
         await lipsync.close()
+    tts = ESpeakEngine(triton.url)
+    await tts.close()
     with pytest.raises(RuntimeError, match="closed"):
-        await tts.synthesize("hello", "")
+        await tts.speech("hello", "")
 
 
 async def test_wait_models_ready_reports_missing_model(triton):
@@ -221,9 +225,9 @@ def _rms(x: np.ndarray) -> float:
     ids=["english", "english-auto", "chinese-auto", "chinese-cmn"],
 )
 async def test_tts_speech_and_timings(triton, text, voice, expected_words):
-    tts = TTSClient(triton.url)
+    tts = ESpeakEngine(triton.url)
     try:
-        speech = await tts.synthesize(text, voice)
+        speech = await tts.speech(text, voice)
     finally:
         await tts.close()
     assert isinstance(speech, SpeechAudio)
@@ -249,22 +253,22 @@ async def test_tts_speech_and_timings(triton, text, voice, expected_words):
 
 
 async def test_tts_unknown_voice(triton):
-    tts = TTSClient(triton.url)
+    tts = ESpeakEngine(triton.url)
     try:
         with pytest.raises(UnknownVoice) as caught:
-            await tts.synthesize("hello", "no-such-voice")
+            await tts.speech("hello", "no-such-voice")
         assert caught.value.voice == "no-such-voice"
-        speech = await tts.synthesize("hello", "en-us")  # the model still serves afterwards
+        speech = await tts.speech("hello", "en-us")  # the model still serves afterwards
         assert _rms(speech.audio) > SPEECH_RMS_MIN
     finally:
         await tts.close()
 
 
 async def test_tts_concurrent_requests_get_their_own_audio(triton):
-    tts = TTSClient(triton.url)
+    tts = ESpeakEngine(triton.url)
     texts = ["one", "two three four five six seven", "eight nine"]
     try:
-        results = await asyncio.gather(*(tts.synthesize(t, "en-us") for t in texts))
+        results = await asyncio.gather(*(tts.speech(t, "en-us") for t in texts))
     finally:
         await tts.close()
     assert [r.words for r in results] == [t.split() for t in texts]

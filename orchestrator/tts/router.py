@@ -1,0 +1,65 @@
+"""Which engine says what: the default engine, and eSpeak for what it cannot say.
+
+A voice name belongs to the first engine that has it (asked once, then remembered): `joe` to
+Piper, `cmn` or `fr` to eSpeak. The auto voice goes to the first engine that speaks the text's
+language. A sentence the voice's engine cannot say (Chinese with `joe`) falls back to the last
+engine (eSpeak) with the auto voice, which picks the language's voice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .base import TTSEngine, UnknownVoice, Voice
+
+log = logging.getLogger(__name__)
+
+
+class TTSRouter:
+    def __init__(self, engines: list[TTSEngine]) -> None:
+        """`engines` in order of preference; the last one is the fallback for any language."""
+        if not engines:
+            raise ValueError("at least one TTS engine is needed")
+        self.engines = engines
+        self._owners: dict[str, TTSEngine] = {}
+
+    @property
+    def default(self) -> TTSEngine:
+        return self.engines[0]
+
+    @property
+    def fallback(self) -> TTSEngine:
+        return self.engines[-1]
+
+    async def check_voice(self, voice: Voice) -> TTSEngine:
+        """The engine that has `voice` (the default one for the auto voice); UnknownVoice if
+        none has it."""
+        if voice.auto:
+            return self.default
+        owner = self._owners.get(voice.name)
+        if owner is not None:
+            return owner
+        for engine in self.engines:
+            try:
+                await engine.check_voice(voice)
+            except UnknownVoice:
+                continue
+            self._owners[voice.name] = engine
+            return engine
+        raise UnknownVoice(voice.name)
+
+    async def route(self, text: str, voice: Voice) -> tuple[TTSEngine, Voice]:
+        """The engine and voice that say `text`."""
+        if voice.auto:
+            for engine in self.engines:
+                if engine.speaks(text, voice):
+                    return engine, voice
+            return self.fallback, voice
+        engine = await self.check_voice(voice)
+        if engine.speaks(text, voice):
+            return engine, voice
+        return self.fallback, Voice(ref_text=voice.ref_text, options=voice.options)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(e.close() for e in self.engines), return_exceptions=True)
