@@ -1,0 +1,144 @@
+"""Text-to-speech engines: time to first audio, real-time factor, intelligibility, and
+end-to-end POST /human -> first speech audio with Piper as the default voice.
+
+Starts `python -m orchestrator` (embedded Triton, default `--tts piper`) on 127.0.0.1, then
+- per engine (eSpeak `en-us`, Piper `joe`, both through that Triton): each of 12 sentences
+  synthesised after a warm-up; time to first audio (first chunk out of `synthesize`) and
+  real-time factor (synthesis time / audio duration), median and p95;
+- intelligibility: Whisper tiny.en transcribes 20 sentences from each voice, word error rate
+  (bench/intelligibility.py);
+- end to end: a real aiortc client, N echo utterances (bench/e2e_latency.py's `speak_all`).
+Writes bench/results/tts.json; with --recordings DIR also the same sentence by each engine as
+MP3 (docs/tts_espeak.mp3, docs/tts_piper.mp3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+from e2e_latency import IDLE_SECONDS, UTTERANCES, speak_all, summary_ms
+from intelligibility import SENTENCES, Transcriber, word_error_rate
+from server_process import start_server
+
+from orchestrator.client import AvatarClient
+from orchestrator.speech_pipeline import to_pipeline_rate
+from orchestrator.tts import ESpeakEngine, PiperEngine, TTSEngine, Voice
+
+RESULTS = Path(__file__).parent / "results"
+RECORDED_SENTENCE = "Hello, I am your digital human. How can I help you today?"
+ENGINES = {"espeak": Voice.named("en-us"), "piper": Voice.named("joe")}
+
+
+async def time_engine(engine: TTSEngine, voice: Voice, rounds: int) -> dict:
+    async for _ in engine.synthesize("Warming up.", voice):
+        pass
+    first_ms, rtf = [], []
+    for _ in range(rounds):
+        for sentence in UTTERANCES:
+            start = time.perf_counter()
+            first = None
+            samples = 0
+            async for chunk in engine.synthesize(sentence, voice):
+                first = first if first is not None else time.perf_counter() - start
+                samples += chunk.size
+            total = time.perf_counter() - start
+            first_ms.append(1000 * first)
+            rtf.append(total / (samples / engine.sample_rate_hz))
+    return {"sample_rate_hz": engine.sample_rate_hz,
+            "time_to_first_audio_ms": {"p50": float(np.percentile(first_ms, 50)),
+                                       "p95": float(np.percentile(first_ms, 95))},
+            "real_time_factor": {"p50": float(np.percentile(rtf, 50)),
+                                 "p95": float(np.percentile(rtf, 95))},
+            "sentences": len(first_ms)}
+
+
+async def intelligibility(engine: TTSEngine, voice: Voice, transcriber: Transcriber) -> dict:
+    pairs = []
+    for sentence in SENTENCES:
+        chunks = [c async for c in engine.synthesize(sentence, voice)]
+        audio = to_pipeline_rate(np.concatenate(chunks), engine.sample_rate_hz)
+        pairs.append((sentence, await asyncio.to_thread(transcriber, audio)))
+    return {"wer": word_error_rate(pairs), "sentences": len(pairs),
+            "transcripts": [{"text": t, "heard": h} for t, h in pairs]}
+
+
+def write_mp3(audio: np.ndarray, rate_hz: int, path: Path) -> None:
+    with av.open(str(path), "w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=rate_hz, layout="mono")
+        stream.bit_rate = 32000
+        frame = av.AudioFrame.from_ndarray(
+            (np.clip(audio, -1, 1) * 32767).astype(np.int16)[None, :], format="s16",
+            layout="mono")
+        frame.sample_rate = rate_hz
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+async def run(n: int, rounds: int, recordings: Path | None) -> dict:
+    server = await start_server()  # default engine: piper
+    engines: dict[str, TTSEngine] = {"espeak": ESpeakEngine(server.triton_url),
+                                     "piper": await PiperEngine.open(server.triton_url)}
+    result: dict = {"benchmark": "tts",
+                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                    "engines": {}}
+    try:
+        for name, engine in engines.items():
+            result["engines"][name] = {"voice": ENGINES[name].name,
+                                       **await time_engine(engine, ENGINES[name], rounds)}
+        transcriber = Transcriber()
+        for name, engine in engines.items():
+            result["engines"][name]["intelligibility"] = await intelligibility(
+                engine, ENGINES[name], transcriber)
+        if recordings is not None:
+            recordings.mkdir(parents=True, exist_ok=True)
+            for name, engine in engines.items():
+                chunks = [c async for c in engine.synthesize(RECORDED_SENTENCE, ENGINES[name])]
+                write_mp3(np.concatenate(chunks), engine.sample_rate_hz,
+                          recordings / f"tts_{name}.mp3")
+        client = AvatarClient(server.base_url)
+        try:
+            await client.connect()
+            await client.wait_for_video(25)
+            await asyncio.sleep(IDLE_SECONDS)
+            echo, _ = await speak_all(client, "echo", UTTERANCES, n)
+        finally:
+            await client.close()
+        result["e2e_echo_first_audio_ms"] = {**summary_ms(echo), "utterances": n,
+                                             "default_engine": "piper"}
+        result["goal"] = {"e2e_p50_ms": 250, "piper_wer_max": 0.15}
+    finally:
+        for engine in engines.values():
+            await engine.close()
+        server.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--utterances", type=int, default=20, help="end-to-end echo utterances")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over the 12 sentences")
+    parser.add_argument("--recordings", type=Path, help="write tts_espeak.mp3 / tts_piper.mp3")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.utterances, args.rounds, args.recordings))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "tts.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    summary = {k: v for k, v in result.items() if k != "engines"}
+    for name, engine in result["engines"].items():
+        print(name, engine["time_to_first_audio_ms"], engine["real_time_factor"],
+              "WER", round(engine["intelligibility"]["wer"], 3))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
