@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from . import access, api, avatar_api
+from . import access, api, avatar_api, voice_api
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
 from .rate_limited_log import RateLimitedLog
@@ -62,6 +62,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app[BODY_READ_TIMEOUT_KEY] = settings.body_read_timeout_s
     app.add_routes(api.routes)
     app.add_routes(avatar_api.routes)
+    app.add_routes(voice_api.routes)
     access.install(app, settings)  # after the last route: CORS covers every one
 
     async def lifetime(app: web.Application):

@@ -35,8 +35,9 @@ from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
 from .triton_server import EmbeddedTriton, wait_models_ready
 from .triton_shm import on_this_host
 from .triton_supervisor import TritonSupervisor
-from .tts import TTSRouter, UnknownVoice, Voice, open_tts, triton_models
+from .tts import TTSRouter, TTSServerUnavailable, UnknownVoice, Voice, open_tts, triton_models
 from .tts.base import plausible_voice_name
+from .voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Services:
     recordings: Recordings  # this run's recordings (never a previous run's files)
     clip_cache: ClipCache  # decoded custom clips, shared by all sessions
     triton: TritonSupervisor  # owns "is Triton ready now" (and restarts the embedded server)
+    voices: VoiceStore  # reference clips for voice-cloning engines (data/voices/)
     embedded_triton: EmbeddedTriton | None = None
     heap_trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
     _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
@@ -104,7 +106,7 @@ class Services:
         return await self.clip_cache.load(sources, width, height)
 
     async def check_voice(self, voice: Voice, field_name: str) -> None:
-        """400 for what cannot be a voice name, 404 for a voice no engine has (engines ask
+        """400 for what cannot be a voice name, 404 for a voice no engine has, 503 when the TTS server is down (engines ask
         Triton once per voice, then remember)."""
         if not plausible_voice_name(voice.name):
             raise ApiError.bad_request(f"field '{field_name}' is not a voice name: {voice.name!r}")
@@ -112,6 +114,8 @@ class Services:
             await self.tts.check_voice(voice)
         except UnknownVoice:
             raise ApiError.not_found(f"unknown voice in '{field_name}': {voice.name!r}") from None
+        except TTSServerUnavailable as exc:
+            raise ApiError(503, f"{exc}: speech is unavailable until it answers") from None
 
     async def chat_agent(self, llmid: str, field_name: str) -> ChatAgent:
         """A new session's chat agent: its knowledge base, and the LLM that base's profile uses."""
@@ -195,6 +199,7 @@ async def start_services(settings: Settings) -> Services:
         recordings=Recordings(settings.data_dir),
         clip_cache=ClipCache(settings.data_dir / CLIP_CACHE_DIR),
         triton=triton,
+        voices=VoiceStore(settings.data_dir),
         embedded_triton=embedded,
     )
     await warm_up

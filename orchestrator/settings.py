@@ -58,6 +58,16 @@ class Settings:
     tts_model: str = "tts_espeak"  # eSpeak's Triton model (the fallback engine)
     tts: str = "piper"  # the default engine (orchestrator/tts ENGINES); eSpeak speaks the rest
     piper_voice: str = "joe"  # the Piper engine's voice when none is asked for
+    # Voice-cloning engines (cosyvoice, gpt-sovits, fishtts, openai): their server's base URL
+    # ("" = the engine's usual local address), its output rate where the answer carries none
+    # (0 = the engine's documented rate), the OpenAI-compatible model, default voice and key,
+    # and data/voices/ as a GPT-SoVITS server on another machine sees it ("" = ours).
+    tts_server: str = ""
+    tts_sample_rate_hz: int = 0
+    tts_model_name: str = ""
+    tts_voice: str = ""
+    tts_api_key: str = ""
+    tts_ref_dir: str = ""
     knowledge_dir: Path = PROJECT_ROOT / "data" / "knowledge"
     # LLM for `chat` (OpenAI-compatible); None: no server-wide LLM (knowledge-base profiles
     # may still name one), chat answers from the FAQ.
@@ -119,6 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
     av_tts.add_argument("--piper-voice", default="joe",
                         help="Piper voice used when none is asked for (default: joe; add one "
                         "with python -m export piper-voice)")
+    av_tts.add_argument("--tts-server", default="",
+                        help="base URL of the voice-cloning server for --tts cosyvoice, "
+                        "gpt-sovits, fishtts or openai (default: the engine's usual local port: "
+                        "cosyvoice :50000, gpt-sovits :9880, fishtts :8080, openai :8000)")
+    av_tts.add_argument("--tts-sample-rate", dest="tts_sample_rate_hz", type=int, default=0,
+                        help="sample rate of a server that sends raw PCM without saying it "
+                        "(default: cosyvoice 24000 (CosyVoice2/3; 22050 for CosyVoice-300M), "
+                        "openai 24000)")
+    av_tts.add_argument("--tts-model-name", default="",
+                        help="model field of an OpenAI-compatible speech server (default tts-1)")
+    av_tts.add_argument("--tts-voice", default="",
+                        help="voice of an OpenAI-compatible speech server when none is asked "
+                        "for (default alloy)")
+    av_tts.add_argument("--tts-api-key", default=os.environ.get("TTS_API_KEY", ""),
+                        help="bearer token for the TTS server (default: TTS_API_KEY)")
+    av_tts.add_argument("--tts-ref-dir", default="",
+                        help="for gpt-sovits on another machine: the path there of this "
+                        "server's data/voices/ folder (GPT-SoVITS reads reference clips from "
+                        "its own disk)")
     av = p.add_argument_group("avatars and voices")
     av.add_argument("--data-dir", type=Path, default=Settings.data_dir,
                     help="data directory (recordings, knowledge bases, clips)")
@@ -193,6 +222,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         raise SystemExit("--body-read-timeout must be positive")
     if args.setup_timeout_s <= 0:
         raise SystemExit("--setup-timeout must be positive")
+    if args.tts_sample_rate_hz and not 8000 <= args.tts_sample_rate_hz <= 192000:
+        raise SystemExit("--tts-sample-rate must be between 8000 and 192000")
+    if args.tts_server and urlsplit(args.tts_server).scheme not in ("http", "https"):
+        raise SystemExit("--tts-server must be an http:// or https:// URL")
     if args.max_queued_utterances < 1 or args.max_queued_speech_s <= 0:
         raise SystemExit("--max-queued-utterances and --max-queued-speech must be positive")
     data_dir = args.data_dir.resolve()
@@ -222,6 +255,12 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         tts_model=args.tts_model,
         tts=args.tts,
         piper_voice=args.piper_voice,
+        tts_server=args.tts_server,
+        tts_sample_rate_hz=args.tts_sample_rate_hz,
+        tts_model_name=args.tts_model_name,
+        tts_voice=args.tts_voice,
+        tts_api_key=args.tts_api_key,
+        tts_ref_dir=args.tts_ref_dir,
         knowledge_dir=(args.knowledge_dir or data_dir / "knowledge").resolve(),
         llm_base_url=args.llm_base_url,
         llm_api_key=os.environ.get("OPENAI_API_KEY", ""),

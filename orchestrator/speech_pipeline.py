@@ -24,7 +24,17 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from .avatar import Avatar
-from .features import SAMPLE_RATE_HZ, mel_windows, melspectrogram
+from .features import (
+    FFT_SAMPLES,
+    HOP_SAMPLES,
+    MEL_BINS,
+    MEL_FRAMES_PER_SECOND,
+    MEL_WINDOW_FRAMES,
+    SAMPLE_RATE_HZ,
+    VIDEO_FPS,
+    mel_windows,
+    melspectrogram,
+)
 from .lipsync_models import LipSyncModels
 from .media_clock import AUDIO_SAMPLES_PER_TICK
 from .speech import (
@@ -51,6 +61,13 @@ PLANNING_LEAD_TICKS = 2
 SENTENCE_QUEUE_SIZE = 2
 # Uploaded audio is cut in pieces like sentences so its first frames leave early.
 UPLOADED_PIECE_SAMPLES = 5 * 16000
+# A streamed sentence is analysed again once this much new audio arrived, and at least this
+# share of what it had: bounded work per sentence, small first pieces.
+STREAM_MIN_NEW_S = 0.25
+STREAM_GROWTH = 0.5
+# The last samples of a resampled prefix differ from the whole sentence's (the filter sees
+# zeros past the end); frames reaching into them wait for more audio.
+RESAMPLE_EDGE_SAMPLES = 64
 # The session's speech task is named SPEECH_TASK_PREFIX + sessionid (metrics count them).
 SPEECH_TASK_PREFIX = "speech-"
 
@@ -58,7 +75,7 @@ SPEECH_TASK_PREFIX = "speech-"
 @dataclass(frozen=True)
 class SentenceAudio:
     utterance: Utterance
-    text: str | None  # None for pieces of uploaded audio
+    text: str | None  # None for uploaded audio and the later pieces of a streamed sentence
     audio: np.ndarray  # float32, padded to whole video frames
     windows: np.ndarray  # float32 [frames, 1, 80, 16]
 
@@ -207,13 +224,19 @@ class SpeechPipeline:
         loop = asyncio.get_running_loop()
         try:
             # aclosing: when this task is cancelled while waiting on the queue, the pieces'
-            # generator (and a streamed answer behind it) is closed now, not at garbage collection.
+            # generator (and a streamed answer or TTS response behind it) is closed now, not at
+            # garbage collection.
             async with contextlib.aclosing(self._sentence_audio(utterance)) as pieces:
-                async for text, audio, rate_hz in pieces:
-                    if audio.size == 0:
+                async for text, features, final in pieces:
+                    if not (final or features.ready()):
                         continue
-                    padded, windows = await loop.run_in_executor(None, _features, audio, rate_hz)
-                    await out.put(SentenceAudio(utterance, text, padded, windows))
+                    padded, windows = await loop.run_in_executor(None, features.take, final)
+                    if padded.size == 0:
+                        continue
+                    # The sentence's text goes with its first piece only (SentenceStarted).
+                    await out.put(SentenceAudio(utterance, text if features.first else None,
+                                                padded, windows))
+                    features.first = False
         finally:
             # End marker for the consumer, which then awaits this task (re-raising a failure).
             # Not when cancelled: nobody reads any more and a full queue would block forever.
@@ -222,31 +245,45 @@ class SpeechPipeline:
 
     async def _sentence_audio(
         self, utterance: Utterance,
-    ) -> AsyncIterator[tuple[str | None, np.ndarray, int]]:
-        """(text, audio, its sample rate) per piece; the text as written (subtitles, events)."""
+    ) -> AsyncIterator[tuple[str | None, SentenceFeatures, bool]]:
+        """(text, the piece's features so far, whether the piece is complete) each time audio
+        arrives; the text as written (subtitles, events). A streaming TTS engine's chunks
+        arrive one by one, so the first frames leave before the sentence is synthesised."""
         if utterance.audio is not None:
             for start in range(0, utterance.audio.size, UPLOADED_PIECE_SAMPLES):
-                yield None, utterance.audio[start : start + UPLOADED_PIECE_SAMPLES], SAMPLE_RATE_HZ
+                features = SentenceFeatures(SAMPLE_RATE_HZ)
+                features.add(utterance.audio[start : start + UPLOADED_PIECE_SAMPLES])
+                features.first = False
+                yield None, features, True
             return
         said = SpokenText()  # what TTS reads: no Markdown, code, URLs or emoji
         if utterance.source is None:
             for text in split_sentences(utterance.text):
-                yield (text, *await self._tts_audio(said.piece(text), utterance.voice))
+                async for features, final in self._tts_audio(said.piece(text), utterance.voice):
+                    yield text, features, final
             return
         # A streamed answer: closing it (interrupt, failure) closes the LLM stream behind it.
         async with contextlib.aclosing(utterance.source) as sentences:
             async for text in sentences:
-                yield (text, *await self._tts_audio(said.piece(text), utterance.voice))
+                async for features, final in self._tts_audio(said.piece(text), utterance.voice):
+                    yield text, features, final
 
-    async def _tts_audio(self, text: str, voice: Voice) -> tuple[np.ndarray, int]:
-        """One piece through the engine that speaks it: its audio at the engine's rate."""
+    async def _tts_audio(self, text: str, voice: Voice) -> AsyncIterator[tuple[SentenceFeatures, bool]]:
+        """One piece through the engine that speaks it: its features as each chunk arrives
+        (at the engine's rate, read once the first chunk is there: HTTP engines learn it from
+        the answer), then once more with `final` set."""
         if not text:
-            return np.zeros(0, np.float32), SAMPLE_RATE_HZ
+            return
         engine, voice = await self._tts.route(text, voice)
+        features: SentenceFeatures | None = None
         async with contextlib.aclosing(engine.synthesize(text, voice)) as chunks:
-            audio = [chunk async for chunk in chunks]
-        joined = np.concatenate(audio) if audio else np.zeros(0, np.float32)
-        return joined.astype(np.float32, copy=False), engine.sample_rate_hz
+            async for chunk in chunks:
+                if features is None:
+                    features = SentenceFeatures(engine.sample_rate_hz)
+                features.add(chunk)
+                yield features, False
+        if features is not None:
+            yield features, True
 
     async def _lipsync_sentence(self, sentence: SentenceAudio) -> None:
         total = len(sentence.windows)
@@ -285,13 +322,63 @@ def to_pipeline_rate(audio: np.ndarray, rate_hz: int) -> np.ndarray:
     return np.clip(resampled, -1.0, 1.0).astype(np.float32)
 
 
-def _features(audio: np.ndarray, rate_hz: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resample to 16 kHz, pad to whole video frames and compute one mel window per frame."""
-    audio = to_pipeline_rate(audio, rate_hz)
-    frames = -(-audio.size // AUDIO_SAMPLES_PER_TICK)
-    padded = np.zeros(frames * AUDIO_SAMPLES_PER_TICK, np.float32)
-    padded[: audio.size] = audio
-    return padded, mel_windows(melspectrogram(padded), frames)
+class SentenceFeatures:
+    """Audio and mel windows of one sentence as its TTS audio streams in.
+
+    Each `take` resamples and analyses the whole sentence so far (sentences are seconds long)
+    and hands out the frames not handed out yet whose mel window (200 ms ahead of the frame) is
+    covered by audio already there: the frames come out exactly as if the sentence had been
+    analysed at once. `take(final=True)` pads the rest to whole frames.
+    """
+
+    def __init__(self, rate_hz: int) -> None:
+        self.rate_hz = rate_hz
+        self.first = True  # no piece handed out yet (the consumer's flag)
+        self._chunks: list[np.ndarray] = []
+        self._samples = 0  # at rate_hz
+        self._taken_at = 0  # samples when `take` last ran
+        self._frames = 0  # frames handed out
+
+    def add(self, chunk: np.ndarray) -> None:
+        self._chunks.append(np.asarray(chunk, np.float32))
+        self._samples += chunk.size
+
+    def ready(self) -> bool:
+        """Worth analysing again: enough new audio (a growing share of what is there, so a long
+        sentence is analysed a bounded number of times)."""
+        new = self._samples - self._taken_at
+        return new >= max(STREAM_MIN_NEW_S * self.rate_hz, STREAM_GROWTH * self._taken_at)
+
+    def take(self, final: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(16 kHz audio padded to whole frames, mel windows) of the frames ready now."""
+        self._taken_at = self._samples
+        joined = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        audio = to_pipeline_rate(joined, self.rate_hz)
+        if final:
+            frames = -(-audio.size // AUDIO_SAMPLES_PER_TICK)
+            padded = np.zeros(frames * AUDIO_SAMPLES_PER_TICK, np.float32)
+            padded[: audio.size] = audio
+        else:
+            frames = _covered_frames(audio.size - RESAMPLE_EDGE_SAMPLES)
+            padded = audio
+        start = self._frames
+        if frames <= start:
+            return np.zeros(0, np.float32), np.zeros((0, 1, MEL_BINS, MEL_WINDOW_FRAMES), np.float32)
+        self._frames = frames
+        windows = mel_windows(melspectrogram(padded), frames)[start:]
+        piece = padded[start * AUDIO_SAMPLES_PER_TICK : frames * AUDIO_SAMPLES_PER_TICK]
+        return piece, windows
+
+
+def _covered_frames(samples: int) -> int:
+    """Frames whose mel window lies inside the first `samples` samples (16 kHz): frame i reads
+    mel columns s..s+15 (s = 80 i / 25), column j the samples j*hop +- fft/2."""
+    frames = 0
+    while True:
+        last_column = frames * MEL_FRAMES_PER_SECOND // VIDEO_FPS + MEL_WINDOW_FRAMES - 1
+        if last_column * HOP_SAMPLES + FFT_SAMPLES // 2 > samples:
+            return frames
+        frames += 1
 
 
 def _crops(avatar: Avatar, ticks: list[int], size: int | None) -> tuple[np.ndarray, np.ndarray]:

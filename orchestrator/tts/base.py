@@ -33,6 +33,15 @@ class UnknownVoice(LookupError):
         self.voice = voice
 
 
+class TTSServerError(RuntimeError):
+    """A TTS server failed one synthesis (down, 4xx/5xx, not audio): that utterance ends with
+    an error event; the session goes on."""
+
+
+class TTSServerUnavailable(TTSServerError):
+    """A TTS server cannot be reached at all: /offer and /human answer 503 naming it."""
+
+
 @dataclass(frozen=True)
 class Voice:
     """Who speaks: what `/offer`'s `refaudio`/`reftext` and `/human`'s `tts` object say.
@@ -83,6 +92,10 @@ class TTSEngine(abc.ABC):
     async def check_voice(self, voice: Voice) -> None:
         """Raises UnknownVoice when the engine cannot speak with `voice`; cheap after the
         first call for a name (engines remember what they checked)."""
+
+    async def check_available(self) -> None:  # noqa: B027 - local engines are always there
+        """Raises TTSServerUnavailable when the engine's server cannot be reached now (asked
+        on every /offer and /human; engines keep the answer a few seconds)."""
 
     def speaks(self, text: str, voice: Voice) -> bool:  # noqa: ARG002 - engines may override
         """Whether this engine can say `text` (its language) in `voice`; the router sends

@@ -36,12 +36,15 @@ class TTSRouter:
         """The engine that has `voice` (the default one for the auto voice); UnknownVoice if
         none has it."""
         if voice.auto:
+            await self.default.check_available()
             return self.default
         owner = self._owners.get(voice.name)
         if owner is not None:
+            await owner.check_available()
             return owner
         for engine in self.engines:
             try:
+                await engine.check_available()
                 await engine.check_voice(voice)
             except UnknownVoice:
                 continue
