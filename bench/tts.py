@@ -8,7 +8,14 @@ Starts `python -m orchestrator` (embedded Triton, default `--tts piper`) on 127.
 - intelligibility: Whisper tiny.en transcribes 20 sentences from each voice, word error rate
   (bench/intelligibility.py);
 - end to end: a real aiortc client, N echo utterances (bench/e2e_latency.py's `speak_all`).
-Writes bench/results/tts.json; with --recordings DIR also the same sentence by each engine as
+- per voice-cloning engine (cosyvoice, gpt-sovits, fishtts, openai), each against its fake
+  server (tests/fake_voice_servers.py: the real protocol, a reference clip registered in a
+  temporary data/voices/, FAKE_FIRST_CHUNK_S before the first chunk, then audio made at
+  FAKE_REAL_TIME_FACTOR): time to first audio and to the whole sentence, real-time factor. The
+  fake's pace dominates; what the numbers show is our client's overhead and that a streamed
+  answer is used from its first chunk (first audio ~ FAKE_FIRST_CHUNK_S, not the whole sentence).
+Writes bench/results/tts.json (`--cloning-only`: only the cloning engines, to
+bench/results/tts_cloning.json); with --recordings DIR also the same sentence by each engine as
 MP3 (docs/tts_espeak.mp3, docs/tts_piper.mp3).
 """
 
@@ -19,6 +26,8 @@ import asyncio
 import json
 import os
 import platform
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,18 +38,27 @@ from intelligibility import SENTENCES, Transcriber, word_error_rate
 from server_process import start_server
 
 from orchestrator.client import AvatarClient
+from orchestrator.settings import Settings
 from orchestrator.speech_pipeline import to_pipeline_rate
+from orchestrator.tts import ENGINES as TTS_ENGINES
 from orchestrator.tts import ESpeakEngine, PiperEngine, TTSEngine, Voice
+from orchestrator.voices import VoiceStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from fake_voice_servers import FakeVoice, run_fake_voice_server, tone_wav  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 RECORDED_SENTENCE = "Hello, I am your digital human. How can I help you today?"
 ENGINES = {"espeak": Voice.named("en-us"), "piper": Voice.named("joe")}
+CLONING_ENGINES = ("cosyvoice", "gpt-sovits", "fishtts", "openai")
+FAKE_FIRST_CHUNK_S = 0.15
+FAKE_REAL_TIME_FACTOR = 0.3
 
 
 async def time_engine(engine: TTSEngine, voice: Voice, rounds: int) -> dict:
     async for _ in engine.synthesize("Warming up.", voice):
         pass
-    first_ms, rtf = [], []
+    first_ms, rtf, whole_ms = [], [], []
     for _ in range(rounds):
         for sentence in UTTERANCES:
             start = time.perf_counter()
@@ -52,9 +70,12 @@ async def time_engine(engine: TTSEngine, voice: Voice, rounds: int) -> dict:
             total = time.perf_counter() - start
             first_ms.append(1000 * first)
             rtf.append(total / (samples / engine.sample_rate_hz))
+            whole_ms.append(1000 * total)
     return {"sample_rate_hz": engine.sample_rate_hz,
             "time_to_first_audio_ms": {"p50": float(np.percentile(first_ms, 50)),
                                        "p95": float(np.percentile(first_ms, 95))},
+            "time_to_whole_sentence_ms": {"p50": float(np.percentile(whole_ms, 50)),
+                                          "p95": float(np.percentile(whole_ms, 95))},
             "real_time_factor": {"p50": float(np.percentile(rtf, 50)),
                                  "p95": float(np.percentile(rtf, 95))},
             "sentences": len(first_ms)}
@@ -116,11 +137,34 @@ async def run(n: int, rounds: int, recordings: Path | None) -> dict:
         result["e2e_echo_first_audio_ms"] = {**summary_ms(echo), "utterances": n,
                                              "default_engine": "piper"}
         result["goal"] = {"e2e_p50_ms": 250, "piper_wer_max": 0.15}
+        result["cloning"] = await time_cloning_engines(rounds)
     finally:
         for engine in engines.values():
             await engine.close()
         server.stop()
     return result
+
+
+async def time_cloning_engines(rounds: int) -> dict:
+    """Each cloning engine against its fake server, with a registered reference voice."""
+    results = {}
+    with tempfile.TemporaryDirectory() as data_dir:
+        clip = np.frombuffer(tone_wav(3.0)[44:], "<i2").astype(np.float32) / 32768
+        VoiceStore(Path(data_dir)).add("bench", clip, "This is the reference voice.")
+        for name in CLONING_ENGINES:
+            fake = FakeVoice(first_chunk_delay_s=FAKE_FIRST_CHUNK_S,
+                             real_time_factor=FAKE_REAL_TIME_FACTOR)
+            async with run_fake_voice_server(name, fake) as url:
+                settings = Settings(tts=name, tts_server=url, data_dir=Path(data_dir))
+                engine = await TTS_ENGINES[name][0](settings, "")
+                voice = Voice.named("alloy" if name == "openai" else "bench")
+                try:
+                    results[name] = {"voice": voice.name, "server": "fake", **await time_engine(
+                        engine, voice, rounds)}
+                finally:
+                    await engine.close()
+    return {"fake_first_chunk_s": FAKE_FIRST_CHUNK_S,
+            "fake_real_time_factor": FAKE_REAL_TIME_FACTOR, "engines": results}
 
 
 def main() -> None:
@@ -129,7 +173,18 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=20, help="end-to-end echo utterances")
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the 12 sentences")
     parser.add_argument("--recordings", type=Path, help="write tts_espeak.mp3 / tts_piper.mp3")
+    parser.add_argument("--cloning-only", action="store_true",
+                        help="only the voice-cloning engines against their fake servers")
     args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    if args.cloning_only:
+        cloning = asyncio.run(time_cloning_engines(args.rounds))
+        (RESULTS / "tts_cloning.json").write_text(json.dumps(cloning, indent=2))
+        for name, engine in cloning["engines"].items():
+            print(f"{name:<11} first audio p50 {engine['time_to_first_audio_ms']['p50']:6.1f} ms"
+                  f"  whole sentence p50 {engine['time_to_whole_sentence_ms']['p50']:6.1f} ms"
+                  f"  RTF p50 {engine['real_time_factor']['p50']:.3f}")
+        return
     result = asyncio.run(run(args.utterances, args.rounds, args.recordings))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "tts.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))

@@ -190,9 +190,10 @@ def gpt_sovits_app(fake: FakeVoice) -> web.Application:
         try:  # the reference is a file on *this* machine
             with open(ref, "rb") as file:
                 reference = file.read()
-        except OSError:
-            if ref not in fake.server_voices:
-                return _bad("tts failed", 400)
+        except OSError as exc:
+            if ref not in fake.server_voices:  # api_v2 quotes the exception, path and all
+                return web.json_response({"message": "tts failed", "Exception": str(exc)},
+                                         status=400)
             reference = None
         audio = cloned_audio(req["text"], GPT_SOVITS_RATE_HZ, reference)
         streaming = req.get("streaming_mode", False) not in (False, 0)

@@ -81,6 +81,7 @@ PATH_SUFFIXES = (
 QUERY_VALUES = ("", "²", "٣", "-1", "-0", "+1", " 1", "1 ", "0x10", "1e3", "9" * LONG_DIGITS,
                 "%00", "%ED%A0%80", "a" * 10000, "1&sessionid=2", "%ff")
 # The access layer's headers (orchestrator/access.py): origins, preflight asks, credentials.
+ALLOWED_ORIGIN = "http://allowed.example"  # what the fuzzed servers allow (--cors-origin)
 ORIGINS = ("null", "", "http://[", "http://[::1", "http://a]b", "*", "http://evil.example",
            "http://allowed.example", "http://allowed.example/", "HTTP://ALLOWED.EXAMPLE",
            "http://127.0.0.1", "http://127.0.0.1:1", "http://" + "a" * 5000, "file://",
@@ -277,7 +278,14 @@ def _sdp_garbage(rng, method, template, sessionids) -> HostileRequest:
 
 
 def _preflight(rng, method, template, sessionids) -> HostileRequest:
-    """A CORS preflight for the route, with hostile origin and asks."""
+    """A CORS preflight for the route, with hostile origin and asks; one in ten is the
+    well-formed preflight of an allowed page (so a run always sees the policy say yes too,
+    however many routes share the draws)."""
+    if rng.random() < 0.1:
+        headers = {"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": method,
+                   "Access-Control-Request-Headers": "authorization,content-type"}
+        return HostileRequest("OPTIONS", _fill(template, rng, sessionids), headers, b"",
+                              "hostile preflight")
     headers = {"Origin": rng.choice(ORIGINS)}
     asked_method = rng.choice(PREFLIGHT_METHODS)
     if asked_method is not None:

@@ -176,6 +176,21 @@ async def test_server_failures_are_tts_server_errors(fail, tmp_path):
             await engine.close()
 
 
+async def test_our_paths_never_reach_an_error_event(tmp_path):
+    register(tmp_path, "bob")
+    fake = FakeVoice()
+    async with run_fake_voice_server("gpt-sovits", fake) as url:
+        engine = await open_engine("gpt-sovits", url, tmp_path)
+        engine.ref_dir = str(tmp_path / "voices" / "gone")  # the server does not have it
+        try:
+            with pytest.raises(TTSServerError) as failure:
+                await collect(engine, "Hello.", Voice.named("bob"))
+        finally:
+            await engine.close()
+    assert str(tmp_path) in fake.requests[0]["ref_audio_path"]
+    assert str(tmp_path) not in str(failure.value)
+
+
 async def test_a_server_that_is_down(tmp_path):
     async with run_fake_voice_server("gpt-sovits", FakeVoice()) as url:
         pass  # the port is free again

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Mapping
 
 import numpy as np
 
-from ..voices import ReferenceVoice, VoiceStore
-from .base import TTSEngine, UnknownVoice, Voice, plausible_voice_name
+from ..voices import VOICES_DIR_NAME, ReferenceVoice, VoiceStore
+from .base import TTSEngine, TTSServerError, UnknownVoice, Voice, plausible_voice_name
 from .http_audio import MAX_RATE_HZ, MIN_RATE_HZ, HTTPVoiceServer, PCMDecoder, pcm_chunks
 
 
@@ -108,9 +108,19 @@ class HTTPCloningEngine(TTSEngine):
                 decoder.rate_hz = int(rate)
 
         chunks = self.server.stream(method, route, on_headers=headers_seen, **request)
-        async for chunk in pcm_chunks(chunks, decoder):
-            self._rate_hz = decoder.rate_hz  # before the chunk is used at that rate
-            yield chunk
+        try:
+            async for chunk in pcm_chunks(chunks, decoder):
+                self._rate_hz = decoder.rate_hz  # before the chunk is used at that rate
+                yield chunk
+        except TTSServerError as exc:  # a server may quote our paths back: never shown
+            message = str(exc)
+            for path in self.private_paths():
+                message = message.replace(path, VOICES_DIR_NAME)
+            raise type(exc)(message) from None
+
+    def private_paths(self) -> list[str]:
+        """Directories of ours a server's error message must not carry to an event."""
+        return [str(self.voices.dir.resolve()), str(self.voices.dir)]
 
     async def close(self) -> None:
         await self.server.close()

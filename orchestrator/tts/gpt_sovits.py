@@ -41,6 +41,9 @@ class GPTSoVITSEngine(HTTPCloningEngine):
         # data/voices/ as the GPT-SoVITS server sees it (default: ours, same machine)
         self.ref_dir = ref_dir or str(voices.dir.resolve())
 
+    def private_paths(self) -> list[str]:
+        return [self.ref_dir, *super().private_paths()]
+
     def request(self, text: str, voice: Voice) -> dict:
         clip, prompt_text = self.reference(voice)
         name = self._name(voice)
