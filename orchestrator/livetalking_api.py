@@ -182,21 +182,23 @@ async def create_avatar_task(request: web.Request) -> web.Response:
     return ok({"task_id": job.id})
 
 
+# GET and DELETE of one path stay adjacent: aiohttp then keeps them on one resource, which
+# the CORS preflight needs.
 @routes.get("/api/avatar/task/{task_id}")
 async def avatar_task(request: web.Request) -> web.Response:
     return ok(describe_task(request.app[AVATAR_JOBS_KEY].get(request.match_info["task_id"])))
-
-
-@routes.get("/api/avatar/tasks")
-async def avatar_tasks(request: web.Request) -> web.Response:
-    jobs = request.app[AVATAR_JOBS_KEY].all()
-    return ok({"tasks": [describe_task(job) for job in reversed(jobs)]})  # newest first
 
 
 @routes.delete("/api/avatar/task/{task_id}")
 async def delete_avatar_task(request: web.Request) -> web.Response:
     request.app[AVATAR_JOBS_KEY].cancel(request.match_info["task_id"])
     return ok({"msg": "Task deleted"})
+
+
+@routes.get("/api/avatar/tasks")
+async def avatar_tasks(request: web.Request) -> web.Response:
+    jobs = request.app[AVATAR_JOBS_KEY].all()
+    return ok({"tasks": [describe_task(job) for job in reversed(jobs)]})  # newest first
 
 
 @routes.get("/api/asr")
