@@ -10,8 +10,9 @@
   /api/avatar/task` (multipart: `model`, `avatar_id`, `video_file`, optional `task_id`; the
   face-detection tuning fields are accepted and ignored: our builder tracks the face itself),
   `GET /api/avatar/task/{task_id}`, `GET /api/avatar/tasks`, `DELETE /api/avatar/task/{task_id}`.
-- `/api/asr`: voice input is not configured yet (issue 13): a plain request gets 501 JSON, a
-  WebSocket gets one JSON message saying so and is closed.
+- `/api/asr`: voice input is not configured yet (issue 13): a plain request gets 404 JSON (not a
+  5xx: nothing failed, the service is not there), a WebSocket gets one JSON message saying so
+  and is closed.
 
 All of these are control routes: they need the token when one is set.
 """
@@ -205,10 +206,10 @@ async def avatar_tasks(request: web.Request) -> web.Response:
 async def asr(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse()
     if not ws.can_prepare(request).ok:
-        raise ApiError(501, ASR_NOT_CONFIGURED)
+        raise ApiError.not_found(ASR_NOT_CONFIGURED)
     await ws.prepare(request)
     # Shaped like an ASR result too, so a FunASR-style page shows an empty, final text.
-    await ws.send_json({"code": 501, "msg": ASR_NOT_CONFIGURED, "text": "", "is_final": True,
+    await ws.send_json({"code": 404, "msg": ASR_NOT_CONFIGURED, "text": "", "is_final": True,
                         "mode": "not-configured", "timestamp": None})
     await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"asr not configured")
     return ws
