@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ from .speech import (
 from .speech_pipeline import SpeechPipeline
 from .stage import Stage
 from .tracks import audio_track, video_track
-from .triton_clients import TTSClient
+from .triton_clients import NO_TTS_OPTIONS, TTSClient, TTSOptions
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Session:
         on_closed: Callable[[int], None] | None = None,
     ) -> None:
         self.sessionid = sessionid
+        self.created = time.time()  # wall clock: `since` in /api/admin/sessions
         self.chat = chat
         self.pc = pc
         self.members = members
@@ -147,19 +149,20 @@ class Session:
                          self.voice_for(avatarid, voice), self.member(avatarid).avatar, **what)
 
     def say(self, text: str, voice: str = "", audio: np.ndarray | None = None,
-            avatarid: str = MAIN) -> Utterance:
+            avatarid: str = MAIN, tts: TTSOptions = NO_TTS_OPTIONS) -> Utterance:
         """Queue speech: text for TTS, or ready 16 kHz audio (then `text` only labels it)."""
         self.admit(audio.size / AUDIO_SAMPLE_RATE_HZ if audio is not None
                    else estimated_speech_seconds(text))
-        utterance = self._utterance(text, voice, avatarid, audio=audio)
+        utterance = self._utterance(text, voice, avatarid, audio=audio, tts=tts)
         self.pipeline.say(utterance)
         return utterance
 
-    def ask(self, question: str, voice: str = "", avatarid: str = MAIN) -> Utterance:
+    def ask(self, question: str, voice: str = "", avatarid: str = MAIN,
+            tts: TTSOptions = NO_TTS_OPTIONS) -> Utterance:
         """Queue a chat answer: spoken sentence by sentence as the chat agent produces it."""
         self.admit(CHAT_ANSWER_ESTIMATE_S)  # before the answer (an LLM stream) exists
         utterance = self._utterance(question, voice, avatarid, source=self.chat.answer(question),
-                                    kind="chat")
+                                    kind="chat", tts=tts)
         self.events.emit("question", utterance_id=utterance.id, text=question)
         self.pipeline.say(utterance)
         return utterance

@@ -12,6 +12,7 @@ import numpy as np
 
 from .avatar import Avatar
 from .media_clock import AUDIO_SAMPLE_RATE_HZ
+from .triton_clients import NO_TTS_OPTIONS, TTSOptions
 
 # A clause longer than this is cut at a comma so the first audio comes sooner.
 MAX_CLAUSE_CHARS = 60
@@ -49,6 +50,7 @@ class Utterance:
     audio: np.ndarray | None = None
     source: AsyncIterator[str] | None = None
     kind: str = "echo"
+    tts: TTSOptions = NO_TTS_OPTIONS  # engine settings for this utterance (`/human` `tts`)
 
     @property
     def estimated_seconds(self) -> float:

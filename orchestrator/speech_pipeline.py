@@ -224,12 +224,12 @@ class SpeechPipeline:
             return
         if utterance.source is None:
             for text in split_sentences(utterance.text):
-                yield text, (await self._tts.synthesize(text, utterance.voice)).audio
+                yield text, (await self._tts.synthesize(text, utterance.voice, utterance.tts)).audio
             return
         # A streamed answer: closing it (interrupt, failure) closes the LLM stream behind it.
         async with contextlib.aclosing(utterance.source) as sentences:
             async for text in sentences:
-                yield text, (await self._tts.synthesize(text, utterance.voice)).audio
+                yield text, (await self._tts.synthesize(text, utterance.voice, utterance.tts)).audio
 
     async def _lipsync_sentence(self, sentence: SentenceAudio) -> None:
         total = len(sentence.windows)

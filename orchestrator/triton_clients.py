@@ -68,6 +68,23 @@ class UnknownVoice(LookupError):
 
 
 @dataclass(frozen=True)
+class TTSOptions:
+    """Per-utterance engine settings: `/human`'s `tts` object besides `ref_file` (the voice).
+    `ref_text` is a voice-cloning engine's transcript; `extra` holds every other key as sent
+    (`voice`, `emotion`, `speed`…, LiveTalking's pass-through). An engine reads the keys it
+    understands and ignores the rest (README, "TTS options per engine")."""
+
+    ref_text: str = ""
+    extra: tuple[tuple[str, object], ...] = ()
+
+    def get(self, key: str, default: object = None) -> object:
+        return dict(self.extra).get(key, default)
+
+
+NO_TTS_OPTIONS = TTSOptions()
+
+
+@dataclass(frozen=True)
 class SpeechAudio:
     audio: np.ndarray  # float32 mono, 16 kHz
     phonemes: list[str]  # eSpeak mnemonics; pauses start with "_"
@@ -185,14 +202,21 @@ class TritonModelClient(TritonServerClient):
 
 
 class TTSClient(TritonModelClient):
-    """Text to speech with phoneme and word timings (`tts_espeak`'s signature)."""
+    """Text to speech with phoneme and word timings (`tts_espeak`'s signature). eSpeak takes
+    its voice from `voice` and understands no TTSOptions: `ref_text` and every extra key are
+    ignored (logged once per key)."""
+
+    OPTIONS: frozenset[str] = frozenset()  # the extra keys this engine understands
 
     def __init__(self, url: str, model: str = TTS_MODEL,
                  timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         super().__init__(url, model, timeout_s)
+        self._ignored_logged: set[str] = set()
 
-    async def synthesize(self, text: str, voice: str) -> SpeechAudio:
+    async def synthesize(self, text: str, voice: str,
+                         options: TTSOptions = NO_TTS_OPTIONS) -> SpeechAudio:
         """Raises UnknownVoice when the model does not have `voice` ("" = pick by language)."""
+        self._note_ignored(options)
         try:
             result = await self._client.infer(
                 self.model, [_bytes_input("text", text), _bytes_input("voice", voice)],
@@ -210,6 +234,14 @@ class TTSClient(TritonModelClient):
             words=_strings(result.as_numpy("words")),
             word_times=_times(result.as_numpy("word_times")),
         )
+
+    def _note_ignored(self, options: TTSOptions) -> None:
+        ignored = {key for key, _ in options.extra if key not in self.OPTIONS}
+        new = ignored - self._ignored_logged
+        if new:
+            self._ignored_logged |= new
+            log.info("tts %s: ignoring option(s) it does not understand: %s", self.model,
+                     ", ".join(sorted(k[:40] for k in new)))
 
 
 class LipSyncClient(TritonModelClient):

@@ -277,7 +277,12 @@ def _sdp_garbage(rng, method, template, sessionids) -> HostileRequest:
 
 
 def _preflight(rng, method, template, sessionids) -> HostileRequest:
-    """A CORS preflight for the route, with hostile origin and asks."""
+    """A CORS preflight for the route, with hostile origin and asks; one in four a proper one
+    from the allowed origin for the route's own method (among the storm it must still pass)."""
+    if rng.random() < 0.25:
+        return HostileRequest("OPTIONS", _fill(template, rng, sessionids),
+                              {"Origin": "http://allowed.example",
+                               "Access-Control-Request-Method": method}, b"", "hostile preflight")
     headers = {"Origin": rng.choice(ORIGINS)}
     asked_method = rng.choice(PREFLIGHT_METHODS)
     if asked_method is not None:

@@ -235,7 +235,7 @@ async def test_clip_arrives_at_the_peer_and_speech_interrupts_it(clip_server):
         assert after and -1 not in after, "the clip resumes after speech"
 
         for body, status, named in [({"audiotype": 9, "reinit": True}, 404, "audiotype 9"),
-                                    ({"audiotype": 2}, 400, "reinit"),
+                                    ({"audiotype": 2, "reinit": "yes"}, 400, "reinit"),
                                     ({"audiotype": "2", "reinit": True}, 400, "audiotype")]:
             got, answer = await client.post("/set_audiotype", **body)
             assert got == status and named in answer["msg"], answer
