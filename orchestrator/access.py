@@ -23,6 +23,7 @@ import aiohttp_cors
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .pages import CLIENT_PATH, WEB_DIR_CANONICAL
 from .session_registry import current_client
 from .settings import Settings
 
@@ -32,9 +33,9 @@ SERVER_HEADER = "livehuman"  # no framework or version: nothing to look up vulne
 TOKEN_QUERY = "token"
 JSON_CONTENT_TYPE = "application/json"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Served without the token: the page and its files (api.static_file) must load to ask for it,
-# and hold no secret.
-PAGE_PATHS = frozenset({"/", "/static/{name}"})
+# Served without the token: the pages and their files (orchestrator/pages.py) must load to ask
+# for it (or to call the API with it), and hold no secret.
+PAGE_PATHS = frozenset({"/", "/static/{name}", CLIENT_PATH, WEB_DIR_CANONICAL})
 MONITORING_PATHS = frozenset({"/healthz", "/metrics"})
 
 
@@ -112,7 +113,9 @@ def middlewares(settings: Settings) -> list:
 
     @web.middleware
     async def cross_site_guard(request: web.Request, handler) -> web.StreamResponse:
-        if request.method not in UNSAFE_METHODS:
+        # DELETE (like PUT and PATCH) is never a "simple" request: a browser sends it cross-site
+        # only after a preflight the CORS policy decides, whatever its body.
+        if request.method not in UNSAFE_METHODS or request.method == "DELETE":
             return await handler(request)
         if request.content_type.startswith("multipart/"):
             origin = request.headers.get("Origin")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-from pathlib import Path
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -19,9 +17,10 @@ from .recorder import EmptyRecording
 from .roster import MAIN
 from .services import SERVICES_KEY, Services
 from .session import Session, SessionLimits, SessionOptions
+from .session_lookup import find_session, json_session, parse_sessionid, query_session
 from .speech import MAX_TEXT_CHARS, has_speakable
 from .tts import Voice
-from .validation import FormReader, choice, field, json_config, parse_id, read_json_object
+from .validation import FormReader, choice, field, json_config, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +35,6 @@ def ok(data=None) -> web.Response:
 
 def services_of(request: web.Request) -> Services:
     return request.app[SERVICES_KEY]
-
-
-STATIC_DIR = Path(__file__).parent / "static"
-
-
-@routes.get("/")
-async def index(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC_DIR / "index.html")
-
-
-# The web client's files: one flat folder, names checked before any file system call (aiohttp's
-# static handler lets OSError, e.g. a 5,000-character name, through as a 500).
-STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
-
-
-@routes.get("/static/{name}")
-async def static_file(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
-    if not STATIC_NAME.fullmatch(name) or not (STATIC_DIR / name).is_file():
-        raise ApiError.not_found(f"no static file {name[:80]!r}")
-    return web.FileResponse(STATIC_DIR / name)
 
 
 @routes.post("/offer")
@@ -156,8 +134,7 @@ async def _negotiate(session: Session, sdp: str) -> str:
 async def human(request: web.Request) -> web.Response:
     services = services_of(request)
     services.require_triton()
-    body = await read_json_object(request)
-    session = services.registry.get(field(body, "sessionid", int))
+    body, session = await json_session(request)
     kind = choice(body, "type", ("echo", "chat"))
     text = field(body, "text", str)
     if not text.strip():
@@ -171,9 +148,8 @@ async def human(request: web.Request) -> web.Response:
     avatarid = field(body, "avatarid", str, MAIN)
     session.member(avatarid)  # an unknown avatarid is the first thing to say
     tts = field(body, "tts", dict, {})
-    others = {k: v for k, v in tts.items() if k not in ("ref_file", "ref_text")}
     voice = session.voice_for(avatarid, field(tts, "ref_file", str, ""),
-                              field(tts, "ref_text", str, ""), others)
+                              field(tts, "ref_text", str, ""), tts_options(tts))
     await services.check_voice(voice, "tts.ref_file")
     if interrupt:
         await session.interrupt()
@@ -182,31 +158,41 @@ async def human(request: web.Request) -> web.Response:
     return ok({"utterance_id": utterance.id})
 
 
+def tts_options(tts: dict) -> dict[str, object]:
+    """`/human`'s `tts` object besides `ref_file` (the voice) and `ref_text` (its transcript):
+    every other key (`voice`, `emotion`, `speed`…, LiveTalking's pass-through) becomes
+    `Voice.options`; an engine takes the keys it understands and the rest are ignored (logged
+    once per engine and key). Values are JSON scalars."""
+    options = {}
+    for key, value in tts.items():
+        if key in ("ref_file", "ref_text"):
+            continue
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ApiError.bad_request(f"field 'tts.{key[:40]}' must be a string, number or "
+                                       "boolean")
+        options[key] = value
+    return options
+
+
 @routes.post("/set_audiotype")
 async def set_audiotype(request: web.Request) -> web.Response:
-    services = services_of(request)
-    body = await read_json_object(request)
-    session = services.registry.get(field(body, "sessionid", int))
+    body, session = await json_session(request)
     audiotype = field(body, "audiotype", int)
-    reinit = field(body, "reinit", bool)
+    reinit = field(body, "reinit", bool, True)  # LiveTalking's pages omit it
     session.set_audiotype(audiotype, reinit)
     return ok()
 
 
 @routes.post("/interrupt_talk")
 async def interrupt_talk(request: web.Request) -> web.Response:
-    services = services_of(request)
-    body = await read_json_object(request)
-    session = services.registry.get(field(body, "sessionid", int))
+    _, session = await json_session(request)
     await session.interrupt()
     return ok()
 
 
 @routes.post("/is_speaking")
 async def is_speaking(request: web.Request) -> web.Response:
-    services = services_of(request)
-    body = await read_json_object(request)
-    session = services.registry.get(field(body, "sessionid", int))
+    _, session = await json_session(request)
     return ok(session.speaking)
 
 
@@ -234,8 +220,7 @@ async def metrics(request: web.Request) -> web.Response:
 @routes.post("/record")
 async def record(request: web.Request) -> web.Response:
     services = services_of(request)
-    body = await read_json_object(request)
-    session = services.registry.get(field(body, "sessionid", int))
+    body, session = await json_session(request)
     action = choice(body, "type", ("start_record", "end_record"))
     if action == "start_record":
         if session.recording:
@@ -255,16 +240,16 @@ async def record(request: web.Request) -> web.Response:
 @routes.get("/record/{sessionid}")
 async def download_record(request: web.Request) -> web.StreamResponse:
     services = services_of(request)
-    path = services.recordings.file_for(parse_id(request.match_info["sessionid"],
-                                                 "sessionid in the path"))
+    sessionid = parse_sessionid(request.match_info["sessionid"], "sessionid in the path")
+    if not isinstance(sessionid, int):  # a recording may outlive its session: no live lookup
+        raise ApiError.not_found(f"no recording for sessionid {sessionid[:40]!r}")
+    path = services.recordings.file_for(sessionid)
     return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
 
 
 @routes.get("/sse")
 async def sse(request: web.Request) -> web.StreamResponse:
-    services = services_of(request)
-    session = services.registry.get(parse_id(request.query.get("sessionid", ""),
-                                             "query parameter 'sessionid'"))
+    session = query_session(request)
     events = session.events.subscribe()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -320,7 +305,8 @@ async def humanaudio(request: web.Request) -> web.Response:
             form[part.name] = await reader.text(part, 1024)
         else:
             await reader.skip(part)
-    session = services.registry.get(parse_id(form.get("sessionid", "").strip(), "field 'sessionid'"))
+    session = find_session(services, form.get("sessionid", "").strip() if "sessionid" in form
+                           else None)
     if data is None:
         raise ApiError.bad_request("missing field 'file'")
     interrupt = form.get("interrupt", "false").strip().lower()

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from . import access, api, avatar_api, voice_api
+from . import access, api, avatar_api, livetalking_api, pages, voice_api
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
 from .rate_limited_log import RateLimitedLog
@@ -63,6 +63,12 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.add_routes(api.routes)
     app.add_routes(avatar_api.routes)
     app.add_routes(voice_api.routes)
+    app.add_routes(livetalking_api.routes)
+    page_routes = web.RouteTableDef()
+    pages.client_routes(page_routes, settings.web_dir)
+    app.add_routes(page_routes)
+    if settings.web_dir is not None:
+        pages.WebDir(settings.web_dir).add_routes(app)  # last: the API's paths win
     access.install(app, settings)  # after the last route: CORS covers every one
 
     async def lifetime(app: web.Application):

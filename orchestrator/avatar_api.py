@@ -45,7 +45,7 @@ async def create_avatar(request: web.Request) -> web.Response:
                 # Only recorded in the manifest: control characters and the like dropped.
                 filename = "".join(c for c in (part.filename or "")[:200] if c.isprintable())
                 upload = jobs.new_upload()
-                await _save_limited(reader, part, upload, jobs.max_upload_bytes)
+                await save_limited(reader, part, upload, jobs.max_upload_bytes)
             elif part.name == "id":
                 avatar_id = await reader.text(part, MAX_FIELD_BYTES)
                 jobs.admit(avatar_id)  # before a large file that follows is read
@@ -83,7 +83,7 @@ async def avatar_job(request: web.Request) -> web.Response:
     return ok(request.app[AVATAR_JOBS_KEY].get(request.match_info["job"]).describe())
 
 
-async def _save_limited(reader: FormReader, part: BodyPartReader, path: Path, limit: int) -> None:
+async def save_limited(reader: FormReader, part: BodyPartReader, path: Path, limit: int) -> None:
     """Stream a part to disk (uploads may be far larger than the app's body limit); 413 past
     `limit`. Writes go to a thread: a slow disk must not stall the streams."""
     loop = asyncio.get_running_loop()

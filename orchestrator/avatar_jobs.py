@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -36,6 +37,7 @@ MAX_PENDING_JOBS = 8  # queued or running: each holds an upload on disk
 KEEP_FINISHED_JOBS = 100  # for GET /avatars/{job}; older finished jobs are forgotten
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 IMAGE_LOOP_SECONDS = 4.0
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class JobState(str, Enum):
@@ -60,7 +62,9 @@ class AvatarJob:
     progress: float = 0.0
     error: str | None = None
     created: float = field(default_factory=time.time)
+    ended: float | None = None
     cancelled: bool = False
+    model: str = ""  # as LiveTalking's avatar-task API named it (recorded, not used)
 
     @property
     def pending(self) -> bool:
@@ -124,10 +128,14 @@ class AvatarJobs:
         if len(self.pending()) >= MAX_PENDING_JOBS:
             raise ApiError(503, f"{MAX_PENDING_JOBS} avatar builds are waiting: try again later")
 
-    def submit(self, avatar_id: str, upload: Path, kind: str, source: str) -> AvatarJob:
-        """Queue a build; the job owns `upload` from here on (deleted when the job ends)."""
+    def submit(self, avatar_id: str, upload: Path, kind: str, source: str, *,
+               job_id: str | None = None, model: str = "") -> AvatarJob:
+        """Queue a build; the job owns `upload` from here on (deleted when the job ends).
+        `job_id` (checked by `check_job_id`) replaces the random id."""
         self.admit(avatar_id)
-        job = AvatarJob(secrets.token_hex(8), avatar_id, kind, source)
+        if job_id is not None:
+            self.check_job_id(job_id)
+        job = AvatarJob(job_id or secrets.token_hex(8), avatar_id, kind, source, model=model)
         self._jobs[job.id] = job
         task = asyncio.create_task(self._run(job, upload), name=f"avatar-job-{job.id}")
         self._tasks.add(task)
@@ -142,6 +150,30 @@ class AvatarJobs:
 
     def pending(self) -> list[AvatarJob]:
         return [job for job in self._jobs.values() if job.pending]
+
+    def all(self) -> list[AvatarJob]:
+        """Every job still remembered, oldest first."""
+        return list(self._jobs.values())
+
+    def check_job_id(self, job_id: str, field_name: str = "task_id") -> None:
+        """400 for an id that is not a plain name, 409 for one in use."""
+        if not JOB_ID.fullmatch(job_id):
+            raise ApiError.bad_request(f"field '{field_name}' must be 1-64 letters, digits, '_' "
+                                       "or '-'")
+        if job_id in self._jobs:
+            raise ApiError(409, f"field '{field_name}': job '{job_id}' exists")
+
+    def cancel(self, job_id: str) -> AvatarJob:
+        """Forget a queued job: it never builds (its upload is deleted when its turn comes).
+        409 once it runs or has ended: a build is not stopped halfway."""
+        job = self.get(job_id)
+        if job.state is not JobState.QUEUED:
+            raise ApiError(409, f"job '{job_id}' is {job.state.value}: only a queued job can be "
+                           "deleted")
+        job.cancelled = True
+        del self._jobs[job_id]
+        log.info("avatar job %s: deleted while queued", job_id)
+        return job
 
     async def close(self) -> None:
         """Stop: queued jobs never start, a running build stops at its next frame."""
@@ -167,6 +199,7 @@ class AvatarJobs:
             job.error, job.state = "internal error while building (see the server log)", JobState.FAILED
             log.exception("avatar job %s: internal error", job.id)
         finally:
+            job.ended = time.time()
             upload.unlink(missing_ok=True)
             self._forget_finished()
 
@@ -174,7 +207,7 @@ class AvatarJobs:
         """In the worker thread."""
         def progress(done: int, total: int) -> None:
             if job.cancelled:
-                raise BuildCancelled("cancelled: the server is shutting down")
+                raise BuildCancelled("cancelled (deleted, or the server is shutting down)")
             job.progress = done / total
 
         progress(0, 1)  # a job cancelled while queued never starts

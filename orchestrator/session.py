@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,6 +108,7 @@ class Session:
         on_closed: Callable[[int], None] | None = None,
     ) -> None:
         self.sessionid = sessionid
+        self.created = time.time()  # wall clock: `since` in /api/admin/sessions
         self.chat = chat
         self.pc = pc
         self.members = members

@@ -31,8 +31,9 @@ current_client: ContextVar[str] = ContextVar("current_client", default="")
 class UnknownSession(ApiError):
     """404: no live session has this id."""
 
-    def __init__(self, sessionid: int) -> None:
-        super().__init__(404, f"unknown sessionid {sessionid}")
+    def __init__(self, sessionid: int | str) -> None:
+        shown = sessionid if isinstance(sessionid, int) else repr(sessionid[:40])
+        super().__init__(404, f"unknown sessionid {shown}")
 
 
 class MissLimiter:
@@ -102,11 +103,12 @@ class SessionRegistry:
         self._reserved.discard(session.sessionid)
         self._sessions[session.sessionid] = session
 
-    def get(self, sessionid: int) -> Session:
+    def get(self, sessionid: int | str) -> Session:
         """The live session; 404 when unknown (counted against the client), 429 when its client
-        has failed too many lookups and did not open this session itself."""
+        has failed too many lookups and did not open this session itself. A text is an id that
+        held no integer: always unknown."""
         client = current_client.get()
-        session = self._sessions.get(sessionid)
+        session = self._sessions.get(sessionid) if isinstance(sessionid, int) else None
         live = session is not None and not session.closed
         if live and self._opened_by.get(sessionid) == client:
             return session

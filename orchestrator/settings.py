@@ -81,6 +81,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     protect_metrics: bool = False
     max_session_misses: int = DEFAULT_MAX_SESSION_MISSES
+    # A folder of static pages served at / (e.g. LiveTalking's web/); None: our client at /.
+    web_dir: Path | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -112,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                      default=DEFAULT_BODY_READ_TIMEOUT_S,
                      help="seconds a request body (or each read of an upload) may take to arrive "
                      f"before the request is answered 408 (default {DEFAULT_BODY_READ_TIMEOUT_S:g})")
+    net.add_argument("--web-dir", type=Path, default=None,
+                     help="serve this folder of static pages at / (its index.html at /), same "
+                     "origin as the API, e.g. LiveTalking's web/ folder; our own client moves to "
+                     "/client/. Default: our client at /")
     tr = p.add_argument_group("Triton")
     tr.add_argument("--triton-url", default=os.environ.get("TRITON_URL"),
                     help="gRPC host:port of a running Triton server (e.g. the official container). "
@@ -229,6 +235,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     if args.max_queued_utterances < 1 or args.max_queued_speech_s <= 0:
         raise SystemExit("--max-queued-utterances and --max-queued-speech must be positive")
     data_dir = args.data_dir.resolve()
+    if args.web_dir is not None and not args.web_dir.is_dir():
+        raise SystemExit(f"--web-dir {args.web_dir}: not a directory")
     return Settings(
         host=args.host,
         port=args.port,
@@ -272,4 +280,5 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         cors_origins=tuple(args.cors_origins),
         protect_metrics=args.protect_metrics,
         max_session_misses=args.max_session_misses,
+        web_dir=args.web_dir.resolve() if args.web_dir is not None else None,
     )

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import threadpoolctl
 import tritonclient.grpc.aio as grpcclient
 
 from .triton_clients import new_client
@@ -127,6 +128,17 @@ def _reap_leftovers(pgid: int) -> None:
                 with contextlib.suppress(OSError):
                     (SHM_DIR / name).unlink()
         log.info("killed pid=%s left behind by tritonserver pid=%s", pid, pgid)
+
+
+def single_threaded_blas() -> None:
+    """Limit this process's BLAS (numpy's OpenBLAS) to one thread, before forking a server.
+
+    OpenBLAS's fork handler waits for its worker threads: a fork while another thread is inside
+    a multi-threaded BLAS call (a session's mel features in an executor) hangs the whole process
+    for ever, which a Triton restart under live sessions did. Our matrices are small (mel basis
+    80 x 513 times a sentence's frames): one thread costs nothing. Process-wide and idempotent.
+    """
+    threadpoolctl.threadpool_limits(1, user_api="blas")
 
 
 def server_environment(server_dir: Path) -> dict[str, str]:
@@ -281,6 +293,7 @@ class EmbeddedTriton:
                           append_log: bool = False) -> bool:
         """True when ready; False when the ports were taken (and `last` is False)."""
         self.log_path = self._workdir / "tritonserver.log"
+        single_threaded_blas()  # a fork under concurrent BLAS work would hang this process
         with open(self.log_path, "ab" if append_log else "wb") as log_file:
             self._proc = await asyncio.create_subprocess_exec(
                 *self._args(server_dir, backends),

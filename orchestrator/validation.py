@@ -6,7 +6,7 @@ One place for each kind of hostile input, so a handler cannot forget it:
   deep, holds an integer too long to convert or names an unknown charset is a 400;
 - no string anywhere in a JSON body may hold NUL or a lone surrogate (they break paths, logs
   and the UTF-8 SSE stream): 400 naming the field;
-- ids from JSON, forms, queries and paths go through one integer rule (`parse_id`, `field`);
+- session ids from JSON, forms, queries and paths go through one rule (session_lookup.py);
 - a malformed multipart body (no or wrong boundary, truncated, stalled) is a 400 or 408; one
   with more than MAX_FORM_FIELDS parts, or larger than its route's file limit plus
   FORM_OVERHEAD_BYTES (declared or as read), a 413 (`FormReader`, the one multipart reader).
@@ -39,7 +39,6 @@ warnings.filterwarnings("ignore", category=BadContentDispositionHeader)
 BODY_READ_TIMEOUT_KEY = web.AppKey("body_read_timeout_s", float)
 MAX_ID_DIGITS = 18  # ids stay below 2**63
 MAX_JSON_INT = 2**63  # |integer fields| must be below this
-_ID = re.compile(rf"[0-9]{{1,{MAX_ID_DIGITS}}}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _MISSING = object()
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", dict: "an object"}
@@ -113,15 +112,6 @@ def _check_text(text: str, where: str) -> None:
         raise ApiError.bad_request(f"field '{where}' contains a lone surrogate (not valid Unicode)")
 
 
-def parse_id(raw: str, name: str) -> int:
-    """A non-negative integer id from text (form field, query, path): ASCII digits only, at most
-    MAX_ID_DIGITS ('²' passes str.isdigit but is no number)."""
-    if not _ID.fullmatch(raw):
-        raise ApiError.bad_request(f"{name} must be a non-negative integer of at most "
-                                   f"{MAX_ID_DIGITS} digits")
-    return int(raw)
-
-
 def field(body: dict[str, Any], name: str, kind: type, default: Any = _MISSING) -> Any:
     """The value of `name`, checked to be of `kind`; required when no default is given."""
     value = body.get(name, _MISSING)
@@ -173,8 +163,10 @@ class FormReader:
     length before anything is parsed, and on the bytes read when no length is declared
     (chunked), so a body of many small fields is never parsed at length."""
 
-    def __init__(self, request: web.Request, file_limit: int) -> None:
+    def __init__(self, request: web.Request, file_limit: int,
+                 max_fields: int = MAX_FORM_FIELDS) -> None:
         self._request = request
+        self.max_fields = max_fields
         self.file_limit = file_limit
         self.max_bytes = file_limit + FORM_OVERHEAD_BYTES
         self._read_bytes = 0  # the parts' contents so far, over all parts
@@ -200,8 +192,8 @@ class FormReader:
             if part is None:
                 return
             count += 1
-            if count > MAX_FORM_FIELDS:
-                raise ApiError(413, f"multipart body has more than {MAX_FORM_FIELDS} fields")
+            if count > self.max_fields:
+                raise ApiError(413, f"multipart body has more than {self.max_fields} fields")
             if not isinstance(part, BodyPartReader):
                 raise ApiError.bad_request("nested multipart bodies are not supported")
             yield part

@@ -278,10 +278,10 @@ def _sdp_garbage(rng, method, template, sessionids) -> HostileRequest:
 
 
 def _preflight(rng, method, template, sessionids) -> HostileRequest:
-    """A CORS preflight for the route, with hostile origin and asks; one in ten is the
-    well-formed preflight of an allowed page (so a run always sees the policy say yes too,
-    however many routes share the draws)."""
-    if rng.random() < 0.1:
+    """A CORS preflight for the route, with hostile origin and asks; one in four is the
+    well-formed preflight of an allowed page for the route's own method (among the storm it must
+    still pass, and a run always sees the policy say yes, however many routes share the draws)."""
+    if rng.random() < 0.25:
         headers = {"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": method,
                    "Access-Control-Request-Headers": "authorization,content-type"}
         return HostileRequest("OPTIONS", _fill(template, rng, sessionids), headers, b"",

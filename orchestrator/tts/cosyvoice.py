@@ -28,6 +28,7 @@ OPTIONS = {"instruct_text": str}
 
 class CosyVoiceEngine(HTTPCloningEngine):
     name = "cosyvoice"
+    understood_options = frozenset(OPTIONS)
 
     async def _audio(self, text: str, voice: Voice) -> AsyncIterator[np.ndarray]:
         clip, prompt_text = self.reference(voice)

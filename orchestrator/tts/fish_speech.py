@@ -28,6 +28,7 @@ OPTIONS = {"chunk_length": int, "seed": int, "normalize": bool, "max_new_tokens"
 
 class FishSpeechEngine(HTTPCloningEngine):
     name = "fishtts"
+    understood_options = frozenset(OPTIONS)
     needs_voice = False  # it has a voice of its own
 
     async def request(self, text: str, voice: Voice) -> dict:

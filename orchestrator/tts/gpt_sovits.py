@@ -34,6 +34,7 @@ OPTIONS = {"text_lang": str, "prompt_lang": str, "top_k": int, "top_p": NUMBER,
 
 class GPTSoVITSEngine(HTTPCloningEngine):
     name = "gpt-sovits"
+    understood_options = frozenset(OPTIONS) | {"speed"}
 
     def __init__(self, server: HTTPVoiceServer, voices: VoiceStore, sample_rate_hz: int,
                  default_voice: str = "", ref_dir: str = "") -> None:

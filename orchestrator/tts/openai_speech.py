@@ -27,6 +27,7 @@ FORMATS = ("pcm", "wav")
 
 class OpenAISpeechEngine(HTTPCloningEngine):
     name = "openai"
+    understood_options = frozenset(OPTIONS)
     needs_voice = False  # --tts-voice is the default
 
     def __init__(self, server: HTTPVoiceServer, voices: VoiceStore, sample_rate_hz: int,

@@ -23,6 +23,7 @@ class TTSRouter:
             raise ValueError("at least one TTS engine is needed")
         self.engines = engines
         self._owners: dict[str, TTSEngine] = {}
+        self._ignored_logged: set[tuple[str, str]] = set()  # (engine, option key)
 
     @property
     def default(self) -> TTSEngine:
@@ -54,6 +55,11 @@ class TTSRouter:
 
     async def route(self, text: str, voice: Voice) -> tuple[TTSEngine, Voice]:
         """The engine and voice that say `text`."""
+        engine, voice = await self._route(text, voice)
+        self._note_ignored(engine, voice)
+        return engine, voice
+
+    async def _route(self, text: str, voice: Voice) -> tuple[TTSEngine, Voice]:
         if voice.auto:
             for engine in self.engines:
                 if engine.speaks(text, voice):
@@ -63,6 +69,16 @@ class TTSRouter:
         if engine.speaks(text, voice):
             return engine, voice
         return self.fallback, Voice(ref_text=voice.ref_text, options=voice.options)
+
+    def _note_ignored(self, engine: TTSEngine, voice: Voice) -> None:
+        """`tts` keys the engine does not read (LiveTalking's `voice`, `emotion`…): logged once
+        per engine and key, never an error."""
+        new = {(engine.name, key) for key in voice.options
+               if key not in engine.understood_options} - self._ignored_logged
+        if new:
+            self._ignored_logged |= new
+            log.info("tts %s: ignoring option(s) it does not understand: %s", engine.name,
+                     ", ".join(sorted(key[:40] for _, key in new)))
 
     async def close(self) -> None:
         await asyncio.gather(*(e.close() for e in self.engines), return_exceptions=True)
