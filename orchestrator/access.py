@@ -35,7 +35,8 @@ JSON_CONTENT_TYPE = "application/json"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Served without the token: the pages and their files (orchestrator/pages.py) must load to ask
 # for it (or to call the API with it), and hold no secret.
-PAGE_PATHS = frozenset({"/", "/static/{name}", CLIENT_PATH, WEB_DIR_CANONICAL})
+PAGE_PATHS = frozenset({"/", "/static/{name}", CLIENT_PATH, CLIENT_PATH.rstrip("/"),
+                        WEB_DIR_CANONICAL})
 MONITORING_PATHS = frozenset({"/healthz", "/metrics"})
 
 

@@ -180,7 +180,8 @@ async def _main(base_url: str, say: str | None, seconds: float, token: str | Non
         print(json.dumps({"sessionid": client.sessionid}), flush=True)
         started = time.monotonic()
         if say:
-            await client.post("/human", type="echo", text=say)
+            status, answer = await client.post("/human", type="echo", text=say)
+            print(json.dumps({"human": status, "answer": answer}, ensure_ascii=False), flush=True)
         await asyncio.sleep(seconds)
         r = client.received
         print(json.dumps({"video_fps": fps(r.video_times, started, time.monotonic()),
@@ -203,3 +204,5 @@ if __name__ == "__main__":
         asyncio.run(_main(args.url, args.say, args.seconds, args.token))
     except KeyboardInterrupt:
         sys.exit(130)
+    except (RuntimeError, OSError, TimeoutError) as exc:  # refused offer, no server, no video
+        sys.exit(f"error: {exc}")

@@ -45,7 +45,11 @@ def client_routes(routes: web.RouteTableDef, web_dir: Path | None) -> None:
             raise ApiError.not_found(f"no static file {name[:80]!r}")
         return web.FileResponse(CLIENT_DIR / name)
 
+    async def client_redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMovedPermanently(CLIENT_PATH)  # its files are relative to the folder
+
     routes.get(CLIENT_PATH)(client_page)
+    routes.get(CLIENT_PATH.rstrip("/"))(client_redirect)
     routes.get("/static/{name}")(client_file)
     if web_dir is None:
         routes.get("/")(client_page)

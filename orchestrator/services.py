@@ -205,6 +205,10 @@ async def start_services(settings: Settings) -> Services:
     await warm_up
     status = await services.triton_status()
     log.info("triton at %s (%s): %s", url, "embedded" if embedded else "external", status)
+    # Which voice speaks is the first thing a user asks: say it once, at start.
+    log.info("tts: %s%s, fallback espeak (%s)", settings.tts,
+             f" voice {settings.piper_voice}" if settings.tts == "piper" else "",
+             settings.tts_model)
     return services
 
 

@@ -270,6 +270,7 @@ async def test_web_dir_serves_pages_safely(lt_server, web_dir):
         assert b"sub index" in (await get("/sub/index.html"))[1]
         status, body, _ = await get("/client/")  # our own client moved here
         assert status == 200 and b"/static/client.js" in body
+        assert await get("/client") == (status, body, "text/html")  # redirected to /client/
         assert (await get("/static/client.js"))[0] == 200
         for path in ("/escape.txt", "/../secret.txt", "/%2e%2e/secret.txt", "/sub/%2e%2e/%2e%2e/secret.txt",
                      "/.hidden", "/sub/.%2e/.%2e/secret.txt", "/a" * 40, "/" + "b" * 5000,

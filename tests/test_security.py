@@ -32,7 +32,8 @@ FOREIGN = "http://evil.example"
 MISS_LIMIT = 20
 # Served without the token: the page (it asks for the token) and its files, health and metrics
 # for operators.
-OPEN_ROUTES = {("GET", "/"), ("GET", "/client/"), ("GET", "/static/1"), ("GET", "/healthz"),
+OPEN_ROUTES = {("GET", "/"), ("GET", "/client/"), ("GET", "/client"), ("GET", "/static/1"),
+               ("GET", "/healthz"),
                ("GET", "/metrics")}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ABSOLUTE_PATH = re.compile(r"(^|[\s'\"(=])/(home|work|tmp|usr|opt|root|var)/")
