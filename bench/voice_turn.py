@@ -72,7 +72,8 @@ class EventLog:
         self._task = asyncio.create_task(self._read(f"{base_url}/sse?sessionid={sessionid}"))
 
     async def _read(self, url: str) -> None:
-        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        timeout = aiohttp.ClientTimeout(total=None)  # the stream lasts the whole run
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as resp:
             async for line in resp.content:
                 if line.startswith(b"data:"):
                     self.items.append((time.monotonic(), json.loads(line[5:])))
@@ -132,9 +133,10 @@ async def run(turns: int, barge_ins: int) -> dict:
             if not transcript["turn"]:
                 missed.append(text)
                 continue
-            await events.wait("end", since, timeout=60)
-            first = await client.wait_for_speech(mic.speech_ended_at, SPEECH_RMS, timeout=1)
+            first = await client.wait_for_speech(mic.speech_ended_at, SPEECH_RMS, timeout=10)
             latencies.append(first - mic.speech_ended_at)
+            await asyncio.sleep(0.3)
+            await client.post("/interrupt_talk")  # the next question need not wait for it
             await asyncio.sleep(0.5)
         onsets = []
         for _ in range(barge_ins):
@@ -152,7 +154,9 @@ async def run(turns: int, barge_ins: int) -> dict:
             quiet = quiet_from(client, onset)
             if quiet is not None:
                 onsets.append(quiet - onset)
-            await events.wait("end", since, timeout=30)  # the chat answer to "Hello there."
+            await events.wait("transcript", since, timeout=30)  # "Hello there." is a turn
+            await asyncio.sleep(0.3)
+            await client.post("/interrupt_talk")
             await asyncio.sleep(0.5)
         return {
             "turn_latency": summary_ms(latencies),
