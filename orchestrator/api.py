@@ -12,6 +12,7 @@ from aiortc.sdp import SessionDescription
 
 from .audio_input import MAX_UPLOAD_BYTES, decode_audio
 from .errors import ApiError
+from .listener import VOICE_MODES, VoiceOptions
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .recorder import EmptyRecording
 from .roster import MAIN
@@ -53,6 +54,8 @@ async def offer(request: web.Request) -> web.Response:
         llmid=field(body, "llmid", str, settings.llmid),
         custom_config=json_config(body, "custom_config", settings.customvideo_config, list),
         multiavatar_config=json_config(body, "multiavatar_config", settings.multiavatar_config, dict),
+        voice=VoiceOptions(mode=choice(body, "voice_mode", VOICE_MODES, settings.voice_mode),
+                           barge_in=field(body, "barge_in", bool, settings.barge_in)),
     )
     _parse_offer(sdp)
     # The limit before any loading: a refused offer loads no avatar and decodes no clip. The
@@ -61,7 +64,7 @@ async def offer(request: web.Request) -> web.Response:
     try:
         session = await _open_session(services, sessionid, options)
         try:
-            answer_sdp = await _negotiate(session, sdp)
+            answer_sdp = await _negotiate(session, sdp, services)
         except BaseException:
             await session.close("negotiation failed")
             raise
@@ -118,10 +121,16 @@ def _parse_offer(sdp: str) -> None:
             raise ApiError.bad_request(f"field 'sdp': {m.kind} section without rtcp-mux")
 
 
-async def _negotiate(session: Session, sdp: str) -> str:
+async def _negotiate(session: Session, sdp: str, services: Services) -> str:
     pc = session.pc
     pc.addTrack(session.audio)
     pc.addTrack(session.video)
+    voice_input = services.voice_input
+
+    @pc.on("track")
+    def on_track(track) -> None:  # a sendrecv audio offer: the user's microphone
+        if track.kind == "audio" and voice_input is not None:
+            session.listen(track, voice_input)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except (ValueError, KeyError, AttributeError, IndexError) as exc:

@@ -24,6 +24,9 @@ async def ensure_default_artifacts(settings: Settings, with_models: bool) -> Non
     onnx_path = settings.model_repository / "lipsync_default" / "1" / "model.onnx"
     if with_models and not onnx_path.exists():
         await _run_module("export", "default-lipsync", "--out", str(onnx_path))
+    vad_onnx = settings.model_repository / "vad_silero" / "1" / "model.onnx"
+    if with_models and settings.voice_input and not vad_onnx.exists():
+        await _run_module("export", "silero-vad", "--out", str(vad_onnx))
     voice_onnx = settings.model_repository / f"piper_{settings.piper_voice}" / "1" / "model.onnx"
     package = PACKAGED_PIPER_VOICES.get(settings.piper_voice)
     if with_models and settings.tts == "piper" and package and not voice_onnx.exists():

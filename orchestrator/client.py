@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fractions
 import json
 import os
 import sys
@@ -14,9 +15,76 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+MIC_SAMPLE_RATE_HZ = 48000
+MIC_PTIME_S = 0.020
+MIC_SAMPLES_PER_FRAME = int(MIC_SAMPLE_RATE_HZ * MIC_PTIME_S)  # 960
+MIC_TIME_BASE = fractions.Fraction(1, MIC_SAMPLE_RATE_HZ)
+
+
+class Microphone(MediaStreamTrack):
+    """A microphone track that plays arrays on demand and silence otherwise: 20 ms frames at
+    48 kHz mono, paced from its start time and sample count (never accumulated sleeps).
+
+    `play(audio, rate_hz)` queues speech (resampled to 48 kHz once); `speech_end` is when the
+    last queued sample leaves, `idle` whether nothing is queued.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue = np.zeros(0, np.float32)
+        self._start: float | None = None
+        self._samples = 0
+        self.speech_started_at: float | None = None  # monotonic time of the first played sample
+        self.speech_ended_at: float | None = None  # ... of the sample after the last one
+
+    def play(self, audio: np.ndarray, rate_hz: int) -> float:
+        """Queue `audio`; returns its duration in seconds."""
+        import scipy.signal
+
+        audio = np.asarray(audio, np.float32)
+        if rate_hz != MIC_SAMPLE_RATE_HZ:
+            g = np.gcd(rate_hz, MIC_SAMPLE_RATE_HZ)
+            audio = scipy.signal.resample_poly(audio, MIC_SAMPLE_RATE_HZ // g, rate_hz // g)
+        self._queue = np.concatenate([self._queue, audio.astype(np.float32)])
+        self.speech_started_at = self.speech_ended_at = None
+        return audio.size / MIC_SAMPLE_RATE_HZ
+
+    @property
+    def idle(self) -> bool:
+        return self._queue.size == 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._samples / MIC_SAMPLE_RATE_HZ - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        chunk = np.zeros(MIC_SAMPLES_PER_FRAME, np.float32)
+        if self._queue.size:
+            n = min(self._queue.size, MIC_SAMPLES_PER_FRAME)
+            chunk[:n] = self._queue[:n]
+            self._queue = self._queue[n:]
+            now = time.monotonic()
+            if self.speech_started_at is None:
+                self.speech_started_at = now
+            if not self._queue.size:
+                self.speech_ended_at = now + n / MIC_SAMPLE_RATE_HZ
+        pcm = (np.clip(chunk, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = MIC_SAMPLE_RATE_HZ
+        frame.pts = self._samples
+        frame.time_base = MIC_TIME_BASE
+        self._samples += MIC_SAMPLES_PER_FRAME
+        return frame
 
 
 @dataclass
@@ -33,8 +101,10 @@ class AvatarClient:
 
     def __init__(self, base_url: str, keep_video: bool = True,
                  video_region: tuple[slice, slice] | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, microphone: Microphone | None = None) -> None:
         self.base_url = base_url
+        # Sent to the server as the user's voice (a sendrecv audio offer) when given.
+        self.microphone = microphone
         self.keep_video = keep_video
         # Keep only this (rows, cols) part of each frame: long runs without gigabytes of video.
         self.video_region = video_region
@@ -49,7 +119,10 @@ class AvatarClient:
 
     async def connect(self, **offer_fields) -> dict:
         self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTransceiver("audio", direction="recvonly")
+        if self.microphone is not None:
+            self.pc.addTransceiver(self.microphone, direction="sendrecv")
+        else:
+            self.pc.addTransceiver("audio", direction="recvonly")
 
         @self.pc.on("track")
         def on_track(track) -> None:
@@ -113,6 +186,8 @@ class AvatarClient:
         raise TimeoutError("no speech audio arrived")
 
     async def close(self) -> None:
+        if self.microphone is not None:
+            self.microphone.stop()
         await self.pc.close()
         for task in self._tasks:
             task.cancel()

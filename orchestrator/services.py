@@ -15,6 +15,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration
 
 from .artifacts import ensure_default_artifacts
+from .asr import asr_triton_models, open_asr
 from .avatar import Avatar, AvatarNotFound, AvatarStore
 from .chat import ChatAgent, llm_config_for
 from .clip_cache import CLIP_CACHE_DIR, ClipCache
@@ -25,6 +26,7 @@ from .heap_trim import HeapTrimmer
 from .ice import restrict_host_candidates, rtc_configuration
 from .knowledge import KnowledgeStore, UnknownKnowledgeBase
 from .lipsync_models import LipSyncModels
+from .listener import VoiceInput
 from .llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
 from .metrics import Metrics
 from .recordings import Recordings
@@ -37,6 +39,7 @@ from .triton_shm import on_this_host
 from .triton_supervisor import TritonSupervisor
 from .tts import TTSRouter, TTSServerUnavailable, UnknownVoice, Voice, open_tts, triton_models
 from .tts.base import plausible_voice_name
+from .vad import SileroVAD, VADSettings
 from .voices import VoiceStore
 
 log = logging.getLogger(__name__)
@@ -61,12 +64,13 @@ class Services:
     triton: TritonSupervisor  # owns "is Triton ready now" (and restarts the embedded server)
     voices: VoiceStore  # reference clips for voice-cloning engines (data/voices/)
     embedded_triton: EmbeddedTriton | None = None
+    voice_input: VoiceInput | None = None  # None: --no-voice-input
     heap_trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
     _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
-        return [*triton_models(self.settings), self.settings.lipsync_model]
+        return triton_model_names(self.settings)
 
     async def load_avatar(self, avatar_id: str, field_name: str) -> Avatar:
         loop = asyncio.get_running_loop()
@@ -155,6 +159,8 @@ class Services:
         await self.triton.close()  # first: nothing may restart the server being stopped
         await asyncio.gather(*(s.close() for s in self.registry.all()), return_exceptions=True)
         await self.tts.close()
+        if self.voice_input is not None:
+            await self.voice_input.close()
         await self.lipsync_models.close()
         await asyncio.gather(*(llm.close() for llm in self._llms.values()), return_exceptions=True)
         self.heap_trimmer.close()
@@ -171,7 +177,7 @@ async def start_services(settings: Settings) -> Services:
     # librosa compiles its kernels on first use (seconds): pay that before the first utterance.
     warm_up = asyncio.get_running_loop().run_in_executor(
         None, melspectrogram, np.zeros(SAMPLE_RATE_HZ // 10, np.float32))
-    models = [*triton_models(settings), settings.lipsync_model]
+    models = triton_model_names(settings)
     embedded = None
     await ensure_default_artifacts(settings, with_models=not settings.triton_url)
     if settings.triton_url:
@@ -201,6 +207,7 @@ async def start_services(settings: Settings) -> Services:
         triton=triton,
         voices=VoiceStore(settings.data_dir),
         embedded_triton=embedded,
+        voice_input=voice_input(settings, url),
     )
     await warm_up
     status = await services.triton_status()
@@ -210,6 +217,21 @@ async def start_services(settings: Settings) -> Services:
              f" voice {settings.piper_voice}" if settings.tts == "piper" else "",
              settings.tts_model)
     return services
+
+
+def triton_model_names(settings: Settings) -> list[str]:
+    voice = asr_triton_models(settings) if settings.voice_input else []
+    return [*triton_models(settings), settings.lipsync_model, *voice]
+
+
+def voice_input(settings: Settings, triton_url: str) -> VoiceInput | None:
+    if not settings.voice_input:
+        return None
+    vad = VADSettings(threshold=settings.vad_threshold, neg_threshold=settings.vad_neg_threshold,
+                      min_speech_s=settings.vad_min_speech_s,
+                      min_silence_s=settings.vad_min_silence_s)
+    return VoiceInput(SileroVAD(triton_url), open_asr(settings, triton_url), vad,
+                      settings.barge_in_min_s)
 
 
 def llm_config(settings: Settings) -> LLMConfig | None:

@@ -29,6 +29,7 @@ from .clips import Clip
 from .errors import ApiError
 from .events import SessionEvents
 from .lipsync_models import LipSyncModels
+from .listener import Listener, VoiceInput, VoiceOptions
 from .media_clock import (
     AUDIO_PACKETS_PER_TICK,
     AUDIO_SAMPLE_RATE_HZ,
@@ -76,6 +77,7 @@ class SessionOptions:
     llmid: str
     custom_config: list | None
     multiavatar_config: dict | None
+    voice: VoiceOptions = VoiceOptions()
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class Session:
         self._utterance_ids = itertools.count(1)
         self._player: asyncio.Task | None = None
         self._peer_watch: asyncio.Task | None = None
+        self.listener: Listener | None = None  # the user's microphone, when the peer sends one
         self._closed = asyncio.Event()
         self.frames_sent = 0
         self._recorder: Recorder | None = None
@@ -203,6 +206,11 @@ class Session:
         for utterance in dropped:
             self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text)
 
+    def listen(self, track, voice_input: VoiceInput) -> None:
+        """Consume the user's audio track (one per session; voice_mode "off" ignores it)."""
+        if self.listener is None and not self.closed and self.options.voice.mode != "off":
+            self.listener = Listener(self, track, voice_input, self.options.voice)
+
     @property
     def recording(self) -> bool:
         return self._recorder is not None
@@ -265,6 +273,9 @@ class Session:
             if player is not None:
                 player.cancel()
                 await asyncio.gather(player, return_exceptions=True)
+            listener, self.listener = self.listener, None
+            if listener is not None:
+                await listener.close()
             self._end_dropped(await self.pipeline.close())
             if self._recorder is not None:
                 try:

@@ -83,6 +83,20 @@ class Settings:
     max_session_misses: int = DEFAULT_MAX_SESSION_MISSES
     # A folder of static pages served at / (e.g. LiveTalking's web/); None: our client at /.
     web_dir: Path | None = None
+    # Voice input (orchestrator/listener.py): VAD on Triton, Whisper on Triton unless asr_url
+    # (an OpenAI-compatible /v1/audio/transcriptions server).
+    voice_input: bool = True
+    asr_url: str = ""
+    asr_model_name: str = ""
+    asr_api_key: str = ""
+    asr_language: str = ""
+    voice_mode: str = "chat"
+    barge_in: bool = True
+    barge_in_min_s: float = 0.2
+    vad_threshold: float = 0.5
+    vad_neg_threshold: float = 0.35
+    vad_min_speech_s: float = 0.15
+    vad_min_silence_s: float = 0.35
     extra: dict = field(default_factory=dict)
 
 
@@ -209,6 +223,34 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only advertise these addresses as ICE host candidates (repeatable; "
                     "e.g. 127.0.0.1 for loopback-only, or a public/NAT 1:1 address). Default: "
                     "all non-loopback interface addresses")
+    vi = p.add_argument_group("voice input (microphone, VAD, speech recognition)")
+    vi.add_argument("--no-voice-input", dest="voice_input", action="store_false",
+                    help="ignore the microphone track a client sends (no VAD or ASR models)")
+    vi.add_argument("--asr-url", default="",
+                    help="base URL of an OpenAI-compatible /v1/audio/transcriptions server "
+                    "(e.g. a SenseVoice or whisper server for Chinese); default: Whisper tiny.en "
+                    "on Triton (English)")
+    vi.add_argument("--asr-model-name", default="",
+                    help="model field sent to --asr-url (default whisper-1)")
+    vi.add_argument("--asr-api-key", default=os.environ.get("ASR_API_KEY", ""),
+                    help="bearer token for --asr-url (default: ASR_API_KEY)")
+    vi.add_argument("--asr-language", default="",
+                    help="language field sent to --asr-url (e.g. zh); default: none")
+    vi.add_argument("--voice-mode", default="chat", choices=["chat", "echo", "off"],
+                    help="what a session's transcript becomes when /offer does not say "
+                    "(voice_mode): a chat question, an echo, or nothing (default chat)")
+    vi.add_argument("--no-barge-in", dest="barge_in", action="store_false",
+                    help="user speech does not interrupt the avatar (default: it does)")
+    vi.add_argument("--barge-in-min", dest="barge_in_min_s", type=float, default=0.2,
+                    help="seconds of user speech that interrupt the talking avatar (default 0.2)")
+    vi.add_argument("--vad-threshold", type=float, default=0.5,
+                    help="speech probability at which speech starts (default 0.5)")
+    vi.add_argument("--vad-neg-threshold", type=float, default=0.35,
+                    help="probability below which it is silence again (default 0.35)")
+    vi.add_argument("--vad-min-speech", dest="vad_min_speech_s", type=float, default=0.15,
+                    help="seconds of speech before a start is reported (default 0.15)")
+    vi.add_argument("--vad-min-silence", dest="vad_min_silence_s", type=float, default=0.35,
+                    help="seconds of silence that end the user's utterance (default 0.35)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -234,6 +276,12 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         raise SystemExit("--tts-server must be an http:// or https:// URL")
     if args.max_queued_utterances < 1 or args.max_queued_speech_s <= 0:
         raise SystemExit("--max-queued-utterances and --max-queued-speech must be positive")
+    if not 0 < args.vad_neg_threshold <= args.vad_threshold < 1:
+        raise SystemExit("--vad-threshold and --vad-neg-threshold: 0 < neg <= threshold < 1")
+    if min(args.vad_min_speech_s, args.vad_min_silence_s, args.barge_in_min_s) < 0:
+        raise SystemExit("--vad-min-speech, --vad-min-silence and --barge-in-min must be >= 0")
+    if args.asr_url and urlsplit(args.asr_url).scheme not in ("http", "https"):
+        raise SystemExit("--asr-url must be an http:// or https:// URL")
     data_dir = args.data_dir.resolve()
     if args.web_dir is not None and not args.web_dir.is_dir():
         raise SystemExit(f"--web-dir {args.web_dir}: not a directory")
@@ -281,4 +329,16 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         protect_metrics=args.protect_metrics,
         max_session_misses=args.max_session_misses,
         web_dir=args.web_dir.resolve() if args.web_dir is not None else None,
+        voice_input=args.voice_input,
+        asr_url=args.asr_url,
+        asr_model_name=args.asr_model_name,
+        asr_api_key=args.asr_api_key,
+        asr_language=args.asr_language,
+        voice_mode=args.voice_mode,
+        barge_in=args.barge_in,
+        barge_in_min_s=args.barge_in_min_s,
+        vad_threshold=args.vad_threshold,
+        vad_neg_threshold=args.vad_neg_threshold,
+        vad_min_speech_s=args.vad_min_speech_s,
+        vad_min_silence_s=args.vad_min_silence_s,
     )

@@ -127,8 +127,10 @@ def field(body: dict[str, Any], name: str, kind: type, default: Any = _MISSING) 
     return value
 
 
-def choice(body: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
-    value = field(body, name, str)
+def choice(body: dict[str, Any], name: str, allowed: tuple[str, ...],
+           default: str | None = None) -> str:
+    """A string field that must be one of `allowed` (required unless `default` is given)."""
+    value = field(body, name, str) if default is None else field(body, name, str, default)
     if value not in allowed:
         raise ApiError.bad_request(f"field '{name}' must be one of {', '.join(allowed)}; got {value[:80]!r}")
     return value

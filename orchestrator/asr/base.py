@@ -1,0 +1,36 @@
+"""The one interface every speech-recognition engine implements.
+
+An engine turns one finished utterance (mono float32 at 16 kHz, the uplink's rate) into text.
+Adding an engine is one module implementing `ASREngine` plus one entry in `ENGINES`
+(orchestrator/asr/__init__.py) and its settings (see docs/INTERFACES.md, "ASR and VAD").
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+ASR_SAMPLE_RATE_HZ = 16000
+
+
+class ASRError(RuntimeError):
+    """One transcription failed (server down, bad answer): that turn is dropped with an
+    `error` event; the session goes on listening."""
+
+
+class ASREngine(abc.ABC):
+    """A speech-recognition engine (Whisper on Triton, an OpenAI-compatible server, ...)."""
+
+    #: registry name (`--asr NAME`), also used in logs and the bench
+    name: str = ""
+    #: whether `transcribe` may be asked for partial results while the user still speaks
+    streaming: bool = False
+
+    @abc.abstractmethod
+    async def transcribe(self, audio: np.ndarray) -> str:
+        """The text of `audio` (mono float32 in [-1, 1] at ASR_SAMPLE_RATE_HZ); "" when
+        nothing was said. Raises ASRError."""
+
+    async def close(self) -> None:  # noqa: B027 - engines without resources need no close
+        """Release connections; nothing is transcribed afterwards."""

@@ -1,0 +1,267 @@
+"""Voice input with real parts: Piper speech (through Triton) on an aiortc microphone track ->
+Silero VAD on Triton -> Whisper tiny.en on Triton -> chat answers from the shipped FAQ, spoken
+back; silence and noise make no turn; user speech while the avatar talks interrupts it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import av
+import numpy as np
+import pytest
+from aiohttp import web
+from server_fixtures import running_server, server_settings
+
+from orchestrator.asr import OpenAITranscription, WhisperOnTriton
+from orchestrator.client import AvatarClient, Microphone
+from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.uplink import UplinkFrames
+from orchestrator.vad import (
+    VAD_FRAME_SAMPLES,
+    SileroVAD,
+    SpeechEnded,
+    SpeechStarted,
+    VoiceActivity,
+)
+
+QUESTION = "How many sessions can run at once?"
+ANSWER_START = "Eight by default"
+LONG_ECHO = ("This is a long sentence that the avatar speaks for a good while, so that the user "
+             "can cut in while it talks. It goes on and on, about nothing in particular, and "
+             "then it goes on some more until someone interrupts it.")
+RATE_16K = 16000
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+@pytest.fixture(scope="module")
+async def speech(triton) -> dict[str, tuple[np.ndarray, int]]:
+    """Questions synthesised by the project's own Piper voice (through Triton)."""
+    piper = await PiperEngine.open(triton.url)
+    try:
+        return {text: (await synthesize_all(piper, text, Voice.named("joe")), piper.sample_rate_hz)
+                for text in (QUESTION, "Hello there.")}
+    finally:
+        await piper.close()
+
+
+def at_16k(audio: np.ndarray, rate_hz: int) -> np.ndarray:
+    import scipy.signal
+
+    g = np.gcd(rate_hz, RATE_16K)
+    return scipy.signal.resample_poly(audio, RATE_16K // g, rate_hz // g).astype(np.float32)
+
+
+def frames_of(audio: np.ndarray) -> list[np.ndarray]:
+    n = audio.size // VAD_FRAME_SAMPLES
+    return [audio[k * VAD_FRAME_SAMPLES:(k + 1) * VAD_FRAME_SAMPLES] for k in range(n)]
+
+
+def test_uplink_resamples_48k_stereo_to_16k_frames():
+    frames = UplinkFrames()
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)).astype(np.float32)
+    out = []
+    for k in range(50):  # 20 ms stereo s16 frames, as aiortc's Opus decoder gives them
+        chunk = (tone[k * 960:(k + 1) * 960] * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.repeat(chunk, 2).reshape(1, -1), format="s16",
+                                           layout="stereo")
+        frame.sample_rate = 48000
+        out += frames.push(frame)
+    assert all(f.size == VAD_FRAME_SAMPLES and f.dtype == np.float32 for f in out)
+    audio = np.concatenate(out)
+    assert 15000 <= audio.size <= 16000
+    spectrum = np.abs(np.fft.rfft(audio[2000:10000]))
+    assert abs(np.argmax(spectrum) * RATE_16K / 8000 - 440) < 5
+    assert 0.3 < np.sqrt(np.mean(audio[2000:] ** 2)) < 0.4  # 0.5 / sqrt(2): no downmix gain
+
+
+async def _events(activity: VoiceActivity, audio: np.ndarray) -> list:
+    return [e for f in frames_of(audio) if (e := await activity.feed(f)) is not None
+            and not e.__class__.__name__ == "SpeechContinues"]
+
+
+async def test_vad_finds_speech_and_ignores_silence_and_noise(triton, speech):
+    vad = SileroVAD(triton.url)
+    try:
+        question = at_16k(*speech[QUESTION])
+        padded = np.concatenate([np.zeros(RATE_16K, np.float32), question,
+                                 np.zeros(RATE_16K, np.float32)])
+        events = await _events(VoiceActivity(vad), padded)
+        assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+        assert 0.8 <= events[0].onset_s <= 1.2
+        speech_end_s = 1.0 + question.size / RATE_16K
+        assert speech_end_s - 0.4 <= events[1].end_s <= speech_end_s + 0.2
+        assert events[1].audio.size >= question.size * 0.8
+        rng = np.random.default_rng(0)
+        noise = (0.05 * rng.standard_normal(3 * RATE_16K)).astype(np.float32)
+        assert await _events(VoiceActivity(vad), np.zeros(3 * RATE_16K, np.float32)) == []
+        assert await _events(VoiceActivity(vad), noise) == []
+    finally:
+        await vad.close()
+
+
+async def test_vad_state_is_per_session(triton, speech):
+    """Two detectors fed interleaved frames concurrently (batched together by Triton) give the
+    probabilities each gives alone: no state leaks between sessions."""
+    vad = SileroVAD(triton.url)
+    try:
+        question = at_16k(*speech[QUESTION])
+        silence = np.zeros_like(question)
+        alone = VoiceActivity(vad)
+        reference = []
+        for f in frames_of(question):
+            await alone.feed(f)
+            reference.append(alone.last_probability)
+        a, b = VoiceActivity(vad), VoiceActivity(vad)
+        together = []
+        for fa, fb in zip(frames_of(question), frames_of(silence)):
+            await asyncio.gather(a.feed(fa), b.feed(fb))
+            together.append(a.last_probability)
+        np.testing.assert_allclose(together, reference, atol=1e-4)
+        assert b.last_probability < 0.1
+    finally:
+        await vad.close()
+
+
+async def test_whisper_on_triton_transcribes_piper(triton, speech):
+    asr = WhisperOnTriton(triton.url)
+    try:
+        text = await asr.transcribe(at_16k(*speech[QUESTION]))
+        assert {"sessions", "once"} <= set(words(text)), text
+        assert await asr.transcribe(np.zeros(RATE_16K, np.float32)) in ("", "you", "You")
+    finally:
+        await asr.close()
+
+
+async def test_asr_url_speaks_openai_transcriptions():
+    seen = {}
+
+    async def transcriptions(request: web.Request) -> web.Response:
+        form = await request.post()
+        seen.update(model=form["model"], auth=request.headers.get("Authorization"),
+                    wav=form["file"].file.read())
+        return web.json_response({"text": " What time do you open? "})
+
+    app = web.Application()
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    asr = OpenAITranscription(f"http://127.0.0.1:{port}", "sensevoice", api_key="k")
+    try:
+        assert await asr.transcribe(np.zeros(RATE_16K, np.float32)) == "What time do you open?"
+        assert seen["model"] == "sensevoice" and seen["auth"] == "Bearer k"
+        assert seen["wav"][:4] == b"RIFF" and len(seen["wav"]) == 44 + 2 * RATE_16K
+    finally:
+        await asr.close()
+        await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+async def voice_server(triton):
+    async with running_server(server_settings(triton)) as server:
+        yield server
+
+
+def history(services, client) -> list[dict]:
+    return services.registry.get(client.sessionid).events.history
+
+
+async def wait_event(services, client, name: str, timeout: float = 15.0, since: int = 0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for item in history(services, client)[since:]:
+            if item["event"] == name:
+                return item
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no '{name}' event; got {[e['event'] for e in history(services, client)]}")
+
+
+async def test_spoken_question_gets_the_faq_answer(voice_server, speech):
+    base_url, services = voice_server
+    mic = Microphone()
+    client = AvatarClient(base_url, keep_video=False, microphone=mic)
+    try:
+        await client.connect()
+        await client.wait_for_video(5)
+        await asyncio.sleep(0.5)
+        mic.play(*speech[QUESTION])
+        transcript = await wait_event(services, client, "transcript")
+        assert {"sessions", "once"} <= set(words(transcript["text"])) and transcript["turn"], transcript
+        events = [e["event"] for e in history(services, client)]
+        assert events.index("listening") < events.index("transcript")
+        end = await wait_event(services, client, "end", timeout=30)
+        assert end["kind"] == "chat" and end["answer"].startswith(ANSWER_START), end
+        assert mic.speech_ended_at is not None
+        await client.wait_for_speech(mic.speech_ended_at, timeout=1)  # the answer was heard
+        session = services.registry.get(client.sessionid)
+        assert session.listener is not None
+        sessionid = client.sessionid
+    finally:
+        await client.close()
+    deadline = time.monotonic() + 10
+    while any(t.get_name() == f"listener-{sessionid}" for t in asyncio.all_tasks()):
+        assert time.monotonic() < deadline, "listener task outlived its session"
+        await asyncio.sleep(0.05)
+
+
+async def test_silence_and_noise_make_no_turn(voice_server):
+    base_url, services = voice_server
+    mic = Microphone()
+    client = AvatarClient(base_url, keep_video=False, microphone=mic)
+    try:
+        await client.connect()
+        await client.wait_for_video(5)
+        rng = np.random.default_rng(1)
+        mic.play((0.03 * rng.standard_normal(2 * 48000)).astype(np.float32), 48000)
+        await asyncio.sleep(3.5)  # 1 s of silence, 2 s of noise, then silence
+        events = [e["event"] for e in history(services, client)]
+        assert not {"listening", "transcript", "question", "start"} & set(events), events
+        assert services.registry.get(client.sessionid).listener is not None
+    finally:
+        await client.close()
+
+
+async def test_barge_in_silences_the_avatar(voice_server, speech):
+    base_url, services = voice_server
+    mic = Microphone()
+    client = AvatarClient(base_url, keep_video=False, microphone=mic)
+    try:
+        await client.connect(voice_mode="echo")
+        await client.wait_for_video(5)
+        status, _ = await client.post("/human", type="echo", text=LONG_ECHO)
+        assert status == 200
+        await wait_event(services, client, "start")
+        await client.wait_for_speech(time.monotonic() - 1, timeout=10)
+        await asyncio.sleep(1.0)
+        mic.play(*speech["Hello there."])
+        interrupted = await wait_event(services, client, "interrupted", timeout=10)
+        assert interrupted["text"] == LONG_ECHO
+        assert any(e["event"] == "barge_in" for e in history(services, client))
+        await asyncio.sleep(0.5)
+        quiet_from = time.monotonic()
+        await asyncio.sleep(0.3)
+        r = client.received
+        level = [rms for t, rms in zip(r.audio_times, r.audio_rms) if t >= quiet_from]
+        assert level and max(level) < 0.01, max(level)
+        # the interrupting words become the next turn (echo)
+        transcript = await wait_event(services, client, "transcript", timeout=15)
+        assert "hello" in words(transcript["text"]), transcript
+    finally:
+        await client.close()
+
+
+async def test_offer_rejects_a_bad_voice_mode(voice_server):
+    base_url, _ = voice_server
+    client = AvatarClient(base_url, microphone=Microphone())
+    try:
+        with pytest.raises(RuntimeError, match="voice_mode"):
+            await client.connect(voice_mode="shout")
+    finally:
+        await client.close()
