@@ -252,9 +252,9 @@ async def test_a_livetalking_avatar_speaks_through_livetalkings_wav2lip256(tmp_p
     (folder / "livehuman.json").write_text('{"lipsync_model": "wav2lip256"}')
 
     async with EmbeddedTriton(repo, ["tts_espeak", "lipsync_default", "wav2lip256"]) as server:
-        # This repository holds eSpeak, not the Piper voice: speak with eSpeak.
+        # This repository holds eSpeak and the lip-sync models only: eSpeak speaks, no voice input.
         settings = server_settings(server, avatar_dir=tmp_path / "avatars", data_dir=tmp_path,
-                                   avatar_id="lt256", tts="espeak")
+                                   avatar_id="lt256", tts="espeak", voice_input=False)
         async with running_server(settings) as (base_url, services):
             avatar = services.avatars.load("lt256")
             assert avatar.crop_size == 256 and avatar.lipsync_model == "wav2lip256"

@@ -377,9 +377,10 @@ async def test_an_avatar_speaks_through_the_exported_wav2lip(exported, tmp_path)
     (package / "manifest.json").write_text(json.dumps(manifest))
 
     async with EmbeddedTriton(repo, ["tts_espeak", "lipsync_default", MODEL]) as server:
-        # This repository holds eSpeak, not the Piper voice: speak with eSpeak.
+        # This repository holds eSpeak and the lip-sync models only: eSpeak speaks, no voice input.
         settings = replace(Settings(), triton_url=server.url, ice_hosts=("127.0.0.1",),
-                           avatar_dir=avatar_dir, data_dir=tmp_path, avatar_id="w2l", tts="espeak")
+                           avatar_dir=avatar_dir, data_dir=tmp_path, avatar_id="w2l", tts="espeak",
+                           voice_input=False)
         services = await start_services(settings)
         runner = web.AppRunner(create_app(settings, services))
         await runner.setup()
