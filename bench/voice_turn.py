@@ -123,13 +123,15 @@ async def run(turns: int, barge_ins: int) -> dict:
         await client.wait_for_video(10)
         events = EventLog(server.base_url, client.sessionid)
         await asyncio.sleep(1.0)
-        latencies, asr_ms, pairs, missed = [], [], [], []
+        latencies, asr_ms, wait_ms, speculative, pairs, missed = [], [], [], 0, [], []
         for text in texts:
             since = len(events.items)
             mic.play(speech[text], piper.sample_rate_hz)
             transcript = await events.wait("transcript", since)
             pairs.append((text, transcript["text"]))
             asr_ms.append(transcript["asr_ms"])
+            wait_ms.append(transcript["wait_ms"])
+            speculative += bool(transcript["speculative"])
             if not transcript["turn"]:
                 missed.append(text)
                 continue
@@ -162,12 +164,17 @@ async def run(turns: int, barge_ins: int) -> dict:
             "turn_latency": summary_ms(latencies),
             "asr_ms": {"p50": float(np.percentile(asr_ms, 50)),
                        "p95": float(np.percentile(asr_ms, 95))},
+            # end of speech confirmed -> transcript (ASR left after the silence wait)
+            "transcript_wait_ms": {"p50": float(np.percentile(wait_ms, 50)),
+                                   "p95": float(np.percentile(wait_ms, 95))},
+            "speculative_transcripts": speculative,
             "barge_in_to_silence": summary_ms(onsets) if onsets else None,
             "asr_wer": round(word_error_rate(pairs), 4),
             "transcripts": [{"said": s, "heard": h} for s, h in pairs],
             "no_turn": missed,
             "settings": {"vad_min_silence_s": 0.35, "vad_min_speech_s": 0.15,
-                         "barge_in_min_s": 0.2, "asr": "whisper tiny.en int8 on Triton",
+                         "barge_in_min_s": 0.0, "speculative_asr": True,
+                         "uplink_prefetch_packets": 1, "asr": "whisper tiny.en int8 on Triton",
                          "answers": "shipped FAQ", "tts": "piper joe"},
         }
     finally:

@@ -21,6 +21,7 @@ from .session import Session, SessionLimits, SessionOptions
 from .session_lookup import find_session, json_session, parse_sessionid, query_session
 from .speech import MAX_TEXT_CHARS, has_speakable
 from .tts import Voice
+from .uplink import shorten_jitter_buffer
 from .validation import FormReader, choice, field, json_config, read_json_object
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,9 @@ async def _negotiate(session: Session, sdp: str, services: Services) -> str:
     @pc.on("track")
     def on_track(track) -> None:  # a sendrecv audio offer: the user's microphone
         if track.kind == "audio" and voice_input is not None:
+            for receiver in pc.getReceivers():
+                if receiver.track is track:
+                    shorten_jitter_buffer(receiver)
             session.listen(track, voice_input)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))

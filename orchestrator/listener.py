@@ -3,7 +3,13 @@
 uplink frames -> VoiceActivity (Silero on Triton) -> at the end of an utterance, ASR -> the
 transcript goes to `chat` (or `echo`) like a typed /human. While the avatar talks, user speech
 that lasts at least `barge_in_min_s` interrupts it through `Session.interrupt`, the mechanism
-/interrupt_talk uses.
+/interrupt_talk uses (the default fires as soon as the VAD confirms speech).
+
+Speculative transcription: ASR starts at the first silent frame after speech (SpeechPaused),
+while the end-of-turn silence is still being confirmed; the turn uses that transcript when the
+silence lasts (SpeechEnded at the same pause) and drops it when speech resumes (the longer
+utterance is transcribed at its own end). Only the SpeechEnded handler starts a turn, so a turn
+is answered once whichever transcript it uses.
 
 Events (SSE): `listening` when the user starts speaking, `barge_in` when that speech interrupts
 the avatar (followed by the usual `interrupted`), `transcript` (final; `text` "" when nothing
@@ -31,6 +37,8 @@ from .vad import (
     SileroVAD,
     SpeechContinues,
     SpeechEnded,
+    SpeechPaused,
+    SpeechResumed,
     SpeechStarted,
     VADSettings,
     VoiceActivity,
@@ -42,7 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VOICE_MODES = ("chat", "echo", "off")
-DEFAULT_BARGE_IN_MIN_S = 0.2
+# 0: barge in when the VAD confirms speech (--vad-min-speech, 0.15 s of it): that minimum
+# already keeps clicks and coughs out, and a second wait on top only delays the interrupt.
+DEFAULT_BARGE_IN_MIN_S = 0.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,8 @@ class Listener:
         self.activity = VoiceActivity(voice.vad, voice.vad_settings)
         self._turns: set[asyncio.Task] = set()
         self._barged = False
+        # (pause_s, transcription) started at the current pause, if any
+        self._speculation: tuple[float, asyncio.Task] | None = None
         self.speech_ended_at: float | None = None  # monotonic time of the last detected end
         self._task = asyncio.create_task(self._listen(track),
                                          name=f"listener-{session.sessionid}")
@@ -99,29 +111,70 @@ class Listener:
         if isinstance(event, SpeechStarted):
             self._barged = False
             session.events.emit("listening", speaking=True)
+            await self._maybe_barge_in(self.activity.settings.min_speech_s)
         elif isinstance(event, SpeechContinues):
-            if (self.options.barge_in and not self._barged and session.speaking
-                    and event.duration_s >= self.voice.barge_in_min_s):
-                self._barged = True
-                session.events.emit("barge_in", after_s=round(event.duration_s, 3))
-                await session.interrupt()
+            if isinstance(event, SpeechResumed):
+                self._drop_speculation()
+            await self._maybe_barge_in(event.duration_s)
+        elif isinstance(event, SpeechPaused):
+            self._drop_speculation()
+            if self.options.mode != "off":
+                self._speculation = (event.pause_s, self._start(
+                    self._transcribe(event.audio), f"asr-{session.sessionid}"))
         elif isinstance(event, SpeechEnded):
             self.speech_ended_at = time.monotonic()
-            task = asyncio.create_task(self._turn(event), name=f"turn-{session.sessionid}")
-            self._turns.add(task)
-            task.add_done_callback(self._turns.discard)
+            speculation, self._speculation = self._speculation, None
+            if speculation is not None and speculation[0] != event.end_s:
+                self._speculation = speculation  # stale (cut at max_utterance_s): dropped
+                self._drop_speculation()
+                speculation = None
+            transcription = (speculation[1] if speculation is not None
+                             else self._start(self._transcribe(event.audio),
+                                              f"asr-{session.sessionid}"))
+            self._start(self._turn(event, transcription, speculation is not None),
+                        f"turn-{session.sessionid}")
 
-    async def _turn(self, event: SpeechEnded) -> None:
+    async def _maybe_barge_in(self, speech_s: float) -> None:
         session = self.session
+        if (self.options.barge_in and not self._barged and session.speaking
+                and speech_s >= self.voice.barge_in_min_s):
+            self._barged = True
+            session.events.emit("barge_in", after_s=round(speech_s, 3))
+            await session.interrupt()
+
+    def _start(self, coro, name: str) -> asyncio.Task:
+        """A task of this listener: `close` cancels it."""
+        task = asyncio.create_task(coro, name=name)
+        self._turns.add(task)
+        task.add_done_callback(self._turns.discard)
+        return task
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            _, task = self._speculation
+            self._speculation = None
+            task.cancel()
+            if task.done() and not task.cancelled():
+                task.exception()  # a failed, now unused transcript: retrieved, not logged
+
+    async def _transcribe(self, audio) -> tuple[str, int]:
         started = time.monotonic()
+        text = await self.voice.asr.transcribe(audio)
+        return text, round((time.monotonic() - started) * 1000)
+
+    async def _turn(self, event: SpeechEnded, transcription: asyncio.Task,
+                    speculative: bool) -> None:
+        session = self.session
+        ended_at = time.monotonic()
         try:
-            text = await self.voice.asr.transcribe(event.audio)
+            text, asr_ms = await transcription
         except ASRError as exc:
             session.events.emit("error", msg=f"speech recognition failed: {exc}")
             return
-        asr_ms = round((time.monotonic() - started) * 1000)
+        wait_ms = round((time.monotonic() - ended_at) * 1000)
         turn = has_speakable(text) and self.options.mode != "off" and not session.closed
         session.events.emit("transcript", text=text, final=True, turn=turn, asr_ms=asr_ms,
+                            speculative=speculative, wait_ms=wait_ms,
                             seconds=round(event.audio.size / VAD_SAMPLE_RATE_HZ, 2))
         if not turn:
             return
@@ -134,6 +187,7 @@ class Listener:
             session.events.emit("error", msg=exc.msg)
 
     async def close(self) -> None:
+        self._speculation = None
         tasks = [self._task, *self._turns]
         for task in tasks:
             task.cancel()

@@ -196,6 +196,7 @@ class Session:
         self.events.emit("audiotype", audiotype=audiotype, reinit=reinit)
 
     async def interrupt(self) -> None:
+        self.audio.flush()  # speech already handed to the track goes too
         self._end_dropped(await self.pipeline.interrupt())
 
     def _end_dropped(self, dropped: list[Utterance]) -> None:

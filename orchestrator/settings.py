@@ -92,7 +92,7 @@ class Settings:
     asr_language: str = ""
     voice_mode: str = "chat"
     barge_in: bool = True
-    barge_in_min_s: float = 0.2
+    barge_in_min_s: float = 0.0
     vad_threshold: float = 0.5
     vad_neg_threshold: float = 0.35
     vad_min_speech_s: float = 0.15
@@ -241,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(voice_mode): a chat question, an echo, or nothing (default chat)")
     vi.add_argument("--no-barge-in", dest="barge_in", action="store_false",
                     help="user speech does not interrupt the avatar (default: it does)")
-    vi.add_argument("--barge-in-min", dest="barge_in_min_s", type=float, default=0.2,
-                    help="seconds of user speech that interrupt the talking avatar (default 0.2)")
+    vi.add_argument("--barge-in-min", dest="barge_in_min_s", type=float, default=0.0,
+                    help="seconds of user speech that interrupt the talking avatar (default 0: "
+                         "as soon as the VAD confirms speech, --vad-min-speech)")
     vi.add_argument("--vad-threshold", type=float, default=0.5,
                     help="speech probability at which speech starts (default 0.5)")
     vi.add_argument("--vad-neg-threshold", type=float, default=0.35,

@@ -43,6 +43,10 @@ class PlayerTrack(MediaStreamTrack):
         self._frames.append(frame)
         self._ready.set()
 
+    def flush(self) -> None:
+        """Drop the frames not yet pulled (an interrupt: what was queued must not play)."""
+        self._frames.clear()
+
     async def recv(self) -> av.VideoFrame | av.AudioFrame:
         if self._on_first_recv is not None:
             callback, self._on_first_recv = self._on_first_recv(), None

@@ -11,11 +11,27 @@ from collections.abc import AsyncIterator
 
 import av
 import numpy as np
+from aiortc import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .vad import VAD_FRAME_SAMPLES, VAD_SAMPLE_RATE_HZ
 
 INT16_FULL_SCALE = 32768.0
+# aiortc holds each received audio packet until 4 more have arrived (80 ms of 20 ms packets)
+# before decoding it. For the listener that is 80 ms later on every speech start and end; one
+# packet (20 ms) still puts packets that arrive out of order back in order.
+UPLINK_PREFETCH_PACKETS = 1
+UPLINK_JITTER_CAPACITY_PACKETS = 16  # aiortc's own audio capacity
+
+
+def shorten_jitter_buffer(receiver: RTCRtpReceiver) -> None:
+    """Call before media flows (the peer connection's "track" event). aiortc has no option
+    for it: the receiver's buffer is replaced; an aiortc without that attribute is left as is."""
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if isinstance(getattr(receiver, name, None), JitterBuffer):
+        setattr(receiver, name, JitterBuffer(capacity=UPLINK_JITTER_CAPACITY_PACKETS,
+                                             prefetch=UPLINK_PREFETCH_PACKETS))
 
 
 class UplinkFrames:

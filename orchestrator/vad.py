@@ -74,6 +74,22 @@ class SpeechContinues:
 
 
 @dataclass(frozen=True)
+class SpeechResumed(SpeechContinues):
+    """Speech again after a pause that did not last `min_silence_s`: a transcript started at
+    the pause (SpeechPaused) is stale."""
+
+
+@dataclass(frozen=True)
+class SpeechPaused:
+    """The first silent frame after speech: `audio` is the utterance so far (pre-roll
+    included), `pause_s` (uplink time) when the silence began. If it lasts, the SpeechEnded
+    that follows has `end_s == pause_s` and the same words: a transcript may start now."""
+
+    audio: np.ndarray
+    pause_s: float
+
+
+@dataclass(frozen=True)
 class SpeechEnded:
     """An utterance: its audio (16 kHz mono float32, pre-roll included), when the speech
     stopped (`end_s`, uplink time) and when it was detected (`detected_s`)."""
@@ -83,7 +99,7 @@ class SpeechEnded:
     detected_s: float
 
 
-VoiceEvent = SpeechStarted | SpeechContinues | SpeechEnded
+VoiceEvent = SpeechStarted | SpeechContinues | SpeechPaused | SpeechEnded
 
 
 class VoiceActivity:
@@ -120,10 +136,11 @@ class VoiceActivity:
                 self._run_start = None
                 del self._frames[:-self._pre_roll]
             return None
+        resumed = paused = False
         if prob >= s.threshold:
-            self._silence_since = None
+            resumed, self._silence_since = self._silence_since is not None, None
         elif prob < s.neg_threshold and self._silence_since is None:
-            self._silence_since = t
+            paused, self._silence_since = True, t
         now = t + VAD_FRAME_S
         ended = (self._silence_since is not None
                  and now - self._silence_since >= s.min_silence_s)
@@ -133,4 +150,8 @@ class VoiceActivity:
             self._frames, self._run_start = self._frames[-self._pre_roll:], None
             self.speaking_since = self._silence_since = None
             return SpeechEnded(audio, end, now)
+        if paused:
+            return SpeechPaused(np.concatenate(self._frames), t)
+        if resumed:
+            return SpeechResumed(now - self.speaking_since)
         return SpeechContinues(now - self.speaking_since)

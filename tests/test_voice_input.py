@@ -16,13 +16,18 @@ from server_fixtures import running_server, server_settings
 
 from orchestrator.asr import OpenAITranscription, WhisperOnTriton
 from orchestrator.client import AvatarClient, Microphone
+from orchestrator.listener import Listener, VoiceInput, VoiceOptions
 from orchestrator.tts import PiperEngine, Voice, synthesize_all
 from orchestrator.uplink import UplinkFrames
 from orchestrator.vad import (
     VAD_FRAME_SAMPLES,
     SileroVAD,
+    SpeechContinues,
     SpeechEnded,
+    SpeechPaused,
+    SpeechResumed,
     SpeechStarted,
+    VADSettings,
     VoiceActivity,
 )
 
@@ -80,8 +85,8 @@ def test_uplink_resamples_48k_stereo_to_16k_frames():
 
 
 async def _events(activity: VoiceActivity, audio: np.ndarray) -> list:
-    return [e for f in frames_of(audio) if (e := await activity.feed(f)) is not None
-            and not e.__class__.__name__ == "SpeechContinues"]
+    return [e for f in frames_of(audio) if isinstance(e := await activity.feed(f),
+                                                       SpeechStarted | SpeechEnded)]
 
 
 async def test_vad_finds_speech_and_ignores_silence_and_noise(triton, speech):
@@ -102,6 +107,109 @@ async def test_vad_finds_speech_and_ignores_silence_and_noise(triton, speech):
         assert await _events(VoiceActivity(vad), noise) == []
     finally:
         await vad.close()
+
+
+async def test_vad_pause_comes_before_the_end_with_the_same_words(triton, speech):
+    """SpeechPaused at the first silent frame (a transcript may start there); a short pause
+    is followed by SpeechResumed; the lasting one by SpeechEnded at the same pause."""
+    vad = SileroVAD(triton.url)
+    try:
+        question = at_16k(*speech[QUESTION])
+        gap = np.zeros(int(0.2 * RATE_16K), np.float32)  # shorter than min_silence_s
+        audio = np.concatenate([np.zeros(RATE_16K // 2, np.float32), question, gap, question,
+                                np.zeros(RATE_16K, np.float32)])
+        activity = VoiceActivity(vad, VADSettings(min_silence_s=0.35))
+        events = []
+        for f in frames_of(audio):
+            e = await activity.feed(f)
+            if e is not None and type(e) is not SpeechContinues:
+                events.append(e)
+        kinds = [type(e) for e in events]
+        assert kinds[0] is SpeechStarted and kinds[-1] is SpeechEnded, kinds
+        assert SpeechResumed in kinds  # the 0.2 s gap (and any pause inside a sentence)
+        last_pause = [e for e in events if isinstance(e, SpeechPaused)][-1]
+        assert kinds[-2] is SpeechPaused and last_pause.pause_s == events[-1].end_s
+        ended = events[-1].audio
+        assert ended[:last_pause.audio.size].tobytes() == last_pause.audio.tobytes()
+    finally:
+        await vad.close()
+
+
+class _CountingASR:
+    """Counts transcriptions; each takes `seconds` and returns the audio's length."""
+
+    def __init__(self, seconds: float = 0.1) -> None:
+        self.seconds, self.calls, self.cancelled = seconds, [], 0
+
+    async def transcribe(self, audio: np.ndarray) -> str:
+        self.calls.append(audio.size)
+        try:
+            await asyncio.sleep(self.seconds)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return f"heard {audio.size} samples"
+
+
+class _FakeSession:
+    sessionid, speaking, closed = 7, False, False
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.emitted: list[tuple[str, dict]] = []
+        self.events = self
+
+    def emit(self, name: str, **fields) -> None:
+        self.emitted.append((name, fields))
+
+    def ask(self, text: str) -> None:
+        self.asked.append(text)
+
+
+class _SilentTrack:
+    kind = "audio"
+
+    async def recv(self):
+        await asyncio.Event().wait()
+
+
+def _listener(asr: _CountingASR) -> tuple[Listener, _FakeSession]:
+    session = _FakeSession()
+    voice = VoiceInput(vad=None, asr=asr)  # type: ignore[arg-type]
+    return Listener(session, _SilentTrack(), voice, VoiceOptions()), session  # type: ignore[arg-type]
+
+
+async def test_speculative_transcript_is_used_once_or_dropped():
+    audio = np.ones(1000, np.float32)
+    longer = np.ones(3000, np.float32)
+    # The pause lasts: the transcript started at it is the turn's (one ASR call, one answer).
+    asr = _CountingASR()
+    listener, session = _listener(asr)
+    await listener._on(SpeechPaused(audio, 1.0))
+    await asyncio.sleep(0.05)
+    await listener._on(SpeechEnded(np.ones(1500, np.float32), 1.0, 1.35))
+    await asyncio.sleep(0.2)
+    assert asr.calls == [1000] and session.asked == ["heard 1000 samples"]
+    transcript = next(f for name, f in session.emitted if name == "transcript")
+    assert transcript["speculative"] and transcript["wait_ms"] < 100
+    await listener.close()
+    # Speech resumes: that transcript is cancelled; the longer utterance is the one answered.
+    asr = _CountingASR()
+    listener, session = _listener(asr)
+    await listener._on(SpeechPaused(audio, 1.0))
+    await asyncio.sleep(0.02)
+    await listener._on(SpeechResumed(1.2))
+    await listener._on(SpeechPaused(longer, 2.0))
+    await listener._on(SpeechEnded(longer, 2.0, 2.35))
+    await asyncio.sleep(0.2)
+    assert asr.calls == [1000, 3000] and asr.cancelled == 1
+    assert session.asked == ["heard 3000 samples"]
+    # The session closes while a transcript is in flight: every listener task ends, no turn.
+    await listener._on(SpeechPaused(audio, 5.0))
+    await asyncio.sleep(0.02)
+    await listener.close()
+    assert asr.cancelled == 2 and session.asked == ["heard 3000 samples"]
+    assert not listener._turns and listener._task.done()
 
 
 async def test_vad_state_is_per_session(triton, speech):
