@@ -10,9 +10,10 @@
   /api/avatar/task` (multipart: `model`, `avatar_id`, `video_file`, optional `task_id`; the
   face-detection tuning fields are accepted and ignored: our builder tracks the face itself),
   `GET /api/avatar/task/{task_id}`, `GET /api/avatar/tasks`, `DELETE /api/avatar/task/{task_id}`.
-- `/api/asr`: voice input is not configured yet (issue 13): a plain request gets 404 JSON (not a
-  5xx: nothing failed, the service is not there), a WebSocket gets one JSON message saying so
-  and is closed.
+- `/api/asr`: FunASR's WebSocket protocol on our ASR engine (orchestrator/asr_websocket.py); a
+  plain request gets 400 JSON. With --no-voice-input a plain request gets 404 JSON (not a 5xx:
+  nothing failed, the service is not there), a WebSocket gets one JSON message saying so and is
+  closed.
 
 All of these are control routes: they need the token when one is set.
 """
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import WSCloseCode, web
 
 from .api import ok, services_of
+from .asr_websocket import serve_recognition
 from .avatar_api import AVATAR_JOBS_KEY, MAX_FIELD_BYTES, save_limited
 from .avatar_jobs import AvatarJob, JobState
 from .errors import ApiError
@@ -42,8 +44,10 @@ AVATAR_MODELS = ("wav2lip", "musetalk")  # what their API takes; both build our 
 # LiveTalking's task states for ours.
 TASK_STATUS = {JobState.QUEUED: "pending", JobState.RUNNING: "running",
                JobState.DONE: "completed", JobState.FAILED: "failed"}
-ASR_NOT_CONFIGURED = ("speech recognition (/api/asr) is not configured on this server: voice "
-                      "input is not available yet; send text to /human")
+ASR_NOT_CONFIGURED = ("speech recognition (/api/asr) is not configured on this server (it runs "
+                      "with --no-voice-input); send text to /human")
+ASR_NEEDS_WEBSOCKET = ("/api/asr speaks FunASR's WebSocket protocol: open it as a WebSocket "
+                       "(ws://.../api/asr)")
 
 routes = web.RouteTableDef()
 
@@ -208,9 +212,14 @@ async def avatar_tasks(request: web.Request) -> web.Response:
 
 @routes.get("/api/asr")
 async def asr(request: web.Request) -> web.StreamResponse:
+    voice = services_of(request).voice_input
     ws = web.WebSocketResponse()
     if not ws.can_prepare(request).ok:
-        raise ApiError.not_found(ASR_NOT_CONFIGURED)
+        if voice is None:
+            raise ApiError.not_found(ASR_NOT_CONFIGURED)
+        raise ApiError.bad_request(ASR_NEEDS_WEBSOCKET)
+    if voice is not None:
+        return await serve_recognition(request, voice.asr)
     await ws.prepare(request)
     # Shaped like an ASR result too, so a FunASR-style page shows an empty, final text.
     await ws.send_json({"code": 404, "msg": ASR_NOT_CONFIGURED, "text": "", "is_final": True,

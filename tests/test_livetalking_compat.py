@@ -240,22 +240,6 @@ async def test_avatar_task_api_builds_lists_and_deletes(lt_server):
         assert status == 400 and "video_path" in got["msg"], got
 
 
-async def test_asr_answers_not_configured(lt_server):
-    base_url, _ = lt_server
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{base_url}/api/asr") as resp:
-            got = await resp.json()
-            assert resp.status == 404 and got["code"] == 404 and "not configured" in got["msg"]
-        async with http.ws_connect(f"{base_url}/api/asr") as ws:
-            await ws.send_json({"chunk_size": [5, 10, 5], "wav_name": "h5", "is_speaking": True,
-                                "mode": "2pass"})
-            message = await ws.receive_json(timeout=5)
-            assert message["code"] != 0 and "not configured" in message["msg"]
-            assert message["is_final"] is True and message["text"] == ""
-            closing = await ws.receive(timeout=5)
-            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-
-
 async def test_web_dir_serves_pages_safely(lt_server, web_dir):
     base_url, _ = lt_server
     async with aiohttp.ClientSession() as http:
@@ -300,6 +284,9 @@ async def test_token_guards_the_api_not_the_pages_and_config_hides_secrets(trito
                              ("GET", "/api/asr"), ("POST", "/human")):
             async with http.request(method, base_url + path) as resp:
                 assert resp.status == 401, (method, path)
+        async with http.ws_connect(f"{base_url}/api/asr?token={TOKEN}") as ws:  # pages' way
+            await ws.send_str("{")
+            assert "JSON" in (await ws.receive_json(timeout=5))["msg"]
         auth = {"Authorization": f"Bearer {TOKEN}"}
         async with http.get(f"{base_url}/api/admin/config", headers=auth) as resp:
             text = await resp.text()
@@ -337,7 +324,7 @@ async def test_every_error_status_carries_a_nonzero_code_and_a_msg(lt_server):
             ("POST", "/healthz", b"", "application/json", 405),
             ("POST", "/human", b"x" * (2 << 20), "application/json", 413),
             ("POST", "/human", b"{}", "text/plain", 415),
-            ("GET", "/api/asr", b"", "", 404),
+            ("GET", "/api/asr", b"", "", 400),  # a WebSocket route
             ("GET", "/nope.html", b"", "", 404),
         ]
         for method, path, body, content_type, status in cases:
