@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 0.5
 PROBE_TIMEOUT_S = 1.0
+# A probe left unanswered this long (a stopped or hung server) makes Triton not ready; a single
+# slow answer on a busy machine (the event loop or the server's CPU shared) does not. A refused
+# connection or an exited process is not ready at once.
+SLOW_ANSWER_GRACE_S = 2.0
 # An embedded server alive but answering no probe for this long is killed and restarted.
 HUNG_RESTART_S = 30.0
 RESTART_BACKOFF_FIRST_S = 1.0
@@ -141,6 +145,9 @@ class TritonSupervisor:
             status = {"live": False, "ready": False, "models": {}, "error": message}
             if self._unanswered_since is None:
                 self._unanswered_since = time.monotonic()
+            if (isinstance(exc, asyncio.TimeoutError) and self.ready
+                    and time.monotonic() - self._unanswered_since < SLOW_ANSWER_GRACE_S):
+                return  # one slow answer is not an outage: keep the last state
         self._set(status)
 
     def _kill_if_hung(self) -> None:

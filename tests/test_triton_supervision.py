@@ -293,3 +293,32 @@ async def test_external_triton_killed_and_restarted_speech_returns():
                 await client.close()
     finally:
         await external.stop()
+
+
+async def test_one_slow_probe_is_not_an_outage(triton, monkeypatch):
+    """A CI run saw /offer answered 503 because one probe waited more than 1 s on a busy machine:
+    a slow answer keeps the last state until it has lasted SLOW_ANSWER_GRACE_S; then not ready."""
+    from orchestrator import triton_supervisor
+    from orchestrator.triton_supervisor import TritonSupervisor
+
+    supervisor = TritonSupervisor(triton.url, [TTS_MODEL, LIPSYNC_MODEL])
+    try:
+        await supervisor._probe()
+        assert supervisor.ready
+        answer = supervisor._client.server_status
+
+        async def slow(models):
+            await asyncio.sleep(triton_supervisor.PROBE_TIMEOUT_S + 0.5)  # a busy machine
+            return await answer(models)
+
+        monkeypatch.setattr(supervisor._client, "server_status", slow)
+        await supervisor._probe()
+        assert supervisor.ready, supervisor.status  # one slow answer
+        monkeypatch.setattr(triton_supervisor, "SLOW_ANSWER_GRACE_S", 0.0)
+        await supervisor._probe()
+        assert not supervisor.ready and "no answer" in supervisor.reason  # it lasted: not ready
+        monkeypatch.setattr(supervisor._client, "server_status", answer)
+        await supervisor._probe()
+        assert supervisor.ready
+    finally:
+        await supervisor.close()
