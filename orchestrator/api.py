@@ -16,6 +16,7 @@ from .listener import VOICE_MODES, VoiceOptions
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .recorder import EmptyRecording
 from .roster import MAIN
+from .rtcp_feedback import route_feedback
 from .services import SERVICES_KEY, Services
 from .session import Session, SessionLimits, SessionOptions
 from .session_lookup import find_session, json_session, parse_sessionid, query_session
@@ -23,6 +24,7 @@ from .speech import MAX_TEXT_CHARS, has_speakable
 from .tts import Voice
 from .uplink import shorten_jitter_buffer
 from .validation import FormReader, choice, field, json_config, read_json_object
+from .video_track import sent_video_codec
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ async def _open_session(services: Services, sessionid: int, options: SessionOpti
     pc = RTCPeerConnection(services.rtc_configuration)
     return Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat,
                    clips, services.metrics.observe, SessionLimits.from_settings(services.settings),
-                   services.session_closed)
+                   services.session_closed, services.idle_streams)
 
 
 def offer_sdp(body: dict) -> str:
@@ -125,7 +127,7 @@ def _parse_offer(sdp: str) -> None:
 async def _negotiate(session: Session, sdp: str, services: Services) -> str:
     pc = session.pc
     pc.addTrack(session.audio)
-    pc.addTrack(session.video)
+    route_feedback(pc.addTrack(session.video), session.video)  # PLI/FIR, REMB: our encoders
     voice_input = services.voice_input
 
     @pc.on("track")
@@ -140,6 +142,9 @@ async def _negotiate(session: Session, sdp: str, services: Services) -> str:
     except (ValueError, KeyError, AttributeError, IndexError) as exc:
         raise ApiError.bad_request(f"field 'sdp' could not be negotiated: {exc}") from None
     await pc.setLocalDescription(await pc.createAnswer())
+    codec = sent_video_codec(pc.localDescription.sdp)
+    if codec is not None:
+        session.video.use_codec(codec)
     return pc.localDescription.sdp
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 MIC_SAMPLE_RATE_HZ = 48000
@@ -91,6 +91,8 @@ class Microphone(MediaStreamTrack):
 class Received:
     video_times: list[float] = field(default_factory=list)
     video: list[np.ndarray] = field(default_factory=list)  # RGB frames (or the kept region)
+    # Each video frame's RTP time at 90 kHz, from the first frame's (aiortc's receiver maps it).
+    video_pts: list[int] = field(default_factory=list)
     audio_times: list[float] = field(default_factory=list)
     audio_rms: list[float] = field(default_factory=list)  # per received audio frame
     audio: list[np.ndarray] = field(default_factory=list)  # mono float32 at 48 kHz
@@ -101,13 +103,17 @@ class AvatarClient:
 
     def __init__(self, base_url: str, keep_video: bool = True,
                  video_region: tuple[slice, slice] | None = None,
-                 token: str | None = None, microphone: Microphone | None = None) -> None:
+                 token: str | None = None, microphone: Microphone | None = None,
+                 video_codecs: tuple[str, ...] = ()) -> None:
         self.base_url = base_url
         # Sent to the server as the user's voice (a sendrecv audio offer) when given.
         self.microphone = microphone
         self.keep_video = keep_video
         # Keep only this (rows, cols) part of each frame: long runs without gigabytes of video.
         self.video_region = video_region
+        # Offer only these video codecs ("video/H264", "video/VP8"; setCodecPreferences); all
+        # of aiortc's when empty.
+        self.video_codecs = video_codecs
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.received = Received()
         self.sessionid: int | None = None
@@ -118,7 +124,12 @@ class AvatarClient:
             headers={"Authorization": f"Bearer {token}"} if token else None)
 
     async def connect(self, **offer_fields) -> dict:
-        self.pc.addTransceiver("video", direction="recvonly")
+        video = self.pc.addTransceiver("video", direction="recvonly")
+        if self.video_codecs:
+            wanted = {c.lower() for c in self.video_codecs}
+            video.setCodecPreferences([
+                c for c in RTCRtpSender.getCapabilities("video").codecs
+                if c.mimeType.lower() in wanted])
         if self.microphone is not None:
             self.pc.addTransceiver(self.microphone, direction="sendrecv")
         else:
@@ -153,6 +164,7 @@ class AvatarClient:
             now = time.monotonic()
             if track.kind == "video":
                 r.video_times.append(now)
+                r.video_pts.append(frame.pts)
                 if self.keep_video:
                     image = frame.to_ndarray(format="rgb24")
                     r.video.append(image[self.video_region] if self.video_region else image)

@@ -22,10 +22,16 @@ MAX_LAG_TICKS = 5
 
 
 class MediaClock:
-    """Wall-clock pacing computed from a start time and a tick count, never accumulated sleeps."""
+    """Wall-clock pacing computed from a start time and a tick count, never accumulated sleeps.
+
+    Each tick also has a number on one process-wide grid of 40 ms slots counted from the
+    monotonic clock's zero (`wall_tick`): sessions started at different times agree on it, so
+    they can show the same idle-loop frame at the same moment (orchestrator/idle_stream.py).
+    """
 
     def __init__(self) -> None:
         self._start: float | None = None
+        self._first_wall_tick = 0
 
     @property
     def started(self) -> bool:
@@ -33,6 +39,11 @@ class MediaClock:
 
     def start(self) -> None:
         self._start = time.monotonic()
+        self._first_wall_tick = int(self._start / TICK_SECONDS)
+
+    def wall_tick(self, tick: int) -> int:
+        """The grid slot tick `tick` plays in: floor((start + tick · 40 ms) / 40 ms)."""
+        return self._first_wall_tick + tick
 
     def tick_time(self, tick: int) -> float:
         assert self._start is not None, "clock not started"

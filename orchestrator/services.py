@@ -24,6 +24,7 @@ from .errors import ApiError
 from .features import SAMPLE_RATE_HZ, melspectrogram
 from .heap_trim import HeapTrimmer
 from .ice import restrict_host_candidates, rtc_configuration
+from .idle_stream import IdleStreams
 from .knowledge import KnowledgeStore, UnknownKnowledgeBase
 from .lipsync_models import LipSyncModels
 from .listener import VoiceInput
@@ -65,6 +66,7 @@ class Services:
     voices: VoiceStore  # reference clips for voice-cloning engines (data/voices/)
     embedded_triton: EmbeddedTriton | None = None
     voice_input: VoiceInput | None = None  # None: --no-voice-input
+    idle_streams: IdleStreams | None = None  # None: --no-shared-idle
     heap_trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
     _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
 
@@ -208,6 +210,7 @@ async def start_services(settings: Settings) -> Services:
         voices=VoiceStore(settings.data_dir),
         embedded_triton=embedded,
         voice_input=voice_input(settings, url),
+        idle_streams=IdleStreams() if settings.shared_idle else None,
     )
     await warm_up
     status = await services.triton_status()

@@ -28,6 +28,7 @@ from .chat import ChatAgent
 from .clips import Clip
 from .errors import ApiError
 from .events import SessionEvents
+from .idle_stream import IdleStreams
 from .lipsync_models import LipSyncModels
 from .listener import Listener, VoiceInput, VoiceOptions
 from .media_clock import (
@@ -36,7 +37,6 @@ from .media_clock import (
     AUDIO_SAMPLES_PER_PACKET,
     AUDIO_TIME_BASE,
     VIDEO_FPS,
-    VIDEO_TIME_BASE,
     MediaClock,
 )
 from .peer_watch import wait_peer_gone
@@ -61,8 +61,9 @@ from .speech import (
 )
 from .speech_pipeline import SpeechPipeline
 from .stage import Stage
-from .tracks import audio_track, video_track
+from .tracks import audio_track
 from .tts import TTSRouter, Voice
+from .video_track import Picture, VideoTrack
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class Session:
         observer: Callable[[dict], None] | None = None,
         limits: SessionLimits = SessionLimits(),
         on_closed: Callable[[int], None] | None = None,
+        idle_streams: IdleStreams | None = None,
     ) -> None:
         self.sessionid = sessionid
         self.created = time.time()  # wall clock: `since` in /api/admin/sessions
@@ -121,7 +123,9 @@ class Session:
         self._on_closed = on_closed  # the registry frees the slot
         self.events = SessionEvents(sessionid, observer)
         self.clock = MediaClock()
-        self.video = video_track(self._start_player)
+        # Idle pictures come from the server's shared idle streams when given (idle_stream.py).
+        self.video = VideoTrack(self._start_player, self.avatar.width, self.avatar.height,
+                                idle_streams)
         self.audio = audio_track(self._start_player)
         self._speaking: Utterance | None = None
         self._spoken: list[str] = []  # sentences of the current utterance played so far
@@ -341,12 +345,14 @@ class Session:
         return None
 
     def _render(self, tick: int) -> None:
-        shot = self.stage.next_shot(self._next_speech_frame())
+        speech = self._next_speech_frame()
+        # Between utterances the idle loop's position is the tick on the process-wide grid: the
+        # same picture as every other session showing this avatar idle, which lets them share
+        # its encoding. Within one (a pause, a late frame) it goes on from the speech's.
+        grid_tick = self.clock.wall_tick(tick) if self._speaking is None else None
+        shot = self.stage.next_shot(speech, grid_tick)
         image, audio = shot.image, shot.audio
-        video = av.VideoFrame.from_ndarray(image, format="rgb24")
-        video.pts = self.clock.video_pts(tick)
-        video.time_base = VIDEO_TIME_BASE
-        self.video.push(video)
+        self.video.push(Picture(image, self.clock.video_pts(tick), shot.idle))
         pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
         for packet in range(AUDIO_PACKETS_PER_TICK):
             samples = pcm[packet * AUDIO_SAMPLES_PER_PACKET : (packet + 1) * AUDIO_SAMPLES_PER_PACKET]

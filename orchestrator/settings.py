@@ -54,6 +54,8 @@ class Settings:
     turn_username: str | None = None
     turn_password: str | None = None
     ice_hosts: tuple[str, ...] = ()
+    # Sessions showing the same avatar idle share one encoder's frames (idle_stream.py).
+    shared_idle: bool = True
     lipsync_model: str = "lipsync_default"
     tts_model: str = "tts_espeak"  # eSpeak's Triton model (the fallback engine)
     tts: str = "piper"  # the default engine (orchestrator/tts ENGINES); eSpeak speaks the rest
@@ -223,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only advertise these addresses as ICE host candidates (repeatable; "
                     "e.g. 127.0.0.1 for loopback-only, or a public/NAT 1:1 address). Default: "
                     "all non-loopback interface addresses")
+    se.add_argument("--no-shared-idle", dest="shared_idle", action="store_false",
+                    help="encode every session's idle video on its own (default: sessions showing "
+                    "the same avatar idle share one encoder's frames)")
     vi = p.add_argument_group("voice input (microphone, VAD, speech recognition)")
     vi.add_argument("--no-voice-input", dest="voice_input", action="store_false",
                     help="ignore the microphone track a client sends (no VAD or ASR models)")
@@ -308,6 +313,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         turn_username=args.turn_username,
         turn_password=args.turn_password,
         ice_hosts=tuple(args.ice_hosts),
+        shared_idle=args.shared_idle,
         lipsync_model=args.lipsync_model,
         tts_model=args.tts_model,
         tts=args.tts,

@@ -3,6 +3,13 @@ clip chosen by /set_audiotype, else the idle loop of the avatar who spoke last.
 
 Switching between them (clip → speech → clip, one avatar → another) cross-fades over a few
 frames instead of jumping; every picture leaves at the session's frame size.
+
+The idle loop's position can come from outside (`idle_tick`: the session clock's tick on the
+process-wide grid), so every session showing the same avatar idle shows the same picture at the
+same moment; such a shot says which one (`Shot.idle`), and one shared encoder can send it to all
+of them (orchestrator/idle_stream.py). Speech continues the loop from where it was planned, so
+back from speech the loop is elsewhere: the loop frame that would have followed cross-fades
+into the one at `idle_tick` (both with the mouth closed, as it closes at the end of speech).
 """
 
 from __future__ import annotations
@@ -25,10 +32,25 @@ _SILENCE = np.zeros(AUDIO_SAMPLES_PER_TICK, np.float32)
 _SILENCE.setflags(write=False)
 
 
+@dataclass(frozen=True, eq=False)
+class IdleFrame:
+    """Frame `tick` of `avatar`'s idle loop: the same picture in every session that shows it at
+    the same frame size."""
+
+    avatar: Avatar
+    tick: int
+
+    def image(self, width: int, height: int) -> np.ndarray:
+        """uint8 [height, width, 3] RGB (the avatar's frame itself when the sizes agree)."""
+        avatar = self.avatar
+        return fit_to(avatar.frames[avatar.frame_index(self.tick)], width, height)
+
+
 @dataclass(frozen=True)
 class Shot:
     image: np.ndarray  # uint8 [H, W, 3] RGB at the session's size
     audio: np.ndarray  # float32 [640] at 16 kHz
+    idle: IdleFrame | None = None  # set when `image` is exactly this idle-loop frame
 
 
 class Stage:
@@ -40,6 +62,7 @@ class Stage:
         self._positions: dict[int, int] = {}  # where each clip was left
         self.avatar_tick = 0  # position in the idle loop(s); speech frames continue from it
         self._source: object = None
+        self._spoke = False  # the last shot was speech
         self._last: np.ndarray | None = None
         self._fade_from: np.ndarray | None = None
         self._fade_step = 0
@@ -53,7 +76,9 @@ class Stage:
             self._positions[audiotype] = 0
         self.audiotype = audiotype
 
-    def next_shot(self, speech: SpeechFrame | None) -> Shot:
+    def next_shot(self, speech: SpeechFrame | None, idle_tick: int | None = None) -> Shot:
+        """The next picture and its 40 ms of sound. `idle_tick`: the idle loop's position for
+        this shot (None: the stage's own count, going on from the last shot)."""
         if speech is not None:
             avatar = speech.avatar
             index = avatar.frame_index(speech.avatar_tick)
@@ -70,20 +95,29 @@ class Stage:
             source = ("clip", self.audiotype)
         else:
             avatar = self.shown
-            image = avatar.frames[avatar.frame_index(self.avatar_tick)]
-            self.avatar_tick += 1
-            shot, source = Shot(image, _SILENCE), ("avatar", avatar.id)
-        return self._blend(Shot(fit_to(shot.image, self.width, self.height), shot.audio), source)
+            tick = self.avatar_tick if idle_tick is None else idle_tick
+            if tick != self.avatar_tick and self._spoke and self._last is not None:
+                # Back from speech, the loop is elsewhere: fade from where it would have gone on.
+                self._fade_from = IdleFrame(avatar, self.avatar_tick).image(self.width, self.height)
+                self._fade_step = 0
+            idle = IdleFrame(avatar, tick)
+            self.avatar_tick = tick + 1
+            shot = Shot(idle.image(self.width, self.height), _SILENCE, idle)
+            source = ("avatar", avatar.id)
+        self._spoke = speech is not None
+        return self._blend(Shot(fit_to(shot.image, self.width, self.height), shot.audio,
+                                shot.idle), source)
 
     def _blend(self, shot: Shot, source: object) -> Shot:
         if source != self._source and self._last is not None:
             self._fade_from, self._fade_step = self._last, 0
         self._source = source
-        image = shot.image
-        if self._fade_from is not None:
-            self._fade_step += 1
-            image = crossfade(self._fade_from, image, self._fade_step / (TRANSITION_FRAMES + 1))
-            if self._fade_step >= TRANSITION_FRAMES:
-                self._fade_from = None
+        if self._fade_from is None:
+            self._last = shot.image
+            return shot
+        self._fade_step += 1
+        image = crossfade(self._fade_from, shot.image, self._fade_step / (TRANSITION_FRAMES + 1))
+        if self._fade_step >= TRANSITION_FRAMES:
+            self._fade_from = None
         self._last = image
-        return Shot(image, shot.audio)
+        return Shot(image, shot.audio)  # a blend is no idle-loop frame

@@ -1,4 +1,7 @@
-"""WebRTC tracks fed by the session's player: they only hand out frames, never pace them."""
+"""WebRTC tracks fed by the session's player: they only hand out frames, never pace them.
+
+The video track (orchestrator/video_track.py) builds on PlayerTrack: its items are pictures,
+which it encodes (or takes from a shared idle stream) as they are pulled."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import inspect
 import weakref
 from collections.abc import Callable
 
-import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
@@ -31,13 +33,12 @@ class PlayerTrack(MediaStreamTrack):
             weakref.WeakMethod(on_first_recv) if inspect.ismethod(on_first_recv)
             else lambda: on_first_recv
         )
-        self._frames: collections.deque[av.VideoFrame | av.AudioFrame] = collections.deque(
-            maxlen=max_queued
-        )
+        # Audio frames here; the video track's pictures (video_track.Picture).
+        self._frames: collections.deque = collections.deque(maxlen=max_queued)
         self._ready = asyncio.Event()
         self.dropped = 0
 
-    def push(self, frame: av.VideoFrame | av.AudioFrame) -> None:
+    def push(self, frame) -> None:
         if len(self._frames) == self._frames.maxlen:
             self.dropped += 1
         self._frames.append(frame)
@@ -47,7 +48,7 @@ class PlayerTrack(MediaStreamTrack):
         """Drop the frames not yet pulled (an interrupt: what was queued must not play)."""
         self._frames.clear()
 
-    async def recv(self) -> av.VideoFrame | av.AudioFrame:
+    async def recv(self):
         if self._on_first_recv is not None:
             callback, self._on_first_recv = self._on_first_recv(), None
             if callback is not None:
@@ -63,10 +64,6 @@ class PlayerTrack(MediaStreamTrack):
         super().stop()
         self._on_first_recv = None
         self._ready.set()  # wake a pending recv so it sees the track ended
-
-
-def video_track(on_first_recv: Callable[[], None]) -> PlayerTrack:
-    return PlayerTrack("video", on_first_recv, MAX_QUEUED_FRAMES)
 
 
 def audio_track(on_first_recv: Callable[[], None]) -> PlayerTrack:

@@ -1,4 +1,5 @@
 import asyncio
+import math
 import time
 
 from orchestrator.media_clock import (
@@ -6,6 +7,7 @@ from orchestrator.media_clock import (
     AUDIO_SAMPLES_PER_PACKET,
     AUDIO_SAMPLES_PER_TICK,
     MAX_LAG_TICKS,
+    TICK_SECONDS,
     MediaClock,
 )
 
@@ -36,3 +38,20 @@ async def test_far_behind_skips_ahead():
     await asyncio.sleep(0.04 * (MAX_LAG_TICKS + 3))
     assert await clock.wait_for_tick(0) >= MAX_LAG_TICKS + 2
     assert await clock.wait_for_tick(clock.current_tick() - 1) == clock.current_tick() - 1
+
+
+async def test_clocks_started_apart_agree_on_the_grid_tick():
+    """Ticks of two sessions that play in the same 40 ms slot have the same wall tick: they show
+    the same idle-loop frame (orchestrator/idle_stream.py)."""
+    first, second = MediaClock(), MediaClock()
+    first.start()
+    await asyncio.sleep(0.13)
+    second.start()
+    for tick in range(0, 50, 7):
+        slot = int(second.tick_time(tick) / TICK_SECONDS)
+        assert second.wall_tick(tick) == slot
+        # first's tick that plays in the same slot
+        same = math.ceil((slot * TICK_SECONDS - first.tick_time(0)) / TICK_SECONDS)
+        assert int(first.tick_time(same) / TICK_SECONDS) == slot
+        assert first.wall_tick(same) == slot
+    assert second.wall_tick(10) - second.wall_tick(0) == 10

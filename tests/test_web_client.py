@@ -86,3 +86,70 @@ async def test_page_connects_echoes_and_decodes_video(livehuman):  # noqa: F811
             assert not errors, errors
         finally:
             await browser.close()
+
+
+OFFER_WITH_CODEC_JS = """async (codec) => {
+  const pc = new RTCPeerConnection();
+  const video = pc.addTransceiver('video', {direction: 'recvonly'});
+  pc.addTransceiver('audio', {direction: 'recvonly'});
+  video.setCodecPreferences(RTCRtpReceiver.getCapabilities('video').codecs
+    .filter((c) => c.mimeType.toLowerCase() === codec.toLowerCase()));
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === 'complete') return done();
+    pc.addEventListener('icegatheringstatechange',
+      () => pc.iceGatheringState === 'complete' && done());
+  });
+  const answer = await (await fetch('/offer', {method: 'POST',
+    headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({type: 'offer', sdp: pc.localDescription.sdp})})).json();
+  await pc.setRemoteDescription(answer);
+  window.testPc = pc;
+  return answer.sessionid;
+}"""
+
+VIDEO_STATS_JS = """async () => {
+  const stats = await window.testPc.getStats();
+  let video = null, codecs = {};
+  stats.forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') video = s;
+    if (s.type === 'codec') codecs[s.id] = s.mimeType;
+  });
+  return video && {decoded: video.framesDecoded || 0, keyframes: video.keyFramesDecoded || 0,
+                   pli: video.pliCount || 0, codec: codecs[video.codecId] || null};
+}"""
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (make test installs it)")
+@pytest.mark.parametrize("codec", ["video/H264", "video/VP8"])
+async def test_chromium_decodes_our_encoders_across_idle_speech_switches(livehuman, codec):  # noqa: F811
+    """Chromium offering one codec: our encoder's frames (shared idle stream, the session's own
+    while it speaks, and back) decode without a single picture loss report."""
+    from playwright.async_api import async_playwright
+
+    base_url, services = livehuman
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(base_url + "/")
+            sessionid = await page.evaluate(OFFER_WITH_CODEC_JS, codec)
+            session = services.registry.get(sessionid)
+            assert session.video.mime_type.lower() == codec.lower()
+            await page.wait_for_function(f"({VIDEO_STATS_JS})().then((s) => s && s.decoded > 25)",
+                                         timeout=20000)
+            session.say("One sentence, and the picture switches encoders twice.")
+            deadline = time.monotonic() + 20
+            while (session.speaking or session.video.frames_shared == 0) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            shared = session.video.frames_shared
+            while session.video.frames_shared < shared + 25 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            stats = await page.evaluate(VIDEO_STATS_JS)
+            assert stats["codec"].lower() == codec.lower()
+            track = session.video
+            assert track.switches >= 3 and track.frames_own > 25, (track.switches, track.frames_own)
+            assert stats["pli"] == 0, stats
+            assert stats["decoded"] >= session.frames_sent - 10, (stats, session.frames_sent)
+        finally:
+            await browser.close()

@@ -1,0 +1,327 @@
+"""Shared idle streams (orchestrator/idle_stream.py) and the video track that switches between a
+shared stream and its own encoder (orchestrator/video_track.py): in isolation, and through real
+aiortc peers whose decoded frames must be the pictures the stage rendered, across the switches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
+from server_fixtures import livehuman  # noqa: F401  (fixture)
+
+from orchestrator.avatar import AvatarStore
+from orchestrator.client import AvatarClient
+from orchestrator.idle_stream import KEYFRAME_MIN_INTERVAL_TICKS, IdleStreams
+from orchestrator.media_clock import VIDEO_PTS_PER_TICK
+from orchestrator.settings import Settings
+from orchestrator.stage import TRANSITION_FRAMES, IdleFrame, Stage
+from orchestrator.video_encoders import encoder_class
+from orchestrator.video_track import Picture, VideoTrack
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CODECS = ("video/VP8", "video/H264")
+SPEECH_RMS = 0.01
+SENTENCE = "Hello there. This is a short sentence to switch encoders."
+# A decoded frame must be the picture the stage rendered for its timestamp: close to it in
+# absolute terms (34-38 dB on this avatar at the default rates, 28 dB for the one frame of a
+# VP8 keyframe; a grey or half-decoded frame is far below), and closer to it than to the
+# pictures of the ticks around it (a frozen or repeated frame is not).
+MIN_PSNR_DB = 25.0
+NEIGHBOUR_TICKS = 2
+NEIGHBOUR_MARGIN = 0.25  # mean absolute difference, 8-bit levels
+
+
+@pytest.fixture(scope="module")
+def avatar():
+    return AvatarStore(Settings().avatar_dir).load("default")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return 10 * np.log10(255.0**2 / max(mse, 1e-6))
+
+
+def mad(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16))))
+
+
+class Viewer:
+    def __init__(self, mime_type: str = "video/VP8") -> None:
+        self.target_bitrate_bps = encoder_class(mime_type).default_bitrate_bps
+
+
+# --- the stage marks idle-loop pictures ------------------------------------------------------
+
+def test_idle_shots_follow_the_grid_and_say_which_loop_frame_they_are(avatar):
+    a, b = Stage(avatar), Stage(avatar)
+    for tick in range(1000, 1010):
+        shot_a, shot_b = a.next_shot(None, tick), b.next_shot(None, tick)
+        assert shot_a.idle is not None and shot_a.idle.tick == tick
+        assert shot_a.idle.avatar is avatar
+        assert np.array_equal(shot_a.image, shot_b.image)
+        assert np.array_equal(shot_a.image, IdleFrame(avatar, tick).image(avatar.width, avatar.height))
+    assert a.avatar_tick == 1010  # speech is planned from there
+
+
+def test_back_from_speech_the_loop_cross_fades_to_the_grid_position(avatar):
+    from orchestrator.speech import SpeechFrame, Utterance
+    from orchestrator.tts import Voice
+
+    stage = Stage(avatar)
+    stage.next_shot(None, 500)
+    utterance = Utterance("1-1", "hi", Voice(), avatar)
+    crop = np.zeros((avatar.crop_size,) * 2 + (3,), np.uint8)
+    for k in range(6):  # speech frames continue the loop from where it was planned
+        spoken = stage.next_shot(SpeechFrame(utterance, 501 + k, crop, np.zeros(640, np.float32)))
+        assert spoken.idle is None
+    # The wall clock moved on while speech played late: the loop is elsewhere now.
+    shots = [stage.next_shot(None, tick) for tick in range(530, 530 + TRANSITION_FRAMES + 2)]
+    assert all(s.idle is None for s in shots[:TRANSITION_FRAMES]), "a blend is no loop frame"
+    # The fade starts from the loop frame that would have followed the speech (mouth closed),
+    # not from the last speech frame (here a black mouth).
+    went_on = IdleFrame(avatar, 507).image(avatar.width, avatar.height)
+    assert mad(shots[0].image, went_on) < mad(shots[0].image, spoken.image)
+    assert [s.idle.tick for s in shots[TRANSITION_FRAMES:]] == [530 + TRANSITION_FRAMES,
+                                                                  531 + TRANSITION_FRAMES]
+
+
+# --- one shared stream, several viewers ------------------------------------------------------
+
+async def test_each_tick_is_encoded_once_for_all_viewers_and_closed_with_the_last(avatar):
+    streams = IdleStreams()
+    one, two = Viewer(), Viewer()
+    stream = streams.join(one, IdleFrame(avatar, 0), avatar.width, avatar.height, "video/VP8")
+    assert streams.join(two, IdleFrame(avatar, 0), avatar.width, avatar.height, "video/vp8") is stream
+    first = await stream.frame(IdleFrame(avatar, 100))
+    assert first.frame.keyframe and first.previous is None, "a fresh stream starts with a keyframe"
+    for tick in range(101, 106):
+        a, b = await asyncio.gather(stream.frame(IdleFrame(avatar, tick)),
+                                    stream.frame(IdleFrame(avatar, tick)))
+        assert a is b and a.previous == tick - 1 and not a.frame.keyframe
+    assert stream.encoded_frames == 6
+    # A viewer asking for a tick after a later one was encoded gets nothing (the stream passed
+    # it over); the next frame still names the last encoded one, so nobody is misled.
+    later = await stream.frame(IdleFrame(avatar, 108))
+    assert await stream.frame(IdleFrame(avatar, 107)) is None
+    assert later.previous == 105
+    # Keyframes on request, at most one per KEYFRAME_MIN_INTERVAL_TICKS.
+    stream.request_keyframe()
+    keyed = [(await stream.frame(IdleFrame(avatar, t))).frame.keyframe
+             for t in range(109, 109 + KEYFRAME_MIN_INTERVAL_TICKS)]
+    assert keyed.count(True) == 1 and keyed.index(True) == KEYFRAME_MIN_INTERVAL_TICKS - 9
+    stream.remove(one)
+    assert len(streams) == 1
+    stream.remove(two)
+    assert len(streams) == 0, "no viewer: the encoder is closed and the stream gone"
+
+
+def decode_all(packets: list[av.Packet], mime_type: str) -> list[np.ndarray]:
+    decoder = av.CodecContext.create("libvpx" if mime_type == "video/VP8" else "h264", "r")
+    frames = []
+    for packet in [*packets, None]:  # None flushes
+        for frame in decoder.decode(None if packet is None else av.Packet(bytes(packet))):
+            frames.append(frame.to_ndarray(format="rgb24"))
+    return frames
+
+
+@pytest.mark.parametrize("mime_type", CODECS)
+async def test_a_track_switches_at_keyframes_and_every_frame_decodes(avatar, mime_type):
+    """idle (joins the stream another viewer keeps running) → speech (own encoder, keyframe
+    first) → idle (own frames until the shared keyframe it asked for) → a missed shared frame
+    (own keyframe, rejoin): one decoder sees exactly the intended pictures throughout."""
+    streams = IdleStreams()
+    other = Viewer(mime_type)  # a session of the same codec and estimate
+    size = (avatar.width, avatar.height)
+    stream = streams.join(other, IdleFrame(avatar, 0), *size, mime_type)
+    track = VideoTrack(lambda: None, *size, streams)
+    track.use_codec(mime_type)
+    talking = avatar.frames[10].copy()
+    talking[300:360, 200:300] = 0  # a picture no idle stream has
+    pictures, packets = [], []
+
+    async def show(tick: int, idle: bool = True, skip_shared: bool = False) -> None:
+        await stream.frame(IdleFrame(avatar, tick))  # the other viewer is a little ahead
+        if skip_shared:
+            return  # this track's picture of that tick was dropped (its queue overflowed)
+        loop_frame = IdleFrame(avatar, tick)
+        image = loop_frame.image(*size) if idle else talking
+        picture = Picture(image, tick * VIDEO_PTS_PER_TICK, loop_frame if idle else None)
+        track.push(picture)
+        packets.append(await track.recv())
+        pictures.append(picture)
+
+    await stream.frame(IdleFrame(avatar, 1000))  # the other viewer's stream: a keyframe at 1000
+    tick = 1000
+    for _ in range(KEYFRAME_MIN_INTERVAL_TICKS - 1):  # not at a keyframe: own frames meanwhile
+        await show(tick := tick + 1)
+    assert (track.frames_own, track.keyframes_own, track.frames_shared) == (
+        KEYFRAME_MIN_INTERVAL_TICKS - 1, 1, 0)
+    await show(tick := tick + 1)
+    assert track.frames_shared == 1, "joined at the keyframe it asked for"
+    for _ in range(5):
+        await show(tick := tick + 1, idle=False)
+    assert track.keyframes_own == 2, "speech starts with an own keyframe"
+    own_after_speech = track.keyframes_own
+    for _ in range(KEYFRAME_MIN_INTERVAL_TICKS + 3):
+        await show(tick := tick + 1)
+    shared_before_gap = track.frames_shared
+    await show(tick := tick + 1, skip_shared=True)
+    for _ in range(KEYFRAME_MIN_INTERVAL_TICKS + 3):
+        await show(tick := tick + 1)
+    assert track.keyframes_own >= own_after_speech + 1, "the gap was bridged by an own keyframe"
+    assert track.frames_shared > shared_before_gap + 1, "and the track rejoined"
+    assert track.switches >= 5
+    assert [p.pts for p in packets] == [p.pts for p in pictures]
+    decoded = decode_all(packets, mime_type)
+    assert len(decoded) == len(pictures)
+    quality = [psnr(d, p.image) for d, p in zip(decoded, pictures)]
+    assert min(quality) > MIN_PSNR_DB, f"worst frame {min(quality):.1f} dB"
+    track.stop()
+    stream.remove(other)
+    assert len(streams) == 0
+
+
+# --- through real peers ----------------------------------------------------------------------
+
+def record_sent(session) -> list[tuple[Picture | None, av.Packet, str]]:
+    """Wrap the session's video track: every picture the player pushes, every packet the
+    sender pulls, and whether it came from the shared stream."""
+    track = session.video
+    pushed: dict[int, Picture] = {}
+    sent: list[tuple[Picture | None, av.Packet, str]] = []
+    push, recv = track.push, track.recv
+
+    def record_push(picture: Picture) -> None:
+        pushed[picture.pts] = picture
+        push(picture)
+
+    async def record_recv() -> av.Packet:
+        shared = track.frames_shared
+        packet = await recv()
+        sent.append((pushed.pop(packet.pts, None), packet,
+                     "shared" if track.frames_shared > shared else "own"))
+        for pts in [p for p in pushed if p < packet.pts]:
+            del pushed[pts]
+        return packet
+
+    track.push, track.recv = record_push, record_recv
+    return sent
+
+
+async def until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.02)
+
+
+def save_strip(path: Path, rows: list[list[np.ndarray]]) -> None:
+    """Rows of frames scaled to 160 px, as one PNG."""
+    scaled = [np.concatenate([cv2.resize(f, (160, 160), interpolation=cv2.INTER_AREA)
+                              for f in row], axis=1) for row in rows]
+    width = max(r.shape[1] for r in scaled)
+    image = np.concatenate([np.pad(r, ((2, 2), (0, width - r.shape[1]), (0, 0))) for r in scaled])
+    path.parent.mkdir(exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
+@pytest.mark.parametrize("mime_type", CODECS)
+async def test_idle_speech_idle_switches_show_the_rendered_pictures(livehuman, mime_type):  # noqa: F811
+    base_url, services = livehuman
+    watcher = AvatarClient(base_url, keep_video=False, video_codecs=(mime_type,))
+    client = AvatarClient(base_url, video_codecs=(mime_type,))
+    try:
+        await watcher.connect()
+        await watcher.wait_for_video(5)
+        await client.connect()
+        session = services.registry.get(client.sessionid)
+        assert session.video.mime_type.lower() == mime_type.lower()
+        sent = record_sent(session)
+        await client.wait_for_video(5)
+        await until(lambda: session.video.frames_shared > 25, 5, "never joined the shared stream")
+        spoke = time.monotonic()
+        status, _ = await client.post("/human", type="echo", text=SENTENCE)
+        assert status == 200
+        await client.wait_for_speech(spoke, SPEECH_RMS)
+        await until(lambda: not session.speaking, 15, "speech did not end")
+        shared = session.video.frames_shared
+        await until(lambda: session.video.frames_shared > shared + 25, 5, "never rejoined")
+        await asyncio.sleep(0.3)  # the last frames reach the client
+    finally:
+        await client.close()
+        await watcher.close()
+
+    sources = [source for _, _, source in sent]
+    switches = [k for k in range(1, len(sources)) if sources[k] != sources[k - 1]]
+    assert len(switches) >= 2 and sources[-1] == "shared", "shared → own → shared"
+    r = client.received
+    # The client's timestamps count from the first frame it got: the first one sent.
+    origin = sent[0][1].pts
+    by_pts = {packet.pts: (picture, source) for picture, packet, source in sent}
+    decoded = {pts + origin: frame for pts, frame in zip(r.video_pts, r.video)}
+    # Every frame sent (before the client closed) was decoded, under the timestamp it was sent
+    # with, in order.
+    assert set(decoded) == {pts for pts in by_pts if pts <= max(decoded)}
+    steps = np.diff(r.video_pts)
+    assert (steps > 0).all() and (steps % VIDEO_PTS_PER_TICK == 0).all()
+    sent_steps = np.diff([packet.pts for _, packet, _ in sent][: len(steps) + 1])
+    assert np.array_equal(steps, sent_steps), "no jump the player did not make"
+    checked = 0
+    for pts, frame in decoded.items():
+        picture, source = by_pts[pts]
+        if picture is None:
+            continue  # pushed before the recording started
+        quality = psnr(frame, picture.image)
+        assert quality > MIN_PSNR_DB, (pts, source, quality)
+        own = mad(frame, picture.image)
+        for k in range(-NEIGHBOUR_TICKS, NEIGHBOUR_TICKS + 1):
+            other = by_pts.get(pts + k * VIDEO_PTS_PER_TICK, (None, None))[0]
+            if k and other is not None:
+                assert own <= mad(frame, other.image) + NEIGHBOUR_MARGIN, (pts, source, k)
+        checked += 1
+    assert checked > 100
+    # Two frames on each side of idle → speech and of speech → idle: rendered (top row) and
+    # decoded by the client (bottom row).
+    into_speech = next(k for k in switches if sources[k] == "own" and sources[k - 1] == "shared")
+    rows = [[], []]
+    for switch in (into_speech, switches[-1]):
+        for picture, packet, _ in sent[switch - 2 : switch + 2]:
+            rows[0].append(picture.image)
+            rows[1].append(decoded[packet.pts])
+    save_strip(ARTIFACTS / f"idle_switch_{mime_type.split('/')[1].lower()}.png", rows)
+
+
+async def test_picture_loss_and_bitrate_estimate_reach_the_encoders(livehuman):  # noqa: F811
+    base_url, services = livehuman
+    client = AvatarClient(base_url, keep_video=False, video_codecs=("video/VP8",))
+    try:
+        await client.connect()
+        await client.wait_for_video(5)
+        session = services.registry.get(client.sessionid)
+        track = session.video
+        receiver = next(r for r in client.pc.getReceivers() if r.track.kind == "video")
+        ssrc = receiver.getSynchronizationSources()[0].source
+        await until(lambda: track.frames_shared > 5, 5, "never joined the shared stream")
+        # A picture loss: the track leaves the shared stream and sends its own keyframe.
+        own_keyframes = track.keyframes_own
+        await receiver._send_rtcp_pli(ssrc)
+        await until(lambda: track.keyframes_own > own_keyframes, 2, "no keyframe after the PLI")
+        assert track.keyframe_requests == 1
+        await until(lambda: track.frames_shared > 30, 5, "never rejoined after the PLI")
+        # The receiver's estimate: the own encoder's bit rate follows it (VP8 range 250k-1.5M).
+        remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+                              fci=pack_remb_fci(300_000, [ssrc]))
+        await receiver._send_rtcp(remb)
+        await until(lambda: track.target_bitrate_bps == 300_000, 2, "REMB did not arrive")
+        status, _ = await client.post("/human", type="echo", text="Bit rate.")
+        assert status == 200
+        await until(lambda: track.encoder_bitrate_bps == 300_000, 10, "encoder kept its rate")
+    finally:
+        await client.close()
