@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import av
 import numpy as np
 from aiortc import RTCPeerConnection
 
+from .audio_track import AudioTrack, Sound
 from .chat import ChatAgent
 from .clips import Clip
 from .errors import ApiError
@@ -35,7 +35,6 @@ from .media_clock import (
     AUDIO_PACKETS_PER_TICK,
     AUDIO_SAMPLE_RATE_HZ,
     AUDIO_SAMPLES_PER_PACKET,
-    AUDIO_TIME_BASE,
     VIDEO_FPS,
     MediaClock,
 )
@@ -61,7 +60,6 @@ from .speech import (
 )
 from .speech_pipeline import SpeechPipeline
 from .stage import Stage
-from .tracks import audio_track
 from .tts import TTSRouter, Voice
 from .video_track import Picture, VideoTrack
 
@@ -126,7 +124,7 @@ class Session:
         # Idle pictures come from the server's shared idle streams when given (idle_stream.py).
         self.video = VideoTrack(self._start_player, self.avatar.width, self.avatar.height,
                                 idle_streams)
-        self.audio = audio_track(self._start_player)
+        self.audio = AudioTrack(self._start_player)
         self._speaking: Utterance | None = None
         self._spoken: list[str] = []  # sentences of the current utterance played so far
         self._utterance_ids = itertools.count(1)
@@ -356,11 +354,7 @@ class Session:
         pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
         for packet in range(AUDIO_PACKETS_PER_TICK):
             samples = pcm[packet * AUDIO_SAMPLES_PER_PACKET : (packet + 1) * AUDIO_SAMPLES_PER_PACKET]
-            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = AUDIO_SAMPLE_RATE_HZ
-            frame.pts = self.clock.audio_pts(tick, packet)
-            frame.time_base = AUDIO_TIME_BASE
-            self.audio.push(frame)
+            self.audio.push(Sound(samples, self.clock.audio_pts(tick, packet)))
         if self._recorder is not None:
             self._recorder.add(tick, image, pcm)
         self.frames_sent += 1

@@ -1,7 +1,8 @@
 """WebRTC tracks fed by the session's player: they only hand out frames, never pace them.
 
-The video track (orchestrator/video_track.py) builds on PlayerTrack: its items are pictures,
-which it encodes (or takes from a shared idle stream) as they are pulled."""
+The video and audio tracks (video_track.py, audio_track.py) build on PlayerTrack: their items
+are pictures and pieces of sound, which they encode (or take from a shared idle stream, or send
+as the one silence packet) as they are pulled."""
 
 from __future__ import annotations
 
@@ -64,8 +65,3 @@ class PlayerTrack(MediaStreamTrack):
         super().stop()
         self._on_first_recv = None
         self._ready.set()  # wake a pending recv so it sees the track ended
-
-
-def audio_track(on_first_recv: Callable[[], None]) -> PlayerTrack:
-    # Two 20 ms packets per video frame.
-    return PlayerTrack("audio", on_first_recv, 2 * MAX_QUEUED_FRAMES)

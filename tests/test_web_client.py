@@ -151,5 +151,7 @@ async def test_chromium_decodes_our_encoders_across_idle_speech_switches(livehum
             assert track.switches >= 3 and track.frames_own > 25, (track.switches, track.frames_own)
             assert stats["pli"] == 0, stats
             assert stats["decoded"] >= session.frames_sent - 10, (stats, session.frames_sent)
+            await page.evaluate("window.testPc.close()")  # else it lingers until ICE gives up
+            await asyncio.wait_for(session.wait_closed(), 10)
         finally:
             await browser.close()
