@@ -68,13 +68,14 @@ class ServerProcess:
             self.process.wait()
 
 
-async def start_server(*args: str, timeout: float = 120.0) -> ServerProcess:
-    """`python -m orchestrator` on a free loopback port, ICE on loopback; waits for /healthz."""
+async def start_server(*args: str, timeout: float = 120.0, repo: Path = REPO) -> ServerProcess:
+    """`python -m orchestrator` on a free loopback port, ICE on loopback; waits for /healthz.
+    `repo`: the checkout whose server runs (another one measures a version before a change)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "--host", "127.0.0.1", "--port", str(port),
          "--ice-host", "127.0.0.1", "--log-level", "WARNING", *args],
-        cwd=REPO,
+        cwd=repo,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

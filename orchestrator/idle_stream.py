@@ -150,6 +150,9 @@ class IdleStreams:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def viewers(self) -> int:
+        return sum(stream.viewers for stream in self._streams.values())
+
     def join(self, viewer: Viewer, idle: IdleFrame, width: int, height: int,
              mime_type: str) -> IdleStream:
         """The stream showing `idle`'s avatar at this size and codec, with `viewer` added."""

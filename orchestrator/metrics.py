@@ -1,6 +1,7 @@
 """`GET /metrics` in the Prometheus text format: sessions, session events (utterances by kind,
-interruptions, errors, recordings), Triton readiness, and asyncio tasks and queued speech (so a
-leak or a runaway queue shows), on a registry of this app's own."""
+interruptions, errors, recordings), Triton readiness, asyncio tasks and queued speech (so a
+leak or a runaway queue shows), and the shared idle video streams, on a registry of this app's
+own."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ class Metrics:
         Gauge("livehuman_speech_queue_seconds", "Seconds of speech queued (waiting or being "
               "rendered) over all sessions, text estimated", registry=self.registry
               ).set_function(speech_queue_seconds)
+
+    def watch_idle_streams(self, streams) -> None:
+        """Gauges of the shared idle streams (orchestrator/idle_stream.IdleStreams)."""
+        Gauge("livehuman_idle_streams", "Shared idle video streams (one encoder each) now",
+              registry=self.registry).set_function(lambda: len(streams))
+        Gauge("livehuman_idle_stream_viewers", "Sessions following or joining a shared idle "
+              "stream now", registry=self.registry).set_function(streams.viewers)
 
     def observe(self, item: dict[str, Any]) -> None:
         """Called for every session event (SessionEvents' observer)."""

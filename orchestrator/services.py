@@ -212,6 +212,8 @@ async def start_services(settings: Settings) -> Services:
         voice_input=voice_input(settings, url),
         idle_streams=IdleStreams() if settings.shared_idle else None,
     )
+    if services.idle_streams is not None:
+        metrics.watch_idle_streams(services.idle_streams)
     await warm_up
     status = await services.triton_status()
     log.info("triton at %s (%s): %s", url, "embedded" if embedded else "external", status)

@@ -5,9 +5,11 @@ aiortc peers whose decoded frames must be the pictures the stage rendered, acros
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
+import aiohttp
 import av
 import cv2
 import numpy as np
@@ -187,6 +189,16 @@ async def test_a_track_switches_at_keyframes_and_every_frame_decodes(avatar, mim
     assert len(streams) == 0
 
 
+async def test_without_shared_streams_every_frame_is_the_tracks_own(avatar):
+    track = VideoTrack(lambda: None, avatar.width, avatar.height, None)  # --no-shared-idle
+    for tick in range(5):
+        idle = IdleFrame(avatar, tick)
+        track.push(Picture(idle.image(avatar.width, avatar.height), tick * VIDEO_PTS_PER_TICK, idle))
+        await track.recv()
+    assert (track.frames_own, track.frames_shared, track.keyframes_own) == (5, 0, 1)
+    track.stop()
+
+
 # --- through real peers ----------------------------------------------------------------------
 
 def record_sent(session) -> list[tuple[Picture | None, av.Packet, str]]:
@@ -223,13 +235,13 @@ async def until(condition, timeout: float, what: str) -> None:
 
 
 def save_strip(path: Path, rows: list[list[np.ndarray]]) -> None:
-    """Rows of frames scaled to 160 px, as one PNG."""
-    scaled = [np.concatenate([cv2.resize(f, (160, 160), interpolation=cv2.INTER_AREA)
+    """Rows of frames scaled to 128 px, as one PNG."""
+    scaled = [np.concatenate([cv2.resize(f, (128, 128), interpolation=cv2.INTER_AREA)
                               for f in row], axis=1) for row in rows]
     width = max(r.shape[1] for r in scaled)
     image = np.concatenate([np.pad(r, ((2, 2), (0, width - r.shape[1]), (0, 0))) for r in scaled])
     path.parent.mkdir(exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
 @pytest.mark.parametrize("mime_type", CODECS)
@@ -246,6 +258,10 @@ async def test_idle_speech_idle_switches_show_the_rendered_pictures(livehuman, m
         sent = record_sent(session)
         await client.wait_for_video(5)
         await until(lambda: session.video.frames_shared > 25, 5, "never joined the shared stream")
+        async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as resp:
+            metrics = await resp.text()
+        viewers = re.search(r"^livehuman_idle_stream_viewers (\S+)$", metrics, re.M)
+        assert viewers and float(viewers.group(1)) >= 2, "the watcher and the client"
         spoke = time.monotonic()
         status, _ = await client.post("/human", type="echo", text=SENTENCE)
         assert status == 200
