@@ -94,6 +94,10 @@ class IdleStream:
             if encoder is not None:
                 encoder.close()
 
+    def kept(self, tick: int) -> bool:
+        """Whether a frame for `tick` would still be here, had it been encoded."""
+        return self._newest is None or tick > self._newest - KEPT_TICKS
+
     def request_keyframe(self) -> None:
         """The next frame a viewer asks for is a keyframe, once KEYFRAME_MIN_INTERVAL_TICKS have
         passed since the last one."""

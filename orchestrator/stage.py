@@ -62,7 +62,7 @@ class Stage:
         self._positions: dict[int, int] = {}  # where each clip was left
         self.avatar_tick = 0  # position in the idle loop(s); speech frames continue from it
         self._source: object = None
-        self._spoke = False  # the last shot was speech
+        self._on_grid = False  # the last shot was an idle frame at a position given from outside
         self._last: np.ndarray | None = None
         self._fade_from: np.ndarray | None = None
         self._fade_step = 0
@@ -96,7 +96,7 @@ class Stage:
         else:
             avatar = self.shown
             tick = self.avatar_tick if idle_tick is None else idle_tick
-            if tick != self.avatar_tick and self._spoke and self._last is not None:
+            if tick != self.avatar_tick and not self._on_grid and self._last is not None:
                 # Back from speech, the loop is elsewhere: fade from where it would have gone on.
                 self._fade_from = IdleFrame(avatar, self.avatar_tick).image(self.width, self.height)
                 self._fade_step = 0
@@ -104,7 +104,7 @@ class Stage:
             self.avatar_tick = tick + 1
             shot = Shot(idle.image(self.width, self.height), _SILENCE, idle)
             source = ("avatar", avatar.id)
-        self._spoke = speech is not None
+        self._on_grid = speech is None and self.audiotype == IDLE and idle_tick is not None
         return self._blend(Shot(fit_to(shot.image, self.width, self.height), shot.audio,
                                 shot.idle), source)
 

@@ -77,6 +77,7 @@ class VideoTrack(PlayerTrack):
         self.frames_shared = 0
         self.frames_own = 0
         self.keyframes_own = 0
+        self.frames_skipped = 0  # ticks the shared stream passed over, sent as nothing
         self.switches = 0  # between the shared stream and the own encoder, either way
         self.keyframe_requests = 0  # PLI/FIR from the receiver
 
@@ -127,11 +128,18 @@ class VideoTrack(PlayerTrack):
         if stream is not None:
             shared = await stream.frame(picture.idle)
             if self._joined:
-                if shared is None:
-                    return None  # a tick the stream passed over: the receiver shows the last one
-                if shared.frame.keyframe or shared.previous == self._last_shared:
+                if shared is None and stream.kept(picture.idle.tick):
+                    # A tick the stream passed over (another viewer asked for the next one
+                    # first): sending nothing keeps the receiver in step with the shared frames,
+                    # it shows the last one 40 ms longer.
+                    self.frames_skipped += 1
+                    return None
+                if shared is not None and (shared.frame.keyframe
+                                           or shared.previous == self._last_shared):
                     return self._sent_shared(shared)
-                self._leave()  # this track missed a shared frame: the next ones would not decode
+                # This track missed a shared frame, or lags behind the stream: the next ones
+                # would not decode.
+                self._leave()
             if shared is not None and shared.frame.keyframe:
                 self._joined = True
                 self.switches += 1

@@ -82,12 +82,14 @@ def test_back_from_speech_the_loop_cross_fades_to_the_grid_position(avatar):
     for k in range(6):  # speech frames continue the loop from where it was planned
         spoken = stage.next_shot(SpeechFrame(utterance, 501 + k, crop, np.zeros(640, np.float32)))
         assert spoken.idle is None
+    pause = stage.next_shot(None)  # a late frame within the utterance: the loop goes on locally
+    assert pause.idle.tick == 507
     # The wall clock moved on while speech played late: the loop is elsewhere now.
     shots = [stage.next_shot(None, tick) for tick in range(530, 530 + TRANSITION_FRAMES + 2)]
     assert all(s.idle is None for s in shots[:TRANSITION_FRAMES]), "a blend is no loop frame"
-    # The fade starts from the loop frame that would have followed the speech (mouth closed),
-    # not from the last speech frame (here a black mouth).
-    went_on = IdleFrame(avatar, 507).image(avatar.width, avatar.height)
+    # The fade starts from the loop frame that would have followed (mouth closed), not from the
+    # last speech frame (here a black mouth).
+    went_on = IdleFrame(avatar, 508).image(avatar.width, avatar.height)
     assert mad(shots[0].image, went_on) < mad(shots[0].image, spoken.image)
     assert [s.idle.tick for s in shots[TRANSITION_FRAMES:]] == [530 + TRANSITION_FRAMES,
                                                                   531 + TRANSITION_FRAMES]
@@ -274,6 +276,10 @@ async def test_idle_speech_idle_switches_show_the_rendered_pictures(livehuman, m
         await client.close()
         await watcher.close()
 
+    # A tick the shared stream passed over (another viewer asked for the next one first) is a
+    # frame shown 40 ms longer; it takes a late pull, rare.
+    skipped = session.video.frames_skipped
+    assert skipped <= 0.05 * session.video.frames_shared, skipped
     sources = [source for _, _, source in sent]
     switches = [k for k in range(1, len(sources)) if sources[k] != sources[k - 1]]
     assert len(switches) >= 2 and sources[-1] == "shared", "shared → own → shared"
