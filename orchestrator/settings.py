@@ -21,6 +21,9 @@ DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"  # when only OPENAI_API_KE
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
 DEFAULT_MAX_SESSION_MISSES = 20  # unknown-sessionid lookups per client address and minute
 DEFAULT_BODY_READ_TIMEOUT_S = 30.0
+# User speech (VAD probability over its threshold) this long interrupts the talking avatar:
+# three 32 ms Silero frames, less than --vad-min-speech (0.15 s), which decides what is a turn.
+DEFAULT_BARGE_IN_MIN_S = 0.09
 
 
 def tts_engines() -> list[str]:
@@ -92,7 +95,7 @@ class Settings:
     asr_language: str = ""
     voice_mode: str = "chat"
     barge_in: bool = True
-    barge_in_min_s: float = 0.0
+    barge_in_min_s: float = DEFAULT_BARGE_IN_MIN_S
     vad_threshold: float = 0.5
     vad_neg_threshold: float = 0.35
     vad_min_speech_s: float = 0.15
@@ -241,9 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(voice_mode): a chat question, an echo, or nothing (default chat)")
     vi.add_argument("--no-barge-in", dest="barge_in", action="store_false",
                     help="user speech does not interrupt the avatar (default: it does)")
-    vi.add_argument("--barge-in-min", dest="barge_in_min_s", type=float, default=0.0,
-                    help="seconds of user speech that interrupt the talking avatar (default 0: "
-                         "as soon as the VAD confirms speech, --vad-min-speech)")
+    vi.add_argument("--barge-in-min", dest="barge_in_min_s", type=float,
+                    default=DEFAULT_BARGE_IN_MIN_S,
+                    help="seconds of user speech that interrupt the talking avatar (default "
+                         f"{DEFAULT_BARGE_IN_MIN_S:g}: three 32 ms VAD frames; may be shorter "
+                         "than --vad-min-speech, which only decides what is a turn)")
     vi.add_argument("--vad-threshold", type=float, default=0.5,
                     help="speech probability at which speech starts (default 0.5)")
     vi.add_argument("--vad-neg-threshold", type=float, default=0.35,

@@ -68,6 +68,12 @@ STREAM_GROWTH = 0.5
 # The last samples of a resampled prefix differ from the whole sentence's (the filter sees
 # zeros past the end); frames reaching into them wait for more audio.
 RESAMPLE_EDGE_SAMPLES = 64
+# TTS engines begin a sentence with silence (Piper: 40-60 ms). At the start of an utterance it
+# only delays the answer, so it is cut to LEAD_SILENCE_KEPT_S before the first audible sample
+# (a peak of LEAD_SILENCE_LEVEL, full scale 1.0: about -40 dBFS). Later sentences keep theirs:
+# there it is the pause between sentences.
+LEAD_SILENCE_LEVEL = 0.01
+LEAD_SILENCE_KEPT_S = 0.02
 # The session's speech task is named SPEECH_TASK_PREFIX + sessionid (metrics count them).
 SPEECH_TASK_PREFIX = "speech-"
 
@@ -257,31 +263,48 @@ class SpeechPipeline:
                 yield None, features, True
             return
         said = SpokenText()  # what TTS reads: no Markdown, code, URLs or emoji
+        lead = True  # the utterance's first audio: its leading silence is cut
         if utterance.source is None:
             for text in split_sentences(utterance.text):
-                async for features, final in self._tts_audio(said.piece(text), utterance.voice):
+                async for features, final in self._tts_audio(said.piece(text), utterance.voice,
+                                                             lead):
+                    lead = False
                     yield text, features, final
             return
         # A streamed answer: closing it (interrupt, failure) closes the LLM stream behind it.
         async with contextlib.aclosing(utterance.source) as sentences:
             async for text in sentences:
-                async for features, final in self._tts_audio(said.piece(text), utterance.voice):
+                async for features, final in self._tts_audio(said.piece(text), utterance.voice,
+                                                             lead):
+                    lead = False
                     yield text, features, final
 
-    async def _tts_audio(self, text: str, voice: Voice) -> AsyncIterator[tuple[SentenceFeatures, bool]]:
+    async def _tts_audio(self, text: str, voice: Voice, trim_lead: bool = False,
+                         ) -> AsyncIterator[tuple[SentenceFeatures, bool]]:
         """One piece through the engine that speaks it: its features as each chunk arrives
         (at the engine's rate, read once the first chunk is there: HTTP engines learn it from
-        the answer), then once more with `final` set."""
+        the answer), then once more with `final` set. `trim_lead`: leading silence is cut to
+        LEAD_SILENCE_KEPT_S (a piece that is silent throughout is kept whole)."""
         if not text:
             return
         engine, voice = await self._tts.route(text, voice)
         features: SentenceFeatures | None = None
+        silent: list[np.ndarray] = []  # chunks before the first audible sample (trim_lead)
         async with contextlib.aclosing(engine.synthesize(text, voice)) as chunks:
             async for chunk in chunks:
+                if trim_lead:
+                    silent.append(np.asarray(chunk, np.float32))
+                    chunk = without_lead_silence(np.concatenate(silent), engine.sample_rate_hz)
+                    if chunk is None:
+                        continue
+                    trim_lead, silent = False, []
                 if features is None:
                     features = SentenceFeatures(engine.sample_rate_hz)
                 features.add(chunk)
                 yield features, False
+        if silent:  # silent throughout: kept as it was
+            features = SentenceFeatures(engine.sample_rate_hz)
+            features.add(np.concatenate(silent))
         if features is not None:
             yield features, True
 
@@ -311,6 +334,15 @@ class SpeechPipeline:
             self._next_avatar_tick = ticks[-1] + 1
             start = stop
             size = CHUNK_FRAMES
+
+
+def without_lead_silence(audio: np.ndarray, rate_hz: int) -> np.ndarray | None:
+    """`audio` (float32, full scale 1.0, `rate_hz`) from LEAD_SILENCE_KEPT_S before its first
+    sample of at least LEAD_SILENCE_LEVEL; None while nothing in it is that loud."""
+    loud = np.flatnonzero(np.abs(audio) >= LEAD_SILENCE_LEVEL)
+    if loud.size == 0:
+        return None
+    return audio[max(int(loud[0]) - round(LEAD_SILENCE_KEPT_S * rate_hz), 0):]
 
 
 def to_pipeline_rate(audio: np.ndarray, rate_hz: int) -> np.ndarray:
