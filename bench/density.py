@@ -75,7 +75,7 @@ def talkers(scenario: str, n: int) -> int:
 
 
 def machine_busy_seconds() -> float:
-    """CPU seconds all cores of the machine have spent busy since boot (/proc/stat)."""
+    """CPU seconds all CPUs of the machine (os.cpu_count()) have spent busy since boot."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
@@ -118,7 +118,7 @@ async def window(server: ServerProcess, pool: ClientPool, seconds: float) -> dic
         "other_cores": max(0.0, machine_cores - server_cores - client_cores),
         "client_saturated": any(w["loop_lag_p95_ms"] > CLIENT_LAG_LIMIT_MS
                                 or w["cpu_cores"] > CLIENT_CORES_LIMIT for w in workers),
-        "machine_saturated": machine_cores > MACHINE_BUSY_SATURATED * cores_available(),
+        "machine_saturated": machine_cores > MACHINE_BUSY_SATURATED * os.cpu_count(),
         "sessions": [s for w in workers for s in w["sessions"]],
         "talker_errors": [e for w in workers for e in w["talker_errors"]],
     }
@@ -308,8 +308,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--scenarios: choose from {', '.join(SCENARIOS)}")
     if args.max_n < 1 or args.client_workers < 1 or args.seconds < 2:
         parser.error("--max-n and --client-workers must be >= 1, --seconds >= 2")
-    if args.steps and min(args.steps) < 1:
-        parser.error("--steps must be >= 1")
+    if args.steps and (min(args.steps) < 1 or min(args.steps) > args.max_n):
+        parser.error("--steps must be >= 1, and one at most --max-n")
     return args
 
 
