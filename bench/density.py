@@ -150,13 +150,15 @@ def step_row(n: int, talking: int, measured: dict) -> dict:
     return row
 
 
-def line_fit(xs: list[float], ys: list[float]) -> dict | None:
-    """Least-squares slope and intercept; with one point, its ratio (an upper bound)."""
+def line_fit(xs: list[float], ys: list[float], y_without_sessions: float) -> dict | None:
+    """Least-squares slope and intercept over the steps; with one step, its rise over the
+    server without sessions divided by N (one-time costs of a first session included)."""
     if not xs:
         return None
     if len(set(xs)) < 2:
-        return {"slope": ys[-1] / xs[-1], "intercept": 0.0, "points": len(xs),
-                "method": "total/N (one step)"}
+        return {"slope": (ys[-1] - y_without_sessions) / xs[-1],
+                "intercept": y_without_sessions, "points": len(xs),
+                "method": "(one step - no sessions) / N"}
     slope, intercept = np.polyfit(xs, ys, 1)
     return {"slope": float(slope), "intercept": float(intercept), "points": len(xs),
             "method": "least squares over N"}
@@ -164,8 +166,10 @@ def line_fit(xs: list[float], ys: list[float]) -> dict | None:
 
 def summarize(scenario: str, baseline: dict, rows: list[dict], stop_reason: str) -> dict:
     held = [r for r in rows if r["held"]]
-    cpu = line_fit([r["sessions"] for r in held], [r["server_cores"] for r in held])
-    memory = line_fit([r["sessions"] for r in rows], [r["server_pss_mib"] for r in rows])
+    cpu = line_fit([r["sessions"] for r in held], [r["server_cores"] for r in held],
+                   baseline["server_cores"])
+    memory = line_fit([r["sessions"] for r in rows], [r["server_pss_mib"] for r in rows],
+                      baseline["server_pss_mib"])
     cores = cores_available()
     best = held[-1] if held else None
     return {
