@@ -1,6 +1,7 @@
 """`GET /metrics` in the Prometheus text format: sessions, session events (utterances by kind,
-interruptions, errors, recordings), Triton readiness, and asyncio tasks and queued speech (so a
-leak or a runaway queue shows), on a registry of this app's own."""
+interruptions, errors, recordings), Triton readiness, speech frames sent to the lip-sync model or
+skipped as silent, and asyncio tasks and queued speech (so a leak or a runaway queue shows), on a
+registry of this app's own."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from .lipsync_models import FRAMES_SKIPPED_SILENT, FRAMES_TO_MODEL
 from .speech_pipeline import SPEECH_TASK_PREFIX
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LIPSYNC_FRAME_PATHS = (FRAMES_TO_MODEL, FRAMES_SKIPPED_SILENT)
 
 
 class Metrics:
@@ -31,6 +34,12 @@ class Metrics:
         self.triton_restarts = Counter("livehuman_triton_restarts", "Restarts of the embedded "
                                        "tritonserver after it exited or hung",
                                        registry=self.registry)
+        self.lipsync_frames = Counter(
+            "livehuman_lipsync_frames", "Speech frames by path: model = sent to the lip-sync "
+            "model, silence = silent audio window, the avatar's own face (not sent; only for "
+            "models whose closed mouth is their input)", ["path"], registry=self.registry)
+        for path in LIPSYNC_FRAME_PATHS:  # both series from the start, 0 until counted
+            self.lipsync_frames.labels(path)
         # Scraped in the event loop (the /metrics handler), where all_tasks() is this loop's.
         Gauge("livehuman_tasks", "asyncio tasks alive", registry=self.registry
               ).set_function(lambda: len(asyncio.all_tasks()))
@@ -43,6 +52,10 @@ class Metrics:
     def observe(self, item: dict[str, Any]) -> None:
         """Called for every session event (SessionEvents' observer)."""
         self.events.labels(item["event"], item.get("kind", "")).inc()
+
+    def count_lipsync_frames(self, path: str, count: int) -> None:
+        """LipSyncModels' `on_frames`: `count` speech frames took `path`."""
+        self.lipsync_frames.labels(path).inc(count)
 
     def render(self, triton_ready: bool) -> bytes:
         self.triton_ready.set(1 if triton_ready else 0)

@@ -1,7 +1,8 @@
 """Per-session speech path: utterances → sentences → TTS → mel windows → lip-sync → SpeechItems.
 
 Two stages run concurrently so the next sentence is synthesized while the current one is being
-lip-synced. Interruption cancels both stages (in-flight Triton calls included) and drops every
+lip-synced. Frames whose audio is silent (features.silent_frames) skip a lip-sync model whose
+closed mouth is its input (LipSyncModels.render). Interruption cancels both stages (in-flight Triton calls included) and drops every
 queued item: the player then shows the idle (mouth closed) frame on its next tick.
 
 One speech task per session, always: a lock owns cancel-and-restart, so concurrent interrupts
@@ -34,6 +35,7 @@ from .features import (
     VIDEO_FPS,
     mel_windows,
     melspectrogram,
+    silent_frames,
 )
 from .lipsync_models import LipSyncModels
 from .media_clock import AUDIO_SAMPLES_PER_TICK
@@ -84,6 +86,7 @@ class SentenceAudio:
     text: str | None  # None for uploaded audio and the later pieces of a streamed sentence
     audio: np.ndarray  # float32, padded to whole video frames
     windows: np.ndarray  # float32 [frames, 1, 80, 16]
+    silent: np.ndarray  # bool [frames]: features.silent_frames
 
 
 class SpeechPipeline:
@@ -236,12 +239,13 @@ class SpeechPipeline:
                 async for text, features, final in pieces:
                     if not (final or features.ready()):
                         continue
-                    padded, windows = await loop.run_in_executor(None, features.take, final)
+                    padded, windows, silent = await loop.run_in_executor(
+                        None, features.take, final)
                     if padded.size == 0:
                         continue
                     # The sentence's text goes with its first piece only (SentenceStarted).
                     await out.put(SentenceAudio(utterance, text if features.first else None,
-                                                padded, windows))
+                                                padded, windows, silent))
                     features.first = False
         finally:
             # End marker for the consumer, which then awaits this task (re-raising a failure).
@@ -325,7 +329,8 @@ class SpeechPipeline:
             avatar = sentence.utterance.avatar
             model = await self._lipsync.get(avatar.lipsync_model)
             faces, mouths = _crops(avatar, ticks, model.crop_size)
-            crops = await model.render(sentence.windows[start:stop], faces, mouths)
+            crops = await self._lipsync.render(model, sentence.windows[start:stop],
+                                               sentence.silent[start:stop], faces, mouths)
             for k, tick in enumerate(ticks):
                 i = start + k
                 audio = sentence.audio[i * AUDIO_SAMPLES_PER_TICK : (i + 1) * AUDIO_SAMPLES_PER_TICK]
@@ -381,8 +386,9 @@ class SentenceFeatures:
         new = self._samples - self._taken_at
         return new >= max(STREAM_MIN_NEW_S * self.rate_hz, STREAM_GROWTH * self._taken_at)
 
-    def take(self, final: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(16 kHz audio padded to whole frames, mel windows) of the frames ready now."""
+    def take(self, final: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(16 kHz audio padded to whole frames, mel windows, which frames are silent) of the
+        frames ready now."""
         self._taken_at = self._samples
         joined = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
         audio = to_pipeline_rate(joined, self.rate_hz)
@@ -395,11 +401,12 @@ class SentenceFeatures:
             padded = audio
         start = self._frames
         if frames <= start:
-            return np.zeros(0, np.float32), np.zeros((0, 1, MEL_BINS, MEL_WINDOW_FRAMES), np.float32)
+            return (np.zeros(0, np.float32),
+                    np.zeros((0, 1, MEL_BINS, MEL_WINDOW_FRAMES), np.float32), np.zeros(0, bool))
         self._frames = frames
         windows = mel_windows(melspectrogram(padded), frames)[start:]
         piece = padded[start * AUDIO_SAMPLES_PER_TICK : frames * AUDIO_SAMPLES_PER_TICK]
-        return piece, windows
+        return piece, windows, silent_frames(padded, frames, start)
 
 
 def _covered_frames(samples: int) -> int:
