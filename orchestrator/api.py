@@ -271,8 +271,9 @@ async def sse(request: web.Request) -> web.StreamResponse:
         await response.write(b": connected\n\n")
         while True:
             try:
-                item = await asyncio.wait_for(events.get(), SSE_KEEPALIVE_S)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(SSE_KEEPALIVE_S):
+                    item = await events.get()
+            except TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
             if item is None:
