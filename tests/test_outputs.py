@@ -215,8 +215,16 @@ async def test_a_whep_client_may_open_a_session_of_its_own(outputs_server):
                     "sessionid": str(sessionid), "type": "echo", "text": SPEECH}) as resp:
                 assert resp.status == 200, await resp.text()
         await client.wait_for_speech(since, threshold=SPOKEN_RMS, timeout=30)
-        assert await client.delete() == 200
-        assert session.closed
+        # Its id is a session like any: a viewer may watch it, and ends with it.
+        mirror = WhepClient(base_url, sessionid=sessionid, token=TOKEN, keep_video=False)
+        try:
+            await mirror.connect()
+            await mirror.wait_for_video(5, timeout=30)
+            assert await client.delete() == 200
+            assert session.closed
+            assert await mirror.delete() == 404  # gone with the session it watched
+        finally:
+            await mirror.close()
         async with aiohttp.ClientSession(headers=AUTH) as http:
             async with http.post(f"{base_url}/human", json={
                     "sessionid": sessionid, "type": "echo", "text": "gone"}) as resp:
