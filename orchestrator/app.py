@@ -9,6 +9,9 @@ from aiohttp import web
 from . import access, api, avatar_api, livetalking_api, pages, voice_api
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
+from .outputs import whep_api
+from .outputs.server_session import open_server_session
+from .outputs.whep import WhepResources
 from .rate_limited_log import RateLimitedLog
 from .services import SERVICES_KEY, Services, start_services
 from .settings import Settings
@@ -48,7 +51,10 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _rejected(request, exc.status, exc.reason)
+        response = _rejected(request, exc.status, exc.reason)
+        if "Allow" in exc.headers:  # a 405 names the methods the resource has (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("internal error on %s %r", request.method, request.path[:200])
         return _error(500, "internal error")
@@ -64,6 +70,8 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.add_routes(avatar_api.routes)
     app.add_routes(voice_api.routes)
     app.add_routes(livetalking_api.routes)
+    app.add_routes(whep_api.routes)
+    app[whep_api.WHEP_RESOURCES_KEY] = WhepResources(settings.max_whep_viewers)
     page_routes = web.RouteTableDef()
     pages.client_routes(page_routes, settings.web_dir)
     app.add_routes(page_routes)
@@ -74,6 +82,13 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     async def lifetime(app: web.Application):
         owned = services is None
         app[SERVICES_KEY] = services or await start_services(settings)
+        if settings.server_session:  # the session the RTMP push and WHEP viewers show
+            try:
+                await open_server_session(app[SERVICES_KEY])
+            except BaseException:
+                if owned:
+                    await app[SERVICES_KEY].close()
+                raise
         # Its upload folder is emptied at start: one job registry per data directory.
         jobs = AvatarJobs(app[SERVICES_KEY].avatars, settings.data_dir / "avatar-uploads")
         app[avatar_api.AVATAR_JOBS_KEY] = jobs
@@ -83,6 +98,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
             await app[SERVICES_KEY].close()
         else:
             await _close_sessions(app[SERVICES_KEY])
+        await app[whep_api.WHEP_RESOURCES_KEY].close()
 
     app.cleanup_ctx.append(lifetime)
     return app

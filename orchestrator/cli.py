@@ -12,7 +12,7 @@ from aiohttp import web
 from .access import AccessLog
 from .app import create_app
 from .http_server import AppRunner
-from .settings import Settings, parse_settings
+from .settings import Settings, parse_settings, redact_stream_key
 
 
 async def serve(settings: Settings) -> None:
@@ -23,6 +23,8 @@ async def serve(settings: Settings) -> None:
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
         print(f"livehuman: serving on http://{settings.host}:{settings.port}", flush=True)
+        for line in output_lines(settings):
+            print(f"livehuman: {line}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -30,6 +32,20 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def output_lines(settings: Settings) -> list[str]:
+    """Where the outputs other than /offer are (docs/OUTPUTS.md), stream keys hidden."""
+    lines = []
+    if settings.server_session:
+        lines.append("the server session is sessionid 0 (POST /human {\"sessionid\": 0, ...})")
+    lines += [f"pushing it to {redact_stream_key(url)}" for url in settings.push_urls]
+    if "whep" in settings.transports:
+        lines.append(f"WHEP: POST http://{settings.host}:{settings.port}/whep (?sessionid=0: "
+                     "view the server session)")
+    if "webrtc" not in settings.transports:
+        lines.append("WebRTC sessions (/offer) are off (--transport)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

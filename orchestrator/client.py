@@ -251,6 +251,49 @@ class AvatarClient:
         await self.http.close()
 
 
+class WhepClient(AvatarClient):
+    """A WHEP client (--transport whep; docs/OUTPUTS.md): recvonly audio and video, the offer
+    POSTed as application/sdp, the answer's `Location` DELETEd to leave. With `sessionid` (0:
+    the server session) it views that session; without, the server opens a session of its own
+    for it (its id from the `X-Session-ID` answer header)."""
+
+    def __init__(self, base_url: str, sessionid: int | None = None, keep_video: bool = True,
+                 token: str | None = None) -> None:
+        super().__init__(base_url, keep_video=keep_video, token=token)
+        self.sessionid = sessionid
+        self.location: str | None = None  # the WHEP resource, from the 201's Location
+
+    async def connect(self, **query) -> dict:
+        """`query`: /offer's optional fields for a session of its own (avatar, refaudio...)."""
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver("audio", direction="recvonly")
+
+        @self.pc.on("track")
+        def on_track(track) -> None:
+            self._tasks.append(asyncio.create_task(self._consume(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        if self.sessionid is not None:
+            query["sessionid"] = str(self.sessionid)
+        async with self.http.post(f"{self.base_url}/whep", params=query,
+                                  data=self.pc.localDescription.sdp,
+                                  headers={"Content-Type": "application/sdp"}) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"/whep failed: {resp.status} {await resp.text()}")
+            answer = await resp.text()
+            self.location = resp.headers["Location"]
+            self.sessionid = int(resp.headers["X-Session-ID"])
+            headers = dict(resp.headers)
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        return {"sdp": answer, "headers": headers}
+
+    async def delete(self) -> int:
+        """Leave: DELETE the WHEP resource; the status."""
+        assert self.location is not None, "not connected"
+        async with self.http.delete(f"{self.base_url}{self.location}") as resp:
+            return resp.status
+
+
 def fps(times: list[float], start: float, stop: float) -> float:
     n = sum(1 for t in times if start <= t < stop)
     return n / (stop - start)

@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from .lipsync_models import FRAMES_SKIPPED_SILENT, FRAMES_TO_MODEL
+from .outputs.base import OutputMetrics
 from .speech_pipeline import SPEECH_TASK_PREFIX
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -48,6 +49,21 @@ class Metrics:
         Gauge("livehuman_speech_queue_seconds", "Seconds of speech queued (waiting or being "
               "rendered) over all sessions, text estimated", registry=self.registry
               ).set_function(speech_queue_seconds)
+
+        self.output_up = Gauge("livehuman_output_up", "An output (RTMP push URL, stream key "
+                               "hidden) is connected and sending (1) or reconnecting (0)",
+                               ["output"], registry=self.registry)
+        self.output_outages = Counter("livehuman_output_outages", "Connections an output lost "
+                                      "(or could not make), each outage once", ["output"],
+                                      registry=self.registry)
+        self.output_dropped_ticks = Counter("livehuman_output_dropped_ticks", "40 ms ticks an "
+                                            "output dropped because it fell behind", ["output"],
+                                            registry=self.registry)
+
+    def output(self, label: str) -> OutputMetrics:
+        """The series of one output (thread-safe: pushes update them from their threads)."""
+        return OutputMetrics(self.output_up.labels(label), self.output_outages.labels(label),
+                             self.output_dropped_ticks.labels(label))
 
     def observe(self, item: dict[str, Any]) -> None:
         """Called for every session event (SessionEvents' observer)."""

@@ -7,6 +7,10 @@ in a run. Failed lookups (unknown ids) are counted per client address: past
 has passed, so probing the id space at random is hopeless — except on the sessions that address
 opened itself: clients behind one NAT or proxy share an address, and one prober among them must
 not lock the others out of their own sessions.
+
+The server's own session (outputs/server_session.py, LiveTalking's session 0 of its push
+transports) has the id SERVER_SESSIONID, which the random draw never gives; it takes a slot of
+the session limit like any other.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .errors import ApiError
 from .session import Session
 
 MAX_SESSION_ID = 2**53 - 1  # Number.MAX_SAFE_INTEGER: exact in every JSON client
+SERVER_SESSIONID = 0
 DEFAULT_MAX_MISSES_PER_MINUTE = 20
 MISS_WINDOW_S = 60.0
 
@@ -98,6 +103,17 @@ class SessionRegistry:
         self._reserved.discard(sessionid)
         self._sessions.pop(sessionid, None)
         self._opened_by.pop(sessionid, None)
+
+    def add_server_session(self, session: Session) -> None:
+        """The server's own session, opened at start (id SERVER_SESSIONID)."""
+        assert session.sessionid == SERVER_SESSIONID and SERVER_SESSIONID not in self._sessions
+        self._issued.add(SERVER_SESSIONID)
+        self._sessions[SERVER_SESSIONID] = session
+
+    def server_session(self) -> Session | None:
+        """The server's own session while it is open (no lookup counted: its id is public)."""
+        session = self._sessions.get(SERVER_SESSIONID)
+        return session if session is not None and not session.closed else None
 
     def add(self, session: Session) -> None:
         self._reserved.discard(session.sessionid)

@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8010
@@ -24,6 +24,16 @@ DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 # User speech (VAD probability over its threshold) this long interrupts the talking avatar:
 # three 32 ms Silero frames, less than --vad-min-speech (0.15 s), which decides what is a turn.
 DEFAULT_BARGE_IN_MIN_S = 0.09
+# Outputs (orchestrator/outputs/): WebRTC sessions by /offer, an RTMP push and WHEP viewers of
+# the server's own session. LiveTalking's other transports, and what to use instead.
+TRANSPORTS = ("webrtc", "rtmp", "whep")
+DEFAULT_TRANSPORTS = ("webrtc",)
+UNSUPPORTED_TRANSPORTS = {
+    "rtcpush": "use --transport whep (WHEP viewers pull the server session) or rtmp",
+    "virtualcam": "pull the server session into OBS with --transport whep or rtmp instead",
+}
+RTMP_SCHEMES = ("rtmp", "rtmps")
+DEFAULT_MAX_WHEP_VIEWERS = 4
 
 
 def tts_engines() -> list[str]:
@@ -100,7 +110,17 @@ class Settings:
     vad_neg_threshold: float = 0.35
     vad_min_speech_s: float = 0.15
     vad_min_silence_s: float = 0.35
+    # Outputs: `transports` in TRANSPORTS; rtmp or whep opens the server session (sessionid 0)
+    # at start; rtmp pushes it to every URL of `push_urls`.
+    transports: tuple[str, ...] = DEFAULT_TRANSPORTS
+    push_urls: tuple[str, ...] = ()
+    max_whep_viewers: int = DEFAULT_MAX_WHEP_VIEWERS
     extra: dict = field(default_factory=dict)
+
+    @property
+    def server_session(self) -> bool:
+        """Whether the server opens its own session at start (the push and pull outputs)."""
+        return "rtmp" in self.transports or "whep" in self.transports
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only advertise these addresses as ICE host candidates (repeatable; "
                     "e.g. 127.0.0.1 for loopback-only, or a public/NAT 1:1 address). Default: "
                     "all non-loopback interface addresses")
+    out = p.add_argument_group("outputs (docs/OUTPUTS.md)")
+    out.add_argument("--transport", action="append", default=None, dest="transports",
+                     metavar="webrtc|rtmp|whep",
+                     help="what the server streams (repeatable, or a comma list; default webrtc): "
+                     "webrtc = a session per POST /offer; rtmp = the server session (sessionid "
+                     "0, opened at start, /human with sessionid 0 speaks on it) pushed to "
+                     "--push-url; whep = WHEP viewers (OBS, GStreamer) of that session at "
+                     "POST /whep. E.g. --transport webrtc,rtmp")
+    out.add_argument("--push-url", "--push_url", action="append", default=[], dest="push_urls",
+                     help="RTMP URL the server session is pushed to with --transport rtmp, e.g. "
+                     "rtmp://live.example.com/app/STREAM_KEY (repeatable: one push each). "
+                     "Prefer LIVEHUMAN_PUSH_URL: a flag is visible in the process list")
+    out.add_argument("--max-whep-viewers", type=int, default=DEFAULT_MAX_WHEP_VIEWERS,
+                     help="WHEP viewers at once; more answer 503 (default "
+                     f"{DEFAULT_MAX_WHEP_VIEWERS}; each encodes its own video)")
     vi = p.add_argument_group("voice input (microphone, VAD, speech recognition)")
     vi.add_argument("--no-voice-input", dest="voice_input", action="store_false",
                     help="ignore the microphone track a client sends (no VAD or ASR models)")
@@ -288,6 +323,12 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         raise SystemExit("--vad-min-speech, --vad-min-silence and --barge-in-min must be >= 0")
     if args.asr_url and urlsplit(args.asr_url).scheme not in ("http", "https"):
         raise SystemExit("--asr-url must be an http:// or https:// URL")
+    transports = parse_transports(args.transports)
+    push_urls = tuple(args.push_urls) or tuple(
+        url for url in os.environ.get("LIVEHUMAN_PUSH_URL", "").split() if url)
+    check_push_urls(transports, push_urls)
+    if args.max_whep_viewers < 1:
+        raise SystemExit("--max-whep-viewers must be at least 1")
     data_dir = args.data_dir.resolve()
     if args.web_dir is not None and not args.web_dir.is_dir():
         raise SystemExit(f"--web-dir {args.web_dir}: not a directory")
@@ -347,4 +388,52 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         vad_neg_threshold=args.vad_neg_threshold,
         vad_min_speech_s=args.vad_min_speech_s,
         vad_min_silence_s=args.vad_min_silence_s,
+        transports=transports,
+        push_urls=push_urls,
+        max_whep_viewers=args.max_whep_viewers,
     )
+
+
+def parse_transports(values: list[str] | None) -> tuple[str, ...]:
+    """--transport values (each may be a comma list) in TRANSPORTS, without repeats; LiveTalking's
+    other transports are refused with what to use instead."""
+    if not values:
+        return DEFAULT_TRANSPORTS
+    transports: list[str] = []
+    for name in (part.strip().lower() for value in values for part in value.split(",")):
+        if name in UNSUPPORTED_TRANSPORTS:
+            raise SystemExit(f"--transport {name} is not supported: {UNSUPPORTED_TRANSPORTS[name]}")
+        if name not in TRANSPORTS:
+            raise SystemExit(f"--transport {name!r}: give {', '.join(TRANSPORTS)} (or a comma list)")
+        if name not in transports:
+            transports.append(name)
+    return tuple(transports)
+
+
+def check_push_urls(transports: tuple[str, ...], push_urls: tuple[str, ...]) -> None:
+    """rtmp needs at least one rtmp:// or rtmps:// URL with a host and a path (app/stream);
+    a push URL without rtmp is a mistake worth stopping for."""
+    if "rtmp" in transports and not push_urls:
+        raise SystemExit("--transport rtmp needs --push-url rtmp://host/app/stream (or "
+                         "LIVEHUMAN_PUSH_URL)")
+    if push_urls and "rtmp" not in transports:
+        raise SystemExit("--push-url is only used with --transport rtmp (e.g. --transport "
+                         "webrtc,rtmp)")
+    for url in push_urls:
+        parts = urlsplit(url)
+        if (parts.scheme not in RTMP_SCHEMES or not parts.hostname
+                or len([part for part in parts.path.split("/") if part]) < 2):
+            raise SystemExit(f"--push-url {redact_stream_key(url)!r}: give "
+                             "rtmp://host[:port]/app/stream (or rtmps://)")
+
+
+def redact_stream_key(url: str) -> str:
+    """An RTMP URL for logs and answers: the last path part (the stream key, a secret on every
+    platform), the query and any user:password replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.netloc != netloc:
+        netloc = "***@" + netloc
+    head, _, key = parts.path.rpartition("/")
+    path = f"{head}/***" if key else parts.path
+    return urlunsplit((parts.scheme, netloc, path, "***" if parts.query else "", ""))
