@@ -22,17 +22,18 @@ MAX_BODY_BYTES = 1 << 20
 REJECTED_LOG = RateLimitedLog(log)
 
 
-def _error(status: int, msg: str) -> web.Response:
-    return web.json_response({"code": status, "msg": msg}, status=status)
+def _error(status: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"code": status, "msg": msg}, status=status, headers=headers)
 
 
-def _rejected(request: web.Request, status: int, msg: str) -> web.Response:
+def _rejected(request: web.Request, status: int, msg: str,
+              headers: dict[str, str] | None = None) -> web.Response:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "(no route)"
     REJECTED_LOG.log(f"{status} {request.method} {route}", logging.INFO,
                      "rejected %s %r: %d %s", request.method, request.path[:200], status,
                      msg[:300])
-    return _error(status, msg)
+    return _error(status, msg, headers)
 
 
 @web.middleware
@@ -42,7 +43,7 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return _rejected(request, exc.status, exc.msg)
+        return _rejected(request, exc.status, exc.msg, exc.headers)
     except web.HTTPRequestEntityTooLarge:
         return _rejected(request, 413, f"request body larger than {MAX_BODY_BYTES} bytes")
     except web.HTTPException as exc:

@@ -6,20 +6,28 @@ in a run. Failed lookups (unknown ids) are counted per client address: past
 `max_misses_per_minute` in a minute, that address gets 429 on every lookup until the minute
 has passed, so probing the id space at random is hopeless — except on the sessions that address
 opened itself: clients behind one NAT or proxy share an address, and one prober among them must
-not lock the others out of their own sessions.
+not lock the others out of their own sessions. With an instance id (several orchestrators
+behind one address) the ids carry it: session_ids.py.
+
+Draining (orchestrator/drain.py): once `stop_accepting()` is called no new id is reserved (503
+with Retry-After, so a client retries and the load balancer sends it to another server) and
+`wait_empty()` tells when the last live session has gone.
 """
 
 from __future__ import annotations
 
-import secrets
+import asyncio
 import time
 from collections import defaultdict, deque
 from contextvars import ContextVar
 
 from .errors import ApiError
 from .session import Session
+from .session_ids import MAX_SESSION_ID, new_session_id  # noqa: F401  (MAX_SESSION_ID: tests)
 
-MAX_SESSION_ID = 2**53 - 1  # Number.MAX_SAFE_INTEGER: exact in every JSON client
+# How soon a client refused by a draining server may retry (the load balancer then sends it
+# to another server; the draining one is out of its endpoints within a probe period or two).
+DRAIN_RETRY_AFTER_S = 2
 DEFAULT_MAX_MISSES_PER_MINUTE = 20
 MISS_WINDOW_S = 60.0
 
@@ -67,28 +75,39 @@ class MissLimiter:
 
 class SessionRegistry:
     def __init__(self, max_sessions: int,
-                 max_misses_per_minute: int = DEFAULT_MAX_MISSES_PER_MINUTE) -> None:
+                 max_misses_per_minute: int = DEFAULT_MAX_MISSES_PER_MINUTE,
+                 instance_id: int | None = None) -> None:
         self.max_sessions = max_sessions
+        self.instance_id = instance_id
         self.misses = MissLimiter(max_misses_per_minute)
+        self.draining = False
+        self._emptied = asyncio.Event()
+        self._emptied.set()
         self._sessions: dict[int, Session] = {}
         self._reserved: set[int] = set()
         self._issued: set[int] = set()  # every id of this run: none is handed out twice
         self._opened_by: dict[int, str] = {}  # live id -> the client address of its /offer
 
     def reserve(self) -> int:
-        """A new session id, or 503 when the limit is reached (reserved ids count too)."""
+        """A new session id, or 503 when the limit is reached (reserved ids count too) or the
+        server is draining."""
+        if self.draining:
+            raise ApiError(503, "this server is shutting down and takes no new session: retry, "
+                           "another server will answer",
+                           headers={"Retry-After": str(DRAIN_RETRY_AFTER_S)})
         if len(self._sessions) + len(self._reserved) >= self.max_sessions:
             raise ApiError(
                 503, f"session limit reached: {self.max_sessions} sessions (--max-session)"
             )
         sessionid = self._new_id()
         self._reserved.add(sessionid)
+        self._emptied.clear()
         self._opened_by[sessionid] = current_client.get()
         return sessionid
 
     def _new_id(self) -> int:
         while True:
-            sessionid = secrets.randbelow(MAX_SESSION_ID) + 1
+            sessionid = new_session_id(self.instance_id)
             if sessionid not in self._issued:
                 self._issued.add(sessionid)
                 return sessionid
@@ -98,6 +117,20 @@ class SessionRegistry:
         self._reserved.discard(sessionid)
         self._sessions.pop(sessionid, None)
         self._opened_by.pop(sessionid, None)
+        if not self._sessions and not self._reserved:
+            self._emptied.set()
+
+    def stop_accepting(self) -> None:
+        """Drain: every later `reserve()` is a 503 with Retry-After; live sessions go on."""
+        self.draining = True
+
+    async def wait_empty(self, timeout_s: float) -> bool:
+        """Wait until no session is live or being opened; False when `timeout_s` passed first."""
+        try:
+            await asyncio.wait_for(self._emptied.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def add(self, session: Session) -> None:
         self._reserved.discard(session.sessionid)

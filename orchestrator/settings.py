@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .session_ids import MAX_INSTANCE_ID
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8010
 DEFAULT_MAX_SESSIONS = 8
@@ -21,6 +23,9 @@ DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"  # when only OPENAI_API_KE
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
 DEFAULT_MAX_SESSION_MISSES = 20  # unknown-sessionid lookups per client address and minute
 DEFAULT_BODY_READ_TIMEOUT_S = 30.0
+# SIGTERM: how long live sessions may go on before they are closed (orchestrator/drain.py).
+# 20 s fits Kubernetes' default 30 s grace period with time left to close them and Triton.
+DEFAULT_DRAIN_TIMEOUT_S = 20.0
 
 
 def tts_engines() -> list[str]:
@@ -81,6 +86,10 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     protect_metrics: bool = False
     max_session_misses: int = DEFAULT_MAX_SESSION_MISSES
+    # Several orchestrators behind one address: this one's id, carried in its session ids
+    # (session_registry.py); None: ids random over the whole range.
+    instance_id: int | None = None
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     # A folder of static pages served at / (e.g. LiveTalking's web/); None: our client at /.
     web_dir: Path | None = None
     # Voice input (orchestrator/listener.py): VAD on Triton, Whisper on Triton unless asr_url
@@ -98,6 +107,15 @@ class Settings:
     vad_min_speech_s: float = 0.15
     vad_min_silence_s: float = 0.35
     extra: dict = field(default_factory=dict)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise SystemExit(f"LIVEHUMAN_INSTANCE_ID={text[:40]!r} is not an integer") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,6 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only advertise these addresses as ICE host candidates (repeatable; "
                     "e.g. 127.0.0.1 for loopback-only, or a public/NAT 1:1 address). Default: "
                     "all non-loopback interface addresses")
+    se.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
+                    default=float(os.environ.get("LIVEHUMAN_DRAIN_TIMEOUT",
+                                                 DEFAULT_DRAIN_TIMEOUT_S)),
+                    help="on SIGTERM, take no new session (/offer 503 with Retry-After, /healthz "
+                    "503 'draining') and let live ones go on for up to this many seconds before "
+                    "closing them; a second SIGTERM or SIGINT stops at once "
+                    f"(default {DEFAULT_DRAIN_TIMEOUT_S:g}; LIVEHUMAN_DRAIN_TIMEOUT)")
+    se.add_argument("--instance-id", type=int,
+                    default=_int_or_none(os.environ.get("LIVEHUMAN_INSTANCE_ID")),
+                    help="this orchestrator's number among several behind one address "
+                    f"(0 … {MAX_INSTANCE_ID}): it is put in the top bits of every session id, so "
+                    "a request can be routed to the session's server by its id alone "
+                    "(docs/DEPLOY.md). Default: LIVEHUMAN_INSTANCE_ID, else none")
     vi = p.add_argument_group("voice input (microphone, VAD, speech recognition)")
     vi.add_argument("--no-voice-input", dest="voice_input", action="store_false",
                     help="ignore the microphone track a client sends (no VAD or ASR models)")
@@ -281,6 +312,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         raise SystemExit("--vad-threshold and --vad-neg-threshold: 0 < neg <= threshold < 1")
     if min(args.vad_min_speech_s, args.vad_min_silence_s, args.barge_in_min_s) < 0:
         raise SystemExit("--vad-min-speech, --vad-min-silence and --barge-in-min must be >= 0")
+    if args.instance_id is not None and not 0 <= args.instance_id <= MAX_INSTANCE_ID:
+        raise SystemExit(f"--instance-id must be between 0 and {MAX_INSTANCE_ID}")
+    if args.drain_timeout_s < 0:
+        raise SystemExit("--drain-timeout must be >= 0")
     if args.asr_url and urlsplit(args.asr_url).scheme not in ("http", "https"):
         raise SystemExit("--asr-url must be an http:// or https:// URL")
     data_dir = args.data_dir.resolve()
@@ -329,6 +364,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         cors_origins=tuple(args.cors_origins),
         protect_metrics=args.protect_metrics,
         max_session_misses=args.max_session_misses,
+        instance_id=args.instance_id,
+        drain_timeout_s=args.drain_timeout_s,
         web_dir=args.web_dir.resolve() if args.web_dir is not None else None,
         voice_input=args.voice_input,
         asr_url=args.asr_url,
