@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from . import access, api, avatar_api, livetalking_api, pages, voice_api
+from . import access, api, avatar_api, livetalking_api, pages, peer_forward, voice_api
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
 from .rate_limited_log import RateLimitedLog
@@ -71,6 +71,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     if settings.web_dir is not None:
         pages.WebDir(settings.web_dir).add_routes(app)  # last: the API's paths win
     access.install(app, settings)  # after the last route: CORS covers every one
+    peer_forward.install(app, settings)  # --peer-url: other instances' sessions sent on
 
     async def lifetime(app: web.Application):
         owned = services is None

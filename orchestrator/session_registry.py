@@ -23,7 +23,7 @@ from contextvars import ContextVar
 
 from .errors import ApiError
 from .session import Session
-from .session_ids import MAX_SESSION_ID, new_session_id  # noqa: F401  (MAX_SESSION_ID: tests)
+from .session_ids import MAX_SESSION_ID, instance_of, new_session_id
 
 # How soon a client refused by a draining server may retry (the load balancer then sends it
 # to another server; the draining one is out of its endpoints within a probe period or two).
@@ -42,6 +42,16 @@ class UnknownSession(ApiError):
     def __init__(self, sessionid: int | str) -> None:
         shown = sessionid if isinstance(sessionid, int) else repr(sessionid[:40])
         super().__init__(404, f"unknown sessionid {shown}")
+
+
+class ElsewhereSession(ApiError):
+    """421: the id names a session of another orchestrator instance (session_ids.py); the
+    forwarding middleware (peer_forward.py) sends the request there instead."""
+
+    def __init__(self, sessionid: int, instance: int) -> None:
+        super().__init__(421, f"sessionid {sessionid} belongs to orchestrator instance "
+                         f"{instance}; this request could not be forwarded there")
+        self.instance = instance
 
 
 class MissLimiter:
@@ -76,9 +86,11 @@ class MissLimiter:
 class SessionRegistry:
     def __init__(self, max_sessions: int,
                  max_misses_per_minute: int = DEFAULT_MAX_MISSES_PER_MINUTE,
-                 instance_id: int | None = None) -> None:
+                 instance_id: int | None = None, forward_elsewhere: bool = False) -> None:
         self.max_sessions = max_sessions
         self.instance_id = instance_id
+        # Ids of other instances raise ElsewhereSession (to be forwarded) instead of 404.
+        self.forward_elsewhere = forward_elsewhere and instance_id is not None
         self.misses = MissLimiter(max_misses_per_minute)
         self.draining = False
         self._emptied = asyncio.Event()
@@ -141,6 +153,10 @@ class SessionRegistry:
         has failed too many lookups and did not open this session itself. A text is an id that
         held no integer: always unknown."""
         client = current_client.get()
+        if self.forward_elsewhere and isinstance(sessionid, int) and \
+                0 < sessionid <= MAX_SESSION_ID and instance_of(sessionid) != self.instance_id:
+            self.misses.check(client)  # a prober is held back here too, not only by the owner
+            raise ElsewhereSession(sessionid, instance_of(sessionid))
         session = self._sessions.get(sessionid) if isinstance(sessionid, int) else None
         live = session is not None and not session.closed
         if live and self._opened_by.get(sessionid) == client:

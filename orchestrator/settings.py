@@ -89,6 +89,8 @@ class Settings:
     # Several orchestrators behind one address: this one's id, carried in its session ids
     # (session_registry.py); None: ids random over the whole range.
     instance_id: int | None = None
+    # Where the other instances are: a URL template with {instance} (peer_forward.py); "" none.
+    peer_url: str = ""
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     # A folder of static pages served at / (e.g. LiveTalking's web/); None: our client at /.
     web_dir: Path | None = None
@@ -254,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
                     f"(0 … {MAX_INSTANCE_ID}): it is put in the top bits of every session id, so "
                     "a request can be routed to the session's server by its id alone "
                     "(docs/DEPLOY.md). Default: LIVEHUMAN_INSTANCE_ID, else none")
+    se.add_argument("--peer-url", default=os.environ.get("LIVEHUMAN_PEER_URL", ""),
+                    help="with --instance-id: the base URL of orchestrator instance {instance}, "
+                    "e.g. http://livehuman-orchestrator-{instance}.livehuman-peers:8010; a "
+                    "request for a session of another instance is forwarded there "
+                    "(default: LIVEHUMAN_PEER_URL, else none: such a request is a 404)")
     vi = p.add_argument_group("voice input (microphone, VAD, speech recognition)")
     vi.add_argument("--no-voice-input", dest="voice_input", action="store_false",
                     help="ignore the microphone track a client sends (no VAD or ASR models)")
@@ -314,6 +321,16 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         raise SystemExit("--vad-min-speech, --vad-min-silence and --barge-in-min must be >= 0")
     if args.instance_id is not None and not 0 <= args.instance_id <= MAX_INSTANCE_ID:
         raise SystemExit(f"--instance-id must be between 0 and {MAX_INSTANCE_ID}")
+    if args.peer_url:
+        if args.instance_id is None:
+            raise SystemExit("--peer-url needs --instance-id")
+        try:
+            example = args.peer_url.format(instance=0)
+        except (KeyError, IndexError, ValueError):
+            raise SystemExit("--peer-url: a URL with {instance} and no other {field}") from None
+        if "{instance}" not in args.peer_url or urlsplit(example).scheme not in ("http",
+                                                                                 "https"):
+            raise SystemExit("--peer-url must be an http:// URL holding {instance}")
     if args.drain_timeout_s < 0:
         raise SystemExit("--drain-timeout must be >= 0")
     if args.asr_url and urlsplit(args.asr_url).scheme not in ("http", "https"):
@@ -365,6 +382,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         protect_metrics=args.protect_metrics,
         max_session_misses=args.max_session_misses,
         instance_id=args.instance_id,
+        peer_url=args.peer_url,
         drain_timeout_s=args.drain_timeout_s,
         web_dir=args.web_dir.resolve() if args.web_dir is not None else None,
         voice_input=args.voice_input,

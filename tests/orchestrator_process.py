@@ -51,18 +51,19 @@ class OrchestratorProcess:
             self.process.wait()
 
 
-async def start_orchestrator(log_path: Path, *args: str,
+async def start_orchestrator(log_path: Path, *args: str, host: str = "127.0.0.1",
+                             port: int | None = None,
                              timeout_s: float = STARTUP_TIMEOUT_S) -> OrchestratorProcess:
-    """A server on a free loopback port with ICE on loopback, its output in `log_path`; waits
-    until /healthz answers 200."""
-    port = free_port()
+    """A server on `host` (a loopback address) and `port` (default: a free one) with ICE on
+    loopback, its output in `log_path`; waits until /healthz answers 200."""
+    port = port or free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, "-m", "orchestrator", "--host", host, "--port", str(port),
              "--ice-host", "127.0.0.1", *args],
             cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    server = OrchestratorProcess(process, f"http://127.0.0.1:{port}", log_path)
+    server = OrchestratorProcess(process, f"http://{host}:{port}", log_path)
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
         while time.monotonic() < deadline:

@@ -217,7 +217,9 @@ def test_orchestrators_use_the_triton_service_and_drain_within_their_grace(rende
     triton_service = one(resources, "Service", "triton")
     args = container(orchestrators)["args"]
     # Every argument is a flag our own parser takes (a typo would crash-loop the pods).
-    settings = parse_settings([a.replace("$(NODE_IP)", "10.0.0.7") for a in args])
+    # The instance id comes from the environment (the pod's ordinal).
+    settings = parse_settings([a.replace("$(NODE_IP)", "10.0.0.7") for a in args]
+                              + ["--instance-id", "0"])
     grpc = {p["name"]: p["port"] for p in triton_service["spec"]["ports"]}["grpc"]
     assert settings.triton_url == f"{triton_service['metadata']['name']}:{grpc}"
     flags = flag_values(args)
@@ -238,9 +240,17 @@ def test_orchestrators_use_the_triton_service_and_drain_within_their_grace(rende
 
 
 def test_every_orchestrator_is_reachable_by_name_while_draining(rendered):
+    """--peer-url names each pod as its StatefulSet's headless Service does (pod N:
+    <statefulset>-N.<service>), and that Service lists pods that are not ready (draining)."""
     _, _, resources = rendered
     orchestrators = one(resources, "StatefulSet", "orchestrator")
     peers = by_name(resources, "Service", orchestrators["spec"]["serviceName"])
     assert peers["spec"]["clusterIP"] == "None"
     assert peers["spec"]["publishNotReadyAddresses"] is True
     assert selects(peers["spec"]["selector"], pod_labels(orchestrators))
+    args = container(orchestrators)["args"]
+    settings = parse_settings([a.replace("$(NODE_IP)", "10.0.0.7") for a in args]
+                              + ["--instance-id", "0"])
+    port = port_names(orchestrators)["http"]
+    assert settings.peer_url.format(instance=3) == (
+        f"http://{orchestrators['metadata']['name']}-3.{peers['metadata']['name']}:{port}")

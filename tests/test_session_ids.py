@@ -75,6 +75,10 @@ async def test_server_issues_ids_of_its_instance(triton):
             async with clients[0].http.get(f"{base_url}/healthz") as resp:
                 health = await resp.json()
             assert health["data"]["instance"] == 37 and health["data"]["draining"] is False
+            # Without --peer-url an id of another instance is simply unknown here.
+            other = (38 << LOCAL_ID_BITS) | 1
+            status, answer = await clients[0].post("/is_speaking", sessionid=other)
+            assert status == 404 and "unknown sessionid" in answer["msg"], answer
         finally:
             for client in clients:
                 await client.close()

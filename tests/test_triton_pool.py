@@ -17,11 +17,12 @@ import re
 import signal
 import time
 
+import aiohttp
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcclient
 from conftest import LIPSYNC_MODEL, MODEL_REPOSITORY, TTS_MODEL, ensure_lipsync_onnx
-from orchestrator_process import PROJECT_ROOT, start_orchestrator
+from orchestrator_process import PROJECT_ROOT, SSE, free_port, start_orchestrator
 
 from orchestrator.avatar import AvatarStore
 from orchestrator.client import (
@@ -32,14 +33,16 @@ from orchestrator.client import (
     mouth_motion,
     mouth_window,
 )
-from orchestrator.session_ids import instance_of
+from orchestrator.peer_forward import FORWARDED_BY_HEADER
+from orchestrator.session_ids import LOCAL_ID_BITS, instance_of
 from orchestrator.triton_server import EmbeddedTriton
 
 log = logging.getLogger(__name__)
 
 pytestmark = pytest.mark.timeout(600)
 
-ORCHESTRATORS = 2
+INSTANCES = [1, 2]  # orchestrator instance ids; instance N listens on 127.0.0.N
+PEER_URL = "http://127.0.0.{{instance}}:{port}"  # --peer-url, as the chart's pod DNS names
 SPEECH_RMS = 0.01
 SENTENCE = ("Hello! I am livehuman, a talking avatar. Two of us are speaking at the same time "
             "through one Triton server.")
@@ -50,6 +53,10 @@ WAIT_S = 60.0
 # requests meet whatever the scheduling of this busy 2-core machine; a request still has to
 # come from each orchestrator within that window to be batched with the other's.
 QUEUE_DELAY_US = 40_000
+
+
+def peer_host(instance: int) -> str:
+    return f"127.0.0.{instance}"
 
 
 def pool_repository(directory):
@@ -71,17 +78,21 @@ def pool_repository(directory):
 
 @pytest.fixture(scope="module")
 async def pool(tmp_path_factory):
-    """(standalone Triton, [orchestrator processes]) with instance ids 0 … ORCHESTRATORS-1."""
+    """(standalone Triton, [orchestrator processes of INSTANCES])."""
     assert ensure_lipsync_onnx(), "the default lip-sync model is needed"
     tmp = tmp_path_factory.mktemp("pool")
     triton = EmbeddedTriton(pool_repository(tmp / "models"), [TTS_MODEL, LIPSYNC_MODEL])
     await triton.start()
     servers = []
     try:
+        # Like the StatefulSet's pods: the same port, one name (here a loopback address) each.
+        port = free_port()
         started = await asyncio.gather(
             *(start_orchestrator(tmp / f"orchestrator-{i}.log", "--triton-url", triton.url,
-                                 "--instance-id", str(i), "--tts", "espeak", "--no-voice-input")
-              for i in range(ORCHESTRATORS)), return_exceptions=True)
+                                 "--instance-id", str(i), "--peer-url", PEER_URL.format(port=port),
+                                 "--tts", "espeak", "--no-voice-input", host=peer_host(i),
+                                 port=port)
+              for i in INSTANCES), return_exceptions=True)
         servers = [s for s in started if not isinstance(s, BaseException)]
         for failure in started:
             if isinstance(failure, BaseException):
@@ -135,7 +146,7 @@ async def test_two_orchestrators_share_one_triton_and_its_batches(pool):
     region = mouth_window(avatar)
     clients = [AvatarClient(s.base_url, video_region=region) for s in servers]
     try:
-        for instance, client in enumerate(clients):
+        for instance, client in zip(INSTANCES, clients):
             await client.connect()
             assert instance_of(client.sessionid) == instance  # its orchestrator's session
         for client in clients:
@@ -171,3 +182,54 @@ async def test_two_orchestrators_share_one_triton_and_its_batches(pool):
     finally:
         for client in clients:
             await client.close()
+
+
+async def post(base_url: str, path: str, headers: dict | None = None, **body) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.post(f"{base_url}{path}", json=body,
+                                                          headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_any_orchestrator_forwards_session_requests_to_the_sessions_own(pool):
+    """A Service spreads a session's requests over every orchestrator: the one that gets a
+    request for another instance's session (--peer-url) sends it on, SSE streamed too."""
+    _, (owner, other) = pool
+    client = AvatarClient(owner.base_url, keep_video=False)
+    sse = None
+    try:
+        await client.connect()
+        await client.wait_for_video(10, timeout=WAIT_S)
+        sessionid = client.sessionid
+        sse = SSE(other.base_url, sessionid)  # the session's events, through the other
+        sent = time.monotonic()
+        status, answer = await post(other.base_url, "/human", sessionid=str(sessionid),
+                                    type="echo", text="You reached me through my neighbour.")
+        assert status == 200 and answer["code"] == 0, answer
+        utterance = answer["data"]["utterance_id"]
+        await client.wait_for_speech(sent, SPEECH_RMS, timeout=WAIT_S)  # the owner spoke it
+        await sse.wait_for("end", utterance_id=utterance)
+        status, answer = await post(other.base_url, "/is_speaking", sessionid=sessionid)
+        assert status == 200 and answer["data"] is False, answer
+        status, answer = await post(other.base_url, "/interrupt_talk", sessionid=sessionid)
+        assert status == 200, answer
+
+        # An id of the owner's instance that names no session: the owner's 404, passed back.
+        unknown = (INSTANCES[0] << LOCAL_ID_BITS) | 12345
+        status, answer = await post(other.base_url, "/is_speaking", sessionid=unknown)
+        assert status == 404 and "unknown sessionid" in answer["msg"], answer
+        # A request already forwarded once is never forwarded again (no loops).
+        status, answer = await post(other.base_url, "/is_speaking", sessionid=sessionid,
+                                    headers={FORWARDED_BY_HEADER: "9"})
+        assert status == 421 and f"instance {INSTANCES[0]}" in answer["msg"], answer
+        # Uploads are read part by part and cannot be replayed: 421 naming the owner.
+        form = aiohttp.FormData()
+        form.add_field("sessionid", str(sessionid))
+        form.add_field("file", b"RIFF....WAVE", filename="a.wav")
+        async with aiohttp.ClientSession() as http, http.post(f"{other.base_url}/humanaudio",
+                                                              data=form) as resp:
+            answer = await resp.json()
+            assert resp.status == 421 and "not forwarded" in answer["msg"], answer
+    finally:
+        if sse is not None:
+            await sse.close()
+        await client.close()
