@@ -69,6 +69,7 @@ class PeerForwarder:
             self._http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
                 auto_decompress=False)
+        response: web.StreamResponse | None = None
         try:
             async with self._http.request(request.method, url, data=body, headers=headers,
                                           allow_redirects=False) as upstream:
@@ -86,6 +87,10 @@ class PeerForwarder:
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             if request.transport is None or request.transport.is_closing():
                 raise  # our own client went away: nothing to answer
+            if response is not None and response.prepared:
+                log.info("forwarded %s %s: instance %d closed the stream: %s", request.method,
+                         request.path[:200], instance, exc)
+                return response  # the answer had begun (an SSE stream): it just ends
             log.warning("forwarding %s %s to instance %d failed: %s", request.method,
                         request.path[:200], instance, exc)
             raise ApiError(502, f"the orchestrator of this session (instance {instance}) "
