@@ -28,8 +28,9 @@ VIDEO_FRAMES_WHILE_DRAINING = 25  # one second of video
 
 
 def server_args(triton_url: str, drain_timeout_s: float) -> list[str]:
+    # --setup-timeout: a peer may take long to connect on a machine busy with other test runs.
     return ["--triton-url", triton_url, "--drain-timeout", str(drain_timeout_s), "--tts",
-            "espeak", "--no-voice-input", "--log-level", "INFO"]
+            "espeak", "--no-voice-input", "--setup-timeout", "60", "--log-level", "INFO"]
 
 
 async def offer_sdp() -> str:

@@ -48,6 +48,8 @@ SENTENCE = ("Hello! I am livehuman, a talking avatar. Two of us are speaking at 
             "through one Triton server.")
 SPEAK_S = 5.0  # of each sentence's speech, looked at
 WAIT_S = 60.0
+# A peer gets this long to connect (default 15 s): ICE on a machine busy with other test runs.
+SETUP_TIMEOUT_S = 60.0
 # The local lip-sync config waits 1 ms for more requests (tuned for latency on a CPU). Here
 # the batcher waits up to one video frame (40 ms at 25 fps) so that the two orchestrators'
 # requests meet whatever the scheduling of this busy 2-core machine; a request still has to
@@ -90,7 +92,8 @@ async def pool(tmp_path_factory):
         started = await asyncio.gather(
             *(start_orchestrator(tmp / f"orchestrator-{i}.log", "--triton-url", triton.url,
                                  "--instance-id", str(i), "--peer-url", PEER_URL.format(port=port),
-                                 "--tts", "espeak", "--no-voice-input", host=peer_host(i),
+                                 "--tts", "espeak", "--no-voice-input", "--setup-timeout",
+                                 str(SETUP_TIMEOUT_S), host=peer_host(i),
                                  port=port)
               for i in INSTANCES), return_exceptions=True)
         servers = [s for s in started if not isinstance(s, BaseException)]
