@@ -236,14 +236,15 @@ async def is_speaking(request: web.Request) -> web.Response:
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     services = services_of(request)
+    registry = services.registry
     triton = await services.triton_status()
-    healthy = bool(triton.get("ready"))
-    data = {"triton": triton, "sessions": len(services.registry),
-            "max_sessions": services.registry.max_sessions}
-    return web.json_response(
-        {"code": 0 if healthy else 503, "msg": "ok" if healthy else "triton not ready", "data": data},
-        status=200 if healthy else 503,
-    )
+    # Readiness: a draining server (orchestrator/drain.py) must leave its Service's endpoints.
+    healthy = bool(triton.get("ready")) and not registry.draining
+    msg = "draining" if registry.draining else "ok" if healthy else "triton not ready"
+    data = {"triton": triton, "sessions": len(registry), "max_sessions": registry.max_sessions,
+            "draining": registry.draining, "instance": registry.instance_id}
+    return web.json_response({"code": 0 if healthy else 503, "msg": msg, "data": data},
+                             status=200 if healthy else 503)
 
 
 @routes.get("/metrics")

@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from . import access, api, avatar_api, livetalking_api, pages, voice_api
+from . import access, api, avatar_api, livetalking_api, pages, peer_forward, voice_api
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
 from .outputs import whep_api
@@ -25,17 +25,18 @@ MAX_BODY_BYTES = 1 << 20
 REJECTED_LOG = RateLimitedLog(log)
 
 
-def _error(status: int, msg: str) -> web.Response:
-    return web.json_response({"code": status, "msg": msg}, status=status)
+def _error(status: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"code": status, "msg": msg}, status=status, headers=headers)
 
 
-def _rejected(request: web.Request, status: int, msg: str) -> web.Response:
+def _rejected(request: web.Request, status: int, msg: str,
+              headers: dict[str, str] | None = None) -> web.Response:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "(no route)"
     REJECTED_LOG.log(f"{status} {request.method} {route}", logging.INFO,
                      "rejected %s %r: %d %s", request.method, request.path[:200], status,
                      msg[:300])
-    return _error(status, msg)
+    return _error(status, msg, headers)
 
 
 @web.middleware
@@ -45,7 +46,7 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return _rejected(request, exc.status, exc.msg)
+        return _rejected(request, exc.status, exc.msg, exc.headers)
     except web.HTTPRequestEntityTooLarge:
         return _rejected(request, 413, f"request body larger than {MAX_BODY_BYTES} bytes")
     except web.HTTPException as exc:
@@ -78,6 +79,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     if settings.web_dir is not None:
         pages.WebDir(settings.web_dir).add_routes(app)  # last: the API's paths win
     access.install(app, settings)  # after the last route: CORS covers every one
+    peer_forward.install(app, settings)  # --peer-url: other instances' sessions sent on
 
     async def lifetime(app: web.Application):
         owned = services is None

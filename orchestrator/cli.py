@@ -11,12 +11,15 @@ from aiohttp import web
 
 from .access import AccessLog
 from .app import create_app
+from .drain import drain
 from .http_server import AppRunner
+from .services import SERVICES_KEY
 from .settings import Settings, parse_settings, redact_stream_key
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then stop the sessions, the services and Triton."""
+    """Serve until SIGINT (stop at once) or SIGTERM (drain first: orchestrator/drain.py; a
+    second SIGTERM stops at once), then stop the sessions, the services and Triton."""
     # The access log leaves out query strings: they may hold the token (?token=).
     runner = AppRunner(create_app(settings), access_log_class=AccessLog)
     await runner.setup()
@@ -26,10 +29,27 @@ async def serve(settings: Settings) -> None:
         for line in output_lines(settings):
             print(f"livehuman: {line}", flush=True)
         stop = asyncio.Event()
+        draining: list[asyncio.Task] = []
+
+        async def drain_then_stop() -> None:
+            try:
+                await drain(runner.app[SERVICES_KEY], settings.drain_timeout_s)
+            finally:
+                stop.set()
+
+        def on_sigterm() -> None:
+            if draining:
+                stop.set()
+            else:
+                draining.append(asyncio.create_task(drain_then_stop(), name="drain"))
+
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
         await stop.wait()
+        for task in draining:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     finally:
         await runner.cleanup()
 

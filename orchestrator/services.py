@@ -187,7 +187,8 @@ async def start_services(settings: Settings) -> Services:
         embedded = EmbeddedTriton(settings.model_repository, models=models)
         await embedded.start()
         url = embedded.url
-    registry = SessionRegistry(settings.max_sessions, settings.max_session_misses)
+    registry = SessionRegistry(settings.max_sessions, settings.max_session_misses,
+                               settings.instance_id, forward_elsewhere=bool(settings.peer_url))
     metrics = Metrics(lambda: len(registry), settings.max_sessions, registry.queued_speech_seconds)
     triton = TritonSupervisor(url, models, embedded, on_restart=metrics.triton_restarts.inc)
     await triton.start()

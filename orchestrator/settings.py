@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from .session_ids import MAX_INSTANCE_ID
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8010
 DEFAULT_MAX_SESSIONS = 8
@@ -34,6 +36,9 @@ UNSUPPORTED_TRANSPORTS = {
 }
 RTMP_SCHEMES = ("rtmp", "rtmps")
 DEFAULT_MAX_WHEP_VIEWERS = 4
+# SIGTERM: how long live sessions may go on before they are closed (orchestrator/drain.py).
+# 20 s fits Kubernetes' default 30 s grace period with time left to close them and Triton.
+DEFAULT_DRAIN_TIMEOUT_S = 20.0
 
 
 def tts_engines() -> list[str]:
@@ -94,6 +99,12 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     protect_metrics: bool = False
     max_session_misses: int = DEFAULT_MAX_SESSION_MISSES
+    # Several orchestrators behind one address: this one's id, carried in its session ids
+    # (session_registry.py); None: ids random over the whole range.
+    instance_id: int | None = None
+    # Where the other instances are: a URL template with {instance} (peer_forward.py); "" none.
+    peer_url: str = ""
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     # A folder of static pages served at / (e.g. LiveTalking's web/); None: our client at /.
     web_dir: Path | None = None
     # Voice input (orchestrator/listener.py): VAD on Triton, Whisper on Triton unless asr_url
@@ -121,6 +132,15 @@ class Settings:
     def server_session(self) -> bool:
         """Whether the server opens its own session at start (the push and pull outputs)."""
         return "rtmp" in self.transports or "whep" in self.transports
+
+
+def _int_or_none(text: str | None) -> int | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise SystemExit(f"LIVEHUMAN_INSTANCE_ID={text[:40]!r} is not an integer") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +281,24 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--max-whep-viewers", type=int, default=DEFAULT_MAX_WHEP_VIEWERS,
                      help="WHEP viewers at once; more answer 503 (default "
                      f"{DEFAULT_MAX_WHEP_VIEWERS}; each encodes its own video)")
+    se.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
+                    default=float(os.environ.get("LIVEHUMAN_DRAIN_TIMEOUT",
+                                                 DEFAULT_DRAIN_TIMEOUT_S)),
+                    help="on SIGTERM, take no new session (/offer 503 with Retry-After, /healthz "
+                    "503 'draining') and let live ones go on for up to this many seconds before "
+                    "closing them; a second SIGTERM or SIGINT stops at once "
+                    f"(default {DEFAULT_DRAIN_TIMEOUT_S:g}; LIVEHUMAN_DRAIN_TIMEOUT)")
+    se.add_argument("--instance-id", type=int,
+                    default=_int_or_none(os.environ.get("LIVEHUMAN_INSTANCE_ID")),
+                    help="this orchestrator's number among several behind one address "
+                    f"(0 … {MAX_INSTANCE_ID}): it is put in the top bits of every session id, so "
+                    "a request can be routed to the session's server by its id alone "
+                    "(docs/DEPLOY.md). Default: LIVEHUMAN_INSTANCE_ID, else none")
+    se.add_argument("--peer-url", default=os.environ.get("LIVEHUMAN_PEER_URL", ""),
+                    help="with --instance-id: the base URL of orchestrator instance {instance}, "
+                    "e.g. http://livehuman-orchestrator-{instance}.livehuman-peers:8010; a "
+                    "request for a session of another instance is forwarded there "
+                    "(default: LIVEHUMAN_PEER_URL, else none: such a request is a 404)")
     vi = p.add_argument_group("voice input (microphone, VAD, speech recognition)")
     vi.add_argument("--no-voice-input", dest="voice_input", action="store_false",
                     help="ignore the microphone track a client sends (no VAD or ASR models)")
@@ -321,6 +359,20 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         raise SystemExit("--vad-threshold and --vad-neg-threshold: 0 < neg <= threshold < 1")
     if min(args.vad_min_speech_s, args.vad_min_silence_s, args.barge_in_min_s) < 0:
         raise SystemExit("--vad-min-speech, --vad-min-silence and --barge-in-min must be >= 0")
+    if args.instance_id is not None and not 0 <= args.instance_id <= MAX_INSTANCE_ID:
+        raise SystemExit(f"--instance-id must be between 0 and {MAX_INSTANCE_ID}")
+    if args.peer_url:
+        if args.instance_id is None:
+            raise SystemExit("--peer-url needs --instance-id")
+        try:
+            example = args.peer_url.format(instance=0)
+        except (KeyError, IndexError, ValueError):
+            raise SystemExit("--peer-url: a URL with {instance} and no other {field}") from None
+        if "{instance}" not in args.peer_url or urlsplit(example).scheme not in ("http",
+                                                                                 "https"):
+            raise SystemExit("--peer-url must be an http:// URL holding {instance}")
+    if args.drain_timeout_s < 0:
+        raise SystemExit("--drain-timeout must be >= 0")
     if args.asr_url and urlsplit(args.asr_url).scheme not in ("http", "https"):
         raise SystemExit("--asr-url must be an http:// or https:// URL")
     transports = parse_transports(args.transports)
@@ -375,6 +427,9 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         cors_origins=tuple(args.cors_origins),
         protect_metrics=args.protect_metrics,
         max_session_misses=args.max_session_misses,
+        instance_id=args.instance_id,
+        peer_url=args.peer_url,
+        drain_timeout_s=args.drain_timeout_s,
         web_dir=args.web_dir.resolve() if args.web_dir is not None else None,
         voice_input=args.voice_input,
         asr_url=args.asr_url,
