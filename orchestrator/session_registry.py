@@ -134,18 +134,20 @@ class SessionRegistry:
         self._reserved.discard(sessionid)
         self._sessions.pop(sessionid, None)
         self._opened_by.pop(sessionid, None)
-        if not self._sessions and not self._reserved:
-            self._emptied.set()
+        if not self._reserved and not self._sessions.keys() - {SERVER_SESSIONID}:
+            self._emptied.set()  # the server's own session has no client to wait for
 
     def stop_accepting(self) -> None:
         """Drain: every later `reserve()` is a 503 with Retry-After; live sessions go on."""
         self.draining = True
 
     async def wait_empty(self, timeout_s: float) -> bool:
-        """Wait until no session is live or being opened; False when `timeout_s` passed first."""
+        """Wait until no client's session is live or being opened (the server's own session,
+        which no client ends, does not count); False when `timeout_s` passed first."""
         try:
-            await asyncio.wait_for(self._emptied.wait(), timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):
+                await self._emptied.wait()
+        except TimeoutError:
             return False
         return True
 

@@ -82,3 +82,21 @@ async def test_server_issues_ids_of_its_instance(triton):
         finally:
             for client in clients:
                 await client.close()
+
+
+async def test_drain_does_not_wait_for_the_server_session():
+    """The server's own session (push transports) has no client that ends it: a drain waits for
+    the clients' sessions only, not for the whole --drain-timeout."""
+    from types import SimpleNamespace
+
+    from orchestrator.session_registry import SERVER_SESSIONID, SessionRegistry
+
+    registry = SessionRegistry(max_sessions=4)
+    registry.add_server_session(SimpleNamespace(sessionid=SERVER_SESSIONID, closed=False))
+    assert await registry.wait_empty(0.05)
+    sessionid = registry.reserve()
+    registry.add(SimpleNamespace(sessionid=sessionid, closed=False))
+    registry.stop_accepting()
+    assert not await registry.wait_empty(0.05)  # a client's session is live
+    registry.release(sessionid)
+    assert await registry.wait_empty(0.05)
