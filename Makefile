@@ -11,6 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8010
 
 CHROMIUM := /usr/bin/chromium
+NGINX_RTMP := /usr/lib/nginx/modules/ngx_rtmp_module.so
 
 .PHONY: run test lint bench artifacts clean
 
@@ -45,7 +46,13 @@ $(CHROMIUM):
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium
 
-test: artifacts $(CHROMIUM)
+# The RTMP push tests run Debian's nginx with its RTMP module (a real RTMP server, started by
+# the tests on a loopback port of their own).
+$(NGINX_RTMP):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq nginx libnginx-mod-rtmp
+
+test: artifacts $(CHROMIUM) $(NGINX_RTMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(INSTALLED)

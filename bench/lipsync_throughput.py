@@ -1,4 +1,16 @@
-"""Wav2Lip throughput: frames/s per batch size, per deployment, for the 96 and 256 generators.
+"""Lip-sync throughput: the default model (ms per frame) and Wav2Lip 96 / 256 (frames/s), per batch
+size, per deployment.
+
+`--variants default` times the project's default model (`lipsync_default`, the procedural ONNX
+graph) on the astronaut crop with mel windows from silence to fully open, at batches 1, 8 and 32
+(`--batches`): onnxruntime in this process with the session options of the model's
+`configs/local.pbtxt` (`intra_op_threads`), and through the embedded Triton with the
+orchestrator's own client, over gRPC and over system shared memory (what the orchestrator uses
+when Triton is on this host). `--model-dir` times another copy of the model folder (its ONNX,
+adapter and configs: e.g. main's, for a before/after pair) and `--label` names the run; the
+result is merged into `default_model.<label>` of the JSON, the Wav2Lip results are kept.
+
+Wav2Lip (`--variants 96 256`):
 
 Randomly initialised networks of the real architecture (no weights can be downloaded; the
 arithmetic, and so the speed, is the same as with trained ones), exported with
@@ -25,6 +37,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -35,25 +49,35 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from export.default_lipsync import astronaut_example, loudness_mel_window
 from export.wav2lip_export import ONNX_FILE, export_repository, random_inputs
 from export.wav2lip_model import random_model
 from orchestrator.triton_clients import LipSyncClient
 from orchestrator.triton_server import EmbeddedTriton
 
 RESULTS = Path(__file__).parent / "results"
+RESULTS_FILE = RESULTS / "lipsync_throughput.json"
 BATCHES = (1, 8, 16, 32, 64)
+DEFAULT_BATCHES = (1, 8, 32)
 VARIANTS = (96, 256)
+DEFAULT_VARIANT = "default"
+DEFAULT_MODEL = "lipsync_default"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_repository" / DEFAULT_MODEL
+DEFAULT_POINT_BUDGET_S = 3.0  # the default model's calls are milliseconds: many per point
+DEFAULT_MAX_CALLS = 400
 POINT_BUDGET_S = 1.5  # per deployment: keep timing a point until this much time...
 MIN_CALLS = 2  # 1 where the budget is 0
 MAX_CALLS = 5  # ...or this many calls
 SETTLE_S = 1.0  # lets PyTorch's OpenMP threads stop spinning before the next phase
 EAGER, ORT_CPU, TRITON, ORT_TRT = "pytorch_eager", "onnxruntime", "triton_grpc", "onnxruntime_tensorrt"
+TRITON_SHM = "triton_shared_memory"
 
 
 Call = Callable[[], Awaitable[object]]
 
 
-async def time_calls(calls: dict[str, Call], budget_s: float) -> dict[str, dict]:
+async def time_calls(calls: dict[str, Call], budget_s: float,
+                     max_calls: int = MAX_CALLS) -> dict[str, dict]:
     """Median seconds per call of each deployment, their calls alternating.
 
     Alternating pairs the deployments up in time, so load from elsewhere on the machine (it is
@@ -67,7 +91,7 @@ async def time_calls(calls: dict[str, Call], budget_s: float) -> dict[str, dict]
     rounds = 0
     min_rounds = MIN_CALLS if budget_s > 0 else 1
     while rounds < min_rounds or (
-            sum(map(sum, times.values())) < budget_s * len(calls) and rounds < MAX_CALLS):
+            sum(map(sum, times.values())) < budget_s * len(calls) and rounds < max_calls):
         for name, call in calls.items():
             started = time.perf_counter()
             await call()
@@ -81,9 +105,11 @@ def point(batch: int, timing: dict) -> dict:
             "calls": timing["calls"]}
 
 
-def adapter_session(path: Path, providers: list) -> ort.InferenceSession:
+def adapter_session(path: Path, providers: list, intra_op_threads: int = 0
+                    ) -> ort.InferenceSession:
     """Session options as in model_repository/lipsync_default/1/model.py."""
     options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=providers)
@@ -203,6 +229,90 @@ async def run(variants: tuple[int, ...], batches: tuple[int, ...]) -> dict:
     }
 
 
+
+# --- the default model ------------------------------------------------------------------------
+def local_intra_op_threads(model_dir: Path) -> int:
+    """The `intra_op_threads` parameter of the model's configs/local.pbtxt (0 when absent)."""
+    text = (model_dir / "configs" / "local.pbtxt").read_text()
+    found = re.search(r'key:\s*"intra_op_threads"\s*value:\s*\{\s*string_value:\s*"(\d+)"', text)
+    return int(found.group(1)) if found else 0
+
+
+def default_inputs(batch: int) -> dict[str, np.ndarray]:
+    """The astronaut's crop and mouth, mel windows from silence to fully open (speech-like mix)."""
+    face, mouth = astronaut_example()
+    loudness = np.linspace(0.0, 1.0, batch) if batch > 1 else np.array([0.6])
+    return {"mel": np.stack([loudness_mel_window(x) for x in loudness]),
+            "face": np.ascontiguousarray(np.repeat(face[None], batch, axis=0)),
+            "mouth": np.ascontiguousarray(np.repeat(mouth[None], batch, axis=0))}
+
+
+def default_point(batch: int, timing: dict) -> dict:
+    return {"ms_per_frame": 1000 * timing["median_s"] / batch,
+            "ms_per_call": 1000 * timing["median_s"], "calls": timing["calls"]}
+
+
+async def run_default(model_dir: Path, batches: tuple[int, ...]) -> dict:
+    """ms per frame of the default model in `model_dir`, onnxruntime and Triton alternating."""
+    threads = local_intra_op_threads(model_dir)
+    deployments: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="lipsync_default_throughput_") as tmp:
+        repo = Path(tmp)
+        shutil.copytree(model_dir, repo / DEFAULT_MODEL, symlinks=False)
+        session = adapter_session(repo / DEFAULT_MODEL / "1" / ONNX_FILE,
+                                  ["CPUExecutionProvider"], threads)
+        async with EmbeddedTriton(repo, [DEFAULT_MODEL]) as server:
+            grpc = LipSyncClient(server.url, model=DEFAULT_MODEL)
+            shm = LipSyncClient(server.url, model=DEFAULT_MODEL, shared_memory=True)
+            try:
+                for batch in batches:
+                    feeds = default_inputs(batch)
+
+                    async def ort_call(feeds=feeds) -> object:
+                        return session.run(None, feeds)
+
+                    async def grpc_call(feeds=feeds) -> np.ndarray:
+                        return await grpc.infer(feeds["mel"], feeds["face"], feeds["mouth"])
+
+                    async def shm_call(feeds=feeds) -> np.ndarray:
+                        return await shm.infer(feeds["mel"], feeds["face"], feeds["mouth"])
+
+                    timings = await time_calls(
+                        {ORT_CPU: ort_call, TRITON: grpc_call, TRITON_SHM: shm_call},
+                        DEFAULT_POINT_BUDGET_S, DEFAULT_MAX_CALLS)
+                    for name, timing in timings.items():
+                        deployments.setdefault(name, {})[str(batch)] = default_point(batch, timing)
+                    print(f"{DEFAULT_MODEL} batch {batch}: " + ", ".join(
+                        f"{name} {deployments[name][str(batch)]['ms_per_frame']:.3f}"
+                        for name in timings) + " ms/frame", flush=True)
+            finally:
+                await shm.close()
+                await grpc.close()
+    return {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "onnxruntime": ort.__version__, "device": "CPU",
+                    "load_average_at_end": os.getloadavg()},
+        "intra_op_threads": threads,
+        "unit": "ms per frame: median seconds per call / batch (one call after another; the "
+                "deployments alternate call by call)",
+        "batches": list(batches),
+        "deployments": deployments,
+    }
+
+
+def default_table(runs: dict) -> str:
+    lines = [f"\n{DEFAULT_MODEL} (ms per frame)"]
+    for label, entry in runs.items():
+        batches = entry["batches"]
+        lines.append(f"{label}: intra_op_threads {entry['intra_op_threads']}")
+        lines.append("| deployment | " + " | ".join(f"batch {b}" for b in batches) + " |")
+        lines.append("|---" * (len(batches) + 1) + "|")
+        for name, points in entry["deployments"].items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{points[str(b)]['ms_per_frame']:.3f}" for b in batches) + " |")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     lines = []
     for face_px, entry in result["variants"].items():
@@ -222,16 +332,31 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", type=int, nargs="+", default=list(VARIANTS),
-                        choices=VARIANTS)
-    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--variants", nargs="+", default=[str(v) for v in VARIANTS],
+                        choices=[DEFAULT_VARIANT] + [str(v) for v in VARIANTS])
+    parser.add_argument("--batches", type=int, nargs="+",
+                        help=f"default: {list(BATCHES)} (Wav2Lip), {list(DEFAULT_BATCHES)} "
+                             f"({DEFAULT_VARIANT})")
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
+                        help="the default model's folder (config, configs/local.pbtxt, 1/)")
+    parser.add_argument("--label", default="after",
+                        help="name of the default model's run in the JSON (e.g. before, after)")
     args = parser.parse_args()
-    result = asyncio.run(run(tuple(args.variants), tuple(args.batches)))
+    # Merged: a run of one part keeps the figures of the others.
+    result = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
+    wav2lip = tuple(int(v) for v in args.variants if v != DEFAULT_VARIANT)
+    if DEFAULT_VARIANT in args.variants:
+        runs = result.setdefault("default_model", {})
+        runs[args.label] = asyncio.run(run_default(args.model_dir,
+                                                   tuple(args.batches or DEFAULT_BATCHES)))
+        print(default_table(runs))
+    if wav2lip:
+        result.update(asyncio.run(run(wav2lip, tuple(args.batches or BATCHES))))
+        print(table(result))
+        for note in result["skipped"]:
+            print(f"skipped {note}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lipsync_throughput.json").write_text(json.dumps(result, indent=2))
-    print(table(result))
-    for note in result["skipped"]:
-        print(f"skipped {note}")
+    RESULTS_FILE.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

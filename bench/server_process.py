@@ -50,6 +50,29 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def memory_kib(pids: list[int]) -> dict[str, int]:
+    """Summed RSS and PSS (KiB) of these processes. PSS (/proc/PID/smaps_rollup) splits pages
+    shared between them (libraries, Triton's shared-memory tensors) instead of counting them
+    once per process; where the kernel has no smaps_rollup, PSS is reported as RSS."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pid_rss = next((int(line.split()[1]) for line in status.splitlines()
+                        if line.startswith("VmRSS:")), 0)
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            pid_pss = next(int(line.split()[1]) for line in rollup.splitlines()
+                           if line.startswith("Pss:"))
+        except (FileNotFoundError, ProcessLookupError, PermissionError, StopIteration):
+            pid_pss = pid_rss
+        rss += pid_rss
+        pss += pid_pss
+    return {"rss_kib": rss, "pss_kib": pss}
+
+
 @dataclass
 class ServerProcess:
     process: subprocess.Popen
@@ -58,6 +81,9 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(process_tree(self.process.pid))
+
+    def memory_kib(self) -> dict[str, int]:
+        return memory_kib(process_tree(self.process.pid))
 
     def stop(self) -> None:
         self.process.terminate()

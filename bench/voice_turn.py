@@ -37,6 +37,8 @@ from intelligibility import word_error_rate  # noqa: E402
 from server_process import start_server  # noqa: E402
 
 from orchestrator.client import AvatarClient, Microphone  # noqa: E402
+from orchestrator.settings import DEFAULT_BARGE_IN_MIN_S  # noqa: E402
+from orchestrator.speech_pipeline import LEAD_SILENCE_KEPT_S  # noqa: E402
 from orchestrator.tts import PiperEngine, Voice, synthesize_all  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -87,6 +89,10 @@ class EventLog:
             await asyncio.sleep(0.01)
         raise TimeoutError(f"no {name} event")
 
+    def arrival(self, name: str, since: int) -> float:
+        """When the first `name` event from index `since` on arrived (monotonic s)."""
+        return next(t for t, item in self.items[since:] if item["event"] == name)
+
     async def close(self) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -124,6 +130,7 @@ async def run(turns: int, barge_ins: int) -> dict:
         events = EventLog(server.base_url, client.sessionid)
         await asyncio.sleep(1.0)
         latencies, asr_ms, wait_ms, speculative, pairs, missed = [], [], [], 0, [], []
+        to_transcript, to_start, to_audio = [], [], []  # where a turn's time goes
         for text in texts:
             since = len(events.items)
             mic.play(speech[text], piper.sample_rate_hz)
@@ -137,6 +144,11 @@ async def run(turns: int, barge_ins: int) -> dict:
                 continue
             first = await client.wait_for_speech(mic.speech_ended_at, SPEECH_RMS, timeout=10)
             latencies.append(first - mic.speech_ended_at)
+            heard_at = events.arrival("transcript", since)
+            started_at = events.arrival("start", since)
+            to_transcript.append(heard_at - mic.speech_ended_at)
+            to_start.append(started_at - heard_at)
+            to_audio.append(first - started_at)
             await asyncio.sleep(0.3)
             await client.post("/interrupt_talk")  # the next question need not wait for it
             await asyncio.sleep(0.5)
@@ -162,6 +174,11 @@ async def run(turns: int, barge_ins: int) -> dict:
             await asyncio.sleep(0.5)
         return {
             "turn_latency": summary_ms(latencies),
+            # the turn in three legs: end of speech -> `transcript` event at the client ->
+            # the answer's `start` event (its first frame popped by the player) -> first audio
+            "legs": {"to_transcript": summary_ms(to_transcript),
+                     "transcript_to_start": summary_ms(to_start),
+                     "start_to_audio": summary_ms(to_audio)},
             "asr_ms": {"p50": float(np.percentile(asr_ms, 50)),
                        "p95": float(np.percentile(asr_ms, 95))},
             # end of speech confirmed -> transcript (ASR left after the silence wait)
@@ -173,7 +190,8 @@ async def run(turns: int, barge_ins: int) -> dict:
             "transcripts": [{"said": s, "heard": h} for s, h in pairs],
             "no_turn": missed,
             "settings": {"vad_min_silence_s": 0.35, "vad_min_speech_s": 0.15,
-                         "barge_in_min_s": 0.0, "speculative_asr": True,
+                         "barge_in_min_s": DEFAULT_BARGE_IN_MIN_S, "speculative_asr": True,
+                         "tts_lead_silence_kept_s": LEAD_SILENCE_KEPT_S,
                          "uplink_prefetch_packets": 1, "asr": "whisper tiny.en int8 on Triton",
                          "answers": "shipped FAQ", "tts": "piper joe"},
         }

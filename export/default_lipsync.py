@@ -2,9 +2,21 @@
 
 No trained weights: the graph reads loudness and spectral tilt from the mel window, then warps the
 real face crop with GridSample (jaw drop below the lip line, corners out or in) and paints the
-mouth interior (upper teeth, dark cavity, tongue) into the gap the jaw drop opens. Pixels outside
-the mouth and jaw are sampled at their own centres, so they come back unchanged and the crop pastes
-back without a seam; silence leaves the whole crop unchanged.
+mouth interior (upper teeth, dark cavity, tongue) into the gap the jaw drop opens. Only a window
+around the mouth is computed (mouth_window_lw: where the warp, the jaw and the interior can be
+non-zero, the union over the batch); the rest of the crop is copied, so it comes back unchanged and
+the crop pastes back without a seam.
+
+Silence leaves the whole crop unchanged, to the bit: below SILENT_LEVEL_MEL open and shape are 0,
+every pixel samples its own centre and the gap is empty. The configs declare it
+(`silence_returns_face`), so the orchestrator does not send frames whose audio is silent
+(orchestrator/features.py: every sample the mel window reads below SILENCE_PEAK_DBFS, -88 dBFS).
+Such a window stays below SILENT_LEVEL_MEL: per STFT column the spectrum's energy is at most
+800 * sum(hann^2) * (1.97 peak)^2 (Parseval; pre-emphasis at most doubles a sample), the bin-mean
+of mel amplitudes at most |column sums of the filterbank| / 80 times its root (Cauchy-Schwarz), and
+the level, a mean of clip(1.6 log10 a + 2.4) <= -4 + 1.6 log10(1 + a / 1e-4) (concave), at most
+that function of the mean (Jensen): -3.44 mel at -88 dBFS; the bound reaches -3.3 at -85.1 dBFS
+(tests/test_default_lipsync.py computes it).
 
 The graph *is* the implementation: there is no numpy twin. `build_model(expose_controls=True)`
 adds the `open` and `shape` controls as extra outputs for tests and tuning.
@@ -212,6 +224,14 @@ class GraphBuilder:
         return x * x
 
     def power(self, x: Value, exponent: float) -> Value:
+        """x ** exponent for x >= 0; the exponents the model uses as Mul / Sqrt (Pow is ~10x a
+        Mul on onnxruntime's CPU)."""
+        if exponent == 0.5:
+            return self.op("Sqrt", x)
+        if exponent == 1.5:
+            return x * self.op("Sqrt", x)
+        if exponent == 3.0:
+            return x * x * x
         return self.op("Pow", x, exponent)
 
     def minimum(self, a: Value | float, b: Value | float) -> Value:
@@ -369,8 +389,67 @@ def _interior(
     return g.lerp(colour, rgb(TEETH_RGB) * teeth_light, teeth)
 
 
-def build_model(expose_controls: bool = False) -> onnx.ModelProto:
-    """The `lipsync_default` graph (docs/INTERFACES.md); optionally also outputs open and shape."""
+def mouth_window_lw() -> tuple[float, float, float]:
+    """(up, down, half width) in lip widths around the lip line's centre: the warp, the jaw drop
+    and the mouth interior all vanish outside this box (the identity grid samples each pixel at
+    its own centre), so only the box needs computing.
+
+    Width warp: inside the ellipse WIDTH_RADIUS_X_LW x (UP above, DOWN below). Jaw drop: below
+    the lip line down to CHIN_LW + CHIN_FADE_LW, across |dx| < (1 + JAW_WIDENING_PER_LW * dy) / 2
+    (dx is the source offset: outside the ellipse it equals the pixel's own offset). The gap and
+    interior only where the jaw dropped.
+    """
+    chin_lw = CHIN_LW + CHIN_FADE_LW
+    jaw_half_width_lw = 0.5 * (1.0 + JAW_WIDENING_PER_LW * chin_lw)
+    return (WIDTH_RADIUS_UP_LW, max(WIDTH_RADIUS_DOWN_LW, chin_lw),
+            max(WIDTH_RADIUS_X_LW, jaw_half_width_lw))
+
+
+def _mouth_window(
+    g: GraphBuilder, centre_x: Value, centre_y: Value, lip_px: Value, whole_crop: bool
+) -> tuple[Value, Value, Value, Value]:
+    """Rows y0..y1 and columns x0..x1 (int64 [1] each, end exclusive) holding every batch item's
+    mouth_window_lw() box, one pixel of margin, inside the crop and never empty (or the whole
+    crop)."""
+    if whole_crop:
+        return g.int64s([0]), g.int64s([CROP_PX]), g.int64s([0]), g.int64s([CROP_PX])
+    up_lw, down_lw, half_width_lw = mouth_window_lw()
+    lows = g.concat([centre_y - up_lw * lip_px, centre_x - half_width_lw * lip_px], axis=1)
+    highs = g.concat([centre_y + down_lw * lip_px, centre_x + half_width_lw * lip_px], axis=1)
+    # [B,2,1,1] -> [2] (y, x) over the batch. Clip as floats first: a cast of NaN or of a value
+    # out of int64's range is undefined.
+    last = float(CROP_PX - 1)
+    low = g.op("Floor", g.op("Clip", g.op("ReduceMin", lows, axes=[0, 2, 3], keepdims=0) - 1.0,
+                             0.0, last))
+    high = g.op("Ceil", g.op("Clip", g.op("ReduceMax", highs, axes=[0, 2, 3], keepdims=0) + 1.0,
+                             0.0, float(CROP_PX)))
+    low = g.op("Cast", low, to=TensorProto.INT64)
+    high = g.op("Max", g.op("Cast", high, to=TensorProto.INT64), low + g.int64s([1]))
+    y0, x0 = g.split(low, axis=0, parts=2)
+    y1, x1 = g.split(high, axis=0, parts=2)
+    return y0, y1, x0, x1
+
+
+def _paste(
+    g: GraphBuilder, face: Value, window: Value, bounds: tuple[Value, Value, Value, Value]
+) -> Value:
+    """`face` [B,3,S,S] with rows y0..y1, columns x0..x1 replaced by `window` [B,3,h,w]."""
+    y0, y1, x0, x1 = bounds
+    start, end = g.int64s([0]), g.int64s([CROP_PX])
+    rows, cols = g.int64s([2]), g.int64s([3])
+    band = g.op("Slice", face, y0, y1, rows)
+    band = g.concat([g.op("Slice", band, start, x0, cols), window,
+                     g.op("Slice", band, x1, end, cols)], axis=3)
+    return g.concat([g.op("Slice", face, start, y0, rows), band,
+                     g.op("Slice", face, y1, end, rows)], axis=2)
+
+
+def build_model(expose_controls: bool = False, whole_crop: bool = False) -> onnx.ModelProto:
+    """The `lipsync_default` graph (docs/INTERFACES.md); optionally also outputs open and shape.
+
+    `whole_crop` computes every pixel instead of the mouth window only (tests: the window must
+    not change the result).
+    """
     g = GraphBuilder()
     mel = g.input("mel", ["batch", 1, MEL_BINS, MEL_WINDOW_FRAMES])
     face = g.input("face", ["batch", 3, CROP_PX, CROP_PX])
@@ -382,9 +461,16 @@ def build_model(expose_controls: bool = False) -> onnx.ModelProto:
     centre_x, centre_y, lip_px, _lip_height = g.split(geometry, axis=1, parts=4)
     lip_px = g.maximum(lip_px, 1.0)  # degenerate geometry gives a tiny mouth, never NaN
 
-    # Pixel-centre coordinates (x + 0.5): exactly representable, so the identity grid is exact.
-    px = g.constant([x + 0.5 for x in range(CROP_PX)], [1, 1, 1, CROP_PX], hint="pixel_x")
-    py = g.constant([y + 0.5 for y in range(CROP_PX)], [1, 1, CROP_PX, 1], hint="pixel_y")
+    # Only the window around the mouth is computed; the rest of the crop is copied (it would be
+    # sampled at its own pixel centres, i.e. unchanged). One window for the whole batch.
+    y0, y1, x0, x1 = _mouth_window(g, centre_x, centre_y, lip_px, whole_crop)
+
+    # Pixel-centre coordinates (x + 0.5) of the window: exactly representable, so the identity
+    # grid is exact.
+    px = g.op("Slice", g.constant([x + 0.5 for x in range(CROP_PX)], [1, 1, 1, CROP_PX],
+                                  hint="pixel_x"), x0, x1, g.int64s([3]))  # [1,1,1,w]
+    py = g.op("Slice", g.constant([y + 0.5 for y in range(CROP_PX)], [1, 1, CROP_PX, 1],
+                                  hint="pixel_y"), y0, y1, g.int64s([2]))  # [1,1,h,1]
     out_dx = px - centre_x
     dy = py - centre_y  # > 0 below the lip line
 
@@ -399,8 +485,11 @@ def build_model(expose_controls: bool = False) -> onnx.ModelProto:
     radius_y = WIDTH_RADIUS_UP_LW + (WIDTH_RADIUS_DOWN_LW - WIDTH_RADIUS_UP_LW) * g.is_positive(dy)
     r2 = g.square(out_dx / (WIDTH_RADIUS_X_LW * lip_px)) + g.square(dy / (radius_y * lip_px))
     falloff = g.power(g.relu(1.0 - r2), 3.0) * hold
-    dx = out_dx - (shape * _width_warp_gain()) * out_dx * falloff  # source-space offset
-    source_x = centre_x + dx
+    shift_px = (shape * _width_warp_gain()) * out_dx * falloff
+    dx = out_dx - shift_px  # source-space offset
+    # px - shift, not centre_x + dx: where nothing moves (shift 0) the source is the pixel's own
+    # centre to the bit, so a closed mouth returns the crop exactly.
+    source_x = px - shift_px
 
     # Jaw: below the lip line, lower lip and chin drop by `drop_px`, widest at the centre.
     half_width = 0.5 * (lip_px + JAW_WIDENING_PER_LW * g.relu(dy))
@@ -410,8 +499,10 @@ def build_model(expose_controls: bool = False) -> onnx.ModelProto:
     # Pixels of the opened gap would sample above the lip (the philtrum); clamp them to the lip.
     source_y = g.maximum(py - drop_px, g.minimum(py, centre_y) - LIP_EDGE_SAMPLE_PX)
 
-    grid = g.concat([source_x * (2.0 / CROP_PX) - 1.0, source_y * (2.0 / CROP_PX) - 1.0], axis=1)
-    grid = g.op("Transpose", grid, perm=[0, 2, 3, 1])  # [B, H, W, (x, y)]
+    def grid_axis(source: Value) -> Value:  # [B,1,h,w] pixels -> [B,h,w,1] in [-1, 1]
+        return g.op("Transpose", source * (2.0 / CROP_PX) - 1.0, perm=[0, 2, 3, 1])
+
+    grid = g.concat([grid_axis(source_x), grid_axis(source_y)], axis=3)  # [B, h, w, (x, y)]
     warped = g.op("GridSample", face, grid, align_corners=0, mode="bilinear", padding_mode="border")
 
     # The gap: below the lip line and above the dropped lower lip; 0 everywhere when closed.
@@ -419,7 +510,7 @@ def build_model(expose_controls: bool = False) -> onnx.ModelProto:
     gap = g.smoothstep(inside_px / GAP_EDGE_PX)
     lip_across = g.power(g.relu(1.0 - g.square(dx / (0.5 * lip_px))), JAW_PROFILE_POWER)
     interior = _interior(g, dx, dy, drop_px, lip_across, open_amount, lip_px)
-    face_out = g.lerp(warped, interior, gap)
+    face_out = _paste(g, face, g.lerp(warped, interior, gap), (y0, y1, x0, x1))
 
     g.output(face_out, "face_out", ["batch", 3, CROP_PX, CROP_PX])
     if expose_controls:

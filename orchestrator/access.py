@@ -8,8 +8,9 @@ the server says about itself (docs/SECURITY.md is the page for operators).
   route answers preflight `OPTIONS` (403 for an origin not named).
 - Cross-site requests: a JSON endpoint takes only `application/json` (a browser sends that
   cross-site only after a preflight the CORS policy decides) unless the request proves it comes
-  from our own page (`Sec-Fetch-Site: same-origin`, or `Origin` naming this host); a multipart
-  endpoint refuses a foreign `Origin` the CORS policy does not allow.
+  from our own page (`Sec-Fetch-Site: same-origin`, or `Origin` naming this host); the WHEP
+  routes take their SDP types instead (BODY_TYPES); a multipart endpoint refuses a foreign
+  `Origin` the CORS policy does not allow.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ import aiohttp_cors
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .outputs.whep_api import (
+    SDP_CONTENT_TYPE,
+    TRICKLE_ICE_CONTENT_TYPE,
+    WHEP_PATH,
+    WHEP_RESOURCE_PATH,
+)
 from .pages import CLIENT_PATH, WEB_DIR_CANONICAL
 from .session_registry import current_client
 from .settings import Settings
@@ -38,6 +45,9 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 PAGE_PATHS = frozenset({"/", "/static/{name}", CLIENT_PATH, CLIENT_PATH.rstrip("/"),
                         WEB_DIR_CANONICAL})
 MONITORING_PATHS = frozenset({"/healthz", "/metrics"})
+# The routes whose bodies are not JSON, and the type each takes (WHEP's SDP): neither is a CORS
+# "simple" type, so a browser sends them cross-site only after a preflight too.
+BODY_TYPES = {WHEP_PATH: SDP_CONTENT_TYPE, WHEP_RESOURCE_PATH: TRICKLE_ICE_CONTENT_TYPE}
 
 
 def _refuse(status: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -124,12 +134,18 @@ def middlewares(settings: Settings) -> list:
                     settings.cors_origins, origin):
                 return _refuse(403, f"origin {origin[:100]!r} may not post forms here "
                                "(--cors-origin)")
-        elif request.content_type != JSON_CONTENT_TYPE and not same_origin(request):
-            return _refuse(415, f"Content-Type must be {JSON_CONTENT_TYPE}, "
+        elif request.content_type != (expected := _body_type(request)) and not same_origin(
+                request):
+            return _refuse(415, f"Content-Type must be {expected}, "
                            f"got {request.content_type[:100]!r}")
         return await handler(request)
 
     return [client_address, require_token, cross_site_guard]
+
+
+def _body_type(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return BODY_TYPES.get(resource.canonical if resource is not None else "", JSON_CONTENT_TYPE)
 
 
 def install(app: web.Application, settings: Settings) -> None:

@@ -20,6 +20,7 @@ from .rtcp_feedback import route_feedback
 from .services import SERVICES_KEY, Services
 from .session import Session, SessionLimits, SessionOptions
 from .session_lookup import find_session, json_session, parse_sessionid, query_session
+from .settings import Settings
 from .speech import MAX_TEXT_CHARS, has_speakable
 from .tts import Voice
 from .uplink import shorten_jitter_buffer
@@ -45,27 +46,47 @@ def services_of(request: web.Request) -> Services:
 async def offer(request: web.Request) -> web.Response:
     offered_at = asyncio.get_running_loop().time()
     services = services_of(request)
+    if "webrtc" not in services.settings.transports:
+        raise ApiError.not_found("WebRTC sessions are off on this server (--transport "
+                                 f"{','.join(services.settings.transports)}): watch the server "
+                                 "session (sessionid 0) instead, docs/OUTPUTS.md")
     services.require_triton()
-    settings = services.settings
     body = await read_json_object(request)
     choice(body, "type", ("offer",))
     sdp = offer_sdp(body)
-    options = SessionOptions(
-        avatar=field(body, "avatar", str, settings.avatar_id),
-        refaudio=field(body, "refaudio", str, settings.ref_file),
-        reftext=field(body, "reftext", str, settings.ref_text),
-        llmid=field(body, "llmid", str, settings.llmid),
-        custom_config=json_config(body, "custom_config", settings.customvideo_config, list),
-        multiavatar_config=json_config(body, "multiavatar_config", settings.multiavatar_config, dict),
-        voice=VoiceOptions(mode=choice(body, "voice_mode", VOICE_MODES, settings.voice_mode),
-                           barge_in=field(body, "barge_in", bool, settings.barge_in)),
+    options = session_options(body, services.settings)
+    check_offer_sdp(sdp)
+    session, answer_sdp = await open_peer_session(services, options, sdp, offered_at)
+    return web.json_response(
+        {"type": "answer", "sdp": answer_sdp, "sessionid": session.sessionid}
     )
-    _parse_offer(sdp)
+
+
+def session_options(fields: dict, settings: Settings) -> SessionOptions:
+    """/offer's optional fields (a JSON body, or WHEP's query string), the settings' defaults
+    for those not given; 400 naming a field of the wrong type or value."""
+    return SessionOptions(
+        avatar=field(fields, "avatar", str, settings.avatar_id),
+        refaudio=field(fields, "refaudio", str, settings.ref_file),
+        reftext=field(fields, "reftext", str, settings.ref_text),
+        llmid=field(fields, "llmid", str, settings.llmid),
+        custom_config=json_config(fields, "custom_config", settings.customvideo_config, list),
+        multiavatar_config=json_config(fields, "multiavatar_config", settings.multiavatar_config,
+                                       dict),
+        voice=VoiceOptions(mode=choice(fields, "voice_mode", VOICE_MODES, settings.voice_mode),
+                           barge_in=field(fields, "barge_in", bool, settings.barge_in)),
+    )
+
+
+async def open_peer_session(services: Services, options: SessionOptions, sdp: str,
+                            offered_at: float) -> tuple[Session, str]:
+    """A new session for the peer offering `sdp` (checked by `check_offer_sdp`): the session
+    and the answer SDP. `offered_at` (event-loop time) starts the setup timeout."""
     # The limit before any loading: a refused offer loads no avatar and decodes no clip. The
     # slot is given back on every failure path below.
     sessionid = services.registry.reserve()
     try:
-        session = await _open_session(services, sessionid, options)
+        session = await open_session(services, sessionid, options)
         try:
             answer_sdp = await _negotiate(session, sdp, services)
         except BaseException:
@@ -77,51 +98,54 @@ async def offer(request: web.Request) -> web.Response:
     services.registry.add(session)
     session.watch_peer(offered_at)
     log.info("session opened sessionid=%s avatar=%s", sessionid, options.avatar)
-    return web.json_response(
-        {"type": "answer", "sdp": answer_sdp, "sessionid": sessionid}
-    )
+    return session, answer_sdp
 
 
-async def _open_session(services: Services, sessionid: int, options: SessionOptions) -> Session:
+async def open_session(services: Services, sessionid: int, options: SessionOptions,
+                       with_peer: bool = True) -> Session:
+    """A session with its avatars, clips, voice and chat checked and loaded; without a peer
+    (`with_peer` False) for the server's own session."""
     await services.check_voice(Voice.named(options.refaudio, options.reftext), "refaudio")
     members = await services.members(options.avatar, options.multiavatar_config)
     main = members[MAIN].avatar
     clips = await services.clips(options.custom_config, main.width, main.height)
     chat = await services.chat_agent(options.llmid, "llmid")
-    pc = RTCPeerConnection(services.rtc_configuration)
+    pc = RTCPeerConnection(services.rtc_configuration) if with_peer else None
     return Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat,
                    clips, services.metrics.observe, SessionLimits.from_settings(services.settings),
                    services.session_closed, services.idle_streams)
 
 
 def offer_sdp(body: dict) -> str:
-    """The `sdp` field, checked for a media section (parsed in full by `_parse_offer` once the
-    other fields of the body have been checked)."""
+    """The `sdp` field, checked for a media section (parsed in full by `check_offer_sdp` once
+    the other fields of the body have been checked)."""
     sdp = field(body, "sdp", str)
     if "m=" not in sdp:
         raise ApiError.bad_request("field 'sdp' is not an SDP offer (no media section)")
     return sdp
 
 
-def _parse_offer(sdp: str) -> None:
+def check_offer_sdp(sdp: str, where: str = "field 'sdp'") -> SessionDescription:
     """What aiortc's setRemoteDescription would refuse, refused before a session slot is taken:
     a text its parser cannot read (it asserts, raises StopIteration, IndexError...), no audio or
     video section, or a section without ICE credentials, a DTLS fingerprint or RTCP mux. So a
-    malformed offer is a 400 even when the server is full, and never holds a slot."""
+    malformed offer is a 400 even when the server is full, and never holds a slot. `where`
+    names the offer in messages."""
     try:
         description = SessionDescription.parse(sdp)
     except Exception as exc:
-        raise ApiError.bad_request(f"field 'sdp' is not a valid SDP offer ({type(exc).__name__})") from None
+        raise ApiError.bad_request(f"{where} is not a valid SDP offer ({type(exc).__name__})") from None
     media = [m for m in description.media if m.kind in ("audio", "video")]
     if not media:
-        raise ApiError.bad_request("field 'sdp' offers no audio or video section")
+        raise ApiError.bad_request(f"{where} offers no audio or video section")
     for m in media:
         if not (m.ice.usernameFragment and m.ice.password):
-            raise ApiError.bad_request(f"field 'sdp': {m.kind} section without ICE credentials")
+            raise ApiError.bad_request(f"{where}: {m.kind} section without ICE credentials")
         if not (m.dtls and m.dtls.fingerprints):
-            raise ApiError.bad_request(f"field 'sdp': {m.kind} section without a DTLS fingerprint")
+            raise ApiError.bad_request(f"{where}: {m.kind} section without a DTLS fingerprint")
         if not m.rtcp_mux:
-            raise ApiError.bad_request(f"field 'sdp': {m.kind} section without rtcp-mux")
+            raise ApiError.bad_request(f"{where}: {m.kind} section without rtcp-mux")
+    return description
 
 
 async def _negotiate(session: Session, sdp: str, services: Services) -> str:
@@ -217,14 +241,15 @@ async def is_speaking(request: web.Request) -> web.Response:
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     services = services_of(request)
+    registry = services.registry
     triton = await services.triton_status()
-    healthy = bool(triton.get("ready"))
-    data = {"triton": triton, "sessions": len(services.registry),
-            "max_sessions": services.registry.max_sessions}
-    return web.json_response(
-        {"code": 0 if healthy else 503, "msg": "ok" if healthy else "triton not ready", "data": data},
-        status=200 if healthy else 503,
-    )
+    # Readiness: a draining server (orchestrator/drain.py) must leave its Service's endpoints.
+    healthy = bool(triton.get("ready")) and not registry.draining
+    msg = "draining" if registry.draining else "ok" if healthy else "triton not ready"
+    data = {"triton": triton, "sessions": len(registry), "max_sessions": registry.max_sessions,
+            "draining": registry.draining, "instance": registry.instance_id}
+    return web.json_response({"code": 0 if healthy else 503, "msg": msg, "data": data},
+                             status=200 if healthy else 503)
 
 
 @routes.get("/metrics")
@@ -276,8 +301,9 @@ async def sse(request: web.Request) -> web.StreamResponse:
         await response.write(b": connected\n\n")
         while True:
             try:
-                item = await asyncio.wait_for(events.get(), SSE_KEEPALIVE_S)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(SSE_KEEPALIVE_S):
+                    item = await events.get()
+            except TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
             if item is None:

@@ -6,9 +6,12 @@ import logging
 
 from aiohttp import web
 
-from . import access, api, avatar_api, livetalking_api, pages, voice_api
+from . import access, api, avatar_api, livetalking_api, pages, peer_forward, voice_api
 from .avatar_jobs import AvatarJobs
 from .errors import ApiError
+from .outputs import whep_api
+from .outputs.server_session import open_server_session
+from .outputs.whep import WhepResources
 from .rate_limited_log import RateLimitedLog
 from .services import SERVICES_KEY, Services, start_services
 from .settings import Settings
@@ -22,17 +25,18 @@ MAX_BODY_BYTES = 1 << 20
 REJECTED_LOG = RateLimitedLog(log)
 
 
-def _error(status: int, msg: str) -> web.Response:
-    return web.json_response({"code": status, "msg": msg}, status=status)
+def _error(status: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"code": status, "msg": msg}, status=status, headers=headers)
 
 
-def _rejected(request: web.Request, status: int, msg: str) -> web.Response:
+def _rejected(request: web.Request, status: int, msg: str,
+              headers: dict[str, str] | None = None) -> web.Response:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "(no route)"
     REJECTED_LOG.log(f"{status} {request.method} {route}", logging.INFO,
                      "rejected %s %r: %d %s", request.method, request.path[:200], status,
                      msg[:300])
-    return _error(status, msg)
+    return _error(status, msg, headers)
 
 
 @web.middleware
@@ -42,13 +46,16 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return _rejected(request, exc.status, exc.msg)
+        return _rejected(request, exc.status, exc.msg, exc.headers)
     except web.HTTPRequestEntityTooLarge:
         return _rejected(request, 413, f"request body larger than {MAX_BODY_BYTES} bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _rejected(request, exc.status, exc.reason)
+        response = _rejected(request, exc.status, exc.reason)
+        if "Allow" in exc.headers:  # a 405 names the methods the resource has (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("internal error on %s %r", request.method, request.path[:200])
         return _error(500, "internal error")
@@ -64,16 +71,26 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.add_routes(avatar_api.routes)
     app.add_routes(voice_api.routes)
     app.add_routes(livetalking_api.routes)
+    app.add_routes(whep_api.routes)
+    app[whep_api.WHEP_RESOURCES_KEY] = WhepResources(settings.max_whep_viewers)
     page_routes = web.RouteTableDef()
     pages.client_routes(page_routes, settings.web_dir)
     app.add_routes(page_routes)
     if settings.web_dir is not None:
         pages.WebDir(settings.web_dir).add_routes(app)  # last: the API's paths win
     access.install(app, settings)  # after the last route: CORS covers every one
+    peer_forward.install(app, settings)  # --peer-url: other instances' sessions sent on
 
     async def lifetime(app: web.Application):
         owned = services is None
         app[SERVICES_KEY] = services or await start_services(settings)
+        if settings.server_session:  # the session the RTMP push and WHEP viewers show
+            try:
+                await open_server_session(app[SERVICES_KEY])
+            except BaseException:
+                if owned:
+                    await app[SERVICES_KEY].close()
+                raise
         # Its upload folder is emptied at start: one job registry per data directory.
         jobs = AvatarJobs(app[SERVICES_KEY].avatars, settings.data_dir / "avatar-uploads")
         app[avatar_api.AVATAR_JOBS_KEY] = jobs
@@ -83,6 +100,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
             await app[SERVICES_KEY].close()
         else:
             await _close_sessions(app[SERVICES_KEY])
+        await app[whep_api.WHEP_RESOURCES_KEY].close()
 
     app.cleanup_ctx.append(lifetime)
     return app

@@ -11,25 +11,61 @@ from aiohttp import web
 
 from .access import AccessLog
 from .app import create_app
+from .drain import drain
 from .http_server import AppRunner
-from .settings import Settings, parse_settings
+from .services import SERVICES_KEY
+from .settings import Settings, parse_settings, redact_stream_key
 
 
 async def serve(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then stop the sessions, the services and Triton."""
+    """Serve until SIGINT (stop at once) or SIGTERM (drain first: orchestrator/drain.py; a
+    second SIGTERM stops at once), then stop the sessions, the services and Triton."""
     # The access log leaves out query strings: they may hold the token (?token=).
     runner = AppRunner(create_app(settings), access_log_class=AccessLog)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
         print(f"livehuman: serving on http://{settings.host}:{settings.port}", flush=True)
+        for line in output_lines(settings):
+            print(f"livehuman: {line}", flush=True)
         stop = asyncio.Event()
+        draining: list[asyncio.Task] = []
+
+        async def drain_then_stop() -> None:
+            try:
+                await drain(runner.app[SERVICES_KEY], settings.drain_timeout_s)
+            finally:
+                stop.set()
+
+        def on_sigterm() -> None:
+            if draining:
+                stop.set()
+            else:
+                draining.append(asyncio.create_task(drain_then_stop(), name="drain"))
+
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
         await stop.wait()
+        for task in draining:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     finally:
         await runner.cleanup()
+
+
+def output_lines(settings: Settings) -> list[str]:
+    """Where the outputs other than /offer are (docs/OUTPUTS.md), stream keys hidden."""
+    lines = []
+    if settings.server_session:
+        lines.append("the server session is sessionid 0 (POST /human {\"sessionid\": 0, ...})")
+    lines += [f"pushing it to {redact_stream_key(url)}" for url in settings.push_urls]
+    if "whep" in settings.transports:
+        lines.append(f"WHEP: POST http://{settings.host}:{settings.port}/whep (?sessionid=0: "
+                     "view the server session)")
+    if "webrtc" not in settings.transports:
+        lines.append("WebRTC sessions (/offer) are off (--transport)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

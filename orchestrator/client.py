@@ -10,6 +10,7 @@ import asyncio
 import fractions
 import json
 import os
+import queue
 import sys
 import time
 from dataclasses import dataclass, field
@@ -90,22 +91,56 @@ class Microphone(MediaStreamTrack):
 @dataclass
 class Received:
     video_times: list[float] = field(default_factory=list)
+    video_rtp: list[int] = field(default_factory=list)  # RTP timestamp (90 kHz) of each frame
     video: list[np.ndarray] = field(default_factory=list)  # RGB frames (or the kept region)
-    # Each video frame's RTP time at 90 kHz, from the first frame's (aiortc's receiver maps it).
-    video_pts: list[int] = field(default_factory=list)
     audio_times: list[float] = field(default_factory=list)
     audio_rms: list[float] = field(default_factory=list)  # per received audio frame
     audio: list[np.ndarray] = field(default_factory=list)  # mono float32 at 48 kHz
 
 
+class EncodedFrameCounter:
+    """Stands in for an aiortc receiver's decoder queue: notes each complete encoded frame its
+    jitter buffer hands over (arrival time, RTP timestamp) instead of decoding it.
+
+    aiortc 1.x reassembles RTP packets into whole frames in `RTCRtpReceiver._handle_rtp_packet`
+    and `put`s `(codec, JitterFrame)` on this queue for its decoder thread; `None` tells that
+    thread (blocked in `get`) to end, which ends the remote track.
+    """
+
+    def __init__(self, times: list[float], rtp_timestamps: list[int]) -> None:
+        self._times = times
+        self._rtp_timestamps = rtp_timestamps
+        self._end: queue.Queue = queue.Queue()
+
+    def put(self, item) -> None:
+        if item is None:
+            self._end.put(None)
+            return
+        _codec, frame = item
+        self._times.append(time.monotonic())
+        self._rtp_timestamps.append(frame.timestamp)
+
+    def get(self):
+        return self._end.get()
+
+
+DECODER_QUEUE_ATTRIBUTE = "_RTCRtpReceiver__decoder_queue"  # aiortc 1.x, rtcrtpreceiver.py
+
+
 class AvatarClient:
-    """Connects to a livehuman server, keeps every frame with its arrival time."""
+    """Connects to a livehuman server, keeps every frame with its arrival time.
+
+    `decode=False` (a light client, for many sessions per process) decodes nothing: it notes
+    each video and audio frame when the jitter buffer has it complete (`video_times`,
+    `video_rtp`, `audio_times`); `video`, `audio` and `audio_rms` stay empty.
+    """
 
     def __init__(self, base_url: str, keep_video: bool = True,
                  video_region: tuple[slice, slice] | None = None,
                  token: str | None = None, microphone: Microphone | None = None,
-                 video_codecs: tuple[str, ...] = ()) -> None:
+                 video_codecs: tuple[str, ...] = (), decode: bool = True) -> None:
         self.base_url = base_url
+        self.decode = decode
         # Sent to the server as the user's voice (a sendrecv audio offer) when given.
         self.microphone = microphone
         self.keep_video = keep_video
@@ -135,9 +170,12 @@ class AvatarClient:
         else:
             self.pc.addTransceiver("audio", direction="recvonly")
 
-        @self.pc.on("track")
-        def on_track(track) -> None:
-            self._tasks.append(asyncio.create_task(self._consume(track)))
+        if self.decode:
+            @self.pc.on("track")
+            def on_track(track) -> None:
+                self._tasks.append(asyncio.create_task(self._consume(track)))
+        else:
+            self._count_encoded_frames()
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"type": "offer", "sdp": self.pc.localDescription.sdp, **offer_fields}
@@ -148,6 +186,20 @@ class AvatarClient:
         self.sessionid = answer["sessionid"]
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         return answer
+
+    def _count_encoded_frames(self) -> None:
+        """Replace each receiver's decoder queue before its decoder thread starts (in
+        setRemoteDescription)."""
+        r = self.received
+        for transceiver in self.pc.getTransceivers():
+            receiver = transceiver.receiver
+            if not hasattr(receiver, DECODER_QUEUE_ATTRIBUTE):
+                raise RuntimeError("this aiortc version has no receiver decoder queue: "
+                                   "use decode=True")
+            counter = (EncodedFrameCounter(r.video_times, r.video_rtp)
+                       if transceiver.kind == "video"
+                       else EncodedFrameCounter(r.audio_times, []))
+            setattr(receiver, DECODER_QUEUE_ATTRIBUTE, counter)
 
     async def post(self, path: str, **body) -> tuple[int, dict]:
         body.setdefault("sessionid", self.sessionid)
@@ -164,7 +216,7 @@ class AvatarClient:
             now = time.monotonic()
             if track.kind == "video":
                 r.video_times.append(now)
-                r.video_pts.append(frame.pts)
+                r.video_rtp.append(frame.pts)
                 if self.keep_video:
                     image = frame.to_ndarray(format="rgb24")
                     r.video.append(image[self.video_region] if self.video_region else image)
@@ -205,6 +257,49 @@ class AvatarClient:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.http.close()
+
+
+class WhepClient(AvatarClient):
+    """A WHEP client (--transport whep; docs/OUTPUTS.md): recvonly audio and video, the offer
+    POSTed as application/sdp, the answer's `Location` DELETEd to leave. With `sessionid` (0:
+    the server session) it views that session; without, the server opens a session of its own
+    for it (its id from the `X-Session-ID` answer header)."""
+
+    def __init__(self, base_url: str, sessionid: int | None = None, keep_video: bool = True,
+                 token: str | None = None) -> None:
+        super().__init__(base_url, keep_video=keep_video, token=token)
+        self.sessionid = sessionid
+        self.location: str | None = None  # the WHEP resource, from the 201's Location
+
+    async def connect(self, **query) -> dict:
+        """`query`: /offer's optional fields for a session of its own (avatar, refaudio...)."""
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver("audio", direction="recvonly")
+
+        @self.pc.on("track")
+        def on_track(track) -> None:
+            self._tasks.append(asyncio.create_task(self._consume(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        if self.sessionid is not None:
+            query["sessionid"] = str(self.sessionid)
+        async with self.http.post(f"{self.base_url}/whep", params=query,
+                                  data=self.pc.localDescription.sdp,
+                                  headers={"Content-Type": "application/sdp"}) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"/whep failed: {resp.status} {await resp.text()}")
+            answer = await resp.text()
+            self.location = resp.headers["Location"]
+            self.sessionid = int(resp.headers["X-Session-ID"])
+            headers = dict(resp.headers)
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        return {"sdp": answer, "headers": headers}
+
+    async def delete(self) -> int:
+        """Leave: DELETE the WHEP resource; the status."""
+        assert self.location is not None, "not connected"
+        async with self.http.delete(f"{self.base_url}{self.location}") as resp:
+            return resp.status
 
 
 def fps(times: list[float], start: float, stop: float) -> float:

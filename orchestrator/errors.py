@@ -4,12 +4,14 @@ from __future__ import annotations
 
 
 class ApiError(Exception):
-    """A client-visible failure: HTTP status plus a message that names the field."""
+    """A client-visible failure: HTTP status plus a message that names the field, and headers
+    the answer must carry (e.g. `Retry-After` on a 503)."""
 
-    def __init__(self, status: int, msg: str) -> None:
+    def __init__(self, status: int, msg: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(msg)
         self.status = status
         self.msg = msg
+        self.headers = headers or {}
 
     @classmethod
     def bad_request(cls, msg: str) -> ApiError:

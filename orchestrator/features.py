@@ -1,7 +1,8 @@
 """Wav2Lip-compatible mel spectrogram and the per-video-frame mel windows fed to lip-sync models.
 
 The hparams are Wav2Lip's (docs/INTERFACES.md): a model trained on Wav2Lip's features must see the
-same numbers here, so every constant below mirrors its `hparams.py` / `audio.py`.
+same numbers here, so every constant below mirrors its `hparams.py` / `audio.py`. Silence
+(`silent_frames`: frames a lip-sync model whose closed mouth is its input need not see) is ours.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ MEL_FRAMES_PER_SECOND = 80  # SAMPLE_RATE_HZ / HOP_SAMPLES
 MEL_WINDOW_FRAMES = 16  # 200 ms of audio per video frame
 MEL_BINS = 80
 SILENCE_MEL_VALUE = -4.0  # the normalised value of digital silence (and of clipped quiet audio)
+# A frame is silent when no sample its mel window is computed from (window_samples) reaches this
+# peak (full scale = 1.0). 16-bit audio with +-1 LSB of dither (-90.3 dBFS) is silent; any room
+# tone is not. The default lip-sync model keeps the mouth shut for every such window, by a bound
+# (export/default_lipsync.py, tests/test_default_lipsync.py) that holds up to -85.1 dBFS.
+SILENCE_PEAK_DBFS = -88.0
+SILENCE_PEAK = 10.0 ** (SILENCE_PEAK_DBFS / 20.0)
 
 PREEMPHASIS = 0.97
 FFT_SAMPLES = 800  # 50 ms
@@ -81,3 +88,32 @@ def mel_windows(mel: np.ndarray, frame_count: int) -> np.ndarray:
     columns = starts[:, None] + np.arange(MEL_WINDOW_FRAMES)[None, :]  # [frames, 16]
     windows = padded[:, columns]  # [80, frames, 16]
     return np.ascontiguousarray(windows.transpose(1, 0, 2)[:, None])
+
+
+def window_samples(frame: int) -> tuple[int, int]:
+    """[start, stop) of the 16 kHz samples that video frame `frame`'s mel window is computed from.
+
+    The window is mel columns s..s+15 (s = 80 frame / 25); column j is the STFT of the
+    FFT_SAMPLES centred on sample j * HOP_SAMPLES (librosa's centred STFT: zeros outside the
+    audio), and pre-emphasis reads one sample before. The range may reach outside the audio.
+    """
+    first_column = frame * MEL_FRAMES_PER_SECOND // VIDEO_FPS
+    last_column = first_column + MEL_WINDOW_FRAMES - 1
+    return (first_column * HOP_SAMPLES - FFT_SAMPLES // 2 - 1,
+            last_column * HOP_SAMPLES + FFT_SAMPLES // 2)
+
+
+def silent_frames(audio: np.ndarray, frame_count: int, first: int = 0) -> np.ndarray:
+    """bool [frame_count - first]: whether the window_samples of frames first..frame_count-1 all
+    stay below SILENCE_PEAK in magnitude.
+
+    `audio`: the mono 16 kHz samples `mel_windows(melspectrogram(audio), frame_count)` reads;
+    samples outside it count as zeros, as they do there.
+    """
+    magnitude = np.abs(np.asarray(audio, np.float32))
+    silent = np.zeros(max(frame_count - first, 0), bool)
+    for k, frame in enumerate(range(first, frame_count)):
+        start, stop = window_samples(frame)
+        span = magnitude[max(start, 0) : max(stop, 0)]
+        silent[k] = span.size == 0 or float(span.max()) < SILENCE_PEAK
+    return silent

@@ -3,7 +3,7 @@
 uplink frames -> VoiceActivity (Silero on Triton) -> at the end of an utterance, ASR -> the
 transcript goes to `chat` (or `echo`) like a typed /human. While the avatar talks, user speech
 that lasts at least `barge_in_min_s` interrupts it through `Session.interrupt`, the mechanism
-/interrupt_talk uses (the default fires as soon as the VAD confirms speech).
+/interrupt_talk uses (the default, three VAD frames, fires before the VAD confirms a turn).
 
 Speculative transcription: ASR starts at the first silent frame after speech (SpeechPaused),
 while the end-of-turn silence is still being confirmed; the turn uses that transcript when the
@@ -11,9 +11,15 @@ silence lasts (SpeechEnded at the same pause) and drops it when speech resumes (
 utterance is transcribed at its own end). Only the SpeechEnded handler starts a turn, so a turn
 is answered once whichever transcript it uses.
 
+Partial transcripts: Whisper does not stream, but a speculative transcript made stale by
+resumed speech is the utterance so far: it is let finish and sent as a partial `transcript`
+(`final: false`, no turn), unless a newer pause's transcript or the utterance's end came first.
+So a user who pauses mid-sentence sees what was heard so far at no extra ASR cost (the request
+is already in Triton by then).
+
 Events (SSE): `listening` when the user starts speaking, `barge_in` when that speech interrupts
-the avatar (followed by the usual `interrupted`), `transcript` (final; `text` "" when nothing
-intelligible was said: no turn), then the usual `question`/`start`/`sentence`/`end` of the
+the avatar (followed by the usual `interrupted`), `transcript` (partial with `final: false`,
+then final with `final: true`; `text` "" when nothing intelligible was said: no turn), then the usual `question`/`start`/`sentence`/`end` of the
 answer. Echo cancellation is the browser's (getUserMedia `echoCancellation: true`): the avatar's
 own voice must not come back up the uplink, or it would interrupt itself.
 """
@@ -30,13 +36,16 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from .asr import ASREngine, ASRError
 from .errors import ApiError
+from .settings import DEFAULT_BARGE_IN_MIN_S
 from .speech import has_speakable
 from .uplink import uplink_frames
 from .vad import (
+    VAD_FRAME_S,
     VAD_SAMPLE_RATE_HZ,
     SileroVAD,
     SpeechContinues,
     SpeechEnded,
+    SpeechOnset,
     SpeechPaused,
     SpeechResumed,
     SpeechStarted,
@@ -50,9 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VOICE_MODES = ("chat", "echo", "off")
-# 0: barge in when the VAD confirms speech (--vad-min-speech, 0.15 s of it): that minimum
-# already keeps clicks and coughs out, and a second wait on top only delays the interrupt.
-DEFAULT_BARGE_IN_MIN_S = 0.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ class Listener:
         self._barged = False
         # (pause_s, transcription) started at the current pause, if any
         self._speculation: tuple[float, asyncio.Task] | None = None
+        # (transcription, sender) of a stale speculation becoming a partial
+        self._partial: tuple[asyncio.Task, asyncio.Task] | None = None
+        self._utterance = 0  # counts utterances: a partial of an ended one is not sent
         self.speech_ended_at: float | None = None  # monotonic time of the last detected end
         self._task = asyncio.create_task(self._listen(track),
                                          name=f"listener-{session.sessionid}")
@@ -108,13 +117,18 @@ class Listener:
 
     async def _on(self, event) -> None:
         session = self.session
-        if isinstance(event, SpeechStarted):
-            self._barged = False
+        if isinstance(event, SpeechOnset):
+            # Not yet a turn, but barge-in may act on it: every frame it waits for is heard
+            # over the avatar. A run of one frame is a new run: it may barge in again.
+            if event.duration_s <= VAD_FRAME_S + 1e-9:
+                self._barged = False
+            await self._maybe_barge_in(event.duration_s)
+        elif isinstance(event, SpeechStarted):
             session.events.emit("listening", speaking=True)
             await self._maybe_barge_in(self.activity.settings.min_speech_s)
         elif isinstance(event, SpeechContinues):
             if isinstance(event, SpeechResumed):
-                self._drop_speculation()
+                self._to_partial()
             await self._maybe_barge_in(event.duration_s)
         elif isinstance(event, SpeechPaused):
             self._drop_speculation()
@@ -122,6 +136,8 @@ class Listener:
                 self._speculation = (event.pause_s, self._start(
                     self._transcribe(event.audio), f"asr-{session.sessionid}"))
         elif isinstance(event, SpeechEnded):
+            self._barged = False
+            self._utterance += 1  # partials still running belong to the ended utterance
             self.speech_ended_at = time.monotonic()
             speculation, self._speculation = self._speculation, None
             if speculation is not None and speculation[0] != event.end_s:
@@ -148,6 +164,27 @@ class Listener:
         self._turns.add(task)
         task.add_done_callback(self._turns.discard)
         return task
+
+    def _to_partial(self) -> None:
+        """Speech resumed: the transcript started at the pause is now a partial."""
+        if self._speculation is None:
+            return
+        _, task = self._speculation
+        self._speculation = None
+        if self._partial is not None:  # an older partial: superseded by this one
+            for older in self._partial:
+                older.cancel()
+        self._partial = (task, self._start(self._send_partial(task, self._utterance),
+                                           f"partial-{self.session.sessionid}"))
+
+    async def _send_partial(self, transcription: asyncio.Task, utterance: int) -> None:
+        try:
+            text, asr_ms = await transcription
+        except ASRError:
+            return  # a partial that failed is just not sent; the final will say
+        if utterance == self._utterance and text and not self.session.closed:
+            self.session.events.emit("transcript", text=text, final=False, turn=False,
+                                     asr_ms=asr_ms)
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
@@ -187,7 +224,7 @@ class Listener:
             session.events.emit("error", msg=exc.msg)
 
     async def close(self) -> None:
-        self._speculation = None
+        self._speculation = self._partial = None
         tasks = [self._task, *self._turns]
         for task in tasks:
             task.cancel()

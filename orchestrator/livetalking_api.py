@@ -33,11 +33,10 @@ from .avatar_api import AVATAR_JOBS_KEY, MAX_FIELD_BYTES, save_limited
 from .avatar_jobs import AvatarJob, JobState
 from .errors import ApiError
 from .media_clock import VIDEO_FPS
-from .settings import Settings
+from .settings import Settings, redact_stream_key
 from .validation import FormReader
 
 REDACTED = "***"
-TRANSPORT = "webrtc"
 # Their avatar page sends 7 fields, their API documents 13.
 MAX_AVATAR_TASK_FIELDS = 16
 AVATAR_MODELS = ("wav2lip", "musetalk")  # what their API takes; both build our one format
@@ -74,7 +73,8 @@ def effective_config(settings: Settings) -> dict:
         "TTS_SERVER": _redacted_url(settings.tts_server),  # "": the engine's usual local port
         "REF_FILE": settings.ref_file,
         "REF_TEXT": settings.ref_text,
-        "transport": TRANSPORT,
+        "transport": ",".join(settings.transports),
+        "push_url": ", ".join(redact_stream_key(url) for url in settings.push_urls),
         "max_session": settings.max_sessions,
         "listenport": settings.port,
         # ours
@@ -118,17 +118,25 @@ async def admin_sessions(request: web.Request) -> web.Response:
             "sessionid": session.sessionid,
             "avatar_id": options.avatar,
             "avatar": options.avatar,
-            "state": "closed" if session.closed else session.pc.connectionState,
+            "state": _state(session),
             "speaking": session.speaking,
             "recording": session.recording,
             "since": round(session.created, 3),
             "model": session.avatar.lipsync_model or services.settings.lipsync_model,
             "REF_FILE": options.refaudio,
             "llmid": options.llmid,
-            "transport": TRANSPORT,
+            "transport": session.transport,
             "customopt": options.custom_config or [],
+            "outputs": [sink.describe() for sink in session.sinks if hasattr(sink, "describe")],
         })
     return ok({"sessions": sessions})
+
+
+def _state(session) -> str:
+    """The peer connection's state; a server session (no peer) is "playing" while open."""
+    if session.closed:
+        return "closed"
+    return session.pc.connectionState if session.pc is not None else "playing"
 
 
 def describe_task(job: AvatarJob) -> dict:

@@ -72,8 +72,9 @@ class OpenAICompatibleLLM:
             # The SDK's timeout is per read and it retries timeouts: a server that accepts and
             # never answers would keep a listener waiting (1 + retries) x timeout. One deadline
             # for getting the stream started, retries included.
-            chunks = await asyncio.wait_for(request, self.config.timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.config.timeout_s):
+                chunks = await request
+        except TimeoutError:
             raise LLMError(f"LLM at {self.config.base_url} did not start answering within "
                            f"{self.config.timeout_s:g} s") from None
         except openai.OpenAIError as err:

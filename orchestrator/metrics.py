@@ -1,7 +1,7 @@
 """`GET /metrics` in the Prometheus text format: sessions, session events (utterances by kind,
-interruptions, errors, recordings), Triton readiness, asyncio tasks and queued speech (so a
-leak or a runaway queue shows), and the shared idle video streams, on a registry of this app's
-own."""
+interruptions, errors, recordings), Triton readiness, speech frames sent to the lip-sync model or
+skipped as silent, asyncio tasks and queued speech (so a leak or a runaway queue shows), and the
+shared idle video streams, on a registry of this app's own."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from .lipsync_models import FRAMES_SKIPPED_SILENT, FRAMES_TO_MODEL
+from .outputs.base import OutputMetrics
 from .speech_pipeline import SPEECH_TASK_PREFIX
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LIPSYNC_FRAME_PATHS = (FRAMES_TO_MODEL, FRAMES_SKIPPED_SILENT)
 
 
 class Metrics:
@@ -32,6 +35,12 @@ class Metrics:
         self.triton_restarts = Counter("livehuman_triton_restarts", "Restarts of the embedded "
                                        "tritonserver after it exited or hung",
                                        registry=self.registry)
+        self.lipsync_frames = Counter(
+            "livehuman_lipsync_frames", "Speech frames by path: model = sent to the lip-sync "
+            "model, silence = silent audio window, the avatar's own face (not sent; only for "
+            "models whose closed mouth is their input)", ["path"], registry=self.registry)
+        for path in LIPSYNC_FRAME_PATHS:  # both series from the start, 0 until counted
+            self.lipsync_frames.labels(path)
         # Scraped in the event loop (the /metrics handler), where all_tasks() is this loop's.
         Gauge("livehuman_tasks", "asyncio tasks alive", registry=self.registry
               ).set_function(lambda: len(asyncio.all_tasks()))
@@ -41,6 +50,16 @@ class Metrics:
               "rendered) over all sessions, text estimated", registry=self.registry
               ).set_function(speech_queue_seconds)
 
+        self.output_up = Gauge("livehuman_output_up", "An output (RTMP push URL, stream key "
+                               "hidden) is connected and sending (1) or reconnecting (0)",
+                               ["output"], registry=self.registry)
+        self.output_outages = Counter("livehuman_output_outages", "Connections an output lost "
+                                      "(or could not make), each outage once", ["output"],
+                                      registry=self.registry)
+        self.output_dropped_ticks = Counter("livehuman_output_dropped_ticks", "40 ms ticks an "
+                                            "output dropped because it fell behind", ["output"],
+                                            registry=self.registry)
+
     def watch_idle_streams(self, streams) -> None:
         """Gauges of the shared idle streams (orchestrator/idle_stream.IdleStreams)."""
         Gauge("livehuman_idle_streams", "Shared idle video streams (one encoder each) now",
@@ -48,9 +67,18 @@ class Metrics:
         Gauge("livehuman_idle_stream_viewers", "Sessions following or joining a shared idle "
               "stream now", registry=self.registry).set_function(streams.viewers)
 
+    def output(self, label: str) -> OutputMetrics:
+        """The series of one output (thread-safe: pushes update them from their threads)."""
+        return OutputMetrics(self.output_up.labels(label), self.output_outages.labels(label),
+                             self.output_dropped_ticks.labels(label))
+
     def observe(self, item: dict[str, Any]) -> None:
         """Called for every session event (SessionEvents' observer)."""
         self.events.labels(item["event"], item.get("kind", "")).inc()
+
+    def count_lipsync_frames(self, path: str, count: int) -> None:
+        """LipSyncModels' `on_frames`: `count` speech frames took `path`."""
+        self.lipsync_frames.labels(path).inc(count)
 
     def render(self, triton_ready: bool) -> bytes:
         self.triton_ready.set(1 if triton_ready else 0)

@@ -25,9 +25,9 @@ async def wait_peer_gone(pc: RTCPeerConnection, setup_timeout_s: float) -> str:
     pc.on("connectionstatechange", changed.set)
     try:
         try:
-            await asyncio.wait_for(_state_reached(pc, changed, ("connected", *GONE_STATES)),
-                                   setup_timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(setup_timeout_s):
+                await _state_reached(pc, changed, ("connected", *GONE_STATES))
+        except TimeoutError:
             return "setup timeout"
         await _state_reached(pc, changed, GONE_STATES)
         return pc.connectionState

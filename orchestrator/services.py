@@ -189,7 +189,8 @@ async def start_services(settings: Settings) -> Services:
         embedded = EmbeddedTriton(settings.model_repository, models=models)
         await embedded.start()
         url = embedded.url
-    registry = SessionRegistry(settings.max_sessions, settings.max_session_misses)
+    registry = SessionRegistry(settings.max_sessions, settings.max_session_misses,
+                               settings.instance_id, forward_elsewhere=bool(settings.peer_url))
     metrics = Metrics(lambda: len(registry), settings.max_sessions, registry.queued_speech_seconds)
     triton = TritonSupervisor(url, models, embedded, on_restart=metrics.triton_restarts.inc)
     await triton.start()
@@ -197,7 +198,8 @@ async def start_services(settings: Settings) -> Services:
         settings=settings,
         triton_url=url,
         tts=await open_tts(settings, url),
-        lipsync_models=LipSyncModels(url, shared_memory=on_this_host(url)),
+        lipsync_models=LipSyncModels(url, shared_memory=on_this_host(url),
+                                     on_frames=metrics.count_lipsync_frames),
         avatars=AvatarStore(settings.avatar_dir),
         registry=registry,
         rtc_configuration=rtc_configuration(settings),

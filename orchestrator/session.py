@@ -4,11 +4,16 @@ The player is the session's single media clock: on every 40 ms tick it takes the
 frame (or the idle frame), pastes it into the avatar's frame and pushes one video frame and the
 two 20 ms audio packets that belong to it, so audio and video cannot drift apart.
 
+Every tick also goes to the session's sinks (outputs/base.py): the recorder, an RTMP push, WHEP
+viewers; all of them carry the same media clock.
+
 Lifetime: a session ends when its peer is gone (peer_watch: not connected within the setup
 timeout, or failed/closed) or the server stops; `close` then frees everything and tells the
-registry. Nothing the session owns holds a strong reference back to it (tracks hold the player
-start weakly, the pipeline reads the stage, the peer watch listens with an Event), so a closed
-session is freed by reference counting at once, not at the next garbage collection.
+registry. A server-created session (outputs/server_session.py) has no peer (`pc` is None): its
+player starts at once (`start`) and it ends with the server. Nothing the session owns holds a
+strong reference back to it (tracks hold the player start weakly, the pipeline reads the stage,
+the peer watch listens with an Event), so a closed session is freed by reference counting at
+once, not at the next garbage collection.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .media_clock import (
     VIDEO_FPS,
     MediaClock,
 )
+from .outputs.base import Sink, TickSink
 from .peer_watch import wait_peer_gone
 from .recorder import Recorder
 from .recordings import RecordingFile, Recordings
@@ -97,7 +103,7 @@ class Session:
     def __init__(
         self,
         sessionid: int,
-        pc: RTCPeerConnection,
+        pc: RTCPeerConnection | None,
         members: dict[str, Member],
         options: SessionOptions,
         tts: TTSRouter,
@@ -134,6 +140,8 @@ class Session:
         self._closed = asyncio.Event()
         self.frames_sent = 0
         self._recorder: Recorder | None = None
+        self._sinks: list[TickSink] = []  # each gets every tick: recorder, outputs
+        self.transport = "webrtc" if pc is not None else "server"  # /api/admin/sessions
         self._recording: tuple[Recordings, RecordingFile] | None = None
         self.pipeline = SpeechPipeline(tts, lipsync, _avatar_cursor(self.stage), sessionid)
         self.pipeline.start()
@@ -223,6 +231,7 @@ class Session:
         file = recordings.begin(self.sessionid)
         self._recorder = Recorder(file.path, self.avatar.width, self.avatar.height)
         self._recording = (recordings, file)
+        self.add_sink(self._recorder)
         self.events.emit("record_started", path=file.relative)
 
     async def stop_recording(self) -> RecordingFile:
@@ -230,6 +239,7 @@ class Session:
         recordings index; RuntimeError when the file could not be written."""
         recorder, self._recorder = self._recorder, None
         assert recorder is not None and self._recording is not None, "not recording"
+        self.remove_sink(recorder)
         (recordings, file), self._recording = self._recording, None
         try:
             await asyncio.get_running_loop().run_in_executor(None, recorder.finish)
@@ -239,6 +249,22 @@ class Session:
         await recordings.end(file, saved=True)
         self.events.emit("record_saved", path=file.relative, seconds=recorder.ticks / VIDEO_FPS)
         return file
+
+    def add_sink(self, sink: TickSink) -> None:
+        """From the next tick on, `sink` gets every tick (outputs/base.py)."""
+        self._sinks.append(sink)
+
+    @property
+    def sinks(self) -> tuple[TickSink, ...]:
+        return tuple(self._sinks)
+
+    def remove_sink(self, sink: TickSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    def start(self) -> None:
+        """Play now, without waiting for a peer to pull (a server-created session)."""
+        self._start_player()
 
     @property
     def speaking(self) -> bool:
@@ -285,9 +311,13 @@ class Session:
                     await self.stop_recording()
                 except RuntimeError:
                     log.exception("recording lost sessionid=%s", self.sessionid)
+            sinks, self._sinks = self._sinks, []
+            await asyncio.gather(*(sink.close() for sink in sinks if isinstance(sink, Sink)),
+                                 return_exceptions=True)
             self.video.stop()
             self.audio.stop()
-            await self.pc.close()
+            if self.pc is not None:
+                await self.pc.close()
             self.events.emit("closed", reason=reason)
             self.events.close()
             log.info("session closed sessionid=%s reason=%s frames=%s", self.sessionid, reason,
@@ -355,8 +385,8 @@ class Session:
         for packet in range(AUDIO_PACKETS_PER_TICK):
             samples = pcm[packet * AUDIO_SAMPLES_PER_PACKET : (packet + 1) * AUDIO_SAMPLES_PER_PACKET]
             self.audio.push(Sound(samples, self.clock.audio_pts(tick, packet)))
-        if self._recorder is not None:
-            self._recorder.add(tick, image, pcm)
+        for sink in self._sinks:
+            sink.add(tick, image, pcm)
         self.frames_sent += 1
 
 

@@ -6,20 +6,33 @@ in a run. Failed lookups (unknown ids) are counted per client address: past
 `max_misses_per_minute` in a minute, that address gets 429 on every lookup until the minute
 has passed, so probing the id space at random is hopeless — except on the sessions that address
 opened itself: clients behind one NAT or proxy share an address, and one prober among them must
-not lock the others out of their own sessions.
+not lock the others out of their own sessions. With an instance id (several orchestrators
+behind one address) the ids carry it: session_ids.py.
+
+The server's own session (outputs/server_session.py, LiveTalking's session 0 of its push
+transports) has the id SERVER_SESSIONID, which the random draw never gives (session_ids.py draws
+from 1 up); it takes a slot of the session limit like any other.
+
+Draining (orchestrator/drain.py): once `stop_accepting()` is called no new id is reserved (503
+with Retry-After, so a client retries and the load balancer sends it to another server) and
+`wait_empty()` tells when the last live session has gone.
 """
 
 from __future__ import annotations
 
-import secrets
+import asyncio
 import time
 from collections import defaultdict, deque
 from contextvars import ContextVar
 
 from .errors import ApiError
 from .session import Session
+from .session_ids import MAX_SESSION_ID, instance_of, new_session_id
 
-MAX_SESSION_ID = 2**53 - 1  # Number.MAX_SAFE_INTEGER: exact in every JSON client
+SERVER_SESSIONID = 0
+# How soon a client refused by a draining server may retry (the load balancer then sends it
+# to another server; the draining one is out of its endpoints within a probe period or two).
+DRAIN_RETRY_AFTER_S = 2
 DEFAULT_MAX_MISSES_PER_MINUTE = 20
 MISS_WINDOW_S = 60.0
 
@@ -34,6 +47,16 @@ class UnknownSession(ApiError):
     def __init__(self, sessionid: int | str) -> None:
         shown = sessionid if isinstance(sessionid, int) else repr(sessionid[:40])
         super().__init__(404, f"unknown sessionid {shown}")
+
+
+class ElsewhereSession(ApiError):
+    """421: the id names a session of another orchestrator instance (session_ids.py); the
+    forwarding middleware (peer_forward.py) sends the request there instead."""
+
+    def __init__(self, sessionid: int, instance: int) -> None:
+        super().__init__(421, f"sessionid {sessionid} belongs to orchestrator instance "
+                         f"{instance}; this request could not be forwarded there")
+        self.instance = instance
 
 
 class MissLimiter:
@@ -67,28 +90,41 @@ class MissLimiter:
 
 class SessionRegistry:
     def __init__(self, max_sessions: int,
-                 max_misses_per_minute: int = DEFAULT_MAX_MISSES_PER_MINUTE) -> None:
+                 max_misses_per_minute: int = DEFAULT_MAX_MISSES_PER_MINUTE,
+                 instance_id: int | None = None, forward_elsewhere: bool = False) -> None:
         self.max_sessions = max_sessions
+        self.instance_id = instance_id
+        # Ids of other instances raise ElsewhereSession (to be forwarded) instead of 404.
+        self.forward_elsewhere = forward_elsewhere and instance_id is not None
         self.misses = MissLimiter(max_misses_per_minute)
+        self.draining = False
+        self._emptied = asyncio.Event()
+        self._emptied.set()
         self._sessions: dict[int, Session] = {}
         self._reserved: set[int] = set()
         self._issued: set[int] = set()  # every id of this run: none is handed out twice
         self._opened_by: dict[int, str] = {}  # live id -> the client address of its /offer
 
     def reserve(self) -> int:
-        """A new session id, or 503 when the limit is reached (reserved ids count too)."""
+        """A new session id, or 503 when the limit is reached (reserved ids count too) or the
+        server is draining."""
+        if self.draining:
+            raise ApiError(503, "this server is shutting down and takes no new session: retry, "
+                           "another server will answer",
+                           headers={"Retry-After": str(DRAIN_RETRY_AFTER_S)})
         if len(self._sessions) + len(self._reserved) >= self.max_sessions:
             raise ApiError(
                 503, f"session limit reached: {self.max_sessions} sessions (--max-session)"
             )
         sessionid = self._new_id()
         self._reserved.add(sessionid)
+        self._emptied.clear()
         self._opened_by[sessionid] = current_client.get()
         return sessionid
 
     def _new_id(self) -> int:
         while True:
-            sessionid = secrets.randbelow(MAX_SESSION_ID) + 1
+            sessionid = new_session_id(self.instance_id)
             if sessionid not in self._issued:
                 self._issued.add(sessionid)
                 return sessionid
@@ -98,6 +134,33 @@ class SessionRegistry:
         self._reserved.discard(sessionid)
         self._sessions.pop(sessionid, None)
         self._opened_by.pop(sessionid, None)
+        if not self._reserved and not self._sessions.keys() - {SERVER_SESSIONID}:
+            self._emptied.set()  # the server's own session has no client to wait for
+
+    def stop_accepting(self) -> None:
+        """Drain: every later `reserve()` is a 503 with Retry-After; live sessions go on."""
+        self.draining = True
+
+    async def wait_empty(self, timeout_s: float) -> bool:
+        """Wait until no client's session is live or being opened (the server's own session,
+        which no client ends, does not count); False when `timeout_s` passed first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._emptied.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def add_server_session(self, session: Session) -> None:
+        """The server's own session, opened at start (id SERVER_SESSIONID)."""
+        assert session.sessionid == SERVER_SESSIONID and SERVER_SESSIONID not in self._sessions
+        self._issued.add(SERVER_SESSIONID)
+        self._sessions[SERVER_SESSIONID] = session
+
+    def server_session(self) -> Session | None:
+        """The server's own session while it is open (no lookup counted: its id is public)."""
+        session = self._sessions.get(SERVER_SESSIONID)
+        return session if session is not None and not session.closed else None
 
     def add(self, session: Session) -> None:
         self._reserved.discard(session.sessionid)
@@ -108,6 +171,10 @@ class SessionRegistry:
         has failed too many lookups and did not open this session itself. A text is an id that
         held no integer: always unknown."""
         client = current_client.get()
+        if self.forward_elsewhere and isinstance(sessionid, int) and \
+                0 < sessionid <= MAX_SESSION_ID and instance_of(sessionid) != self.instance_id:
+            self.misses.check(client)  # a prober is held back here too, not only by the owner
+            raise ElsewhereSession(sessionid, instance_of(sessionid))
         session = self._sessions.get(sessionid) if isinstance(sessionid, int) else None
         live = session is not None and not session.closed
         if live and self._opened_by.get(sessionid) == client:

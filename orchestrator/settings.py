@@ -6,7 +6,9 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
+
+from .session_ids import MAX_INSTANCE_ID
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8010
@@ -21,6 +23,22 @@ DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"  # when only OPENAI_API_KE
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
 DEFAULT_MAX_SESSION_MISSES = 20  # unknown-sessionid lookups per client address and minute
 DEFAULT_BODY_READ_TIMEOUT_S = 30.0
+# User speech (VAD probability over its threshold) this long interrupts the talking avatar:
+# three 32 ms Silero frames, less than --vad-min-speech (0.15 s), which decides what is a turn.
+DEFAULT_BARGE_IN_MIN_S = 0.09
+# Outputs (orchestrator/outputs/): WebRTC sessions by /offer, an RTMP push and WHEP viewers of
+# the server's own session. LiveTalking's other transports, and what to use instead.
+TRANSPORTS = ("webrtc", "rtmp", "whep")
+DEFAULT_TRANSPORTS = ("webrtc",)
+UNSUPPORTED_TRANSPORTS = {
+    "rtcpush": "use --transport whep (WHEP viewers pull the server session) or rtmp",
+    "virtualcam": "pull the server session into OBS with --transport whep or rtmp instead",
+}
+RTMP_SCHEMES = ("rtmp", "rtmps")
+DEFAULT_MAX_WHEP_VIEWERS = 4
+# SIGTERM: how long live sessions may go on before they are closed (orchestrator/drain.py).
+# 20 s fits Kubernetes' default 30 s grace period with time left to close them and Triton.
+DEFAULT_DRAIN_TIMEOUT_S = 20.0
 
 
 def tts_engines() -> list[str]:
@@ -83,6 +101,12 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     protect_metrics: bool = False
     max_session_misses: int = DEFAULT_MAX_SESSION_MISSES
+    # Several orchestrators behind one address: this one's id, carried in its session ids
+    # (session_registry.py); None: ids random over the whole range.
+    instance_id: int | None = None
+    # Where the other instances are: a URL template with {instance} (peer_forward.py); "" none.
+    peer_url: str = ""
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     # A folder of static pages served at / (e.g. LiveTalking's web/); None: our client at /.
     web_dir: Path | None = None
     # Voice input (orchestrator/listener.py): VAD on Triton, Whisper on Triton unless asr_url
@@ -94,12 +118,31 @@ class Settings:
     asr_language: str = ""
     voice_mode: str = "chat"
     barge_in: bool = True
-    barge_in_min_s: float = 0.0
+    barge_in_min_s: float = DEFAULT_BARGE_IN_MIN_S
     vad_threshold: float = 0.5
     vad_neg_threshold: float = 0.35
     vad_min_speech_s: float = 0.15
     vad_min_silence_s: float = 0.35
+    # Outputs: `transports` in TRANSPORTS; rtmp or whep opens the server session (sessionid 0)
+    # at start; rtmp pushes it to every URL of `push_urls`.
+    transports: tuple[str, ...] = DEFAULT_TRANSPORTS
+    push_urls: tuple[str, ...] = ()
+    max_whep_viewers: int = DEFAULT_MAX_WHEP_VIEWERS
     extra: dict = field(default_factory=dict)
+
+    @property
+    def server_session(self) -> bool:
+        """Whether the server opens its own session at start (the push and pull outputs)."""
+        return "rtmp" in self.transports or "whep" in self.transports
+
+
+def _int_or_none(text: str | None) -> int | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise SystemExit(f"LIVEHUMAN_INSTANCE_ID={text[:40]!r} is not an integer") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +271,39 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--no-shared-idle", dest="shared_idle", action="store_false",
                     help="encode every session's idle video on its own (default: sessions showing "
                     "the same avatar idle share one encoder's frames)")
+    out = p.add_argument_group("outputs (docs/OUTPUTS.md)")
+    out.add_argument("--transport", action="append", default=None, dest="transports",
+                     metavar="webrtc|rtmp|whep",
+                     help="what the server streams (repeatable, or a comma list; default webrtc): "
+                     "webrtc = a session per POST /offer; rtmp = the server session (sessionid "
+                     "0, opened at start, /human with sessionid 0 speaks on it) pushed to "
+                     "--push-url; whep = WHEP viewers (OBS, GStreamer) of that session at "
+                     "POST /whep. E.g. --transport webrtc,rtmp")
+    out.add_argument("--push-url", "--push_url", action="append", default=[], dest="push_urls",
+                     help="RTMP URL the server session is pushed to with --transport rtmp, e.g. "
+                     "rtmp://live.example.com/app/STREAM_KEY (repeatable: one push each). "
+                     "Prefer LIVEHUMAN_PUSH_URL: a flag is visible in the process list")
+    out.add_argument("--max-whep-viewers", type=int, default=DEFAULT_MAX_WHEP_VIEWERS,
+                     help="WHEP viewers at once; more answer 503 (default "
+                     f"{DEFAULT_MAX_WHEP_VIEWERS}; each encodes its own video)")
+    se.add_argument("--drain-timeout", dest="drain_timeout_s", type=float,
+                    default=float(os.environ.get("LIVEHUMAN_DRAIN_TIMEOUT",
+                                                 DEFAULT_DRAIN_TIMEOUT_S)),
+                    help="on SIGTERM, take no new session (/offer 503 with Retry-After, /healthz "
+                    "503 'draining') and let live ones go on for up to this many seconds before "
+                    "closing them; a second SIGTERM or SIGINT stops at once "
+                    f"(default {DEFAULT_DRAIN_TIMEOUT_S:g}; LIVEHUMAN_DRAIN_TIMEOUT)")
+    se.add_argument("--instance-id", type=int,
+                    default=_int_or_none(os.environ.get("LIVEHUMAN_INSTANCE_ID")),
+                    help="this orchestrator's number among several behind one address "
+                    f"(0 … {MAX_INSTANCE_ID}): it is put in the top bits of every session id, so "
+                    "a request can be routed to the session's server by its id alone "
+                    "(docs/DEPLOY.md). Default: LIVEHUMAN_INSTANCE_ID, else none")
+    se.add_argument("--peer-url", default=os.environ.get("LIVEHUMAN_PEER_URL", ""),
+                    help="with --instance-id: the base URL of orchestrator instance {instance}, "
+                    "e.g. http://livehuman-orchestrator-{instance}.livehuman-peers:8010; a "
+                    "request for a session of another instance is forwarded there "
+                    "(default: LIVEHUMAN_PEER_URL, else none: such a request is a 404)")
     vi = p.add_argument_group("voice input (microphone, VAD, speech recognition)")
     vi.add_argument("--no-voice-input", dest="voice_input", action="store_false",
                     help="ignore the microphone track a client sends (no VAD or ASR models)")
@@ -246,9 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(voice_mode): a chat question, an echo, or nothing (default chat)")
     vi.add_argument("--no-barge-in", dest="barge_in", action="store_false",
                     help="user speech does not interrupt the avatar (default: it does)")
-    vi.add_argument("--barge-in-min", dest="barge_in_min_s", type=float, default=0.0,
-                    help="seconds of user speech that interrupt the talking avatar (default 0: "
-                         "as soon as the VAD confirms speech, --vad-min-speech)")
+    vi.add_argument("--barge-in-min", dest="barge_in_min_s", type=float,
+                    default=DEFAULT_BARGE_IN_MIN_S,
+                    help="seconds of user speech that interrupt the talking avatar (default "
+                         f"{DEFAULT_BARGE_IN_MIN_S:g}: three 32 ms VAD frames; may be shorter "
+                         "than --vad-min-speech, which only decides what is a turn)")
     vi.add_argument("--vad-threshold", type=float, default=0.5,
                     help="speech probability at which speech starts (default 0.5)")
     vi.add_argument("--vad-neg-threshold", type=float, default=0.35,
@@ -286,8 +364,28 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         raise SystemExit("--vad-threshold and --vad-neg-threshold: 0 < neg <= threshold < 1")
     if min(args.vad_min_speech_s, args.vad_min_silence_s, args.barge_in_min_s) < 0:
         raise SystemExit("--vad-min-speech, --vad-min-silence and --barge-in-min must be >= 0")
+    if args.instance_id is not None and not 0 <= args.instance_id <= MAX_INSTANCE_ID:
+        raise SystemExit(f"--instance-id must be between 0 and {MAX_INSTANCE_ID}")
+    if args.peer_url:
+        if args.instance_id is None:
+            raise SystemExit("--peer-url needs --instance-id")
+        try:
+            example = args.peer_url.format(instance=0)
+        except (KeyError, IndexError, ValueError):
+            raise SystemExit("--peer-url: a URL with {instance} and no other {field}") from None
+        if "{instance}" not in args.peer_url or urlsplit(example).scheme not in ("http",
+                                                                                 "https"):
+            raise SystemExit("--peer-url must be an http:// URL holding {instance}")
+    if args.drain_timeout_s < 0:
+        raise SystemExit("--drain-timeout must be >= 0")
     if args.asr_url and urlsplit(args.asr_url).scheme not in ("http", "https"):
         raise SystemExit("--asr-url must be an http:// or https:// URL")
+    transports = parse_transports(args.transports)
+    push_urls = tuple(args.push_urls) or tuple(
+        url for url in os.environ.get("LIVEHUMAN_PUSH_URL", "").split() if url)
+    check_push_urls(transports, push_urls)
+    if args.max_whep_viewers < 1:
+        raise SystemExit("--max-whep-viewers must be at least 1")
     data_dir = args.data_dir.resolve()
     if args.web_dir is not None and not args.web_dir.is_dir():
         raise SystemExit(f"--web-dir {args.web_dir}: not a directory")
@@ -335,6 +433,9 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         cors_origins=tuple(args.cors_origins),
         protect_metrics=args.protect_metrics,
         max_session_misses=args.max_session_misses,
+        instance_id=args.instance_id,
+        peer_url=args.peer_url,
+        drain_timeout_s=args.drain_timeout_s,
         web_dir=args.web_dir.resolve() if args.web_dir is not None else None,
         voice_input=args.voice_input,
         asr_url=args.asr_url,
@@ -348,4 +449,52 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         vad_neg_threshold=args.vad_neg_threshold,
         vad_min_speech_s=args.vad_min_speech_s,
         vad_min_silence_s=args.vad_min_silence_s,
+        transports=transports,
+        push_urls=push_urls,
+        max_whep_viewers=args.max_whep_viewers,
     )
+
+
+def parse_transports(values: list[str] | None) -> tuple[str, ...]:
+    """--transport values (each may be a comma list) in TRANSPORTS, without repeats; LiveTalking's
+    other transports are refused with what to use instead."""
+    if not values:
+        return DEFAULT_TRANSPORTS
+    transports: list[str] = []
+    for name in (part.strip().lower() for value in values for part in value.split(",")):
+        if name in UNSUPPORTED_TRANSPORTS:
+            raise SystemExit(f"--transport {name} is not supported: {UNSUPPORTED_TRANSPORTS[name]}")
+        if name not in TRANSPORTS:
+            raise SystemExit(f"--transport {name!r}: give {', '.join(TRANSPORTS)} (or a comma list)")
+        if name not in transports:
+            transports.append(name)
+    return tuple(transports)
+
+
+def check_push_urls(transports: tuple[str, ...], push_urls: tuple[str, ...]) -> None:
+    """rtmp needs at least one rtmp:// or rtmps:// URL with a host and a path (app/stream);
+    a push URL without rtmp is a mistake worth stopping for."""
+    if "rtmp" in transports and not push_urls:
+        raise SystemExit("--transport rtmp needs --push-url rtmp://host/app/stream (or "
+                         "LIVEHUMAN_PUSH_URL)")
+    if push_urls and "rtmp" not in transports:
+        raise SystemExit("--push-url is only used with --transport rtmp (e.g. --transport "
+                         "webrtc,rtmp)")
+    for url in push_urls:
+        parts = urlsplit(url)
+        if (parts.scheme not in RTMP_SCHEMES or not parts.hostname
+                or len([part for part in parts.path.split("/") if part]) < 2):
+            raise SystemExit(f"--push-url {redact_stream_key(url)!r}: give "
+                             "rtmp://host[:port]/app/stream (or rtmps://)")
+
+
+def redact_stream_key(url: str) -> str:
+    """An RTMP URL for logs and answers: the last path part (the stream key, a secret on every
+    platform), the query and any user:password replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.netloc != netloc:
+        netloc = "***@" + netloc
+    head, _, key = parts.path.rpartition("/")
+    path = f"{head}/***" if key else parts.path
+    return urlunsplit((parts.scheme, netloc, path, "***" if parts.query else "", ""))

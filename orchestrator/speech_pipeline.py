@@ -1,7 +1,8 @@
 """Per-session speech path: utterances → sentences → TTS → mel windows → lip-sync → SpeechItems.
 
 Two stages run concurrently so the next sentence is synthesized while the current one is being
-lip-synced. Interruption cancels both stages (in-flight Triton calls included) and drops every
+lip-synced. Frames whose audio is silent (features.silent_frames) skip a lip-sync model whose
+closed mouth is its input (LipSyncModels.render). Interruption cancels both stages (in-flight Triton calls included) and drops every
 queued item: the player then shows the idle (mouth closed) frame on its next tick.
 
 One speech task per session, always: a lock owns cancel-and-restart, so concurrent interrupts
@@ -34,6 +35,7 @@ from .features import (
     VIDEO_FPS,
     mel_windows,
     melspectrogram,
+    silent_frames,
 )
 from .lipsync_models import LipSyncModels
 from .media_clock import AUDIO_SAMPLES_PER_TICK
@@ -68,6 +70,12 @@ STREAM_GROWTH = 0.5
 # The last samples of a resampled prefix differ from the whole sentence's (the filter sees
 # zeros past the end); frames reaching into them wait for more audio.
 RESAMPLE_EDGE_SAMPLES = 64
+# TTS engines begin a sentence with silence (Piper: 40-60 ms). At the start of an utterance it
+# only delays the answer, so it is cut to LEAD_SILENCE_KEPT_S before the first audible sample
+# (a peak of LEAD_SILENCE_LEVEL, full scale 1.0: about -40 dBFS). Later sentences keep theirs:
+# there it is the pause between sentences.
+LEAD_SILENCE_LEVEL = 0.01
+LEAD_SILENCE_KEPT_S = 0.02
 # The session's speech task is named SPEECH_TASK_PREFIX + sessionid (metrics count them).
 SPEECH_TASK_PREFIX = "speech-"
 
@@ -78,6 +86,7 @@ class SentenceAudio:
     text: str | None  # None for uploaded audio and the later pieces of a streamed sentence
     audio: np.ndarray  # float32, padded to whole video frames
     windows: np.ndarray  # float32 [frames, 1, 80, 16]
+    silent: np.ndarray  # bool [frames]: features.silent_frames
 
 
 class SpeechPipeline:
@@ -230,12 +239,13 @@ class SpeechPipeline:
                 async for text, features, final in pieces:
                     if not (final or features.ready()):
                         continue
-                    padded, windows = await loop.run_in_executor(None, features.take, final)
+                    padded, windows, silent = await loop.run_in_executor(
+                        None, features.take, final)
                     if padded.size == 0:
                         continue
                     # The sentence's text goes with its first piece only (SentenceStarted).
                     await out.put(SentenceAudio(utterance, text if features.first else None,
-                                                padded, windows))
+                                                padded, windows, silent))
                     features.first = False
         finally:
             # End marker for the consumer, which then awaits this task (re-raising a failure).
@@ -257,31 +267,48 @@ class SpeechPipeline:
                 yield None, features, True
             return
         said = SpokenText()  # what TTS reads: no Markdown, code, URLs or emoji
+        lead = True  # the utterance's first audio: its leading silence is cut
         if utterance.source is None:
             for text in split_sentences(utterance.text):
-                async for features, final in self._tts_audio(said.piece(text), utterance.voice):
+                async for features, final in self._tts_audio(said.piece(text), utterance.voice,
+                                                             lead):
+                    lead = False
                     yield text, features, final
             return
         # A streamed answer: closing it (interrupt, failure) closes the LLM stream behind it.
         async with contextlib.aclosing(utterance.source) as sentences:
             async for text in sentences:
-                async for features, final in self._tts_audio(said.piece(text), utterance.voice):
+                async for features, final in self._tts_audio(said.piece(text), utterance.voice,
+                                                             lead):
+                    lead = False
                     yield text, features, final
 
-    async def _tts_audio(self, text: str, voice: Voice) -> AsyncIterator[tuple[SentenceFeatures, bool]]:
+    async def _tts_audio(self, text: str, voice: Voice, trim_lead: bool = False,
+                         ) -> AsyncIterator[tuple[SentenceFeatures, bool]]:
         """One piece through the engine that speaks it: its features as each chunk arrives
         (at the engine's rate, read once the first chunk is there: HTTP engines learn it from
-        the answer), then once more with `final` set."""
+        the answer), then once more with `final` set. `trim_lead`: leading silence is cut to
+        LEAD_SILENCE_KEPT_S (a piece that is silent throughout is kept whole)."""
         if not text:
             return
         engine, voice = await self._tts.route(text, voice)
         features: SentenceFeatures | None = None
+        silent: list[np.ndarray] = []  # chunks before the first audible sample (trim_lead)
         async with contextlib.aclosing(engine.synthesize(text, voice)) as chunks:
             async for chunk in chunks:
+                if trim_lead:
+                    silent.append(np.asarray(chunk, np.float32))
+                    chunk = without_lead_silence(np.concatenate(silent), engine.sample_rate_hz)
+                    if chunk is None:
+                        continue
+                    trim_lead, silent = False, []
                 if features is None:
                     features = SentenceFeatures(engine.sample_rate_hz)
                 features.add(chunk)
                 yield features, False
+        if silent:  # silent throughout: kept as it was
+            features = SentenceFeatures(engine.sample_rate_hz)
+            features.add(np.concatenate(silent))
         if features is not None:
             yield features, True
 
@@ -302,7 +329,8 @@ class SpeechPipeline:
             avatar = sentence.utterance.avatar
             model = await self._lipsync.get(avatar.lipsync_model)
             faces, mouths = _crops(avatar, ticks, model.crop_size)
-            crops = await model.render(sentence.windows[start:stop], faces, mouths)
+            crops = await self._lipsync.render(model, sentence.windows[start:stop],
+                                               sentence.silent[start:stop], faces, mouths)
             for k, tick in enumerate(ticks):
                 i = start + k
                 audio = sentence.audio[i * AUDIO_SAMPLES_PER_TICK : (i + 1) * AUDIO_SAMPLES_PER_TICK]
@@ -311,6 +339,15 @@ class SpeechPipeline:
             self._next_avatar_tick = ticks[-1] + 1
             start = stop
             size = CHUNK_FRAMES
+
+
+def without_lead_silence(audio: np.ndarray, rate_hz: int) -> np.ndarray | None:
+    """`audio` (float32, full scale 1.0, `rate_hz`) from LEAD_SILENCE_KEPT_S before its first
+    sample of at least LEAD_SILENCE_LEVEL; None while nothing in it is that loud."""
+    loud = np.flatnonzero(np.abs(audio) >= LEAD_SILENCE_LEVEL)
+    if loud.size == 0:
+        return None
+    return audio[max(int(loud[0]) - round(LEAD_SILENCE_KEPT_S * rate_hz), 0):]
 
 
 def to_pipeline_rate(audio: np.ndarray, rate_hz: int) -> np.ndarray:
@@ -349,8 +386,9 @@ class SentenceFeatures:
         new = self._samples - self._taken_at
         return new >= max(STREAM_MIN_NEW_S * self.rate_hz, STREAM_GROWTH * self._taken_at)
 
-    def take(self, final: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(16 kHz audio padded to whole frames, mel windows) of the frames ready now."""
+    def take(self, final: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(16 kHz audio padded to whole frames, mel windows, which frames are silent) of the
+        frames ready now."""
         self._taken_at = self._samples
         joined = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
         audio = to_pipeline_rate(joined, self.rate_hz)
@@ -363,11 +401,12 @@ class SentenceFeatures:
             padded = audio
         start = self._frames
         if frames <= start:
-            return np.zeros(0, np.float32), np.zeros((0, 1, MEL_BINS, MEL_WINDOW_FRAMES), np.float32)
+            return (np.zeros(0, np.float32),
+                    np.zeros((0, 1, MEL_BINS, MEL_WINDOW_FRAMES), np.float32), np.zeros(0, bool))
         self._frames = frames
         windows = mel_windows(melspectrogram(padded), frames)[start:]
         piece = padded[start * AUDIO_SAMPLES_PER_TICK : frames * AUDIO_SAMPLES_PER_TICK]
-        return piece, windows
+        return piece, windows, silent_frames(padded, frames, start)
 
 
 def _covered_frames(samples: int) -> int:

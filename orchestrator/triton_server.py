@@ -334,8 +334,9 @@ class EmbeddedTriton:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await proc.wait()
+        except TimeoutError:
             log.warning("tritonserver pid=%s ignored SIGTERM for %.0f s: killing it", proc.pid,
                         STOP_TIMEOUT_S)
             with contextlib.suppress(ProcessLookupError):

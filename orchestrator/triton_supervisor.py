@@ -34,6 +34,8 @@ SLOW_ANSWER_GRACE_S = 2.0
 HUNG_RESTART_S = 30.0
 RESTART_BACKOFF_FIRST_S = 1.0
 RESTART_BACKOFF_MAX_S = 30.0
+# close() cancels the monitor again after this long if a cancellation was lost.
+CLOSE_RECANCEL_S = 0.5
 # Up this long since it (re)started: the next crash starts a new streak (no backoff).
 STABLE_AFTER_S = 60.0
 
@@ -60,6 +62,7 @@ class TritonSupervisor:
         self._crash_streak = 0
         self._up_since = time.monotonic()  # when the current server process was started
         self._task: asyncio.Task | None = None
+        self._closing = False
         self._exit_watch: asyncio.Task | None = None  # the embedded process's wait()
         self._exit_watch_pid: int | None = None
 
@@ -89,18 +92,25 @@ class TritonSupervisor:
         self._task = asyncio.create_task(self._run(), name="triton-supervisor")
 
     async def close(self) -> None:
-        """Stop watching (and restarting); the embedded server itself is its owner's to stop."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop watching (and restarting); the embedded server itself is its owner's to stop.
+
+        The monitor is cancelled until it has ended, and stops at its next loop anyway: on
+        Python 3.11 asyncio.wait_for (in a probe) loses a cancellation that arrives as the call
+        completes (gh-86296), and one cancel() then left close() waiting for good."""
+        self._closing = True
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=CLOSE_RECANCEL_S)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.error("triton supervisor ended with %r", task.exception())
         if self._exit_watch is not None:
             self._exit_watch.cancel()
             await asyncio.gather(self._exit_watch, return_exceptions=True)
         await self._client.close()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 if self.embedded is not None and not self.embedded.running:
                     await self._restart_embedded()
@@ -134,8 +144,8 @@ class TritonSupervisor:
 
     async def _probe(self) -> None:
         try:
-            status = await asyncio.wait_for(self._client.server_status(self.models),
-                                            PROBE_TIMEOUT_S)
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                status = await self._client.server_status(self.models)
             self._unanswered_since = None
         except Exception as exc:
             if isinstance(exc, asyncio.TimeoutError):

@@ -67,6 +67,14 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class SpeechOnset:
+    """A run of speech frames not yet confirmed as speech (shorter than `min_speech_s`),
+    `duration_s` long so far: barge-in may act on it before the turn logic does."""
+
+    duration_s: float
+
+
+@dataclass(frozen=True)
 class SpeechContinues:
     """Still speaking; `duration_s` since the onset (barge-in reads it)."""
 
@@ -99,7 +107,7 @@ class SpeechEnded:
     detected_s: float
 
 
-VoiceEvent = SpeechStarted | SpeechContinues | SpeechPaused | SpeechEnded
+VoiceEvent = SpeechOnset | SpeechStarted | SpeechContinues | SpeechPaused | SpeechEnded
 
 
 class VoiceActivity:
@@ -129,9 +137,11 @@ class VoiceActivity:
         if self.speaking_since is None:
             if prob >= s.threshold:
                 self._run_start = t if self._run_start is None else self._run_start
-                if t + VAD_FRAME_S - self._run_start >= s.min_speech_s:
+                run_s = t + VAD_FRAME_S - self._run_start
+                if run_s >= s.min_speech_s:
                     self.speaking_since, self._silence_since = self._run_start, None
                     return SpeechStarted(self._run_start)
+                return SpeechOnset(run_s)
             else:
                 self._run_start = None
                 del self._frames[:-self._pre_roll]

@@ -57,8 +57,9 @@ async def within_read_timeout(request: web.Request, read: Awaitable[_T], what: s
     larger than what is sent must not hold a handler for ever)."""
     timeout_s = body_read_timeout_s(request)
     try:
-        return await asyncio.wait_for(read, timeout_s)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout_s):
+            return await read
+    except TimeoutError:
         raise ApiError(408, f"{what} did not arrive within {timeout_s:g} s") from None
 
 

@@ -71,7 +71,8 @@ CONTENT_TYPES = (
     "application/json; charset=utf-16", "application/json; charset=", "text/plain",
     "application/x-www-form-urlencoded", "multipart/form-data", "multipart/form-data; boundary=",
     "multipart/form-data; boundary=nope", "multipart/mixed; boundary=b", "image/png", "", "*/*",
-    'application/json; charset="utf-8"; x=y',
+    'application/json; charset="utf-8"; x=y', "application/sdp", "application/sdp; charset=utf-16",
+    "application/trickle-ice-sdpfrag",
 )
 PATH_SUFFIXES = (
     "../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "..%2f..%2fetc%2fpasswd", "%00", "a%00b",
@@ -272,6 +273,9 @@ def _sdp_garbage(rng, method, template, sessionids) -> HostileRequest:
         i = rng.randrange(len(lines))
         lines.insert(i, lines[i]) if rng.random() < 0.5 else lines.pop(i)
         sdp = "\r\n".join(lines)
+    if rng.random() < 0.3:  # WHEP: the SDP is the body (outputs/whep_api.py)
+        return HostileRequest("POST", "/whep", {"Content-Type": "application/sdp"},
+                              sdp.encode("utf-8", "surrogatepass"), "garbage SDP")
     body = json.dumps({"type": "offer", "sdp": sdp}, ensure_ascii=True)
     return HostileRequest("POST", "/offer" if rng.random() < 0.7 else _fill(template, rng, sessionids),
                           {"Content-Type": "application/json"}, body.encode(), "garbage SDP")

@@ -35,6 +35,29 @@ def test_livetalking_aliases():
         parse_settings(["--max-session", "0"])
 
 
+def test_transport_flags():
+    """--transport takes a comma list or repeats; rtmp needs --push-url; LiveTalking's other
+    transports and mistyped URLs are refused naming what to do, the stream key never shown."""
+    s = parse_settings(["--transport", "webrtc,rtmp", "--transport", "whep", "--transport", "rtmp",
+                        "--push_url", "rtmp://live.example.com/app/SECRETKEY"])
+    assert s.transports == ("webrtc", "rtmp", "whep") and s.server_session
+    assert s.push_urls == ("rtmp://live.example.com/app/SECRETKEY",)
+    assert parse_settings([]).transports == ("webrtc",) and not parse_settings([]).server_session
+    assert parse_settings(["--transport", "whep"]).server_session
+    for argv, words in (
+            (["--transport", "rtcpush"], "not supported"),
+            (["--transport", "virtualcam"], "not supported"),
+            (["--transport", "hls"], "give webrtc, rtmp, whep"),
+            (["--transport", "rtmp"], "needs --push-url"),
+            (["--push-url", "rtmp://h/app/KEY"], "only used with --transport rtmp"),
+            (["--transport", "rtmp", "--push-url", "http://h/app/SECRETKEY"], "rtmp://host"),
+            (["--transport", "rtmp", "--push-url", "rtmp://h/SECRETKEY"], "rtmp://host"),
+            (["--max-whep-viewers", "0"], "at least 1")):
+        with pytest.raises(SystemExit) as exc:
+            parse_settings(argv)
+        assert words in str(exc.value) and "SECRETKEY" not in str(exc.value), (argv, exc.value)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,12 +1,31 @@
 import cv2
+import librosa
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import scipy.signal
 
 from export.__main__ import main as export_main
-from export.default_lipsync import CROP_PX, astronaut_example, build_model
-from orchestrator.features import SAMPLE_RATE_HZ, mel_windows, melspectrogram
+from export.default_lipsync import (
+    CROP_PX,
+    SILENT_LEVEL_MEL,
+    astronaut_example,
+    build_model,
+    loudness_mel_window,
+)
+from orchestrator.features import (
+    FFT_SAMPLES,
+    MEL_BINS,
+    MEL_FMAX_HZ,
+    MEL_FMIN_HZ,
+    PREEMPHASIS,
+    SAMPLE_RATE_HZ,
+    SILENCE_PEAK,
+    mel_windows,
+    melspectrogram,
+    silent_frames,
+)
 
 STEADY_SECONDS = 0.5
 F0_HZ = 120.0
@@ -264,3 +283,77 @@ def test_output_is_finite_wherever_the_mouth_sits(mouth_y):
     mouth = np.tile(np.array([[0.5, mouth_y, 0.4, 0.1]], np.float32), (4, 1))
     out = session.run(None, {"mel": mel, "face": face, "mouth": mouth})[0]
     assert np.isfinite(out).all()
+
+
+# --- the mouth window, silence --------------------------------------------------------------------
+def test_the_mouth_window_changes_nothing():
+    """Computing the mouth window only gives what computing every pixel gives, wherever the
+    mouths of a batch sit, however loud."""
+    rng = np.random.default_rng(11)
+    windowed = ort.InferenceSession(build_model().SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+    whole = ort.InferenceSession(build_model(whole_crop=True).SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+    face, mouth = astronaut_example()
+    for trial in range(4):
+        batch = 6
+        mel = rng.uniform(-4, 2, (batch, 1, 80, 16)).astype(np.float32)
+        faces = rng.random((batch, 3, CROP_PX, CROP_PX), dtype=np.float32)
+        if trial == 0:  # the astronaut, loudness from silence to fully open
+            mel = np.stack([loudness_mel_window(x) for x in np.linspace(0, 1, batch)])
+            faces = np.repeat(face[None], batch, axis=0)
+        mouths = np.tile(mouth, (batch, 1)) + rng.normal(0, 0.04 * trial, (batch, 4))
+        mouths[:, 2] = np.abs(mouths[:, 2])
+        feeds = {"mel": mel, "face": faces, "mouth": mouths.astype(np.float32)}
+        a, b = windowed.run(None, feeds)[0], whole.run(None, feeds)[0]
+        assert np.abs(a - b).max() < 1e-5, trial
+        assert np.abs(a - faces).max() > 0.1, "the mouths moved"
+
+
+def level_bound_mel(peak: float) -> float:
+    """The highest bin-mean level (mel units) a mel column of audio whose samples stay within
+    `peak` can have: the proof in export/default_lipsync.py's docstring, with the real filterbank
+    and window."""
+    basis = librosa.filters.mel(sr=SAMPLE_RATE_HZ, n_fft=FFT_SAMPLES, n_mels=MEL_BINS,
+                                fmin=MEL_FMIN_HZ, fmax=MEL_FMAX_HZ).astype(np.float64)
+    window = scipy.signal.get_window("hann", FFT_SAMPLES, fftbins=True)
+    emphasised_peak = (1.0 + PREEMPHASIS) * peak
+    spectrum_norm = np.sqrt(FFT_SAMPLES * np.sum(window**2)) * emphasised_peak  # Parseval
+    mean_amplitude = np.linalg.norm(basis.sum(axis=0)) * spectrum_norm / MEL_BINS
+    return -4.0 + 1.6 * np.log10(1.0 + mean_amplitude / 1e-4)  # concave majorant, Jensen
+
+
+def test_silent_audio_keeps_the_mouth_shut_by_a_bound():
+    assert level_bound_mel(SILENCE_PEAK) < SILENT_LEVEL_MEL - 0.1
+    assert level_bound_mel(10 ** (-85.0 / 20)) > SILENT_LEVEL_MEL  # the bound is not loose
+    # The bound is above what a loud-ish worst case reaches (it bounds, it does not guess low).
+    noise = np.random.default_rng(2).choice([-1.0, 1.0], SAMPLE_RATE_HZ).astype(np.float32)
+    level = melspectrogram(noise * 1e-3)[:, 8:-8].mean(axis=0).max()
+    assert level <= level_bound_mel(1e-3)
+
+
+def silent_signals(peak: float) -> dict[str, np.ndarray]:
+    """Near-worst cases that stay within `peak`: full-band +-peak noise, tones, a step."""
+    n = SAMPLE_RATE_HZ
+    t = np.arange(n) / SAMPLE_RATE_HZ
+    rng = np.random.default_rng(4)
+    signals = {"zeros": np.zeros(n), "binary noise": rng.choice([-peak, peak], n),
+               "step": np.where(t < 0.5, 0.0, peak)}
+    for hz in (100.0, 1000.0, 4000.0, 7900.0):
+        signals[f"tone {hz:.0f} Hz"] = peak * np.sin(2 * np.pi * hz * t)
+    return {k: v.astype(np.float32) for k, v in signals.items()}
+
+
+def test_silent_audio_returns_the_crop_bit_for_bit(session, astronaut):
+    """What the orchestrator's skip path produces for a silent frame (the crop itself) is what
+    the model returns for it."""
+    face, mouth = astronaut
+    for name, audio in silent_signals(0.999 * SILENCE_PEAK).items():
+        frames = audio.size // (SAMPLE_RATE_HZ // 25)
+        assert silent_frames(audio, frames).all(), name
+        windows = mel_windows(melspectrogram(audio), frames)[::5]
+        face_out, open_amount, shape = run(session, windows, face, mouth)
+        assert np.all(open_amount == 0) and np.all(shape == 0), name
+        np.testing.assert_array_equal(face_out, np.broadcast_to(face, face_out.shape), name)
+    loud = silent_signals(1.2 * SILENCE_PEAK)["binary noise"]
+    assert not silent_frames(loud, loud.size // (SAMPLE_RATE_HZ // 25)).any()

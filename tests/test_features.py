@@ -9,9 +9,13 @@ from orchestrator.features import (
     MEL_WINDOW_FRAMES,
     SAMPLE_RATE_HZ,
     SILENCE_MEL_VALUE,
+    SILENCE_PEAK,
+    SILENCE_PEAK_DBFS,
     VIDEO_FPS,
     mel_windows,
     melspectrogram,
+    silent_frames,
+    window_samples,
 )
 
 DB_PER_MEL_UNIT = 12.5  # 100 dB span mapped onto 8 units
@@ -101,3 +105,42 @@ def test_windows_of_an_utterance_cover_its_frames():
     windows = mel_windows(melspectrogram(audio), frames)
     assert windows.shape == (50, 1, 80, 16)
     assert mel_windows(melspectrogram(audio), 0).shape == (0, 1, 80, 16)
+
+
+SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // VIDEO_FPS
+
+
+def test_window_samples_are_what_the_window_reads():
+    """A click just outside a frame's window_samples leaves its mel window silent; well inside,
+    it does not."""
+    frames = 20
+    for frame in (0, 3, 7, 12):
+        start, stop = window_samples(frame)
+        assert stop - start == (MEL_WINDOW_FRAMES - 1) * 200 + 800 + 1
+        for at, changes in ((start - 1, False), (stop, False), (start + 100, True),
+                            (stop - 100, True)):
+            if at < 0:
+                continue
+            audio = np.zeros(frames * SAMPLES_PER_FRAME, np.float32)
+            audio[at] = 0.5
+            window = mel_windows(melspectrogram(audio), frames)[frame]
+            assert bool(np.any(window > SILENCE_MEL_VALUE)) == changes, (frame, at)
+
+
+def test_silent_frames_by_the_peak_of_their_window():
+    assert SILENCE_PEAK == pytest.approx(10 ** (SILENCE_PEAK_DBFS / 20))
+    frames = 30
+    audio = np.random.default_rng(3).choice([-1.0, 1.0], frames * SAMPLES_PER_FRAME)
+    audio = (0.99 * SILENCE_PEAK * audio).astype(np.float32)  # +-1 LSB of 16-bit dither
+    assert silent_frames(audio, frames).all()
+    click = 14 * SAMPLES_PER_FRAME + 123
+    audio[click] = 1.2 * SILENCE_PEAK
+    silent = silent_frames(audio, frames)
+    for frame in range(frames):
+        start, stop = window_samples(frame)
+        assert silent[frame] == (not start <= click < stop), frame
+    assert 0 < silent.sum() < frames
+    # Frames from `first` on; past the end of the audio is silence.
+    np.testing.assert_array_equal(silent_frames(audio, frames, first=10), silent[10:])
+    assert silent_frames(audio[:SAMPLES_PER_FRAME], 3).all()
+    assert silent_frames(audio, 0).shape == (0,)

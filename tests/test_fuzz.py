@@ -29,11 +29,12 @@ ALLOWED_ORIGIN = "http://allowed.example"
 
 @pytest.fixture(scope="module")
 async def fuzz_server(triton):
-    """(base_url, services) of a server with a token and an allowed origin. The storm and the
+    """(base_url, services) of a server with a token, an allowed origin and WHEP on (its server
+    session, sessionid 0, is a live session the storm names too). The storm and the
     live session share 127.0.0.1: the unknown-sessionid limit (tested in test_security.py)
     would answer both 429 and end the storm's reach at the session lookup."""
     settings = server_settings(triton, api_token=TOKEN, cors_origins=(ALLOWED_ORIGIN,),
-                               max_session_misses=FUZZ_REQUESTS)
+                               max_session_misses=FUZZ_REQUESTS, transports=("webrtc", "whep"))
     async with running_server(settings) as server:
         yield server
 
@@ -85,7 +86,9 @@ async def test_hostile_requests_never_get_a_5xx_and_the_session_keeps_speaking(f
         sse = asyncio.create_task(read_sse(base_url, client.sessionid, events))
         await asyncio.sleep(0.5)  # subscribed
 
-        requests = list(hostile_requests(routes, FUZZ_SEED, FUZZ_REQUESTS, (client.sessionid,)))
+        assert {("POST", "/whep"), ("DELETE", "/whep/{resource}")} <= set(routes)
+        requests = list(hostile_requests(routes, FUZZ_SEED, FUZZ_REQUESTS,
+                                         (client.sessionid, 0)))
         results = await fuzz(base_url, requests)
 
         statuses = Counter(status for _, status in results)

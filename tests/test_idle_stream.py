@@ -287,11 +287,11 @@ async def test_idle_speech_idle_switches_show_the_rendered_pictures(livehuman, m
     # The client's timestamps count from the first frame it got: the first one sent.
     origin = sent[0][1].pts
     by_pts = {packet.pts: (picture, source) for picture, packet, source in sent}
-    decoded = {pts + origin: frame for pts, frame in zip(r.video_pts, r.video)}
+    decoded = {pts + origin: frame for pts, frame in zip(r.video_rtp, r.video)}
     # Every frame sent (before the client closed) was decoded, under the timestamp it was sent
     # with, in order.
     assert set(decoded) == {pts for pts in by_pts if pts <= max(decoded)}
-    steps = np.diff(r.video_pts)
+    steps = np.diff(r.video_rtp)
     assert (steps > 0).all() and (steps % VIDEO_PTS_PER_TICK == 0).all()
     sent_steps = np.diff([packet.pts for _, packet, _ in sent][: len(steps) + 1])
     assert np.array_equal(steps, sent_steps), "no jump the player did not make"

@@ -261,6 +261,7 @@ async def test_a_livetalking_avatar_speaks_through_livetalkings_wav2lip256(tmp_p
             changed = await _speaks(base_url, services, "lt256", "Hi.", 0.4)
             model = await services.lipsync_models.get("wav2lip256")
             assert model.crop_size == 256
+            assert not model.silence_returns_face, "Wav2Lip sees silent frames too"
             stats = await model.client._client.get_inference_statistics("wav2lip256",
                                                                          as_json=True)
             assert int(stats["model_stats"][0]["inference_count"]) > 0

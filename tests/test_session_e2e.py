@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
+import pytest
 from server_fixtures import livehuman  # noqa: F401  (fixture)
 
 from orchestrator.client import (
@@ -17,6 +19,7 @@ from orchestrator.client import (
     mouth_motion,
     mouth_window,
 )
+from orchestrator.media_clock import VIDEO_PTS_PER_TICK
 
 SPEECH_RMS = 0.01
 SENTENCE = "Hello! I am livehuman, a talking avatar. I can speak any text you send me."
@@ -143,3 +146,31 @@ async def test_session_released_when_peer_closes(livehuman):  # noqa: F811
             break
         await asyncio.sleep(0.05)
     assert len(services.registry) == before
+
+
+@pytest.mark.timeout(60)  # a stop swallowed by the counter hangs close() in a thread join
+async def test_light_client_counts_frames_without_decoding(livehuman):  # noqa: F811
+    """decode=False (the density benchmark's client) sees every frame the server sends, at the
+    rate it sends them, by arrival time and RTP timestamp, and decodes none; closing it ends
+    the receivers' decoder threads (a counter that swallowed the stop would hang close)."""
+    base_url, _ = livehuman
+    threads_before = {t.ident for t in threading.enumerate()}
+    client = AvatarClient(base_url, decode=False)
+    try:
+        await client.connect()
+        await client.wait_for_video(10)
+        t0 = time.monotonic()
+        await asyncio.sleep(2.0)
+        r = client.received
+        assert fps(r.video_times, t0, t0 + 2.0) >= 24.0
+        assert fps(r.audio_times, t0, t0 + 2.0) >= 48.0  # 20 ms Opus packets
+        assert r.video == [] and r.audio == [] and r.audio_rms == []
+        steps = np.diff(r.video_rtp)
+        assert len(r.video_rtp) == len(r.video_times)
+        assert np.median(steps) == VIDEO_PTS_PER_TICK
+        decoders = [t for t in threading.enumerate()
+                    if t.ident not in threads_before and t.name.endswith("-decoder")]
+        assert len(decoders) == 2
+    finally:
+        await client.close()
+    assert not any(t.is_alive() for t in decoders)

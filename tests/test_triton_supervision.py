@@ -322,3 +322,29 @@ async def test_one_slow_probe_is_not_an_outage(triton, monkeypatch):
         assert supervisor.ready
     finally:
         await supervisor.close()
+
+
+async def test_close_ends_the_monitor_even_when_a_cancellation_is_lost(triton, monkeypatch):
+    """Python 3.11's asyncio.wait_for loses a cancellation that arrives as the awaited call
+    completes (gh-86296): a CI run hung for good in a server's teardown, its monitor
+    'cancelling' and still probing. close() must end the monitor whatever a probe swallowed."""
+    from orchestrator.triton_supervisor import TritonSupervisor
+
+    supervisor = TritonSupervisor(triton.url, [TTS_MODEL, LIPSYNC_MODEL])
+    await supervisor.start()
+    probe, probing, swallowed = supervisor._probe, asyncio.Event(), []
+
+    async def probe_losing_a_cancellation() -> None:
+        await probe()
+        try:
+            probing.set()
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:  # what wait_for's race does: the result wins
+            swallowed.append(True)
+
+    monkeypatch.setattr(supervisor, "_probe", probe_losing_a_cancellation)
+    await asyncio.wait_for(probing.wait(), 5)  # the monitor is inside a probe
+    task = supervisor._task
+    closing = asyncio.create_task(supervisor.close())
+    await asyncio.wait({closing}, timeout=5)  # not wait_for: it would wait for the hang too
+    assert swallowed and closing.done() and task.done(), "close() hangs"

@@ -222,23 +222,28 @@ def test_pcm_decoder_reads_a_header_split_over_chunks():
 def test_streamed_features_equal_the_whole_sentence():
     rng = np.random.default_rng(1)
     audio = (0.3 * rng.standard_normal(int(2.3 * 24000))).astype(np.float32)
+    audio[int(0.8 * 24000) : int(1.5 * 24000)] = 0.0  # a pause: silent frames in the middle
     whole = SentenceFeatures(24000)
     whole.add(audio)
-    all_audio, all_windows = whole.take(final=True)
+    all_audio, all_windows, all_silent = whole.take(final=True)
     streamed = SentenceFeatures(24000)
-    pieces_audio, pieces_windows = [], []
+    pieces_audio, pieces_windows, pieces_silent = [], [], []
     for start in range(0, audio.size, 2400):
         streamed.add(audio[start : start + 2400])
         if streamed.ready():
-            a, w = streamed.take(final=False)
+            a, w, s = streamed.take(final=False)
             pieces_audio.append(a)
             pieces_windows.append(w)
-    a, w = streamed.take(final=True)
+            pieces_silent.append(s)
+    a, w, s = streamed.take(final=True)
     pieces_audio.append(a)
     pieces_windows.append(w)
+    pieces_silent.append(s)
     assert sum(1 for p in pieces_audio if p.size) > 3, "frames leave before the sentence ends"
     np.testing.assert_allclose(np.concatenate(pieces_audio), all_audio, atol=1e-4)
     np.testing.assert_allclose(np.concatenate(pieces_windows), all_windows, atol=1e-3)
+    np.testing.assert_array_equal(np.concatenate(pieces_silent), all_silent)
+    assert 0 < all_silent.sum() < all_silent.size
 
 
 def test_flags():

@@ -1,6 +1,7 @@
 """Voice input from the web page in a real headless Chromium: its fake microphone plays a WAV of
-Piper speech, the page (microphone checkbox on) sends it, the server hears a turn and answers
-from the FAQ; speech while the avatar talks interrupts it."""
+Piper speech, the page (microphone hands-free or push-to-talk) sends it, the server hears a turn
+and answers from the FAQ; speech while the avatar talks interrupts it; push-to-talk sends
+nothing until held, and pressing it cuts the avatar off."""
 
 from __future__ import annotations
 
@@ -64,11 +65,12 @@ async def wait_event(services, sessionid: str, name: str, timeout: float) -> dic
     raise AssertionError(f"no '{name}' event; got {history}")
 
 
-async def connect_with_microphone(browser, base_url: str, errors: list[str]):
+async def connect_with_microphone(browser, base_url: str, errors: list[str],
+                                  mode: str = "handsfree"):
     page = await browser.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await page.goto(base_url + "/")
-    await page.check("#mic")
+    await page.select_option("#mic-mode", mode)
     await page.click("#connect")
     await page.wait_for_function("state.sessionid !== null && state.mic", timeout=20000)
     return page, await page.evaluate("state.sessionid")
@@ -128,6 +130,57 @@ async def test_page_microphone_interrupts_the_avatar(livehuman, triton, tmp_path
             await page.wait_for_function(
                 "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('interrupted'))",
                 timeout=5000)
+            await page.click("#disconnect")
+        finally:
+            await browser.close()
+    assert not errors, errors
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (make test installs it)")
+async def test_push_to_talk_sends_only_while_held_and_cuts_the_avatar_off(livehuman, triton,  # noqa: F811
+                                                                          tmp_path):
+    from playwright.async_api import async_playwright
+
+    base_url, services = livehuman
+    # Not held: the question plays into a muted track; the server hears nothing.
+    unheld = await speech_wav(triton, QUESTION, tmp_path / "unheld.wav", LEAD_SILENCE_S)
+    # Held: the avatar is talking when the user presses (an interrupt at once), then speaks.
+    held = await speech_wav(triton, QUESTION, tmp_path / "held.wav", BARGE_IN_LEAD_SILENCE_S)
+    errors: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=microphone_args(unheld))
+        try:
+            page, sessionid = await connect_with_microphone(browser, base_url, errors, "ptt")
+            assert await page.is_visible("#ptt") and await page.is_enabled("#ptt")
+            await asyncio.sleep(LEAD_SILENCE_S + 5.0)  # the whole question has played, unheld
+            session = services.registry.get(sessionid)
+            assert session.listener is not None  # the uplink is there, only muted
+            heard = [e["event"] for e in session.events.history]
+            assert not {"listening", "transcript", "question"} & set(heard), heard
+            await page.click("#disconnect")
+        finally:
+            await browser.close()
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=microphone_args(held))
+        try:
+            page, sessionid = await connect_with_microphone(browser, base_url, errors, "ptt")
+            await page.fill("#text", LONG_ECHO)
+            await page.click("#echo")
+            await wait_event(services, sessionid, "start", timeout=15)
+            await page.wait_for_function("state.speaking", timeout=5000)
+            await page.focus("#ptt")
+            await page.keyboard.down("Space")  # hold to talk
+            interrupted = await wait_event(services, sessionid, "interrupted", timeout=5)
+            assert interrupted["text"] == LONG_ECHO, interrupted
+            history = services.registry.get(sessionid).events.history
+            assert not any(e["event"] == "listening" for e in history), history  # not barge-in
+            await wait_event(services, sessionid, "listening", timeout=15)
+            await asyncio.sleep(3.5)  # the question is over (about 2.5 s)
+            await page.keyboard.up("Space")
+            transcript = await wait_event(services, sessionid, "transcript", timeout=15)
+            assert {"sessions", "once"} <= set(words(transcript["text"])), transcript
+            end = await wait_event(services, sessionid, "end", timeout=30)
+            assert end["kind"] == "chat" and end["answer"].startswith(ANSWER_START), end
+            assert await page.evaluate("state.talking") is False
             await page.click("#disconnect")
         finally:
             await browser.close()

@@ -24,6 +24,7 @@ from orchestrator.vad import (
     SileroVAD,
     SpeechContinues,
     SpeechEnded,
+    SpeechOnset,
     SpeechPaused,
     SpeechResumed,
     SpeechStarted,
@@ -124,7 +125,7 @@ async def test_vad_pause_comes_before_the_end_with_the_same_words(triton, speech
         events = []
         for f in frames_of(audio):
             e = await activity.feed(f)
-            if e is not None and type(e) is not SpeechContinues:
+            if e is not None and type(e) not in (SpeechContinues, SpeechOnset):
                 events.append(e)
         kinds = [type(e) for e in events]
         assert kinds[0] is SpeechStarted and kinds[-1] is SpeechEnded, kinds
@@ -195,23 +196,66 @@ async def test_speculative_transcript_is_used_once_or_dropped():
     transcript = next(f for name, f in session.emitted if name == "transcript")
     assert transcript["speculative"] and transcript["wait_ms"] < 100
     await listener.close()
-    # Speech resumes: that transcript is cancelled; the longer utterance is the one answered.
+    # Speech resumes: that transcript becomes a partial (no turn); the longer utterance is the
+    # one answered, with its own final transcript.
     asr = _CountingASR()
     listener, session = _listener(asr)
     await listener._on(SpeechPaused(audio, 1.0))
     await asyncio.sleep(0.02)
     await listener._on(SpeechResumed(1.2))
+    await asyncio.sleep(0.15)
     await listener._on(SpeechPaused(longer, 2.0))
     await listener._on(SpeechEnded(longer, 2.0, 2.35))
     await asyncio.sleep(0.2)
-    assert asr.calls == [1000, 3000] and asr.cancelled == 1
+    assert asr.calls == [1000, 3000] and asr.cancelled == 0
     assert session.asked == ["heard 3000 samples"]
+    transcripts = [(f["text"], f["final"], f["turn"]) for name, f in session.emitted
+                   if name == "transcript"]
+    assert transcripts == [("heard 1000 samples", False, False), ("heard 3000 samples", True, True)]
+    # A partial still running when its utterance ends is not sent (the final says more), and a
+    # newer pause's partial supersedes an older one.
+    session.emitted.clear()
+    for event in (SpeechPaused(audio, 3.0), SpeechResumed(3.1), SpeechPaused(audio, 3.2),
+                  SpeechResumed(3.3), SpeechPaused(longer, 4.0), SpeechEnded(longer, 4.0, 4.35)):
+        await listener._on(event)
+        await asyncio.sleep(0.02)  # frames are 32 ms apart: each transcription has started
+    await asyncio.sleep(0.2)
+    assert asr.cancelled == 1  # the superseded partial's transcription
+    assert [f["final"] for name, f in session.emitted if name == "transcript"] == [True]
     # The session closes while a transcript is in flight: every listener task ends, no turn.
     await listener._on(SpeechPaused(audio, 5.0))
     await asyncio.sleep(0.02)
     await listener.close()
-    assert asr.cancelled == 2 and session.asked == ["heard 3000 samples"]
+    assert asr.cancelled == 2 and session.asked == ["heard 3000 samples"] * 2
     assert not listener._turns and listener._task.done()
+
+
+async def test_barge_in_acts_on_speech_before_it_is_a_turn():
+    """Three VAD frames of speech (--barge-in-min 0.09) cut the talking avatar off, once per
+    run, before --vad-min-speech (0.15 s) makes the speech a turn; a shorter blip does not."""
+    interrupts = []
+
+    class Speaking(_FakeSession):
+        speaking = True
+
+        async def interrupt(self) -> None:
+            interrupts.append(len(self.emitted))
+
+    session = Speaking()
+    listener = Listener(session, _SilentTrack(), VoiceInput(vad=None, asr=_CountingASR()),  # type: ignore[arg-type]
+                        VoiceOptions())
+    frame = VAD_FRAME_SAMPLES / 16000
+    for run in (1, 2):  # a two-frame blip (a click): nothing
+        await listener._on(SpeechOnset(run * frame))
+    assert interrupts == []
+    for run in (1, 2, 3, 4):
+        await listener._on(SpeechOnset(run * frame))
+    await listener._on(SpeechStarted(0.0))
+    await listener._on(SpeechContinues(0.5))
+    assert len(interrupts) == 1
+    assert [name for name, _ in session.emitted] == ["barge_in", "listening"]
+    assert session.emitted[0][1]["after_s"] == round(3 * frame, 3)
+    await listener.close()
 
 
 async def test_vad_state_is_per_session(triton, speech):

@@ -152,6 +152,7 @@ async def test_chromium_decodes_our_encoders_across_idle_speech_switches(livehum
             assert stats["pli"] == 0, stats
             assert stats["decoded"] >= session.frames_sent - 10, (stats, session.frames_sent)
             await page.evaluate("window.testPc.close()")  # else it lingers until ICE gives up
-            await asyncio.wait_for(session.wait_closed(), 10)
+            async with asyncio.timeout(10):
+                await session.wait_closed()
         finally:
             await browser.close()

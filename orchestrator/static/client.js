@@ -2,7 +2,7 @@
 // example for third-party clients. No build step.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { pc: null, sessionid: null, events: null, recording: false };
+const state = { pc: null, sessionid: null, events: null, recording: false, mic: null, speaking: false, talking: false };
 
 function log(text) {
   const li = document.createElement("li");
@@ -18,6 +18,9 @@ function setStatus(text, kind) {
 function setConnected(on) {
   $("connect").disabled = on;
   for (const id of ["disconnect", "echo", "chat", "interrupt", "record", "set-audiotype"]) $(id).disabled = !on;
+  $("mic-mode").disabled = on;
+  $("ptt").hidden = $("mic-mode").value !== "ptt";
+  $("ptt").disabled = !(on && state.mic);
 }
 
 // The server's access token (--api-token), asked for once when the server answers 401 and kept
@@ -71,12 +74,17 @@ async function connect() {
   const pc = new RTCPeerConnection({ iceServers: iceServers() });
   state.pc = pc;
   pc.addTransceiver("video", { direction: "recvonly" });
-  if ($("mic").checked) {
-    // Hands-free: the server's VAD finds each utterance; the browser cancels the avatar's echo.
+  const micMode = $("mic-mode").value;
+  if (micMode !== "off") {
+    // The server's VAD finds each utterance; the browser cancels the avatar's echo. Push-to-talk
+    // sends the microphone only while the button (or the space bar) is held: a disabled track
+    // sends silence, so releasing it ends the utterance after the VAD's end-of-turn silence.
     try {
       state.mic = await navigator.mediaDevices.getUserMedia({
         audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
-      pc.addTransceiver(state.mic.getAudioTracks()[0], { direction: "sendrecv", streams: [state.mic] });
+      const track = state.mic.getAudioTracks()[0];
+      track.enabled = micMode === "handsfree";
+      pc.addTransceiver(track, { direction: "sendrecv", streams: [state.mic] });
     } catch (e) {
       log(`microphone unavailable: ${e.message}`);
       pc.addTransceiver("audio", { direction: "recvonly" });
@@ -114,12 +122,13 @@ function listen(sessionid) {
   state.events = events;
   events.onmessage = (msg) => {
     const ev = JSON.parse(msg.data);
-    if (ev.event === "start") setStatus("speaking", "speaking");
+    if (ev.event === "start") { state.speaking = true; setStatus("speaking", "speaking"); }
     else if (ev.event === "listening") setStatus("listening", "connected");
-    else if (ev.event === "end" || ev.event === "interrupted") setStatus(`connected · session ${sessionid}`, "connected");
+    else if (ev.event === "end" || ev.event === "interrupted") { state.speaking = false; setStatus(`connected · session ${sessionid}`, "connected"); }
     else if (ev.event === "error") setStatus(ev.msg || "error", "error");
     else if (ev.event === "record_saved") showDownload(sessionid);
-    if (ev.event === "question" || ev.event === "transcript") { if (ev.event === "question" || !ev.turn) log(`you: ${ev.text || "(nothing heard)"}`); }
+    if (ev.event === "transcript" && ev.final === false) setStatus(`heard: ${ev.text}…`, "connected");
+    else if (ev.event === "question" || ev.event === "transcript") { if (ev.event === "question" || !ev.turn) log(`you: ${ev.text || "(nothing heard)"}`); }
     else if (ev.event === "sentence") { if (ev.kind === "chat") log(`avatar: ${ev.text}`); }
     else log(`${ev.event}${ev.text ? ": " + ev.text : ""}${ev.msg ? ": " + ev.msg : ""}`);
   };
@@ -136,6 +145,7 @@ function disconnect() {
   if (state.pc) state.pc.close();
   if (state.mic) { state.mic.getTracks().forEach((t) => t.stop()); state.mic = null; }
   state.pc = null; state.events = null; state.sessionid = null; state.recording = false;
+  state.speaking = false; state.talking = false; $("ptt").classList.remove("held");
   $("record").textContent = "Start recording";
   setConnected(false);
   setStatus("disconnected", "idle");
@@ -146,6 +156,25 @@ async function speak(type) {
   if (!text || state.sessionid === null) return;
   await post("/human", { sessionid: state.sessionid, type, text, interrupt: $("interrupt-first").checked }).catch(() => {});
 }
+
+// Push-to-talk: the microphone is live only while held. Pressing also cuts the avatar off at
+// once (the user asked for the floor), without waiting for the server's barge-in.
+function talk(on) {
+  const track = state.mic && state.mic.getAudioTracks()[0];
+  if (!track || $("mic-mode").value !== "ptt" || on === state.talking) return;
+  state.talking = on;
+  track.enabled = on;
+  $("ptt").classList.toggle("held", on);
+  $("ptt").textContent = on ? "Talking… release to send" : "Hold to talk";
+  if (on && state.speaking) post("/interrupt_talk", { sessionid: state.sessionid }).catch(() => {});
+}
+$("ptt").addEventListener("pointerdown", (ev) => { ev.preventDefault(); talk(true); });
+for (const name of ["pointerup", "pointerleave", "pointercancel"]) $("ptt").addEventListener(name, () => talk(false));
+const typing = (el) => el && (el.tagName === "TEXTAREA" || el.tagName === "INPUT" || el.tagName === "SELECT");
+document.addEventListener("keydown", (ev) => { if (ev.code === "Space" && !typing(document.activeElement) && !$("ptt").disabled) { ev.preventDefault(); talk(true); } });
+document.addEventListener("keyup", (ev) => { if (ev.code === "Space") talk(false); });
+window.addEventListener("blur", () => talk(false));
+$("mic-mode").addEventListener("change", () => { $("ptt").hidden = $("mic-mode").value !== "ptt"; });
 
 $("connect").addEventListener("click", connect);
 $("disconnect").addEventListener("click", disconnect);

@@ -20,6 +20,13 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 MODEL_FILENAME = "model.onnx"
+# The `graph_optimization_level` parameter's values (onnxruntime's default: all).
+GRAPH_OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 def _error_response(message: str) -> pb_utils.InferenceResponse:
@@ -39,6 +46,11 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         options.inter_op_num_threads = 1
+        level = params.get("graph_optimization_level", "all")
+        if level not in GRAPH_OPTIMIZATION_LEVELS:
+            raise ValueError(f"parameter graph_optimization_level: {level!r} is not one of "
+                             f"{sorted(GRAPH_OPTIMIZATION_LEVELS)}")
+        options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[level]
         # no busy-waiting between batches: the orchestrator shares these cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # args["model_repository"] is this model's directory (not the repository root)
@@ -79,7 +91,9 @@ class TritonPythonModel:
     def _run(self, members: list[tuple[int, list[np.ndarray]]], responses: list) -> None:
         """One onnxruntime call for `members`; fills their responses (outputs or the error)."""
         try:
-            feeds = {name: np.concatenate([arrays[i] for _, arrays in members])
+            # One request (one session's chunk): its tensors as they are, no copy.
+            feeds = {name: (members[0][1][i] if len(members) == 1
+                            else np.concatenate([arrays[i] for _, arrays in members]))
                      for i, (name, _) in enumerate(self.inputs)}
             results = self.session.run([name for name, _ in self.outputs], feeds)
         except Exception as exc:

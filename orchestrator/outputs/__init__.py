@@ -1,0 +1,7 @@
+"""Where a session's media goes besides its own WebRTC peer: one module per transport.
+
+Each output is a sink (`base.Sink`) the session's player hands every 40 ms tick to, so every
+output carries the same media clock: `rtmp.RtmpPush` (an RTMP push, encoded on its own thread),
+`whep.WhepViewer` (a recvonly WebRTC peer, RFC 9725-style signalling in `whep_api`). The server
+session that push and pull outputs show is opened by `server_session`.
+"""
