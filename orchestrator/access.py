@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 SERVER_HEADER = "livehuman"  # no framework or version: nothing to look up vulnerabilities by
 TOKEN_QUERY = "token"
 JSON_CONTENT_TYPE = "application/json"
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Of those, the one a browser sends cross-site without a preflight (the CORS "simple" method).
+SIMPLE_UNSAFE_METHODS = frozenset({"POST"})
 # Served without the token: the pages and their files (orchestrator/pages.py) must load to ask
 # for it (or to call the API with it), and hold no secret.
 PAGE_PATHS = frozenset({"/", "/static/{name}", CLIENT_PATH, CLIENT_PATH.rstrip("/"),
@@ -47,7 +48,11 @@ PAGE_PATHS = frozenset({"/", "/static/{name}", CLIENT_PATH, CLIENT_PATH.rstrip("
 MONITORING_PATHS = frozenset({"/healthz", "/metrics"})
 # The routes whose bodies are not JSON, and the type each takes (WHEP's SDP): neither is a CORS
 # "simple" type, so a browser sends them cross-site only after a preflight too.
-BODY_TYPES = {WHEP_PATH: SDP_CONTENT_TYPE, WHEP_RESOURCE_PATH: TRICKLE_ICE_CONTENT_TYPE}
+MULTIPART_CONTENT_TYPE = "multipart/form-data"
+BODY_TYPES = {WHEP_PATH: SDP_CONTENT_TYPE, WHEP_RESOURCE_PATH: TRICKLE_ICE_CONTENT_TYPE,
+              # uploads: a 415 must name the type they do take (not JSON)
+              "/humanaudio": MULTIPART_CONTENT_TYPE, "/avatars": MULTIPART_CONTENT_TYPE,
+              "/voices": MULTIPART_CONTENT_TYPE, "/api/avatar/task": MULTIPART_CONTENT_TYPE}
 
 
 def _refuse(status: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -124,9 +129,10 @@ def middlewares(settings: Settings) -> list:
 
     @web.middleware
     async def cross_site_guard(request: web.Request, handler) -> web.StreamResponse:
-        # DELETE (like PUT and PATCH) is never a "simple" request: a browser sends it cross-site
-        # only after a preflight the CORS policy decides, whatever its body.
-        if request.method not in UNSAFE_METHODS or request.method == "DELETE":
+        # DELETE, PUT and PATCH are never "simple" requests: a browser sends them cross-site
+        # only after a preflight the CORS policy decides, whatever their body (and a PATCH the
+        # route does not take gets its 405, not a 415 about its body).
+        if request.method not in SIMPLE_UNSAFE_METHODS:
             return await handler(request)
         if request.content_type.startswith("multipart/"):
             origin = request.headers.get("Origin")

@@ -54,7 +54,10 @@ def _decode(source: io.BytesIO | str, field_name: str) -> np.ndarray:
             for out in resampler.resample(None):
                 pieces.append(_average_channels(out))
     except (av.error.FFmpegError, ValueError, EOFError) as exc:
-        raise ApiError.bad_request(f"field '{field_name}' is not decodable audio: {exc}") from None
+        # FFmpeg's own words only ("Invalid data found when processing input"), not its errno
+        # and the '<none>' file name PyAV adds for an in-memory file.
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ApiError.bad_request(f"field '{field_name}' is not decodable audio: {why}") from None
     if not pieces:
         raise ApiError.bad_request(f"field '{field_name}' contains no audio samples")
     return normalised(np.concatenate(pieces).astype(np.float32))

@@ -21,6 +21,7 @@ import logging
 import time
 
 from .services import Services
+from .session_registry import SERVER_SESSIONID
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ async def drain(services: Services, timeout_s: float) -> None:
     """Stop taking sessions, wait up to `timeout_s` for the live ones to end, close the rest."""
     registry = services.registry
     registry.stop_accepting()
-    live = len(registry)
+    # The server's own session (push transports) has no client to wait for: it is not counted.
+    live = sum(1 for session in registry.all() if session.sessionid != SERVER_SESSIONID)
     log.info("draining: no new sessions; waiting up to %.0f s for %d live session(s)",
              timeout_s, live)
     started = time.monotonic()

@@ -40,6 +40,8 @@ def test_garbage_is_a_400_naming_the_field():
     with pytest.raises(ApiError) as info:
         decode_audio(b"this is not audio at all" * 100)
     assert info.value.status == 400 and "file" in info.value.msg
+    # FFmpeg's words, not its errno or PyAV's '<none>' name of an in-memory file
+    assert "Errno" not in info.value.msg and "<none>" not in info.value.msg, info.value.msg
 
 
 def encode_channels(channels: np.ndarray, rate: int = 44100, codec: str = "pcm_s16le",

@@ -294,6 +294,8 @@ async def test_whep_refuses_what_is_not_a_viewer_offer(outputs_server):
                     "Content-Type": "application/trickle-ice-sdpfrag"}) as r:
                 assert r.status == 405 and r.headers["Allow"] == "DELETE, OPTIONS"
                 assert "trickle ICE" in (await r.json())["msg"]
+            async with http.patch(url, data=b"x") as r:  # any body: the method is what's wrong
+                assert r.status == 405 and r.headers["Allow"] == "DELETE, OPTIONS", r.status
             async with http.get(url) as r:
                 assert r.status == 405 and "DELETE" in r.headers["Allow"]
         for viewer in viewers[:2]:
