@@ -50,9 +50,11 @@ MONITORING_PATHS = frozenset({"/healthz", "/metrics"})
 # "simple" type, so a browser sends them cross-site only after a preflight too.
 MULTIPART_CONTENT_TYPE = "multipart/form-data"
 BODY_TYPES = {WHEP_PATH: SDP_CONTENT_TYPE, WHEP_RESOURCE_PATH: TRICKLE_ICE_CONTENT_TYPE,
-              # uploads: a 415 must name the type they do take (not JSON)
+              # uploads: a 415 must name the type they do take (not JSON). Not LiveTalking's
+              # /api/avatar/task: its clients post JSON with a server-side video_path there, and
+              # its handler's 400 says what to send instead.
               "/humanaudio": MULTIPART_CONTENT_TYPE, "/avatars": MULTIPART_CONTENT_TYPE,
-              "/voices": MULTIPART_CONTENT_TYPE, "/api/avatar/task": MULTIPART_CONTENT_TYPE}
+              "/voices": MULTIPART_CONTENT_TYPE}
 
 
 def _refuse(status: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
