@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from .media_clock import AUDIO_SAMPLE_RATE_HZ
+from .wav_file import wav_bytes
 
 VOICES_DIR_NAME = "voices"
 VOICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 MIN_REFERENCE_S = 1.0  # cloning servers want a few seconds; under one is not a voice
 MAX_REFERENCE_S = 60.0
 MAX_TRANSCRIPT_CHARS = 1000
-INT16_MAX = 32767
 
 
 @dataclass(frozen=True)
@@ -74,15 +74,10 @@ class VoiceStore:
         if not valid_name(name):
             raise ValueError(f"not a voice name: {name!r}")
         self.dir.mkdir(parents=True, exist_ok=True)
-        pcm = (np.clip(audio, -1.0, 1.0) * INT16_MAX).astype("<i2")
         clip_tmp = _temp_file(self.dir, ".wav")
         text_tmp = _temp_file(self.dir, ".txt")
         try:
-            with wave.open(str(clip_tmp), "wb") as wav:
-                wav.setnchannels(1)
-                wav.setsampwidth(2)
-                wav.setframerate(AUDIO_SAMPLE_RATE_HZ)
-                wav.writeframes(pcm.tobytes())
+            clip_tmp.write_bytes(wav_bytes(audio, AUDIO_SAMPLE_RATE_HZ))
             text_tmp.write_text(text, encoding="utf-8")
             os.replace(text_tmp, self.dir / f"{name}.txt")
             os.replace(clip_tmp, self.dir / f"{name}.wav")

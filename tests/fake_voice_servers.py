@@ -32,6 +32,8 @@ import numpy as np
 from aiohttp import web
 from scipy.signal import resample_poly
 
+from orchestrator.wav_file import wav_bytes
+
 HOST = "127.0.0.1"
 SECONDS_PER_CHAR = 0.06  # the audio answered: about normal speech for the text's length
 CHUNK_S = 0.1  # audio per streamed chunk
@@ -313,11 +315,4 @@ async def run_fake_voice_server(engine: str, fake: FakeVoice, port: int = 0) -> 
 def tone_wav(seconds: float = 2.0, rate_hz: int = 16000, freq_hz: float = 330.0) -> bytes:
     """A WAV clip to register as a reference voice."""
     t = np.arange(int(seconds * rate_hz)) / rate_hz
-    pcm = (0.5 * np.sin(2 * np.pi * freq_hz * t) * 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate_hz)
-        wav.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+    return wav_bytes(0.5 * np.sin(2 * np.pi * freq_hz * t), rate_hz)

@@ -4,9 +4,7 @@ then `is_speaking: false`), Piper speech transcribed by Whisper on Triton."""
 
 from __future__ import annotations
 
-import io
 import re
-import wave
 
 import aiohttp
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 from server_fixtures import running_server, server_settings
 
 from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.wav_file import INT16_FULL_SCALE, wav_bytes
 
 QUESTION = "How many sessions can run at once?"
 PAGE_CHUNK_SAMPLES = 960  # main.js: `var chunk_size=960; // for asr chunk_size [5, 10, 5]`
@@ -74,15 +73,9 @@ async def test_file_mode_wav_at_another_rate(asr_server, question_pcm16):
     import scipy.signal
 
     samples = np.frombuffer(question_pcm16, "<i2").astype(np.float32)
-    at_8k = scipy.signal.resample_poly(samples, 1, 2).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(at_8k.tobytes())
+    at_8k = scipy.signal.resample_poly(samples, 1, 2) / INT16_FULL_SCALE
     base_url, _ = asr_server
-    got = await recognise(base_url, "offline", out.getvalue(),
+    got = await recognise(base_url, "offline", wav_bytes(at_8k, 8000),
                           page_config("offline", wav_format="PCM", audio_fs=8000))
     assert got["mode"] == "offline" and got["is_final"] is True
     assert words(got["text"]) == words(QUESTION), got

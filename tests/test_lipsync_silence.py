@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import time
-import wave
 
 import aiohttp
 import numpy as np
@@ -32,6 +30,7 @@ from orchestrator.lipsync_models import (
     LipSyncModels,
     silence_returns_face,
 )
+from orchestrator.wav_file import wav_bytes
 
 LIPSYNC_MODEL = "lipsync_default"
 SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // VIDEO_FPS
@@ -118,14 +117,6 @@ async def test_skip_path_gives_what_the_model_gives(triton):
         await models.close()
 
 
-def wav_bytes(audio: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE_HZ)
-        out.writeframes(np.round(np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return buf.getvalue()
 
 
 async def scrape(base_url: str) -> dict:
@@ -147,7 +138,7 @@ async def speak_upload(base_url: str, sessionid: int, audio: np.ndarray) -> None
     before = (await scrape(base_url)).get(ended, 0.0)
     form = aiohttp.FormData()
     form.add_field("sessionid", str(sessionid))
-    form.add_field("file", wav_bytes(audio), filename="speech.wav",
+    form.add_field("file", wav_bytes(audio, SAMPLE_RATE_HZ), filename="speech.wav",
                    content_type="application/octet-stream")
     async with aiohttp.ClientSession() as http, http.post(f"{base_url}/humanaudio",
                                                           data=form) as resp:

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import time
-import wave
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +27,7 @@ from skimage import data
 from test_web_client import CHROMIUM, CHROMIUM_ARGS
 
 from orchestrator.client import AvatarClient
+from orchestrator.wav_file import wav_bytes
 
 WEB_DIR = Path(__file__).parent / "livetalking_web"
 CLIP_CONFIG = json.dumps([{"audiotype": 2, "imgpath": "avatars/default/frames"}])
@@ -35,16 +35,9 @@ TOKEN = "compat-test-token"
 UNKNOWN_TEXT_IDS = ("abc", "12a", "-5", "", " 7", "²", "9" * 40, "0x10")
 
 
-def wav_bytes(seconds: float = 0.8, rate: int = 16000) -> bytes:
+def tone_wav(seconds: float = 0.8, rate: int = 16000) -> bytes:
     t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16)
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.tobytes())
-    return out.getvalue()
+    return wav_bytes(0.3 * np.sin(2 * np.pi * 220 * t), rate)
 
 
 def png_bytes() -> bytes:
@@ -82,7 +75,7 @@ async def post_json(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[
 
 def audio_form(sessionid: str) -> aiohttp.FormData:
     form = aiohttp.FormData()
-    form.add_field("file", wav_bytes(), filename="hello.wav", content_type="audio/wav")
+    form.add_field("file", tone_wav(), filename="hello.wav", content_type="audio/wav")
     form.add_field("sessionid", sessionid)
     return form
 
@@ -361,7 +354,7 @@ async def test_livetalking_style_page_in_a_real_browser(lt_server, tmp_path):
 
     base_url, _ = lt_server
     wav = tmp_path / "hello.wav"
-    wav.write_bytes(wav_bytes())
+    wav.write_bytes(tone_wav())
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

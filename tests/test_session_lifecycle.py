@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import json
 import time
-import wave
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +19,7 @@ from fake_openai import fake_openai_fixture  # noqa: F401  (fixture)
 from server_fixtures import running_server, server_settings
 
 from orchestrator.client import AvatarClient
+from orchestrator.wav_file import wav_bytes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -209,22 +208,15 @@ async def test_interrupt_storm_keeps_exactly_one_speech_task(server):
     await asyncio.wait_for(reader, WAIT_S)  # the stream ends with the session
 
 
-def wav_bytes(seconds: float, rate: int = 16000) -> bytes:
+def tone_wav(seconds: float, rate: int = 16000) -> bytes:
     t = np.arange(int(seconds * rate)) / rate
-    pcm = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+    return wav_bytes(0.3 * np.sin(2 * np.pi * 220 * t), rate)
 
 
 async def post_audio(client: AvatarClient, seconds: float) -> tuple[int, dict]:
     form = aiohttp.FormData()
     form.add_field("sessionid", str(client.sessionid))
-    form.add_field("file", wav_bytes(seconds), filename="speech.wav", content_type="audio/wav")
+    form.add_field("file", tone_wav(seconds), filename="speech.wav", content_type="audio/wav")
     async with client.http.post(f"{client.base_url}/humanaudio", data=form) as resp:
         return resp.status, await resp.json()
 

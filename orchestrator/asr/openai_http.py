@@ -7,28 +7,15 @@ One multipart POST per utterance: `file` (16-bit WAV, 16 kHz mono), `model`, opt
 
 from __future__ import annotations
 
-import io
-import wave
-
 import aiohttp
 import numpy as np
 
+from ..wav_file import wav_bytes
 from .base import ASR_SAMPLE_RATE_HZ, ASREngine, ASRError
 
 DEFAULT_ASR_MODEL = "whisper-1"
 TRANSCRIPTIONS_PATH = "/audio/transcriptions"
 ASR_HTTP_TIMEOUT_S = 30.0
-
-
-def wav_bytes(audio: np.ndarray, rate_hz: int = ASR_SAMPLE_RATE_HZ) -> bytes:
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate_hz)
-        w.writeframes(pcm.tobytes())
-    return out.getvalue()
 
 
 class OpenAITranscription(ASREngine):
@@ -47,7 +34,7 @@ class OpenAITranscription(ASREngine):
 
     async def transcribe(self, audio: np.ndarray) -> str:
         form = aiohttp.FormData()
-        form.add_field("file", wav_bytes(audio), filename="speech.wav", content_type="audio/wav")
+        form.add_field("file", wav_bytes(audio, ASR_SAMPLE_RATE_HZ), filename="speech.wav", content_type="audio/wav")
         form.add_field("model", self.model)
         form.add_field("response_format", "json")
         if self.language:
