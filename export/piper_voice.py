@@ -36,6 +36,18 @@ SIGNATURE_INPUTS = {"input": (onnx.TensorProto.INT64, 2),
 SIGNATURE_OUTPUT = ("output", onnx.TensorProto.FLOAT, 4)
 REQUIRED_SYMBOLS = ("^", "_", "$")
 
+# The voice's tensors (SIGNATURE_INPUTS, SIGNATURE_OUTPUT), the same in both configs.
+TENSORS_PBTXT = """\
+input [
+  { name: "input", data_type: TYPE_INT64, dims: [ -1, -1 ] },
+  { name: "input_lengths", data_type: TYPE_INT64, dims: [ -1 ] },
+  { name: "scales", data_type: TYPE_FP32, dims: [ 3 ] }
+]
+output [
+  { name: "output", data_type: TYPE_FP32, dims: [ -1, 1, 1, -1 ] }
+]
+"""
+
 CONFIG_PBTXT = """\
 # Piper voice '{name}' (VITS ONNX), called by tts_piper through BLS. Container: onnxruntime
 # backend; the embedded server reads configs/local.pbtxt instead. Written by
@@ -43,15 +55,7 @@ CONFIG_PBTXT = """\
 name: "{model}"
 platform: "onnxruntime_onnx"
 max_batch_size: 0
-input [
-  {{ name: "input", data_type: TYPE_INT64, dims: [ -1, -1 ] }},
-  {{ name: "input_lengths", data_type: TYPE_INT64, dims: [ -1 ] }},
-  {{ name: "scales", data_type: TYPE_FP32, dims: [ 3 ] }}
-]
-output [
-  {{ name: "output", data_type: TYPE_FP32, dims: [ -1, 1, 1, -1 ] }}
-]
-parameters {{ key: "sample_rate_hz" value: {{ string_value: "{rate}" }} }}
+{tensors}parameters {{ key: "sample_rate_hz" value: {{ string_value: "{rate}" }} }}
 """
 
 LOCAL_PBTXT = """\
@@ -60,15 +64,7 @@ LOCAL_PBTXT = """\
 name: "{model}"
 backend: "python"
 max_batch_size: 0
-input [
-  {{ name: "input", data_type: TYPE_INT64, dims: [ -1, -1 ] }},
-  {{ name: "input_lengths", data_type: TYPE_INT64, dims: [ -1 ] }},
-  {{ name: "scales", data_type: TYPE_FP32, dims: [ 3 ] }}
-]
-output [
-  {{ name: "output", data_type: TYPE_FP32, dims: [ -1, 1, 1, -1 ] }}
-]
-instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
+{tensors}instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
 parameters [
   {{ key: "sample_rate_hz" value: {{ string_value: "{rate}" }} }},
   # onnxruntime threads; "0" = onnxruntime's default (one per physical core)
@@ -159,8 +155,8 @@ def write_voice(onnx_path: Path, config_path: Path, name: str,
     (tmp / VOICE_CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=1),
                                          encoding="utf-8")
     rate = config["audio"]["sample_rate"]
-    (tmp / "config.pbtxt").write_text(CONFIG_PBTXT.format(name=name, model=model, rate=rate))
-    (tmp / "configs" / "local.pbtxt").write_text(LOCAL_PBTXT.format(model=model, rate=rate))
+    (tmp / "config.pbtxt").write_text(CONFIG_PBTXT.format(name=name, model=model, rate=rate, tensors=TENSORS_PBTXT))
+    (tmp / "configs" / "local.pbtxt").write_text(LOCAL_PBTXT.format(model=model, rate=rate, tensors=TENSORS_PBTXT))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)  # a reader never sees half a voice
     return folder

@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from orchestrator_process import free_port
 
 RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")  # libnginx-mod-rtmp
 NGINX = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
@@ -48,12 +49,6 @@ rtmp {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NginxRtmp:

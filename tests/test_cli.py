@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from orchestrator_process import free_port
 
 from orchestrator.settings import parse_settings
 
@@ -58,12 +58,6 @@ def test_transport_flags():
         assert words in str(exc.value) and "SECRETKEY" not in str(exc.value), (argv, exc.value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -73,7 +67,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_server_starts_embedded_triton_and_stops_it(tmp_path):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "--port", str(port), "--ice-host", "127.0.0.1"],

@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import LIPSYNC_MODEL, MODEL_REPOSITORY, TTS_MODEL, ensure_lipsync_onnx
+from orchestrator_process import SSE
 from prometheus_client.parser import text_string_to_metric_families
 from server_fixtures import refused_offer, running_server
 
@@ -50,36 +51,6 @@ async def supervised():
     assert ensure_lipsync_onnx(), "the default lip-sync model is needed"
     async with running_server(supervised_settings()) as server:
         yield server
-
-
-class SSE:
-    """The session's /sse events, collected in the background."""
-
-    def __init__(self, base_url: str, sessionid: int) -> None:
-        self.events: list[dict] = []
-        self._http = aiohttp.ClientSession()
-        self._task = asyncio.create_task(self._read(base_url, sessionid))
-
-    async def _read(self, base_url: str, sessionid: int) -> None:
-        async with self._http.get(f"{base_url}/sse", params={"sessionid": str(sessionid)}) as resp:
-            assert resp.status == 200
-            async for line in resp.content:
-                if line.startswith(b"data: "):
-                    self.events.append(json.loads(line[6:]))
-
-    async def wait_for(self, event: str, utterance_id: str, timeout: float = EVENT_WAIT_S) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for item in self.events:
-                if item.get("event") == event and item.get("utterance_id") == utterance_id:
-                    return item
-            await asyncio.sleep(0.02)
-        raise TimeoutError(f"no '{event}' for {utterance_id}; got {self.events}")
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self._http.close()
 
 
 async def get(base_url: str, path: str, timeout: float = 30.0) -> tuple[int, str]:
@@ -132,9 +103,9 @@ async def assert_speaks(client: AvatarClient, sse: SSE) -> None:
     status, answer = await client.post("/human", type="echo", text="I am back.")
     assert status == 200, answer
     utterance = answer["data"]["utterance_id"]
-    await sse.wait_for("start", utterance)
+    await sse.wait_for("start", EVENT_WAIT_S, utterance_id=utterance)
     await client.wait_for_speech(sent, SPEECH_RMS, timeout=EVENT_WAIT_S)
-    await sse.wait_for("end", utterance)
+    await sse.wait_for("end", EVENT_WAIT_S, utterance_id=utterance)
     assert not [e for e in sse.events if e.get("event") == "error"
                 and e.get("utterance_id") == utterance], sse.events
 
@@ -172,7 +143,7 @@ async def test_killed_embedded_triton_is_restarted_and_speech_returns(supervised
         status, answer = await client.post("/human", type="echo", text=LONG_TEXT)
         assert status == 200, answer
         in_flight = answer["data"]["utterance_id"]
-        await sse.wait_for("start", in_flight)
+        await sse.wait_for("start", EVENT_WAIT_S, utterance_id=in_flight)
         os.kill(old_pid, signal.SIGKILL)
 
         health = await wait_health(base_url, 503)
@@ -180,7 +151,7 @@ async def test_killed_embedded_triton_is_restarted_and_speech_returns(supervised
         await assert_refused_while_down(base_url, client)
         await assert_video_flows(client)
         # The utterance that was playing ended with an error event; it did not hang.
-        await sse.wait_for("error", in_flight)
+        await sse.wait_for("error", EVENT_WAIT_S, utterance_id=in_flight)
 
         deadline = time.monotonic() + RESTART_WAIT_S
         while await restarts(base_url) < before + 1:
