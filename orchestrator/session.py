@@ -390,7 +390,6 @@ class Session:
         self.frames_sent += 1
 
 
-
 def _avatar_cursor(stage: Stage) -> Callable[[], int]:
     """The stage's idle-loop position, read without holding the session."""
     return lambda: stage.avatar_tick

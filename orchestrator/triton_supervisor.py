@@ -62,7 +62,6 @@ class TritonSupervisor:
         self._crash_streak = 0
         self._up_since = time.monotonic()  # when the current server process was started
         self._task: asyncio.Task | None = None
-        self._closing = False
         self._exit_watch: asyncio.Task | None = None  # the embedded process's wait()
         self._exit_watch_pid: int | None = None
 
@@ -94,10 +93,9 @@ class TritonSupervisor:
     async def close(self) -> None:
         """Stop watching (and restarting); the embedded server itself is its owner's to stop.
 
-        The monitor is cancelled until it has ended, and stops at its next loop anyway: on
-        Python 3.11 asyncio.wait_for (in a probe) loses a cancellation that arrives as the call
-        completes (gh-86296), and one cancel() then left close() waiting for good."""
-        self._closing = True
+        The monitor is cancelled again until it has ended: a cancellation swallowed on its way
+        (Python 3.11's asyncio.wait_for lost one that arrived as the call completed, gh-86296)
+        once left close() waiting for good."""
         task, self._task = self._task, None
         while task is not None and not task.done():
             task.cancel()
@@ -110,7 +108,7 @@ class TritonSupervisor:
         await self._client.close()
 
     async def _run(self) -> None:
-        while not self._closing:
+        while True:
             try:
                 if self.embedded is not None and not self.embedded.running:
                     await self._restart_embedded()
