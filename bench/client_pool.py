@@ -28,8 +28,8 @@ import aiohttp
 import numpy as np
 
 from orchestrator.client import AvatarClient
-from orchestrator.ice import restrict_host_candidates
-from orchestrator.media_clock import VIDEO_PTS_PER_TICK
+from orchestrator.media.clock import VIDEO_PTS_PER_TICK
+from orchestrator.media.ice import restrict_host_candidates
 
 LOOPBACK = "127.0.0.1"
 # ~10 s of speech: long enough that posting the next one is rare, short enough to start soon.

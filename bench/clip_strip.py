@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from server_process import start_server  # bench/ is the script's directory
 
-from orchestrator.avatar import AvatarStore
+from orchestrator.avatar.store import AvatarStore
 from orchestrator.client import AvatarClient, mean_window, mouth_motion, mouth_window
 from orchestrator.settings import Settings
 

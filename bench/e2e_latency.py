@@ -31,7 +31,7 @@ import av
 import numpy as np
 from server_process import start_server  # bench/ is the script's directory
 
-from orchestrator.avatar import AvatarStore
+from orchestrator.avatar.store import AvatarStore
 from orchestrator.client import (
     AvatarClient,
     fps,

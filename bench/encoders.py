@@ -29,11 +29,11 @@ from aiortc.codecs.h264 import H264Encoder as AiortcH264
 from aiortc.codecs.vpx import Vp8Encoder as AiortcVp8
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from orchestrator.avatar import AvatarStore
-from orchestrator.media_clock import VIDEO_FPS, VIDEO_PTS_PER_TICK, VIDEO_TIME_BASE
+from orchestrator.avatar.store import AvatarStore
+from orchestrator.media.clock import VIDEO_FPS, VIDEO_PTS_PER_TICK, VIDEO_TIME_BASE
+from orchestrator.media.video_encoders import open_encoder
+from orchestrator.media.video_encoders.base import yuv_frame
 from orchestrator.settings import Settings
-from orchestrator.video_encoders import open_encoder
-from orchestrator.video_encoders.base import yuv_frame
 
 RESULTS = Path(__file__).parent / "results"
 DECODERS = {"VP8": "libvpx", "H264": "h264"}

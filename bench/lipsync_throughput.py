@@ -52,8 +52,8 @@ import torch
 from export.default_lipsync import astronaut_example, loudness_mel_window
 from export.wav2lip_export import ONNX_FILE, export_repository, random_inputs
 from export.wav2lip_model import random_model
-from orchestrator.triton_clients import LipSyncClient
-from orchestrator.triton_server import EmbeddedTriton
+from orchestrator.triton.client import LipSyncClient
+from orchestrator.triton.server import EmbeddedTriton
 
 RESULTS = Path(__file__).parent / "results"
 RESULTS_FILE = RESULTS / "lipsync_throughput.json"

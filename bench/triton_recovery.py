@@ -29,7 +29,7 @@ from server_process import process_tree, start_server  # bench/ is the script's 
 
 from orchestrator.client import AvatarClient
 from orchestrator.settings import Settings
-from orchestrator.triton_server import EmbeddedTriton
+from orchestrator.triton.server import EmbeddedTriton
 
 RESULTS = Path(__file__).parent / "results"
 POLL_S = 0.1

@@ -39,10 +39,10 @@ from server_process import start_server
 
 from orchestrator.client import AvatarClient
 from orchestrator.settings import Settings
-from orchestrator.speech_pipeline import to_pipeline_rate
+from orchestrator.speech.pipeline import to_pipeline_rate
 from orchestrator.tts import ENGINES as TTS_ENGINES
 from orchestrator.tts import ESpeakEngine, PiperEngine, TTSEngine, Voice
-from orchestrator.voices import VoiceStore
+from orchestrator.tts.reference_voices import VoiceStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fake_voice_servers import FakeVoice, run_fake_voice_server, tone_wav  # noqa: E402

@@ -38,12 +38,12 @@ from server_process import start_server  # noqa: E402
 
 from orchestrator.client import AvatarClient, Microphone  # noqa: E402
 from orchestrator.settings import DEFAULT_BARGE_IN_MIN_S  # noqa: E402
-from orchestrator.speech_pipeline import LEAD_SILENCE_KEPT_S  # noqa: E402
+from orchestrator.speech.pipeline import LEAD_SILENCE_KEPT_S  # noqa: E402
 from orchestrator.tts import PiperEngine, Voice, synthesize_all  # noqa: E402
-from orchestrator.vad import VADSettings  # noqa: E402
+from orchestrator.vad.silero import VADSettings  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-FAQ = Path(__file__).resolve().parent.parent / "orchestrator/shipped_knowledge/default/faq.csv"
+FAQ = Path(__file__).resolve().parent.parent / "orchestrator/chat/shipped_knowledge/default/faq.csv"
 LONG_ECHO = ("This is a long sentence that the avatar speaks for a good while, so that the user "
              "can cut in while it talks. It goes on and on, about nothing in particular, and "
              "then it goes on some more until someone interrupts it.")

@@ -10,7 +10,7 @@ the crop pastes back without a seam.
 Silence leaves the whole crop unchanged, to the bit: below SILENT_LEVEL_MEL open and shape are 0,
 every pixel samples its own centre and the gap is empty. The configs declare it
 (`silence_returns_face`), so the orchestrator does not send frames whose audio is silent
-(orchestrator/features.py: every sample the mel window reads below SILENCE_PEAK_DBFS, -88 dBFS).
+(orchestrator/lipsync/mel.py: every sample the mel window reads below SILENCE_PEAK_DBFS, -88 dBFS).
 Such a window stays below SILENT_LEVEL_MEL: per STFT column the spectrum's energy is at most
 800 * sum(hann^2) * (1.97 peak)^2 (Parseval; pre-emphasis at most doubles a sample), the bin-mean
 of mel amplitudes at most |column sums of the filterbank| / 80 times its root (Cauchy-Schwarz), and

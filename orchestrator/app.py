@@ -6,16 +6,17 @@ import logging
 
 from aiohttp import web
 
-from . import access, api, avatar_api, livetalking_api, pages, peer_forward, voice_api
-from .avatar_jobs import AvatarJobs
+from .avatar.jobs import AvatarJobs
 from .errors import ApiError
+from .http import access, api, avatar_api, instance_forward, pages, voice_api
+from .http.rate_limited_log import RateLimitedLog
+from .http.validation import BODY_READ_TIMEOUT_KEY
+from .livetalking import routes as livetalking_api
 from .outputs import whep_api
 from .outputs.server_session import open_server_session
 from .outputs.whep import WhepResources
-from .rate_limited_log import RateLimitedLog
 from .services import SERVICES_KEY, Services, start_services
 from .settings import Settings
-from .validation import BODY_READ_TIMEOUT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     if settings.web_dir is not None:
         pages.WebDir(settings.web_dir).add_routes(app)  # last: the API's paths win
     access.install(app, settings)  # after the last route: CORS covers every one
-    peer_forward.install(app, settings)  # --peer-url: other instances' sessions sent on
+    instance_forward.install(app, settings)  # --peer-url: other instances' sessions sent on
 
     async def lifetime(app: web.Application):
         owned = services is None

@@ -9,10 +9,10 @@ import sys
 
 from aiohttp import web
 
-from .access import AccessLog
 from .app import create_app
 from .drain import drain
-from .http_server import AppRunner
+from .http.access import AccessLog
+from .http.server import AppRunner
 from .services import SERVICES_KEY
 from .settings import Settings, parse_settings, redact_stream_key
 

@@ -21,7 +21,7 @@ import logging
 import time
 
 from .services import Services
-from .session_registry import SERVER_SESSIONID
+from .session.registry import SERVER_SESSIONID
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from .lipsync_models import FRAMES_SKIPPED_SILENT, FRAMES_TO_MODEL
+from .lipsync.models import FRAMES_SKIPPED_SILENT, FRAMES_TO_MODEL
 from .outputs.base import OutputMetrics
-from .speech_pipeline import SPEECH_TASK_PREFIX
+from .speech.pipeline import SPEECH_TASK_PREFIX
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LIPSYNC_FRAME_PATHS = (FRAMES_TO_MODEL, FRAMES_SKIPPED_SILENT)

@@ -14,34 +14,34 @@ import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration
 
-from .artifacts import ensure_default_artifacts
 from .asr import asr_triton_models, open_asr
-from .avatar import Avatar, AvatarNotFound, AvatarStore
-from .chat import ChatAgent, llm_config_for
-from .clip_cache import CLIP_CACHE_DIR, ClipCache
-from .clips import Clip, parse_custom_config
+from .avatar.clip_cache import CLIP_CACHE_DIR, ClipCache
+from .avatar.clips import Clip, parse_custom_config
+from .avatar.multiavatar import FIELD as ROSTER_FIELD
+from .avatar.multiavatar import MAIN, Member, parse_multiavatar_config
+from .avatar.store import Avatar, AvatarNotFound, AvatarStore
+from .chat.agent import ChatAgent, llm_config_for
+from .chat.knowledge import KnowledgeStore, UnknownKnowledgeBase
+from .chat.llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
 from .errors import ApiError
-from .features import SAMPLE_RATE_HZ, melspectrogram
-from .heap_trim import HeapTrimmer
-from .ice import restrict_host_candidates, rtc_configuration
-from .idle_stream import IdleStreams
-from .knowledge import KnowledgeStore, UnknownKnowledgeBase
-from .lipsync_models import LipSyncModels
-from .listener import VoiceInput
-from .llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
+from .lipsync.mel import SAMPLE_RATE_HZ, melspectrogram
+from .lipsync.models import LipSyncModels
+from .media.ice import restrict_host_candidates, rtc_configuration
+from .media.idle_stream import IdleStreams
+from .media.recordings import Recordings
 from .metrics import Metrics
-from .recordings import Recordings
-from .roster import FIELD as ROSTER_FIELD
-from .roster import MAIN, Member, parse_multiavatar_config
-from .session_registry import SessionRegistry
+from .session.heap_trim import HeapTrimmer
+from .session.registry import SessionRegistry
 from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
-from .triton_server import EmbeddedTriton, wait_models_ready
-from .triton_shm import on_this_host
-from .triton_supervisor import TritonSupervisor
+from .triton.artifacts import ensure_default_artifacts
+from .triton.server import EmbeddedTriton, wait_models_ready
+from .triton.shm import on_this_host
+from .triton.supervisor import TritonSupervisor
 from .tts import TTSRouter, TTSServerUnavailable, UnknownVoice, Voice, open_tts, triton_models
 from .tts.base import plausible_voice_name
-from .vad import SileroVAD, VADSettings
-from .voices import VoiceStore
+from .tts.reference_voices import VoiceStore
+from .vad.silero import SileroVAD, VADSettings
+from .voice_input.turn_taking import VoiceInput
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .session_ids import MAX_INSTANCE_ID
+from .session.ids import MAX_INSTANCE_ID
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 8010
@@ -109,7 +109,7 @@ class Settings:
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     # A folder of static pages served at / (e.g. LiveTalking's web/); None: our client at /.
     web_dir: Path | None = None
-    # Voice input (orchestrator/listener.py): VAD on Triton, Whisper on Triton unless asr_url
+    # Voice input (orchestrator/voice_input/turn_taking.py): VAD on Triton, Whisper on Triton unless asr_url
     # (an OpenAI-compatible /v1/audio/transcriptions server).
     voice_input: bool = True
     asr_url: str = ""

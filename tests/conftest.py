@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.triton_server import EmbeddedTriton
+from orchestrator.triton.server import EmbeddedTriton
 
 MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 LIPSYNC_ONNX = MODEL_REPOSITORY / "lipsync_default" / "1" / "model.onnx"

@@ -32,7 +32,7 @@ import numpy as np
 from aiohttp import web
 from scipy.signal import resample_poly
 
-from orchestrator.wav_file import wav_bytes
+from orchestrator.media.wav_file import wav_bytes
 
 HOST = "127.0.0.1"
 SECONDS_PER_CHAR = 0.06  # the audio answered: about normal speech for the text's length

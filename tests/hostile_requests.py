@@ -81,7 +81,7 @@ PATH_SUFFIXES = (
 )
 QUERY_VALUES = ("", "²", "٣", "-1", "-0", "+1", " 1", "1 ", "0x10", "1e3", "9" * LONG_DIGITS,
                 "%00", "%ED%A0%80", "a" * 10000, "1&sessionid=2", "%ff")
-# The access layer's headers (orchestrator/access.py): origins, preflight asks, credentials.
+# The access layer's headers (orchestrator/http/access.py): origins, preflight asks, credentials.
 ALLOWED_ORIGIN = "http://allowed.example"  # what the fuzzed servers allow (--cors-origin)
 ORIGINS = ("null", "", "http://[", "http://[::1", "http://a]b", "*", "http://evil.example",
            "http://allowed.example", "http://allowed.example/", "HTTP://ALLOWED.EXAMPLE",

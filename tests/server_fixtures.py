@@ -14,7 +14,7 @@ from aiohttp import web
 
 from orchestrator.app import create_app
 from orchestrator.client import AvatarClient
-from orchestrator.http_server import AppRunner
+from orchestrator.http.server import AppRunner
 from orchestrator.services import start_services
 from orchestrator.settings import Settings
 

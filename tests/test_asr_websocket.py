@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from server_fixtures import running_server, server_settings
 
+from orchestrator.media.wav_file import INT16_FULL_SCALE, wav_bytes
 from orchestrator.tts import PiperEngine, Voice, synthesize_all
-from orchestrator.wav_file import INT16_FULL_SCALE, wav_bytes
 
 QUESTION = "How many sessions can run at once?"
 PAGE_CHUNK_SAMPLES = 960  # main.js: `var chunk_size=960; // for asr chunk_size [5, 10, 5]`

@@ -4,8 +4,8 @@ import av
 import numpy as np
 import pytest
 
-from orchestrator.audio_input import decode_audio
 from orchestrator.errors import ApiError
+from orchestrator.media.audio_decoding import decode_audio
 
 
 def encode(codec: str, fmt: str, rate: int = 44100, seconds: float = 1.0) -> bytes:

@@ -1,4 +1,4 @@
-"""The audio track (orchestrator/audio_track.py): silence is one shared packet, sound goes
+"""The audio track (orchestrator/media/audio_track.py): silence is one shared packet, sound goes
 through the track's own Opus encoder, and a receiver's decoder plays both back as they were."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from orchestrator.audio_track import AudioTrack, Sound, silence_packet
-from orchestrator.media_clock import AUDIO_SAMPLES_PER_PACKET, AUDIO_TIME_BASE
+from orchestrator.media.audio_track import AudioTrack, Sound, silence_packet
+from orchestrator.media.clock import AUDIO_SAMPLES_PER_PACKET, AUDIO_TIME_BASE
 
 TONE_HZ = 440.0
 RATE_HZ = 16000

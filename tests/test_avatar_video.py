@@ -1,4 +1,4 @@
-"""Avatars from a video (avatars/video.py) and the HTTP build API (orchestrator/avatar_api.py),
+"""Avatars from a video (avatars/video.py) and the HTTP build API (orchestrator/http/avatar_api.py),
 on videos made here from the shipped public-domain photo."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from avatars.mouth import find_mouth
 from avatars.package import build_from_image
 from avatars.video import build_from_video, probe_video, video_frames
 from orchestrator.app import json_errors
-from orchestrator.avatar import AvatarStore
-from orchestrator.avatar_api import AVATAR_JOBS_KEY, routes
-from orchestrator.avatar_jobs import AvatarJobs
+from orchestrator.avatar.jobs import AvatarJobs
+from orchestrator.avatar.store import AvatarStore
+from orchestrator.http.avatar_api import AVATAR_JOBS_KEY, routes
 
 FRAMES = 40
 SHIFT_PX = 2  # per frame, to the right

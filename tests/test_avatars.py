@@ -15,7 +15,7 @@ from avatars.face_detection import FaceError, detect_single_face
 from avatars.mouth import TEETH_LIGHTNESS_MIN, TEETH_SATURATION_MAX, find_mouth
 from avatars.package import build_from_image
 from avatars.rest_pose import close_mouth
-from orchestrator.avatar import AvatarNotFound, AvatarStore
+from orchestrator.avatar.store import AvatarNotFound, AvatarStore
 
 SECONDS = 1.2  # 30 frames: enough for one blink, quick to build
 

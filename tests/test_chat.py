@@ -11,9 +11,9 @@ import pytest
 from fake_openai import FakeLLM, fake_openai_fixture, run_fake_openai  # noqa: F401  (fixture)
 from server_fixtures import refused_offer, running_server, server_settings
 
-from orchestrator.chat import FALLBACKS
+from orchestrator.chat.agent import FALLBACKS
 from orchestrator.client import AvatarClient
-from orchestrator.speech import split_sentences
+from orchestrator.speech.items import split_sentences
 
 SPEECH_RMS = 0.01
 pytestmark = pytest.mark.timeout(60)

@@ -14,9 +14,9 @@ import pytest
 from server_fixtures import refused_offer, running_server, server_settings
 from test_clips import write_clip_video
 
+from orchestrator.avatar.clip_cache import ClipCache
+from orchestrator.avatar.clips import ClipSource
 from orchestrator.client import AvatarClient
-from orchestrator.clip_cache import ClipCache
-from orchestrator.clips import ClipSource
 from orchestrator.errors import ApiError
 
 MAX_SESSIONS = 8  # earlier sessions may still hold slots until consent fails

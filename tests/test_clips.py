@@ -15,13 +15,13 @@ from server_fixtures import refused_offer, running_server, server_settings
 from skimage import data
 
 from avatars.package import build_from_image
-from orchestrator.avatar import AvatarStore
+from orchestrator.avatar.clips import ClipSource, load_clip, parse_custom_config
+from orchestrator.avatar.store import AvatarStore
 from orchestrator.client import AvatarClient
-from orchestrator.clips import ClipSource, load_clip, parse_custom_config
 from orchestrator.errors import ApiError
+from orchestrator.session.stage import TRANSITION_FRAMES, Stage
 from orchestrator.settings import Settings
-from orchestrator.speech import SpeechFrame, Utterance
-from orchestrator.stage import TRANSITION_FRAMES, Stage
+from orchestrator.speech.items import SpeechFrame, Utterance
 from orchestrator.tts import Voice
 
 SPEECH_RMS = 0.01
@@ -140,7 +140,7 @@ def default_avatar():
 
 def flat_clip(avatar, audiotype=1):
     frames = np.stack([np.full((avatar.height, avatar.width, 3), c, np.uint8) for c in COLOURS])
-    from orchestrator.clips import Clip
+    from orchestrator.avatar.clips import Clip
 
     return Clip(audiotype, frames, None)
 

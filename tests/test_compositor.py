@@ -1,6 +1,6 @@
 import numpy as np
 
-from orchestrator.compositor import lower_face_mask, paste_face
+from orchestrator.avatar.compositor import lower_face_mask, paste_face
 
 
 def test_mask_covers_the_lower_face_and_feathers():

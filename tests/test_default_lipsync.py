@@ -14,7 +14,7 @@ from export.default_lipsync import (
     build_model,
     loudness_mel_window,
 )
-from orchestrator.features import (
+from orchestrator.lipsync.mel import (
     FFT_SAMPLES,
     MEL_BINS,
     MEL_FMAX_HZ,

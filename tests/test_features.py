@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from orchestrator.features import (
+from orchestrator.lipsync.mel import (
     MEL_FRAMES_PER_SECOND,
     MEL_WINDOW_FRAMES,
     SAMPLE_RATE_HZ,

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from orchestrator.heap_trim import HeapTrimmer
+from orchestrator.session.heap_trim import HeapTrimmer
 
 
 @pytest.fixture

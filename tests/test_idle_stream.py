@@ -1,5 +1,5 @@
-"""Shared idle streams (orchestrator/idle_stream.py) and the video track that switches between a
-shared stream and its own encoder (orchestrator/video_track.py): in isolation, and through real
+"""Shared idle streams (orchestrator/media/idle_stream.py) and the video track that switches between a
+shared stream and its own encoder (orchestrator/media/video_track.py): in isolation, and through real
 aiortc peers whose decoded frames must be the pictures the stage rendered, across the switches."""
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import pytest
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 from server_fixtures import livehuman  # noqa: F401  (fixture)
 
-from orchestrator.avatar import AvatarStore
+from orchestrator.avatar.store import AvatarStore
 from orchestrator.client import AvatarClient
-from orchestrator.idle_stream import KEYFRAME_MIN_INTERVAL_TICKS, IdleStreams
-from orchestrator.media_clock import VIDEO_PTS_PER_TICK
+from orchestrator.media.clock import VIDEO_PTS_PER_TICK
+from orchestrator.media.idle_stream import KEYFRAME_MIN_INTERVAL_TICKS, IdleStreams
+from orchestrator.media.video_encoders import encoder_class
+from orchestrator.media.video_track import Picture, VideoTrack
+from orchestrator.session.stage import TRANSITION_FRAMES, IdleFrame, Stage
 from orchestrator.settings import Settings
-from orchestrator.stage import TRANSITION_FRAMES, IdleFrame, Stage
-from orchestrator.video_encoders import encoder_class
-from orchestrator.video_track import Picture, VideoTrack
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CODECS = ("video/VP8", "video/H264")
@@ -72,7 +72,7 @@ def test_idle_shots_follow_the_grid_and_say_which_loop_frame_they_are(avatar):
 
 
 def test_back_from_speech_the_loop_cross_fades_to_the_grid_position(avatar):
-    from orchestrator.speech import SpeechFrame, Utterance
+    from orchestrator.speech.items import SpeechFrame, Utterance
     from orchestrator.tts import Voice
 
     stage = Stage(avatar)

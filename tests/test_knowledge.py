@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.knowledge import (
+from orchestrator.chat.knowledge import (
     MAX_FILE_BYTES,
     MAX_PASSAGE_CHARS,
     SHIPPED_DIR,

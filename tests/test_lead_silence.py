@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.speech import Utterance
-from orchestrator.speech_pipeline import (
+from orchestrator.speech.items import Utterance
+from orchestrator.speech.pipeline import (
     LEAD_SILENCE_KEPT_S,
     LEAD_SILENCE_LEVEL,
     SpeechPipeline,

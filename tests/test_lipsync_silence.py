@@ -15,7 +15,7 @@ from server_fixtures import livehuman  # noqa: F401  (fixture)
 from export.default_lipsync import astronaut_example
 from export.wav2lip_configs import ModelSignature, container_config, local_config
 from orchestrator.client import AvatarClient
-from orchestrator.features import (
+from orchestrator.lipsync.mel import (
     SAMPLE_RATE_HZ,
     SILENCE_PEAK,
     VIDEO_FPS,
@@ -23,14 +23,14 @@ from orchestrator.features import (
     melspectrogram,
     silent_frames,
 )
-from orchestrator.lipsync_models import (
+from orchestrator.lipsync.models import (
     FRAMES_SKIPPED_SILENT,
     FRAMES_TO_MODEL,
     SILENCE_RETURNS_FACE,
     LipSyncModels,
     silence_returns_face,
 )
-from orchestrator.wav_file import wav_bytes
+from orchestrator.media.wav_file import wav_bytes
 
 LIPSYNC_MODEL = "lipsync_default"
 SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // VIDEO_FPS

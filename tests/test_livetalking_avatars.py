@@ -26,7 +26,7 @@ from skimage import data
 from avatars.__main__ import main as avatars_main
 from avatars.face_detection import detect_single_face
 from avatars.livetalking import LiveTalkingAvatarError, open_folder, read_coords
-from orchestrator.avatar import AvatarStore
+from orchestrator.avatar.store import AvatarStore
 from orchestrator.client import AvatarClient, mean_window, mouth_motion, mouth_window
 
 FRAMES = 6
@@ -238,7 +238,7 @@ async def test_a_livetalking_avatar_speaks_through_livetalkings_wav2lip256(tmp_p
     pytest.importorskip("torch", reason="the export needs PyTorch (the export extra)")
     from export.__main__ import main as export_main
     from orchestrator.settings import PROJECT_ROOT
-    from orchestrator.triton_server import EmbeddedTriton
+    from orchestrator.triton.server import EmbeddedTriton
 
     repo = tmp_path / "repository"
     started = time.monotonic()

@@ -27,7 +27,7 @@ from skimage import data
 from test_web_client import CHROMIUM, CHROMIUM_ARGS
 
 from orchestrator.client import AvatarClient
-from orchestrator.wav_file import wav_bytes
+from orchestrator.media.wav_file import wav_bytes
 
 WEB_DIR = Path(__file__).parent / "livetalking_web"
 CLIP_CONFIG = json.dumps([{"audiotype": 2, "imgpath": "avatars/default/frames"}])

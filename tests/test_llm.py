@@ -9,7 +9,7 @@ import time
 import pytest
 from fake_openai import fake_openai_fixture, split_tokens  # noqa: F401  (fixture)
 
-from orchestrator.llm import LLMConfig, LLMError, OpenAICompatibleLLM
+from orchestrator.chat.llm import LLMConfig, LLMError, OpenAICompatibleLLM
 from orchestrator.services import llm_config
 from orchestrator.settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, parse_settings
 
@@ -231,8 +231,8 @@ async def test_a_server_that_never_answers_is_given_up_within_the_timeout(make_l
 
 
 def test_a_profile_endpoint_without_a_model_gets_the_default_model():
-    from orchestrator.chat import llm_config_for
-    from orchestrator.knowledge import Profile
+    from orchestrator.chat.agent import llm_config_for
+    from orchestrator.chat.knowledge import Profile
 
     config = llm_config_for(Profile(base_url="http://127.0.0.1:9/v1"), None)
     assert (config.base_url, config.model) == ("http://127.0.0.1:9/v1", DEFAULT_LLM_MODEL)

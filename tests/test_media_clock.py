@@ -2,7 +2,7 @@ import asyncio
 import math
 import time
 
-from orchestrator.media_clock import (
+from orchestrator.media.clock import (
     AUDIO_PACKETS_PER_TICK,
     AUDIO_SAMPLES_PER_PACKET,
     AUDIO_SAMPLES_PER_TICK,
@@ -42,7 +42,7 @@ async def test_far_behind_skips_ahead():
 
 async def test_clocks_started_apart_agree_on_the_grid_tick():
     """Ticks of two sessions that play in the same 40 ms slot have the same wall tick: they show
-    the same idle-loop frame (orchestrator/idle_stream.py)."""
+    the same idle-loop frame (orchestrator/media/idle_stream.py)."""
     first, second = MediaClock(), MediaClock()
     first.start()
     await asyncio.sleep(0.13)

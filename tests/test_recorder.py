@@ -4,7 +4,7 @@ import av
 import numpy as np
 import pytest
 
-from orchestrator.recorder import EmptyRecording, Recorder
+from orchestrator.media.recorder import EmptyRecording, Recorder
 
 
 def test_mp4_has_h264_and_aac_of_the_recorded_length(tmp_path):

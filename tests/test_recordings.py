@@ -16,7 +16,7 @@ from server_fixtures import running_server, server_settings
 
 from orchestrator.client import AvatarClient
 from orchestrator.errors import ApiError
-from orchestrator.recordings import Recordings
+from orchestrator.media.recordings import Recordings
 
 RECORD_SECONDS = 0.8
 CONCURRENT_RECORDINGS = 4

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from rtmp_server import NginxRtmp, read_stream, requires_nginx_rtmp
 
-from orchestrator.media_clock import AUDIO_SAMPLES_PER_TICK, MediaClock
+from orchestrator.media.clock import AUDIO_SAMPLES_PER_TICK, MediaClock
 from orchestrator.outputs.rtmp import RtmpPush
 
 pytestmark = requires_nginx_rtmp

@@ -22,9 +22,9 @@ from yarl import URL
 
 from orchestrator.app import create_app
 from orchestrator.client import AvatarClient
-from orchestrator.session_registry import MAX_SESSION_ID, MissLimiter
+from orchestrator.http.validation import MAX_FORM_FIELDS
+from orchestrator.session.registry import MAX_SESSION_ID, MissLimiter
 from orchestrator.settings import parse_settings
-from orchestrator.validation import MAX_FORM_FIELDS
 
 TOKEN = "s3cret-test-token"
 ALLOWED = "http://allowed.example"
@@ -348,7 +348,7 @@ async def test_warning_when_reachable_without_a_token(livehuman, caplog):  # noq
                                 ("0.0.0.0", TOKEN, False), ("127.0.0.1", None, False),
                                 ("::1", None, False)):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="orchestrator.access"):
+        with caplog.at_level(logging.WARNING, logger="orchestrator.http.access"):
             create_app(replace(base, host=host, api_token=token), services)
         assert bool(caplog.records) is warned, (host, token)
 

@@ -19,7 +19,7 @@ from orchestrator.client import (
     mouth_motion,
     mouth_window,
 )
-from orchestrator.media_clock import VIDEO_PTS_PER_TICK
+from orchestrator.media.clock import VIDEO_PTS_PER_TICK
 
 SPEECH_RMS = 0.01
 SENTENCE = "Hello! I am livehuman, a talking avatar. I can speak any text you send me."

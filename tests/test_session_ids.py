@@ -9,7 +9,7 @@ import pytest
 from server_fixtures import running_server, server_settings
 
 from orchestrator.client import AvatarClient
-from orchestrator.session_ids import (
+from orchestrator.session.ids import (
     LOCAL_ID_BITS,
     MAX_INSTANCE_ID,
     MAX_SESSION_ID,
@@ -89,7 +89,7 @@ async def test_drain_does_not_wait_for_the_server_session():
     the clients' sessions only, not for the whole --drain-timeout."""
     from types import SimpleNamespace
 
-    from orchestrator.session_registry import SERVER_SESSIONID, SessionRegistry
+    from orchestrator.session.registry import SERVER_SESSIONID, SessionRegistry
 
     registry = SessionRegistry(max_sessions=4)
     registry.add_server_session(SimpleNamespace(sessionid=SERVER_SESSIONID, closed=False))

@@ -19,7 +19,7 @@ from fake_openai import fake_openai_fixture  # noqa: F401  (fixture)
 from server_fixtures import running_server, server_settings
 
 from orchestrator.client import AvatarClient
-from orchestrator.wav_file import wav_bytes
+from orchestrator.media.wav_file import wav_bytes
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,4 +1,9 @@
-from orchestrator.speech import MAX_CLAUSE_CHARS, MAX_PIECE_CHARS, SentenceStream, split_sentences
+from orchestrator.speech.items import (
+    MAX_CLAUSE_CHARS,
+    MAX_PIECE_CHARS,
+    SentenceStream,
+    split_sentences,
+)
 
 
 def test_english_sentences():

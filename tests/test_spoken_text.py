@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.spoken_text import SpokenText, spoken
+from orchestrator.speech.spoken_text import SpokenText, spoken
 
 CASES = [
     # plain text passes unchanged

@@ -21,8 +21,8 @@ import tritonclient.grpc.aio as grpcclient
 from conftest import LIPSYNC_MODEL, LIPSYNC_ONNX, MODEL_REPOSITORY, TTS_MODEL
 from onnx import TensorProto, helper
 
-from orchestrator.triton_clients import LipSyncClient, TritonServerClient
-from orchestrator.triton_server import EmbeddedTriton, TritonStartError, wait_models_ready
+from orchestrator.triton.client import LipSyncClient, TritonServerClient
+from orchestrator.triton.server import EmbeddedTriton, TritonStartError, wait_models_ready
 from orchestrator.tts import UnknownVoice
 from orchestrator.tts.espeak import ESpeakEngine, SpeechAudio
 
@@ -392,7 +392,7 @@ async def test_start_failure_reports_log_tail(tmp_path):
 
 ORPHAN_SCRIPT = textwrap.dedent("""
     import asyncio, sys
-    from orchestrator.triton_server import EmbeddedTriton
+    from orchestrator.triton.server import EmbeddedTriton
 
     async def main():
         server = EmbeddedTriton(sys.argv[1], [sys.argv[2]], workdir=sys.argv[3])
@@ -431,7 +431,7 @@ def test_killed_parent_leaves_no_orphan(tiny_repository, tmp_path):
 
 async def test_lipsync_through_shared_memory_matches_grpc(triton):
     """Triton on this host: frame tensors go through registered system shared memory."""
-    from orchestrator.triton_shm import on_this_host
+    from orchestrator.triton.shm import on_this_host
 
     assert on_this_host(triton.url)
     rng = np.random.default_rng(5)
@@ -466,7 +466,7 @@ async def test_lipsync_through_shared_memory_matches_grpc(triton):
 FORK_UNDER_BLAS = """
 import subprocess, threading
 import numpy as np
-from orchestrator.triton_server import single_threaded_blas
+from orchestrator.triton.server import single_threaded_blas
 single_threaded_blas()
 stop = threading.Event()
 def work():

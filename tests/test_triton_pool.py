@@ -24,7 +24,7 @@ import tritonclient.grpc.aio as grpcclient
 from conftest import LIPSYNC_MODEL, MODEL_REPOSITORY, TTS_MODEL, ensure_lipsync_onnx
 from orchestrator_process import PROJECT_ROOT, SSE, free_port, start_orchestrator
 
-from orchestrator.avatar import AvatarStore
+from orchestrator.avatar.store import AvatarStore
 from orchestrator.client import (
     AvatarClient,
     lagged_correlations,
@@ -33,9 +33,9 @@ from orchestrator.client import (
     mouth_motion,
     mouth_window,
 )
-from orchestrator.peer_forward import FORWARDED_BY_HEADER
-from orchestrator.session_ids import LOCAL_ID_BITS, instance_of
-from orchestrator.triton_server import EmbeddedTriton
+from orchestrator.http.instance_forward import FORWARDED_BY_HEADER
+from orchestrator.session.ids import LOCAL_ID_BITS, instance_of
+from orchestrator.triton.server import EmbeddedTriton
 
 log = logging.getLogger(__name__)
 

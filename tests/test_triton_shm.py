@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from orchestrator.triton_shm import SharedMemoryPool
+from orchestrator.triton.shm import SharedMemoryPool
 
 SHM_DIR = Path("/dev/shm")
 

@@ -25,7 +25,7 @@ from server_fixtures import refused_offer, running_server
 
 from orchestrator.client import AvatarClient
 from orchestrator.settings import Settings
-from orchestrator.triton_server import EmbeddedTriton
+from orchestrator.triton.server import EmbeddedTriton
 
 SPEECH_RMS = 0.01
 LONG_TEXT = ("This sentence is long enough to be cut short. It keeps going for a while, so that "
@@ -269,8 +269,8 @@ async def test_external_triton_killed_and_restarted_speech_returns():
 async def test_one_slow_probe_is_not_an_outage(triton, monkeypatch):
     """A CI run saw /offer answered 503 because one probe waited more than 1 s on a busy machine:
     a slow answer keeps the last state until it has lasted SLOW_ANSWER_GRACE_S; then not ready."""
-    from orchestrator import triton_supervisor
-    from orchestrator.triton_supervisor import TritonSupervisor
+    from orchestrator.triton import supervisor as triton_supervisor
+    from orchestrator.triton.supervisor import TritonSupervisor
 
     supervisor = TritonSupervisor(triton.url, [TTS_MODEL, LIPSYNC_MODEL])
     try:
@@ -299,7 +299,7 @@ async def test_close_ends_the_monitor_even_when_a_cancellation_is_lost(triton, m
     """Python 3.11's asyncio.wait_for loses a cancellation that arrives as the awaited call
     completes (gh-86296): a CI run hung for good in a server's teardown, its monitor
     'cancelling' and still probing. close() must end the monitor whatever a probe swallowed."""
-    from orchestrator.triton_supervisor import TritonSupervisor
+    from orchestrator.triton.supervisor import TritonSupervisor
 
     supervisor = TritonSupervisor(triton.url, [TTS_MODEL, LIPSYNC_MODEL])
     await supervisor.start()

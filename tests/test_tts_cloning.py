@@ -27,10 +27,10 @@ from server_fixtures import refused_offer, running_server, server_settings
 
 from orchestrator.client import AvatarClient
 from orchestrator.settings import Settings, parse_settings
-from orchestrator.speech_pipeline import SentenceFeatures
+from orchestrator.speech.pipeline import SentenceFeatures
 from orchestrator.tts import ENGINES, TTSServerError, TTSServerUnavailable, Voice
 from orchestrator.tts.http_audio import PCMDecoder
-from orchestrator.voices import VoiceStore
+from orchestrator.tts.reference_voices import VoiceStore
 
 REFERENCE_HZ = 330.0
 RATES = {"cosyvoice": COSYVOICE_RATE_HZ, "gpt-sovits": GPT_SOVITS_RATE_HZ,

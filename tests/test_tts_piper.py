@@ -16,7 +16,7 @@ import pytest
 from conftest import MODEL_REPOSITORY
 from onnx import TensorProto, helper
 
-from orchestrator.triton_server import EmbeddedTriton
+from orchestrator.triton.server import EmbeddedTriton
 from orchestrator.tts import ESpeakEngine, PiperEngine, TTSRouter, UnknownVoice, Voice
 from orchestrator.tts import synthesize_all as synthesize
 

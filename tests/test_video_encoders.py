@@ -7,10 +7,10 @@ import av
 import numpy as np
 import pytest
 
-from orchestrator.avatar import AvatarStore
+from orchestrator.avatar.store import AvatarStore
+from orchestrator.media.video_encoders import ENCODERS, encoder_class, open_encoder
+from orchestrator.media.video_encoders.base import BITRATE_RAISE_HOLD_FRAMES, yuv_frame
 from orchestrator.settings import Settings
-from orchestrator.video_encoders import ENCODERS, encoder_class, open_encoder
-from orchestrator.video_encoders.base import BITRATE_RAISE_HOLD_FRAMES, yuv_frame
 
 CODECS = ("video/VP8", "video/H264")
 DECODERS = {"video/VP8": "libvpx", "video/H264": "h264"}

@@ -16,10 +16,8 @@ from server_fixtures import running_server, server_settings
 
 from orchestrator.asr import OpenAITranscription, WhisperOnTriton
 from orchestrator.client import AvatarClient, Microphone
-from orchestrator.listener import Listener, VoiceInput, VoiceOptions
 from orchestrator.tts import PiperEngine, Voice, synthesize_all
-from orchestrator.uplink import UplinkFrames
-from orchestrator.vad import (
+from orchestrator.vad.silero import (
     VAD_FRAME_SAMPLES,
     SileroVAD,
     SpeechContinues,
@@ -31,6 +29,8 @@ from orchestrator.vad import (
     VADSettings,
     VoiceActivity,
 )
+from orchestrator.voice_input.microphone import UplinkFrames
+from orchestrator.voice_input.turn_taking import Listener, VoiceInput, VoiceOptions
 
 QUESTION = "How many sessions can run at once?"
 ANSWER_START = "Eight by default"

@@ -42,8 +42,8 @@ from export.wav2lip_model import (  # noqa: E402
     load_checkpoint,
     random_model,
 )
-from orchestrator.triton_clients import LipSyncClient  # noqa: E402
-from orchestrator.triton_server import EmbeddedTriton  # noqa: E402
+from orchestrator.triton.client import LipSyncClient  # noqa: E402
+from orchestrator.triton.server import EmbeddedTriton  # noqa: E402
 
 MODEL = "wav2lip96"
 MAX_BATCH = 16

@@ -1,11 +1,11 @@
-"""Wav2Lip's input/output conventions (orchestrator/wav2lip_inputs.py)."""
+"""Wav2Lip's input/output conventions (orchestrator/lipsync/wav2lip.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from orchestrator.wav2lip_inputs import blend, prepare, soft_mask, to_rgb_crops
+from orchestrator.lipsync.wav2lip import blend, prepare, soft_mask, to_rgb_crops
 
 SIZE = 96
 

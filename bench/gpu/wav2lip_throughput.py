@@ -54,7 +54,7 @@ from export.wav2lip_configs import (  # noqa: E402
 )
 from export.wav2lip_model import fused_for_inference, random_model  # noqa: E402
 
-# Frames a session needs per second (orchestrator/media_clock.py VIDEO_FPS; not imported: the
+# Frames a session needs per second (orchestrator/media/clock.py VIDEO_FPS; not imported: the
 # GPU machine has torch and nothing else of ours installed).
 SESSION_FPS = 25
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)

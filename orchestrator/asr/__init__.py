@@ -13,7 +13,7 @@ __all__ = ["ASR_SAMPLE_RATE_HZ", "ASREngine", "ASRError", "OpenAITranscription",
 
 def asr_triton_models(settings: Settings) -> list[str]:
     """The Triton models voice input needs: the VAD always, Whisper unless --asr-url."""
-    from ..vad import VAD_MODEL
+    from ..vad.silero import VAD_MODEL
 
     return [VAD_MODEL] + ([] if settings.asr_url else [WHISPER_MODEL])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import aiohttp
 import numpy as np
 
-from ..wav_file import wav_bytes
+from ..media.wav_file import wav_bytes
 from .base import ASR_SAMPLE_RATE_HZ, ASREngine, ASRError
 
 DEFAULT_ASR_MODEL = "whisper-1"

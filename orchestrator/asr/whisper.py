@@ -7,7 +7,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from ..triton_clients import TritonModelClient, strings
+from ..triton.client import TritonModelClient, strings
 from .base import ASREngine, ASRError
 
 WHISPER_MODEL = "asr_whisper"

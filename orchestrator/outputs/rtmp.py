@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..media_clock import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_TICK, VIDEO_FPS
+from ..media.clock import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_TICK, VIDEO_FPS
 from ..settings import redact_stream_key
 from . import rtmp_worker
 from .base import OutputMetrics

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 
-from ..api import open_session
 from ..errors import ApiError
-from ..listener import VoiceOptions
+from ..http.api import open_session
+from ..http.validation import json_config
 from ..services import Services
-from ..session import Session, SessionOptions
-from ..session_registry import SERVER_SESSIONID
+from ..session.registry import SERVER_SESSIONID
+from ..session.session import Session, SessionOptions
 from ..settings import redact_stream_key
-from ..validation import json_config
+from ..voice_input.turn_taking import VoiceOptions
 from .rtmp import RtmpPush
 
 log = logging.getLogger(__name__)

@@ -24,13 +24,13 @@ from collections.abc import Callable
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from ..audio_track import AudioTrack, Sound
 from ..errors import ApiError
-from ..media_clock import AUDIO_PACKETS_PER_TICK, AUDIO_SAMPLES_PER_PACKET, MediaClock
-from ..peer_watch import wait_peer_gone
-from ..rtcp_feedback import route_feedback
-from ..session import Session
-from ..video_track import Picture, VideoTrack, sent_video_codec
+from ..media.audio_track import AudioTrack, Sound
+from ..media.clock import AUDIO_PACKETS_PER_TICK, AUDIO_SAMPLES_PER_PACKET, MediaClock
+from ..media.rtcp_feedback import route_feedback
+from ..media.video_track import Picture, VideoTrack, sent_video_codec
+from ..session.peer_watch import wait_peer_gone
+from ..session.session import Session
 
 log = logging.getLogger(__name__)
 

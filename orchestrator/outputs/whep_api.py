@@ -14,7 +14,7 @@
 - `PATCH /whep/<resource>` → 405 (`Allow: DELETE, OPTIONS`): neither trickle ICE nor ICE
   restarts are supported.
 - Other methods on either URL → 405 with `Allow`; `OPTIONS` is the CORS preflight
-  (orchestrator/access.py) like on every route. The access token (`--api-token`) is the
+  (orchestrator/http/access.py) like on every route. The access token (`--api-token`) is the
   `Authorization: Bearer` WHEP clients send.
 
 Errors are the API's JSON `{"code", "msg"}` naming the problem: 415 for another content type,
@@ -29,10 +29,10 @@ import asyncio
 
 from aiohttp import web
 
-from ..api import check_offer_sdp, ok, open_peer_session, services_of, session_options
 from ..errors import ApiError
-from ..session_lookup import SESSIONID, find_session
-from ..validation import reject_bad_strings, within_read_timeout
+from ..http.api import check_offer_sdp, ok, open_peer_session, services_of, session_options
+from ..http.session_lookup import SESSIONID, find_session
+from ..http.validation import reject_bad_strings, within_read_timeout
 from .whep import WhepResources
 
 WHEP_PATH = "/whep"

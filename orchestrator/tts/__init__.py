@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ..voices import VoiceStore
 from .base import (
     AUTO_VOICE_NAME,
     TTSEngine,
@@ -27,6 +26,7 @@ from .gpt_sovits import GPT_SOVITS_SAMPLE_RATE_HZ, GPTSoVITSEngine
 from .http_audio import HTTPVoiceServer
 from .openai_speech import DEFAULT_OPENAI_MODEL, OPENAI_PCM_SAMPLE_RATE_HZ, OpenAISpeechEngine
 from .piper import PIPER_MODEL, PiperEngine, voice_model
+from .reference_voices import VoiceStore
 from .router import TTSRouter
 
 if TYPE_CHECKING:

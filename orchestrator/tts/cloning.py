@@ -12,15 +12,15 @@ from collections.abc import AsyncIterator, Mapping
 
 import numpy as np
 
-from ..voices import VOICES_DIR_NAME, ReferenceVoice, VoiceStore
 from .base import TTSEngine, TTSServerError, UnknownVoice, Voice, plausible_voice_name
 from .http_audio import MAX_RATE_HZ, MIN_RATE_HZ, HTTPVoiceServer, PCMDecoder, pcm_chunks
+from .reference_voices import VOICES_DIR_NAME, ReferenceVoice, VoiceStore
 
 
 def language_of(text: str) -> str:
     """'zh' for text with Chinese characters, else 'en' (the languages these servers are asked
     for by default; a `tts` option overrides)."""
-    from ..speech import is_cjk  # speech imports tts.base: import here, not at module load
+    from ..speech.items import is_cjk  # speech imports tts.base: import here, not at module load
 
     return "zh" if any(is_cjk(ch) for ch in text) else "en"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from ..triton_clients import DEFAULT_TIMEOUT_S, TritonModelClient, bytes_input, strings, times
+from ..triton.client import DEFAULT_TIMEOUT_S, TritonModelClient, bytes_input, strings, times
 from .base import TTSEngine, UnknownVoice, Voice, plausible_voice_name
 
 ESPEAK_MODEL = "tts_espeak"

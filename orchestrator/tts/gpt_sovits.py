@@ -17,10 +17,10 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from ..voices import VoiceStore
 from .base import Voice
 from .cloning import HTTPCloningEngine, language_of, passed_options
 from .http_audio import HTTPVoiceServer
+from .reference_voices import VoiceStore
 
 GPT_SOVITS_SAMPLE_RATE_HZ = 32000  # until the answer's WAV header says
 NUMBER = (int, float)

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from ..voices import VoiceStore
 from .base import Voice
 from .cloning import HTTPCloningEngine, passed_options
 from .http_audio import HTTPVoiceServer
+from .reference_voices import VoiceStore
 
 OPENAI_PCM_SAMPLE_RATE_HZ = 24000
 DEFAULT_OPENAI_VOICE = "alloy"

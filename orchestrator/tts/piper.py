@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from ..triton_clients import DEFAULT_TIMEOUT_S, TritonModelClient, bytes_input
+from ..triton.client import DEFAULT_TIMEOUT_S, TritonModelClient, bytes_input
 from .base import TTSEngine, UnknownVoice, Voice, plausible_voice_name
 from .espeak import UNKNOWN_VOICE_MARKER
 

