@@ -8,11 +8,10 @@ from aiohttp import web
 
 from .avatar.jobs import AvatarJobs
 from .errors import ApiError
-from .http import access, api, avatar_api, instance_forward, pages, voice_api
+from .http import access, api, avatar_api, instance_forward, pages, voice_api, whep_api
 from .http.rate_limited_log import RateLimitedLog
 from .http.validation import BODY_READ_TIMEOUT_KEY
 from .livetalking import routes as livetalking_api
-from .outputs import whep_api
 from .outputs.server_session import open_server_session
 from .outputs.whep import WhepResources
 from .services import SERVICES_KEY, Services, start_services
@@ -87,7 +86,11 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
         app[SERVICES_KEY] = services or await start_services(settings)
         if settings.server_session:  # the session the RTMP push and WHEP viewers show
             try:
-                await open_server_session(app[SERVICES_KEY])
+                services_ = app[SERVICES_KEY]
+                # An /offer with no optional field: the server's defaults, checked as a client's.
+                await open_server_session(services_.session_factory, services_.registry,
+                                          settings, services_.metrics.output,
+                                          lambda: api.session_options({}, settings))
             except BaseException:
                 if owned:
                     await app[SERVICES_KEY].close()

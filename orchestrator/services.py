@@ -1,4 +1,6 @@
-"""What every request handler shares: settings, Triton clients, avatars, the session registry.
+"""What every request handler shares: settings, Triton clients, avatars, the session registry,
+the session factory. A plain container: the checks a request needs live with their owners
+(`session/factory.py` for what a session asks for).
 
 Built once at startup (starting the embedded Triton when no --triton-url is given) and torn down
 at shutdown; nothing here is per-session state.
@@ -16,29 +18,25 @@ from aiortc import RTCConfiguration
 
 from .asr import asr_triton_models, open_asr
 from .avatar.clip_cache import CLIP_CACHE_DIR, ClipCache
-from .avatar.clips import Clip, parse_custom_config
-from .avatar.multiavatar import FIELD as ROSTER_FIELD
-from .avatar.multiavatar import MAIN, Member, parse_multiavatar_config
-from .avatar.store import Avatar, AvatarNotFound, AvatarStore
-from .chat.agent import ChatAgent, llm_config_for
-from .chat.knowledge import KnowledgeStore, UnknownKnowledgeBase
-from .chat.llm import ChatLLM, LLMConfig, OpenAICompatibleLLM
-from .errors import ApiError
+from .avatar.store import AvatarStore
+from .chat.knowledge import KnowledgeStore
+from .chat.llm import LLMConfig
 from .lipsync.mel import SAMPLE_RATE_HZ, melspectrogram
 from .lipsync.models import LipSyncModels
 from .media.ice import restrict_host_candidates, rtc_configuration
 from .media.idle_stream import IdleStreams
 from .media.recordings import Recordings
 from .metrics import Metrics
+from .session.factory import SessionFactory
 from .session.heap_trim import HeapTrimmer
 from .session.registry import SessionRegistry
+from .session.session import SessionLimits
 from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
 from .triton.artifacts import ensure_default_artifacts
 from .triton.server import EmbeddedTriton, wait_models_ready
 from .triton.shm import on_this_host
 from .triton.supervisor import TritonSupervisor
-from .tts import TTSRouter, TTSServerUnavailable, UnknownVoice, Voice, open_tts, triton_models
-from .tts.base import plausible_voice_name
+from .tts import TTSRouter, open_tts, triton_models
 from .tts.reference_voices import VoiceStore
 from .vad.silero import SileroVAD, VADSettings
 from .voice_input.turn_taking import VoiceInput
@@ -59,103 +57,26 @@ class Services:
     rtc_configuration: RTCConfiguration
     knowledge: KnowledgeStore
     metrics: Metrics
-    llm_config: LLMConfig | None
+    llm_config: LLMConfig | None  # the server-wide LLM (None: FAQ answers unless a profile names one)
     recordings: Recordings  # this run's recordings (never a previous run's files)
     clip_cache: ClipCache  # decoded custom clips, shared by all sessions
     triton: TritonSupervisor  # owns "is Triton ready now" (and restarts the embedded server)
     voices: VoiceStore  # reference clips for voice-cloning engines (data/voices/)
+    session_factory: SessionFactory  # builds and checks every session (/offer, WHEP, session 0)
     embedded_triton: EmbeddedTriton | None = None
     voice_input: VoiceInput | None = None  # None: --no-voice-input
     idle_streams: IdleStreams | None = None  # None: --no-shared-idle
     heap_trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
-    _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
         return triton_model_names(self.settings)
-
-    async def load_avatar(self, avatar_id: str, field_name: str) -> Avatar:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(None, self.avatars.load, avatar_id)
-        except AvatarNotFound:
-            raise ApiError.not_found(f"unknown {field_name} '{avatar_id}'") from None
-        except ValueError as exc:
-            raise ApiError.bad_request(f"field '{field_name}': {exc}") from None
-
-    async def members(self, avatar_id: str, multiavatar_config: dict | None) -> dict[str, Member]:
-        """The session's avatars by name: "main" (the `avatar` field unless the config names
-        it) and those of multiavatar_config, loaded and with their voices checked."""
-        specs = parse_multiavatar_config(multiavatar_config or {})
-        members = {MAIN: Member(await self.load_avatar(avatar_id, "avatar"), None)}
-        for spec in specs:
-            avatar = await self.load_avatar(spec.avatar_id, f"{ROSTER_FIELD}.{spec.name}")
-            if spec.voice is not None:
-                await self.check_voice(Voice.named(spec.voice),
-                                       f"{ROSTER_FIELD}.{spec.name}.voice")
-            members[spec.name] = Member(avatar, spec.voice)
-        for name, member in members.items():
-            await self._check_lipsync_model(member.avatar, name)
-        return members
-
-    async def _check_lipsync_model(self, avatar: Avatar, name: str) -> None:
-        try:
-            await self.lipsync_models.get(avatar.lipsync_model)
-        except Exception as exc:  # not served, not ready, or not a lip-sync signature
-            raise ApiError(503, f"avatar '{avatar.id}' ({name}) needs lip-sync model "
-                           f"'{avatar.lipsync_model}', which Triton does not serve: {exc}") from None
-
-    async def clips(self, custom_config: list | None, width: int, height: int) -> dict[int, Clip]:
-        """custom_config checked, then its clips from the shared cache (decoded once per file
-        version and frame size, off the event loop)."""
-        sources = parse_custom_config(custom_config or [], self.settings.data_dir)
-        return await self.clip_cache.load(sources, width, height)
-
-    async def check_voice(self, voice: Voice, field_name: str) -> None:
-        """400 for what cannot be a voice name, 404 for a voice no engine has, 503 when the TTS server is down (engines ask
-        Triton once per voice, then remember)."""
-        if not plausible_voice_name(voice.name):
-            raise ApiError.bad_request(f"field '{field_name}' is not a voice name: {voice.name!r}")
-        try:
-            await self.tts.check_voice(voice)
-        except UnknownVoice:
-            raise ApiError.not_found(f"unknown voice in '{field_name}': {voice.name!r}") from None
-        except TTSServerUnavailable as exc:
-            raise ApiError(503, f"{exc}: speech is unavailable until it answers") from None
-
-    async def chat_agent(self, llmid: str, field_name: str) -> ChatAgent:
-        """A new session's chat agent: its knowledge base, and the LLM that base's profile uses."""
-        loop = asyncio.get_running_loop()
-        try:
-            knowledge = await loop.run_in_executor(None, self.knowledge.get, llmid)
-        except UnknownKnowledgeBase:
-            raise ApiError.not_found(f"unknown {field_name} '{llmid}' (no knowledge base)") from None
-        except ValueError as exc:
-            raise ApiError.bad_request(f"field '{field_name}': {exc}") from None
-        config = llm_config_for(knowledge.profile, self.llm_config)
-        if config is None:
-            return ChatAgent(knowledge, None)
-        if config not in self._llms:  # one client (connection pool) per endpoint and model
-            self._llms[config] = OpenAICompatibleLLM(config)
-        return ChatAgent(knowledge, self._llms[config])
 
     async def triton_status(self) -> dict:
         """Server and model readiness as the supervisor last saw it (at most a probe interval
         old); never raises and never waits on Triton: health and metrics answer regardless."""
         return {"url": self.triton_url, "embedded": self.embedded_triton is not None,
                 "restarts": self.triton.restarts, **self.triton.status}
-
-    def session_closed(self, sessionid: int) -> None:
-        """A session's slot is free, and the memory it freed goes back to the system."""
-        self.registry.release(sessionid)
-        self.heap_trimmer.request()
-
-    def require_triton(self) -> None:
-        """The gate of what needs TTS and lip-sync (/offer, /human, /humanaudio): 503 while
-        Triton is not ready, instead of accepting speech that could never be spoken."""
-        if not self.triton.ready:
-            raise ApiError(503, f"Triton is not ready ({self.triton.reason}): speech is "
-                           "unavailable until it recovers (see /healthz)")
 
     async def close(self) -> None:
         await self.triton.close()  # first: nothing may restart the server being stopped
@@ -164,7 +85,7 @@ class Services:
         if self.voice_input is not None:
             await self.voice_input.close()
         await self.lipsync_models.close()
-        await asyncio.gather(*(llm.close() for llm in self._llms.values()), return_exceptions=True)
+        await self.session_factory.close()
         self.heap_trimmer.close()
         if self.embedded_triton is not None:
             await self.embedded_triton.stop()
@@ -194,25 +115,49 @@ async def start_services(settings: Settings) -> Services:
     metrics = Metrics(lambda: len(registry), settings.max_sessions, registry.queued_speech_seconds)
     triton = TritonSupervisor(url, models, embedded, on_restart=metrics.triton_restarts.inc)
     await triton.start()
+    tts = await open_tts(settings, url)
+    lipsync_models = LipSyncModels(url, shared_memory=on_this_host(url),
+                                   on_frames=metrics.count_lipsync_frames)
+    avatars = AvatarStore(settings.avatar_dir)
+    knowledge = KnowledgeStore(settings.knowledge_dir)
+    clip_cache = ClipCache(settings.data_dir / CLIP_CACHE_DIR)
+    ice = rtc_configuration(settings)
+    voice = voice_input(settings, url)
+    idle_streams = IdleStreams() if settings.shared_idle else None
+    heap_trimmer = HeapTrimmer()
+    server_llm = llm_config(settings)
+
+    def session_closed(sessionid: int) -> None:
+        """A session's slot is free, and the memory it freed goes back to the system."""
+        registry.release(sessionid)
+        heap_trimmer.request()
+
+    factory = SessionFactory(
+        tts=tts, lipsync_models=lipsync_models, avatars=avatars, clip_cache=clip_cache,
+        knowledge=knowledge, registry=registry, rtc_configuration=ice,
+        limits=SessionLimits.from_settings(settings), data_dir=settings.data_dir,
+        llm_config=server_llm, on_closed=session_closed, observer=metrics.observe,
+        voice_input=voice, idle_streams=idle_streams)
     services = Services(
         settings=settings,
         triton_url=url,
-        tts=await open_tts(settings, url),
-        lipsync_models=LipSyncModels(url, shared_memory=on_this_host(url),
-                                     on_frames=metrics.count_lipsync_frames),
-        avatars=AvatarStore(settings.avatar_dir),
+        tts=tts,
+        lipsync_models=lipsync_models,
+        avatars=avatars,
         registry=registry,
-        rtc_configuration=rtc_configuration(settings),
-        knowledge=KnowledgeStore(settings.knowledge_dir),
+        rtc_configuration=ice,
+        knowledge=knowledge,
         metrics=metrics,
-        llm_config=llm_config(settings),
+        llm_config=server_llm,
         recordings=Recordings(settings.data_dir),
-        clip_cache=ClipCache(settings.data_dir / CLIP_CACHE_DIR),
+        clip_cache=clip_cache,
         triton=triton,
         voices=VoiceStore(settings.data_dir),
+        session_factory=factory,
         embedded_triton=embedded,
-        voice_input=voice_input(settings, url),
-        idle_streams=IdleStreams() if settings.shared_idle else None,
+        voice_input=voice,
+        idle_streams=idle_streams,
+        heap_trimmer=heap_trimmer,
     )
     if services.idle_streams is not None:
         metrics.watch_idle_streams(services.idle_streams)

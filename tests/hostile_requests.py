@@ -273,7 +273,7 @@ def _sdp_garbage(rng, method, template, sessionids) -> HostileRequest:
         i = rng.randrange(len(lines))
         lines.insert(i, lines[i]) if rng.random() < 0.5 else lines.pop(i)
         sdp = "\r\n".join(lines)
-    if rng.random() < 0.3:  # WHEP: the SDP is the body (outputs/whep_api.py)
+    if rng.random() < 0.3:  # WHEP: the SDP is the body (http/whep_api.py)
         return HostileRequest("POST", "/whep", {"Content-Type": "application/sdp"},
                               sdp.encode("utf-8", "surrogatepass"), "garbage SDP")
     body = json.dumps({"type": "offer", "sdp": sdp}, ensure_ascii=True)

@@ -56,13 +56,13 @@ async def test_a_clip_named_twice_and_loaded_twice_is_decoded_once(cache_server)
     write_clip_video(data_dir / "clips" / "twice.mp4")
     before = decodes(services)
     entries = config({"video": "clips/twice.mp4"}, {"video": "clips/twice.mp4"})
-    first = await services.clips(entries, 64, 48)
-    second = await services.clips(entries, 64, 48)
+    first = await services.session_factory.clips(entries, 64, 48)
+    second = await services.session_factory.clips(entries, 64, 48)
     assert decodes(services) == before + 1
     assert first[1].frames is first[2].frames is second[1].frames, "one decoded copy, shared"
     assert first[1].audio is second[2].audio
     assert first[1].frames.shape == (10, 48, 64, 3) and not first[1].frames.flags.writeable
-    other_size = await services.clips(entries, 32, 32)  # fitted to another frame size: its own
+    other_size = await services.session_factory.clips(entries, 32, 32)  # fitted to another frame size: its own
     assert other_size[1].frames.shape == (10, 32, 32, 3) and decodes(services) == before + 2
 
 
@@ -77,15 +77,15 @@ async def test_a_changed_file_is_decoded_again(cache_server):
         cv2.imwrite(str(folder / f"{k}.png"), np.full((8, 8, 3), 40 * k, np.uint8))
     entries = config({"video": "clips/changing.mp4"}, {"imgpath": "clips/changing"})
     before = decodes(services)
-    first = await services.clips(entries, 64, 48)
+    first = await services.session_factory.clips(entries, 64, 48)
     assert decodes(services) == before + 2
     stat = video.stat()
     os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    second = await services.clips(entries, 64, 48)
+    second = await services.session_factory.clips(entries, 64, 48)
     assert decodes(services) == before + 3 and second[1].frames is not first[1].frames
     assert second[2].frames is first[2].frames, "the folder did not change"
     cv2.imwrite(str(folder / "1.png"), np.full((8, 8, 3), 250, np.uint8))  # one image replaced
-    third = await services.clips(entries, 64, 48)
+    third = await services.session_factory.clips(entries, 64, 48)
     assert decodes(services) == before + 4 and third[2].frames is not first[2].frames
     assert third[2].frames[1][:, 8:56].mean() > 240  # the new image (letterboxed to 64x48)
 
@@ -122,12 +122,12 @@ async def test_limits_answer_400_before_anything_is_decoded(cache_server):
     ]
     for entries, limit in cases:
         with pytest.raises(ApiError) as error:
-            await services.clips(entries, 16, 16)
+            await services.session_factory.clips(entries, 16, 16)
         assert error.value.status == 400 and limit in error.value.msg, error.value.msg
         assert "custom_config" in error.value.msg
     assert decodes(services) == before, "nothing decoded for a refused config"
     # the same clip named many times counts once: well within the limits
-    same = await services.clips(config(*({"video": "clips/long0.mp4"} for _ in range(5))), 16, 16)
+    same = await services.session_factory.clips(config(*({"video": "clips/long0.mp4"} for _ in range(5))), 16, 16)
     assert decodes(services) == before + 1 and len(same) == 5
     assert "120 s" in await refused_offer(base_url, custom_config=json.dumps(cases[0][0]))
 
@@ -137,13 +137,13 @@ async def test_memory_does_not_grow_with_each_session_using_a_clip(cache_server)
     write_clip_video(services.settings.data_dir / "clips" / "big.mp4", frames=BIG_CLIP_FRAMES,
                      size=(512, 512))
     entries = config({"video": "clips/big.mp4"})
-    held = [await services.clips(entries, 512, 512)]
+    held = [await services.session_factory.clips(entries, 512, 512)]
     clip_bytes = held[0][1].frames.nbytes
     assert clip_bytes >= BIG_CLIP_FRAMES * 512 * 512 * 3
     checksum = int(held[0][1].frames.sum(dtype=np.uint64))  # every page read once
     start = rss_bytes()
     for _ in range(LOADS - 1):  # as further sessions would, each playing the whole clip
-        held.append(await services.clips(entries, 512, 512))
+        held.append(await services.session_factory.clips(entries, 512, 512))
         assert int(held[-1][1].frames.sum(dtype=np.uint64)) == checksum
     grown = rss_bytes() - start
     assert grown < clip_bytes / 2, f"RSS grew {grown / 1e6:.0f} MB for {LOADS - 1} more loads " \

@@ -9,7 +9,7 @@ the server says about itself (docs/SECURITY.md is the page for operators).
 - Cross-site requests: a JSON endpoint takes only `application/json` (a browser sends that
   cross-site only after a preflight the CORS policy decides) unless the request proves it comes
   from our own page (`Sec-Fetch-Site: same-origin`, or `Origin` naming this host); the WHEP
-  routes take their SDP types instead (BODY_TYPES); a multipart endpoint refuses a foreign
+  routes take their SDP types instead (declared with `takes`); a multipart endpoint refuses a foreign
   `Origin` the CORS policy does not allow.
 """
 
@@ -24,12 +24,6 @@ import aiohttp_cors
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from ..outputs.whep_api import (
-    SDP_CONTENT_TYPE,
-    TRICKLE_ICE_CONTENT_TYPE,
-    WHEP_PATH,
-    WHEP_RESOURCE_PATH,
-)
 from ..session.registry import current_client
 from ..settings import Settings
 from .pages import CLIENT_PATH, WEB_DIR_CANONICAL
@@ -46,15 +40,23 @@ SIMPLE_UNSAFE_METHODS = frozenset({"POST"})
 PAGE_PATHS = frozenset({"/", "/static/{name}", CLIENT_PATH, CLIENT_PATH.rstrip("/"),
                         WEB_DIR_CANONICAL})
 MONITORING_PATHS = frozenset({"/healthz", "/metrics"})
-# The routes whose bodies are not JSON, and the type each takes (WHEP's SDP): neither is a CORS
-# "simple" type, so a browser sends them cross-site only after a preflight too.
+# Routes whose bodies are not JSON say which type they take with `@takes(type)` (WHEP's SDP,
+# the uploads' multipart): none is a CORS "simple" type, so a browser sends them cross-site only
+# after a preflight too, and a 415 names the type the route does take. `install` collects them
+# per resource (path), so every method of that path expects the type.
 MULTIPART_CONTENT_TYPE = "multipart/form-data"
-BODY_TYPES = {WHEP_PATH: SDP_CONTENT_TYPE, WHEP_RESOURCE_PATH: TRICKLE_ICE_CONTENT_TYPE,
-              # uploads: a 415 must name the type they do take (not JSON). Not LiveTalking's
-              # /api/avatar/task: its clients post JSON with a server-side video_path there, and
-              # its handler's 400 says what to send instead.
-              "/humanaudio": MULTIPART_CONTENT_TYPE, "/avatars": MULTIPART_CONTENT_TYPE,
-              "/voices": MULTIPART_CONTENT_TYPE}
+BODY_TYPE_ATTRIBUTE = "livehuman_body_type"
+BODY_TYPES_KEY = web.AppKey("body_types", dict)
+
+
+def takes(content_type: str):
+    """Decorator for a handler whose route's body is `content_type`, not JSON."""
+
+    def mark(handler):
+        setattr(handler, BODY_TYPE_ATTRIBUTE, content_type)
+        return handler
+
+    return mark
 
 
 def _refuse(status: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -153,12 +155,24 @@ def middlewares(settings: Settings) -> list:
 
 def _body_type(request: web.Request) -> str:
     resource = request.match_info.route.resource
-    return BODY_TYPES.get(resource.canonical if resource is not None else "", JSON_CONTENT_TYPE)
+    return request.app[BODY_TYPES_KEY].get(resource.canonical if resource is not None else "",
+                                           JSON_CONTENT_TYPE)
+
+
+def _declared_body_types(app: web.Application) -> dict[str, str]:
+    """The body type each resource's routes declared with `takes` (by canonical path)."""
+    types = {}
+    for route in app.router.routes():
+        content_type = getattr(route.handler, BODY_TYPE_ATTRIBUTE, None)
+        if content_type is not None and route.resource is not None:
+            types[route.resource.canonical] = content_type
+    return types
 
 
 def install(app: web.Application, settings: Settings) -> None:
     """After the routes are added: the CORS policy on every route, our own Server header, and
     a warning when the API is reachable from the network without a token."""
+    app[BODY_TYPES_KEY] = _declared_body_types(app)
     options = aiohttp_cors.ResourceOptions(allow_headers="*", expose_headers="*")
     cors = aiohttp_cors.setup(app, defaults={o.rstrip("/"): options for o in settings.cors_origins})
     for route in list(app.router.routes()):

@@ -7,23 +7,19 @@ import json
 import logging
 
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from ..avatar.multiavatar import MAIN
 from ..errors import ApiError
 from ..media.audio_decoding import MAX_UPLOAD_BYTES, decode_audio
 from ..media.recorder import EmptyRecording
-from ..media.rtcp_feedback import route_feedback
-from ..media.video_track import sent_video_codec
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..services import SERVICES_KEY, Services
-from ..session.session import Session, SessionLimits, SessionOptions
+from ..session.session import SessionOptions
 from ..settings import Settings
 from ..speech.items import MAX_TEXT_CHARS, has_speakable
-from ..tts import Voice
-from ..voice_input.microphone import shorten_jitter_buffer
 from ..voice_input.turn_taking import VOICE_MODES, VoiceOptions
+from .access import MULTIPART_CONTENT_TYPE, takes
+from .request_context import ok, require_triton, services_of
 from .session_lookup import find_session, json_session, parse_sessionid, query_session
 from .validation import FormReader, choice, field, json_config, read_json_object
 
@@ -34,14 +30,6 @@ SSE_KEEPALIVE_S = 15.0
 routes = web.RouteTableDef()
 
 
-def ok(data=None) -> web.Response:
-    return web.json_response({"code": 0, "msg": "ok", "data": data})
-
-
-def services_of(request: web.Request) -> Services:
-    return request.app[SERVICES_KEY]
-
-
 @routes.post("/offer")
 async def offer(request: web.Request) -> web.Response:
     offered_at = asyncio.get_running_loop().time()
@@ -50,13 +38,13 @@ async def offer(request: web.Request) -> web.Response:
         raise ApiError.not_found("WebRTC sessions are off on this server (--transport "
                                  f"{','.join(services.settings.transports)}): watch the server "
                                  "session (sessionid 0) instead, docs/OUTPUTS.md")
-    services.require_triton()
+    require_triton(services)
     body = await read_json_object(request)
     choice(body, "type", ("offer",))
     sdp = offer_sdp(body)
     options = session_options(body, services.settings)
     check_offer_sdp(sdp)
-    session, answer_sdp = await open_peer_session(services, options, sdp, offered_at)
+    session, answer_sdp = await services.session_factory.open_peer(options, sdp, offered_at)
     return web.json_response(
         {"type": "answer", "sdp": answer_sdp, "sessionid": session.sessionid}
     )
@@ -76,44 +64,6 @@ def session_options(fields: dict, settings: Settings) -> SessionOptions:
         voice=VoiceOptions(mode=choice(fields, "voice_mode", VOICE_MODES, settings.voice_mode),
                            barge_in=field(fields, "barge_in", bool, settings.barge_in)),
     )
-
-
-async def open_peer_session(services: Services, options: SessionOptions, sdp: str,
-                            offered_at: float) -> tuple[Session, str]:
-    """A new session for the peer offering `sdp` (checked by `check_offer_sdp`): the session
-    and the answer SDP. `offered_at` (event-loop time) starts the setup timeout."""
-    # The limit before any loading: a refused offer loads no avatar and decodes no clip. The
-    # slot is given back on every failure path below.
-    sessionid = services.registry.reserve()
-    try:
-        session = await open_session(services, sessionid, options)
-        try:
-            answer_sdp = await _negotiate(session, sdp, services)
-        except BaseException:
-            await session.close("negotiation failed")
-            raise
-    except BaseException:
-        services.registry.release(sessionid)
-        raise
-    services.registry.add(session)
-    session.watch_peer(offered_at)
-    log.info("session opened sessionid=%s avatar=%s", sessionid, options.avatar)
-    return session, answer_sdp
-
-
-async def open_session(services: Services, sessionid: int, options: SessionOptions,
-                       with_peer: bool = True) -> Session:
-    """A session with its avatars, clips, voice and chat checked and loaded; without a peer
-    (`with_peer` False) for the server's own session."""
-    await services.check_voice(Voice.named(options.refaudio, options.reftext), "refaudio")
-    members = await services.members(options.avatar, options.multiavatar_config)
-    main = members[MAIN].avatar
-    clips = await services.clips(options.custom_config, main.width, main.height)
-    chat = await services.chat_agent(options.llmid, "llmid")
-    pc = RTCPeerConnection(services.rtc_configuration) if with_peer else None
-    return Session(sessionid, pc, members, options, services.tts, services.lipsync_models, chat,
-                   clips, services.metrics.observe, SessionLimits.from_settings(services.settings),
-                   services.session_closed, services.idle_streams)
 
 
 def offer_sdp(body: dict) -> str:
@@ -148,34 +98,10 @@ def check_offer_sdp(sdp: str, where: str = "field 'sdp'") -> SessionDescription:
     return description
 
 
-async def _negotiate(session: Session, sdp: str, services: Services) -> str:
-    pc = session.pc
-    pc.addTrack(session.audio)
-    route_feedback(pc.addTrack(session.video), session.video)  # PLI/FIR, REMB: our encoders
-    voice_input = services.voice_input
-
-    @pc.on("track")
-    def on_track(track) -> None:  # a sendrecv audio offer: the user's microphone
-        if track.kind == "audio" and voice_input is not None:
-            for receiver in pc.getReceivers():
-                if receiver.track is track:
-                    shorten_jitter_buffer(receiver)
-            session.listen(track, voice_input)
-    try:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-    except (ValueError, KeyError, AttributeError, IndexError) as exc:
-        raise ApiError.bad_request(f"field 'sdp' could not be negotiated: {exc}") from None
-    await pc.setLocalDescription(await pc.createAnswer())
-    codec = sent_video_codec(pc.localDescription.sdp)
-    if codec is not None:
-        session.video.use_codec(codec)
-    return pc.localDescription.sdp
-
-
 @routes.post("/human")
 async def human(request: web.Request) -> web.Response:
     services = services_of(request)
-    services.require_triton()
+    require_triton(services)
     body, session = await json_session(request)
     kind = choice(body, "type", ("echo", "chat"))
     text = field(body, "text", str)
@@ -192,7 +118,7 @@ async def human(request: web.Request) -> web.Response:
     tts = field(body, "tts", dict, {})
     voice = session.voice_for(avatarid, field(tts, "ref_file", str, ""),
                               field(tts, "ref_text", str, ""), tts_options(tts))
-    await services.check_voice(voice, "tts.ref_file")
+    await services.session_factory.check_voice(voice, "tts.ref_file")
     if interrupt:
         await session.interrupt()
     speak = session.ask if kind == "chat" else session.say
@@ -333,10 +259,11 @@ def sse_event(item: dict) -> bytes:
 
 
 @routes.post("/humanaudio")
+@takes(MULTIPART_CONTENT_TYPE)
 async def humanaudio(request: web.Request) -> web.Response:
     """multipart: sessionid, file, optional interrupt; the audio is spoken lip-synced."""
     services = services_of(request)
-    services.require_triton()
+    require_triton(services)
     if not request.content_type.startswith("multipart/"):
         raise ApiError.bad_request("/humanaudio takes multipart/form-data with 'sessionid' and 'file'")
     form: dict[str, str] = {}

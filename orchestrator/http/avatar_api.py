@@ -16,7 +16,8 @@ from aiohttp import BodyPartReader, web
 
 from ..avatar.jobs import AvatarJobs
 from ..errors import ApiError
-from .api import ok
+from .access import MULTIPART_CONTENT_TYPE, takes
+from .request_context import ok
 from .validation import FormReader
 
 MAX_FIELD_BYTES = 1024
@@ -29,6 +30,7 @@ routes = web.RouteTableDef()
 
 
 @routes.post("/avatars")
+@takes(MULTIPART_CONTENT_TYPE)
 async def create_avatar(request: web.Request) -> web.Response:
     jobs = request.app[AVATAR_JOBS_KEY]
     if not request.content_type.startswith("multipart/"):

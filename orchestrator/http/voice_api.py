@@ -23,7 +23,8 @@ from ..tts.reference_voices import (
     VOICE_NAME,
     valid_name,
 )
-from .api import ok, services_of
+from .access import MULTIPART_CONTENT_TYPE, takes
+from .request_context import ok, services_of
 from .validation import FormReader
 
 MAX_NAME_BYTES = 256
@@ -33,6 +34,7 @@ routes = web.RouteTableDef()
 
 
 @routes.post("/voices")
+@takes(MULTIPART_CONTENT_TYPE)
 async def register_voice(request: web.Request) -> web.Response:
     services = services_of(request)
     if not request.content_type.startswith("multipart/"):

@@ -29,8 +29,8 @@ from aiohttp import WSCloseCode, web
 
 from ..avatar.jobs import AvatarJob, JobState
 from ..errors import ApiError
-from ..http.api import ok, services_of
 from ..http.avatar_api import AVATAR_JOBS_KEY, MAX_FIELD_BYTES, save_limited
+from ..http.request_context import ok, services_of
 from ..http.validation import FormReader
 from ..media.clock import VIDEO_FPS
 from ..settings import Settings, redact_stream_key

@@ -25,7 +25,8 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..session.stage import IdleFrame
+import numpy as np
+
 from .video_encoders import EncodedFrame, VideoEncoder, open_encoder
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,23 @@ KEYFRAME_MIN_INTERVAL_TICKS = 25
 # Encoded frames kept for viewers whose tick comes a little later (their clocks are up to one tick
 # apart, their tracks' queues up to four frames): 2 s.
 KEPT_TICKS = 50
+
+
+class IdleFrame(Protocol):
+    """Frame `tick` of an avatar's idle loop (the stage's `IdleFrame`): the same picture in
+    every session that shows that avatar at the same frame size, so they may share its encoding.
+    """
+
+    @property
+    def avatar(self) -> object:
+        """The avatar (identity: one loaded package)."""
+
+    @property
+    def tick(self) -> int:
+        """The tick on the process-wide idle grid."""
+
+    def image(self, width: int, height: int) -> np.ndarray:
+        """uint8 [height, width, 3] RGB."""
 
 
 class Viewer(Protocol):

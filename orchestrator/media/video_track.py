@@ -32,9 +32,8 @@ import av
 import numpy as np
 from aiortc.sdp import SessionDescription
 
-from ..session.stage import IdleFrame
 from .clock import VIDEO_TIME_BASE
-from .idle_stream import IdleStream, IdleStreams, SharedFrame
+from .idle_stream import IdleFrame, IdleStream, IdleStreams, SharedFrame
 from .tracks import MAX_QUEUED_FRAMES, PlayerTrack
 from .video_encoders import EncodedFrame, VideoEncoder, encoder_class, open_encoder
 

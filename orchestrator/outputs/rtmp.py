@@ -60,7 +60,7 @@ CLOSE_TIMEOUT_S = 5.0
 
 
 class RtmpPush:
-    """A sink (outputs/base.py) pushing a session to one RTMP URL, reconnecting for ever."""
+    """A sink (media/sinks.py) pushing a session to one RTMP URL, reconnecting for ever."""
 
     def __init__(self, url: str, width: int, height: int, metrics: OutputMetrics | None = None,
                  stall_timeout_s: float = STALL_TIMEOUT_S) -> None:

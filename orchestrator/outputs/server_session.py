@@ -12,42 +12,34 @@ shows in /api/admin/sessions and takes a slot of --max-session; it ends when the
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 
 from ..errors import ApiError
-from ..http.api import open_session
-from ..http.validation import json_config
-from ..services import Services
-from ..session.registry import SERVER_SESSIONID
+from ..session.factory import SessionFactory
+from ..session.registry import SERVER_SESSIONID, SessionRegistry
 from ..session.session import Session, SessionOptions
-from ..settings import redact_stream_key
+from ..settings import Settings, redact_stream_key
 from ..voice_input.turn_taking import VoiceOptions
+from .base import OutputMetrics
 from .rtmp import RtmpPush
 
 log = logging.getLogger(__name__)
 
 
-def server_session_options(services: Services) -> SessionOptions:
-    """What an /offer with no optional field would get."""
-    settings = services.settings
-    return SessionOptions(
-        avatar=settings.avatar_id,
-        refaudio=settings.ref_file,
-        reftext=settings.ref_text,
-        llmid=settings.llmid,
-        custom_config=json_config({}, "custom_config", settings.customvideo_config, list),
-        multiavatar_config=json_config({}, "multiavatar_config", settings.multiavatar_config,
-                                       dict),
-        voice=VoiceOptions(mode="off"),  # no peer, no microphone
-    )
-
-
-async def open_server_session(services: Services) -> Session:
-    """Open session 0 with its RTMP pushes and start playing; RuntimeError naming the setting
-    when the defaults cannot make a session (unknown avatar, voice, knowledge base...)."""
-    settings = services.settings
+async def open_server_session(factory: SessionFactory, registry: SessionRegistry,
+                              settings: Settings,
+                              output_metrics: Callable[[str], OutputMetrics],
+                              options: Callable[[], SessionOptions]) -> Session:
+    """Open session 0 with `options()` (what an /offer with no optional field would get; its
+    microphone is off: there is no peer), add its RTMP pushes (each counted by
+    `output_metrics(name)`) and start playing. RuntimeError
+    naming the setting when the defaults cannot make a session (malformed JSON in a setting,
+    unknown avatar, voice, knowledge base...)."""
     try:
-        session = await open_session(services, SERVER_SESSIONID,
-                                     server_session_options(services), with_peer=False)
+        # no peer, no microphone
+        defaults = replace(options(), voice=VoiceOptions(mode="off"))
+        session = await factory.open(SERVER_SESSIONID, defaults, with_peer=False)
     except ApiError as exc:
         raise RuntimeError(f"the server session (--transport {','.join(settings.transports)}) "
                            f"cannot open with the server's defaults: {exc.msg}") from None
@@ -55,8 +47,8 @@ async def open_server_session(services: Services) -> Session:
     if "rtmp" in settings.transports:
         for url in settings.push_urls:
             session.add_sink(RtmpPush(url, session.avatar.width, session.avatar.height,
-                                      services.metrics.output(redact_stream_key(url))))
-    services.registry.add_server_session(session)
+                                      output_metrics(redact_stream_key(url))))
+    registry.add_server_session(session)
     session.start()
     log.info("server session opened sessionid=%s transport=%s push=%s", SERVER_SESSIONID,
              session.transport, [redact_stream_key(url) for url in settings.push_urls])

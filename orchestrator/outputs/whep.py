@@ -2,15 +2,15 @@
 
 The protocol is WHEP (draft-ietf-wish-whep; the egress twin of WHIP, RFC 9725): the client POSTs
 its SDP offer, gets `201 Created` with the answer and the `Location` of its resource, and
-DELETEs that resource to leave (orchestrator/outputs/whep_api.py has the HTTP side).
+DELETEs that resource to leave (orchestrator/http/whep_api.py has the HTTP side).
 
 A viewer (`POST /whep?sessionid=N`, for broadcast tools: OBS's WHEP source, GStreamer's
 whepsrc/whepclientsrc) is a recvonly peer of a live session, typically the server session 0:
-a sink of it (outputs/base.py) that turns each tick into one picture and two 20 ms pieces of
+a sink of it (media/sinks.py) that turns each tick into one picture and two 20 ms pieces of
 sound for tracks of its own (our encoders, one per viewer: video_track.py, audio_track.py), so
 every viewer, the RTMP push and the recorder carry the same media clock. A viewer whose peer has not connected within the setup
 timeout, or has failed or closed, is removed. A client's own session (`POST /whep`, as
-LiveTalking's /whep) is an ordinary peer session (api.open_peer_session); here it only gets a
+LiveTalking's /whep) is an ordinary peer session (`SessionFactory.open_peer`); here it only gets a
 resource id, so that DELETE closes it.
 """
 

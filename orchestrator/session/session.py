@@ -4,7 +4,7 @@ The player is the session's single media clock: on every 40 ms tick it takes the
 frame (or the idle frame), pastes it into the avatar's frame and pushes one video frame and the
 two 20 ms audio packets that belong to it, so audio and video cannot drift apart.
 
-Every tick also goes to the session's sinks (outputs/base.py): the recorder, an RTMP push, WHEP
+Every tick also goes to the session's sinks (media/sinks.py): the recorder, an RTMP push, WHEP
 viewers; all of them carry the same media clock.
 
 Lifetime: a session ends when its peer is gone (peer_watch: not connected within the setup
@@ -44,8 +44,8 @@ from ..media.clock import (
 from ..media.idle_stream import IdleStreams
 from ..media.recorder import Recorder
 from ..media.recordings import RecordingFile, Recordings
+from ..media.sinks import Sink, TickSink
 from ..media.video_track import Picture, VideoTrack
-from ..outputs.base import Sink, TickSink
 from ..settings import (
     DEFAULT_MAX_QUEUED_SPEECH_S,
     DEFAULT_MAX_QUEUED_UTTERANCES,
@@ -251,7 +251,7 @@ class Session:
         return file
 
     def add_sink(self, sink: TickSink) -> None:
-        """From the next tick on, `sink` gets every tick (outputs/base.py)."""
+        """From the next tick on, `sink` gets every tick (media/sinks.py)."""
         self._sinks.append(sink)
 
     @property

@@ -30,10 +30,12 @@ import asyncio
 from aiohttp import web
 
 from ..errors import ApiError
-from ..http.api import check_offer_sdp, ok, open_peer_session, services_of, session_options
-from ..http.session_lookup import SESSIONID, find_session
-from ..http.validation import reject_bad_strings, within_read_timeout
-from .whep import WhepResources
+from ..outputs.whep import WhepResources
+from .access import takes
+from .api import check_offer_sdp, session_options
+from .request_context import ok, require_triton, services_of
+from .session_lookup import SESSIONID, find_session
+from .validation import reject_bad_strings, within_read_timeout
 
 WHEP_PATH = "/whep"
 WHEP_RESOURCE_PATH = "/whep/{resource}"
@@ -90,6 +92,7 @@ async def read_offer(request: web.Request) -> str:
 
 
 @routes.post(WHEP_PATH)
+@takes(SDP_CONTENT_TYPE)
 async def whep_offer(request: web.Request) -> web.StreamResponse:
     offered_at = asyncio.get_running_loop().time()
     _require_whep(request)
@@ -97,13 +100,13 @@ async def whep_offer(request: web.Request) -> web.StreamResponse:
     resources = request.app[WHEP_RESOURCES_KEY]
     watched = request.query.get(SESSIONID)
     if watched is None:  # a session of its own: Triton must be there, as for /offer
-        services.require_triton()
+        require_triton(services)
         fields = {k: v for k, v in request.query.items() if k in SESSION_QUERY_FIELDS}
         reject_bad_strings(fields, "")
         options = session_options(fields, services.settings)
     sdp = await read_offer(request)
     if watched is None:
-        session, answer = await open_peer_session(services, options, sdp, offered_at)
+        session, answer = await services.session_factory.open_peer(options, sdp, offered_at)
         session.transport = "whep"
         resource = resources.own(session)
     else:
@@ -124,6 +127,7 @@ async def whep_delete(request: web.Request) -> web.Response:
 
 
 @routes.patch(WHEP_RESOURCE_PATH)
+@takes(TRICKLE_ICE_CONTENT_TYPE)
 async def whep_patch(request: web.Request) -> web.Response:
     request.app[WHEP_RESOURCES_KEY].check(request.match_info["resource"])
     return web.json_response(
