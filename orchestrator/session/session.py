@@ -1,11 +1,9 @@
 """A session: one peer connection, its tracks, its speech pipeline and the player that paces them.
 
-The player is the session's single media clock: on every 40 ms tick it takes the next lip-synced
-frame (or the idle frame), pastes it into the avatar's frame and pushes one video frame and the
-two 20 ms audio packets that belong to it, so audio and video cannot drift apart.
-
-Every tick also goes to the session's sinks (media/sinks.py): the recorder, an RTMP push, WHEP
-viewers; all of them carry the same media clock.
+The session is control and lifetime: what the API asks (say, ask, interrupt, audiotype,
+recording, sinks) and when everything ends. Playing is the player's (player.py): the session's
+single media clock, which hands every tick to the tracks and to the sinks (media/sinks.py: the
+recorder, an RTMP push, WHEP viewers), all carrying the same clock.
 
 Lifetime: a session ends when its peer is gone (peer_watch: not connected within the setup
 timeout, or failed/closed) or the server stops; `close` then frees everything and tells the
@@ -33,19 +31,16 @@ from ..avatar.multiavatar import MAIN, Member
 from ..chat.agent import ChatAgent
 from ..errors import ApiError
 from ..lipsync.models import LipSyncModels
-from ..media.audio_track import AudioTrack, Sound
+from ..media.audio_track import AudioTrack
 from ..media.clock import (
-    AUDIO_PACKETS_PER_TICK,
     AUDIO_SAMPLE_RATE_HZ,
-    AUDIO_SAMPLES_PER_PACKET,
     VIDEO_FPS,
-    MediaClock,
 )
 from ..media.idle_stream import IdleStreams
 from ..media.recorder import Recorder
 from ..media.recordings import RecordingFile, Recordings
 from ..media.sinks import Sink, TickSink
-from ..media.video_track import Picture, VideoTrack
+from ..media.video_track import VideoTrack
 from ..settings import (
     DEFAULT_MAX_QUEUED_SPEECH_S,
     DEFAULT_MAX_QUEUED_UTTERANCES,
@@ -54,19 +49,15 @@ from ..settings import (
 )
 from ..speech.items import (
     CHAT_ANSWER_ESTIMATE_S,
-    SentenceStarted,
-    SpeechFrame,
     Utterance,
-    UtteranceEnded,
-    UtteranceStarted,
     estimated_speech_seconds,
-    join_sentences,
 )
 from ..speech.pipeline import SpeechPipeline
 from ..tts import TTSRouter, Voice
 from ..voice_input.turn_taking import Listener, VoiceInput, VoiceOptions
 from .events import SessionEvents
 from .peer_watch import wait_peer_gone
+from .player import Player
 from .stage import Stage
 
 log = logging.getLogger(__name__)
@@ -126,25 +117,21 @@ class Session:
         self.limits = limits
         self._on_closed = on_closed  # the registry frees the slot
         self.events = SessionEvents(sessionid, observer)
-        self.clock = MediaClock()
         # Idle pictures come from the server's shared idle streams when given (idle_stream.py).
         self.video = VideoTrack(self._start_player, self.avatar.width, self.avatar.height,
                                 idle_streams)
         self.audio = AudioTrack(self._start_player)
-        self._speaking: Utterance | None = None
-        self._spoken: list[str] = []  # sentences of the current utterance played so far
         self._utterance_ids = itertools.count(1)
-        self._player: asyncio.Task | None = None
         self._peer_watch: asyncio.Task | None = None
         self.listener: Listener | None = None  # the user's microphone, when the peer sends one
         self._closed = asyncio.Event()
-        self.frames_sent = 0
         self._recorder: Recorder | None = None
-        self._sinks: list[TickSink] = []  # each gets every tick: recorder, outputs
         self.transport = "webrtc" if pc is not None else "server"  # /api/admin/sessions
         self._recording: tuple[Recordings, RecordingFile] | None = None
         self.pipeline = SpeechPipeline(tts, lipsync, _avatar_cursor(self.stage), sessionid)
         self.pipeline.start()
+        self.player = Player(sessionid, self.stage, self.pipeline, self.events, self.video,
+                             self.audio)
 
     # --- control, called by the API -------------------------------------------------------
     def member(self, avatarid: str) -> Member:
@@ -207,15 +194,7 @@ class Session:
 
     async def interrupt(self) -> None:
         self.audio.flush()  # speech already handed to the track goes too
-        self._end_dropped(await self.pipeline.interrupt())
-
-    def _end_dropped(self, dropped: list[Utterance]) -> None:
-        """Each cut or never-started utterance ends with an `interrupted` event."""
-        if self._speaking is not None and self._speaking not in dropped:
-            dropped.insert(0, self._speaking)
-        self._speaking = None
-        for utterance in dropped:
-            self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text)
+        self.player.end_dropped(await self.pipeline.interrupt())
 
     def listen(self, track, voice_input: VoiceInput) -> None:
         """Consume the user's audio track (one per session; voice_mode "off" ignores it)."""
@@ -252,15 +231,19 @@ class Session:
 
     def add_sink(self, sink: TickSink) -> None:
         """From the next tick on, `sink` gets every tick (media/sinks.py)."""
-        self._sinks.append(sink)
+        self.player.add_sink(sink)
 
     @property
     def sinks(self) -> tuple[TickSink, ...]:
-        return tuple(self._sinks)
+        return self.player.sinks
 
     def remove_sink(self, sink: TickSink) -> None:
-        if sink in self._sinks:
-            self._sinks.remove(sink)
+        self.player.remove_sink(sink)
+
+    @property
+    def frames_sent(self) -> int:
+        """Ticks played so far."""
+        return self.player.frames_sent
 
     def start(self) -> None:
         """Play now, without waiting for a peer to pull (a server-created session)."""
@@ -268,7 +251,7 @@ class Session:
 
     @property
     def speaking(self) -> bool:
-        return self._speaking is not None or self.pipeline.busy
+        return self.player.speaking or self.pipeline.busy
 
     @property
     def closed(self) -> bool:
@@ -298,20 +281,17 @@ class Session:
             if watch is not None and watch is not asyncio.current_task():
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)
-            player, self._player = self._player, None
-            if player is not None:
-                player.cancel()
-                await asyncio.gather(player, return_exceptions=True)
+            await self.player.stop()
             listener, self.listener = self.listener, None
             if listener is not None:
                 await listener.close()
-            self._end_dropped(await self.pipeline.close())
+            self.player.end_dropped(await self.pipeline.close())
             if self._recorder is not None:
                 try:
                     await self.stop_recording()
                 except RuntimeError:
                     log.exception("recording lost sessionid=%s", self.sessionid)
-            sinks, self._sinks = self._sinks, []
+            sinks = self.player.take_sinks()
             await asyncio.gather(*(sink.close() for sink in sinks if isinstance(sink, Sink)),
                                  return_exceptions=True)
             self.video.stop()
@@ -330,64 +310,9 @@ class Session:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    # --- the player -------------------------------------------------------------------------
     def _start_player(self) -> None:
-        if self._player is None and not self.closed:
-            self.clock.start()
-            self._player = asyncio.create_task(self._play(), name=f"player-{self.sessionid}")
-
-    async def _play(self) -> None:
-        tick = 0
-        while True:
-            tick = await self.clock.wait_for_tick(tick)
-            try:
-                self._render(tick)
-            except Exception:  # a bad frame must not stop the stream
-                log.exception("render failed sessionid=%s tick=%s", self.sessionid, tick)
-            tick += 1
-
-    def _next_speech_frame(self) -> SpeechFrame | None:
-        while (item := self.pipeline.pop()) is not None:
-            if isinstance(item, SpeechFrame):
-                return item
-            utterance = item.utterance
-            if isinstance(item, UtteranceStarted):
-                self._speaking, self._spoken = utterance, []
-                self.events.emit("start", utterance_id=utterance.id, kind=utterance.kind,
-                                 text=utterance.text)
-            elif isinstance(item, SentenceStarted):
-                self._spoken.append(item.text)
-                self.events.emit("sentence", utterance_id=utterance.id, kind=utterance.kind,
-                                 text=item.text)
-            elif isinstance(item, UtteranceEnded):
-                if self._speaking is not utterance:  # ended without starting: nothing spoken
-                    self._spoken = []
-                self._speaking = None
-                if item.error:
-                    self.events.emit("error", utterance_id=utterance.id, msg=item.error)
-                else:
-                    spoken = join_sentences(self._spoken)
-                    answer = {"answer": spoken} if utterance.kind == "chat" else {}
-                    self.events.emit("end", utterance_id=utterance.id, kind=utterance.kind,
-                                     text=utterance.text, **answer)
-        return None
-
-    def _render(self, tick: int) -> None:
-        speech = self._next_speech_frame()
-        # Between utterances the idle loop's position is the tick on the process-wide grid: the
-        # same picture as every other session showing this avatar idle, which lets them share
-        # its encoding. Within one (a pause, a late frame) it goes on from the speech's.
-        grid_tick = self.clock.wall_tick(tick) if self._speaking is None else None
-        shot = self.stage.next_shot(speech, grid_tick)
-        image, audio = shot.image, shot.audio
-        self.video.push(Picture(image, self.clock.video_pts(tick), shot.idle))
-        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
-        for packet in range(AUDIO_PACKETS_PER_TICK):
-            samples = pcm[packet * AUDIO_SAMPLES_PER_PACKET : (packet + 1) * AUDIO_SAMPLES_PER_PACKET]
-            self.audio.push(Sound(samples, self.clock.audio_pts(tick, packet)))
-        for sink in self._sinks:
-            sink.add(tick, image, pcm)
-        self.frames_sent += 1
+        if not self.closed:
+            self.player.start()
 
 
 def _avatar_cursor(stage: Stage) -> Callable[[], int]:

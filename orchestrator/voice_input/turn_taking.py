@@ -2,7 +2,7 @@
 
 uplink frames -> VoiceActivity (Silero on Triton) -> at the end of an utterance, ASR -> the
 transcript goes to `chat` (or `echo`) like a typed /human. While the avatar talks, user speech
-that lasts at least `barge_in_min_s` interrupts it through `Session.interrupt`, the mechanism
+that lasts at least `barge_in_min_s` interrupts it through the session's `interrupt` (a `Conversation`), the mechanism
 /interrupt_talk uses (the default, three VAD frames, fires before the VAD confirms a turn).
 
 Speculative transcription: ASR starts at the first silent frame after speech (SpeechPaused),
@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -53,12 +53,36 @@ from ..vad.silero import (
 )
 from .microphone import uplink_frames
 
-if TYPE_CHECKING:
-    from ..session.session import Session
-
 log = logging.getLogger(__name__)
 
 VOICE_MODES = ("chat", "echo", "off")
+
+
+class Events(Protocol):
+    def emit(self, event: str, **fields) -> None:
+        """One event (SSE `event` and its fields) to the session's subscribers."""
+
+
+class Conversation(Protocol):
+    """What turn-taking asks of the session it listens for (session/session.py `Session`):
+    its events, whether the avatar is speaking, and the same say, ask and interrupt that
+    /human and /interrupt_talk use. ApiError from say/ask (a full queue) is reported, not
+    raised."""
+
+    sessionid: int
+    events: Events
+
+    @property
+    def speaking(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def interrupt(self) -> None: ...
+
+    def say(self, text: str) -> object: ...
+
+    def ask(self, question: str) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +110,7 @@ class VoiceInput:
 class Listener:
     """Runs while the session lives; `close` ends it and every turn it started."""
 
-    def __init__(self, session: Session, track: MediaStreamTrack, voice: VoiceInput,
+    def __init__(self, session: Conversation, track: MediaStreamTrack, voice: VoiceInput,
                  options: VoiceOptions) -> None:
         self.session = session
         self.voice = voice

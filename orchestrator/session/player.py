@@ -1,0 +1,163 @@
+"""The session's player: its one media clock loop, what it shows, and the events of what it plays.
+
+On every 40 ms tick it takes the next lip-synced frame from the speech pipeline (or the stage's
+idle, clip or fade frame), pushes one video picture and the two 20 ms audio packets that belong
+to it into the session's tracks, and hands the tick to every sink (the recorder, outputs), so
+audio, video and every output carry the same clock and cannot drift apart. Like aiortc's
+`MediaPlayer` owns its worker, the player owns the loop; the session only starts and stops it.
+
+It is also the one owner of "the current utterance": the typed items the pipeline yields
+(`UtteranceStarted`, `SentenceStarted`, `UtteranceEnded`) become the session's `start`,
+`sentence`, `end`/`error` events as they are played, not when they are produced, and an
+interruption's dropped utterances become `interrupted` events here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+
+from ..media.audio_track import AudioTrack, Sound
+from ..media.clock import AUDIO_PACKETS_PER_TICK, AUDIO_SAMPLES_PER_PACKET, MediaClock
+from ..media.sinks import TickSink
+from ..media.video_track import Picture, VideoTrack
+from ..speech.items import (
+    SentenceStarted,
+    SpeechFrame,
+    Utterance,
+    UtteranceEnded,
+    UtteranceStarted,
+    join_sentences,
+)
+from ..speech.pipeline import SpeechPipeline
+from .events import SessionEvents
+from .stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+class Player:
+    """Plays one session: `start` begins the clock (idempotent), `stop` ends the loop.
+
+    `sessionid` labels logs and task names; the stage, pipeline, events and tracks are the
+    session's (the player holds no reference back to the session).
+    """
+
+    def __init__(self, sessionid: int, stage: Stage, pipeline: SpeechPipeline,
+                 events: SessionEvents, video: VideoTrack, audio: AudioTrack) -> None:
+        self.sessionid = sessionid
+        self.stage = stage
+        self.pipeline = pipeline
+        self.events = events
+        self.video = video
+        self.audio = audio
+        self.clock = MediaClock()
+        self.frames_sent = 0
+        self._speaking: Utterance | None = None
+        self._spoken: list[str] = []  # sentences of the current utterance played so far
+        self._sinks: list[TickSink] = []  # each gets every tick: recorder, outputs
+        self._task: asyncio.Task | None = None
+        self._stopped = False
+
+    @property
+    def speaking(self) -> bool:
+        """An utterance is being played (its `start` was sent, its `end` not yet)."""
+        return self._speaking is not None
+
+    # --- sinks ------------------------------------------------------------------------------
+    def add_sink(self, sink: TickSink) -> None:
+        """From the next tick on, `sink` gets every tick (media/sinks.py)."""
+        self._sinks.append(sink)
+
+    def remove_sink(self, sink: TickSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    @property
+    def sinks(self) -> tuple[TickSink, ...]:
+        return tuple(self._sinks)
+
+    def take_sinks(self) -> list[TickSink]:
+        """Every sink, removed (the session closes them)."""
+        sinks, self._sinks = self._sinks, []
+        return sinks
+
+    # --- the loop ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the clock and the loop, once (a track's first pull, or a server session)."""
+        if self._task is None and not self._stopped:
+            self.clock.start()
+            self._task = asyncio.create_task(self._play(), name=f"player-{self.sessionid}")
+
+    async def stop(self) -> None:
+        """End the loop (for good: a stopped player does not start again)."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _play(self) -> None:
+        tick = 0
+        while True:
+            tick = await self.clock.wait_for_tick(tick)
+            try:
+                self._render(tick)
+            except Exception:  # a bad frame must not stop the stream
+                log.exception("render failed sessionid=%s tick=%s", self.sessionid, tick)
+            tick += 1
+
+    def _render(self, tick: int) -> None:
+        speech = self._next_speech_frame()
+        # Between utterances the idle loop's position is the tick on the process-wide grid: the
+        # same picture as every other session showing this avatar idle, which lets them share
+        # its encoding. Within one (a pause, a late frame) it goes on from the speech's.
+        grid_tick = self.clock.wall_tick(tick) if self._speaking is None else None
+        shot = self.stage.next_shot(speech, grid_tick)
+        image, audio = shot.image, shot.audio
+        self.video.push(Picture(image, self.clock.video_pts(tick), shot.idle))
+        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+        for packet in range(AUDIO_PACKETS_PER_TICK):
+            samples = pcm[packet * AUDIO_SAMPLES_PER_PACKET : (packet + 1) * AUDIO_SAMPLES_PER_PACKET]
+            self.audio.push(Sound(samples, self.clock.audio_pts(tick, packet)))
+        for sink in self._sinks:
+            sink.add(tick, image, pcm)
+        self.frames_sent += 1
+
+    # --- what is played, as events ----------------------------------------------------------
+    def _next_speech_frame(self) -> SpeechFrame | None:
+        while (item := self.pipeline.pop()) is not None:
+            if isinstance(item, SpeechFrame):
+                return item
+            utterance = item.utterance
+            if isinstance(item, UtteranceStarted):
+                self._speaking, self._spoken = utterance, []
+                self.events.emit("start", utterance_id=utterance.id, kind=utterance.kind,
+                                 text=utterance.text)
+            elif isinstance(item, SentenceStarted):
+                self._spoken.append(item.text)
+                self.events.emit("sentence", utterance_id=utterance.id, kind=utterance.kind,
+                                 text=item.text)
+            elif isinstance(item, UtteranceEnded):
+                if self._speaking is not utterance:  # ended without starting: nothing spoken
+                    self._spoken = []
+                self._speaking = None
+                if item.error:
+                    self.events.emit("error", utterance_id=utterance.id, msg=item.error)
+                else:
+                    spoken = join_sentences(self._spoken)
+                    answer = {"answer": spoken} if utterance.kind == "chat" else {}
+                    self.events.emit("end", utterance_id=utterance.id, kind=utterance.kind,
+                                     text=utterance.text, **answer)
+        return None
+
+    def end_dropped(self, dropped: list[Utterance]) -> None:
+        """Each cut (the one playing) or never-started utterance ends with an `interrupted`
+        event; nothing is playing afterwards."""
+        if self._speaking is not None and self._speaking not in dropped:
+            dropped.insert(0, self._speaking)
+        self._speaking = None
+        for utterance in dropped:
+            self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text)
