@@ -1,7 +1,7 @@
 """End-to-end latency of one session: POST /human → first speech audio at a WebRTC client,
 for `echo` and for `chat` answered by a local fake LLM streaming at a fixed token rate.
 
-Starts the fake OpenAI-compatible LLM (tests/fake_openai.py) and `python -m orchestrator`
+Starts the fake OpenAI-compatible LLM (tests/support/fake_openai.py) and `python -m orchestrator`
 (embedded Triton, --llm-base-url at the fake) on 127.0.0.1 as their own processes, connects a
 real aiortc client, sends N echo utterances and then N chat questions, one after another (each
 after the previous one ended), and reports:
@@ -44,7 +44,7 @@ from orchestrator.client import (
 from orchestrator.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
-FAKE_LLM = Path(__file__).resolve().parent.parent / "tests" / "fake_openai.py"
+FAKE_LLM = Path(__file__).resolve().parent.parent / "tests" / "support" / "fake_openai.py"
 LLM_TOKENS_PER_SECOND = 20.0
 # The first sentence is 5 tokens (words): at 20 tokens/s the LLM alone takes ~0.25 s for it.
 CHAT_REPLY = "Sure, we open at nine. On weekends we open at ten, and we close at six every day."

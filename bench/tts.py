@@ -9,7 +9,7 @@ Starts `python -m orchestrator` (embedded Triton, default `--tts piper`) on 127.
   (bench/intelligibility.py);
 - end to end: a real aiortc client, N echo utterances (bench/e2e_latency.py's `speak_all`).
 - per voice-cloning engine (cosyvoice, gpt-sovits, fishtts, openai), each against its fake
-  server (tests/fake_voice_servers.py: the real protocol, a reference clip registered in a
+  server (tests/support/fake_voice_servers.py: the real protocol, a reference clip registered in a
   temporary data/voices/, FAKE_FIRST_CHUNK_S before the first chunk, then audio made at
   FAKE_REAL_TIME_FACTOR): time to first audio and to the whole sentence, real-time factor. The
   fake's pace dominates; what the numbers show is our client's overhead and that a streamed
@@ -44,7 +44,7 @@ from orchestrator.tts import ENGINES as TTS_ENGINES
 from orchestrator.tts import ESpeakEngine, PiperEngine, TTSEngine, Voice
 from orchestrator.tts.reference_voices import VoiceStore
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 from fake_voice_servers import FakeVoice, run_fake_voice_server, tone_wav  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -16,7 +16,7 @@ Such a window stays below SILENT_LEVEL_MEL: per STFT column the spectrum's energ
 of mel amplitudes at most |column sums of the filterbank| / 80 times its root (Cauchy-Schwarz), and
 the level, a mean of clip(1.6 log10 a + 2.4) <= -4 + 1.6 log10(1 + a / 1e-4) (concave), at most
 that function of the mean (Jensen): -3.44 mel at -88 dBFS; the bound reaches -3.3 at -85.1 dBFS
-(tests/test_default_lipsync.py computes it).
+(tests/lipsync/test_default_lipsync.py computes it).
 
 The graph *is* the implementation: there is no numpy twin. `build_model(expose_controls=True)`
 adds the `open` and `shape` controls as extra outputs for tests and tuning.

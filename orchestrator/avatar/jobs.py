@@ -3,7 +3,7 @@ in a worker thread, so the event loop keeps streaming while a build runs.
 
 Threads, not processes: the build's heavy parts (Haar detection, warps, JPEG encoding, video
 decoding) are OpenCV/FFmpeg calls that release the GIL; measured, the event loop stays
-responsive (tests/test_avatar_video.py). Each job owns its uploaded file and deletes it when it
+responsive (tests/avatar/test_avatar_video.py). Each job owns its uploaded file and deletes it when it
 ends, whatever the outcome.
 """
 

@@ -21,7 +21,7 @@ SILENCE_MEL_VALUE = -4.0  # the normalised value of digital silence (and of clip
 # A frame is silent when no sample its mel window is computed from (window_samples) reaches this
 # peak (full scale = 1.0). 16-bit audio with +-1 LSB of dither (-90.3 dBFS) is silent; any room
 # tone is not. The default lip-sync model keeps the mouth shut for every such window, by a bound
-# (export/default_lipsync.py, tests/test_default_lipsync.py) that holds up to -85.1 dBFS.
+# (export/default_lipsync.py, tests/lipsync/test_default_lipsync.py) that holds up to -85.1 dBFS.
 SILENCE_PEAK_DBFS = -88.0
 SILENCE_PEAK = 10.0 ** (SILENCE_PEAK_DBFS / 20.0)
 

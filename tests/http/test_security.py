@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from server_fixtures import livehuman, running_server, server_settings  # noqa: F401  (fixture)
-from test_web_client import CHROMIUM, CHROMIUM_ARGS
 from yarl import URL
 
 from orchestrator.app import create_app

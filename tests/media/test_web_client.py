@@ -9,21 +9,11 @@ from pathlib import Path
 
 import av
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from server_fixtures import livehuman  # noqa: F401  (fixture)
 from skimage import data
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-    # WebRTC over loopback: let Chromium use 127.0.0.1 candidates and show real local IPs.
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    # This machine's network is closed: keep Chromium from calling home.
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-quic",
-]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 FRAMES_DECODED_JS = """async () => {
   if (!state.pc) return 0;

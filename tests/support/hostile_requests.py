@@ -1,4 +1,4 @@
-"""Hostile HTTP requests for any livehuman route: the fuzz test (tests/test_fuzz.py) and the
+"""Hostile HTTP requests for any livehuman route: the fuzz test (tests/http/test_fuzz.py) and the
 reliability bench (bench/reliability.py) draw from here.
 
 `route_table(app)` lists what the app serves (so a new route is fuzzed without touching this

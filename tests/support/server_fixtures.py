@@ -19,7 +19,7 @@ from orchestrator.services import start_services
 from orchestrator.settings import Settings
 
 TEST_MAX_SESSIONS = 4
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # Responses that named a server directory, as "METHOD path: directory"; a test that sees one
 # fails (conftest.py checks after every test).

@@ -1,5 +1,5 @@
 """Voice-cloning engines over HTTP (cosyvoice, gpt-sovits, fishtts, openai) against fake servers
-that speak each real protocol (tests/fake_voice_servers.py); reference voices (POST/GET
+that speak each real protocol (tests/support/fake_voice_servers.py); reference voices (POST/GET
 /voices); streamed TTS reaching the client before the sentence is synthesised; server failures
 as `error` events and 503s."""
 

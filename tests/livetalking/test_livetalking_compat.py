@@ -22,9 +22,9 @@ import aiohttp
 import av
 import numpy as np
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from server_fixtures import running_server, server_settings
 from skimage import data
-from test_web_client import CHROMIUM, CHROMIUM_ARGS
 
 from orchestrator.client import AvatarClient
 from orchestrator.media.wav_file import wav_bytes

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.signal
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from server_fixtures import livehuman  # noqa: F401  (fixture)
 from test_voice_input import ANSWER_START, LONG_ECHO, QUESTION, words
-from test_web_client import CHROMIUM, CHROMIUM_ARGS
 
 from orchestrator.tts import PiperEngine, Voice, synthesize_all
 

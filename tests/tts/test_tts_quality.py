@@ -14,7 +14,7 @@ import pytest
 from orchestrator.speech.pipeline import to_pipeline_rate
 from orchestrator.tts import ESpeakEngine, PiperEngine, Voice, synthesize_all
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from intelligibility import SENTENCES, word_error_rate, word_errors  # noqa: E402
 
 PIPER_MAX_WER = 0.15

@@ -129,7 +129,7 @@ async def lipsync_stats(url: str) -> dict:
 def assert_lip_synced(client: AvatarClient, first_speech: float, idle_end: int,
                       reference: np.ndarray, region) -> None:
     """The mouth moves while the avatar speaks, well beyond its idle motion, and follows the
-    loudness of the audio that plays with it (as tests/test_session_e2e.py checks one server)."""
+    loudness of the audio that plays with it (as tests/session/test_session_e2e.py checks one server)."""
     r = client.received
     full = (slice(None), slice(None))  # the client kept only the mouth window
     idle_motion = mouth_motion(r.video[:idle_end], full, reference)

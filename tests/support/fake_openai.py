@@ -8,7 +8,7 @@
     async with run_fake_openai(fake) as base_url:   # http://127.0.0.1:<port>/v1
         ...
 
-As a script: `python tests/fake_openai.py --port 0 --tokens-per-second 20 --reply "..."`.
+As a script: `python tests/support/fake_openai.py --port 0 --tokens-per-second 20 --reply "..."`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from orchestrator.media.video_track import Picture, VideoTrack
 from orchestrator.session.stage import TRANSITION_FRAMES, IdleFrame, Stage
 from orchestrator.settings import Settings
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CODECS = ("video/VP8", "video/H264")
 SPEECH_RMS = 0.01
 SENTENCE = "Hello there. This is a short sentence to switch encoders."

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 180.0  # a busy 2-core machine importing librosa, aiortc and av
 EXIT_TIMEOUT_S = 30.0
 
