@@ -15,6 +15,7 @@ from .http.access import AccessLog
 from .http.server import AppRunner
 from .services import SERVICES_KEY
 from .settings import Settings, parse_settings, redact_stream_key
+from .tts import ENGINES as TTS_ENGINES
 
 
 async def serve(settings: Settings) -> None:
@@ -69,7 +70,7 @@ def output_lines(settings: Settings) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_settings(argv)
+    settings = parse_settings(argv, choices={"tts": list(TTS_ENGINES)})
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -21,7 +21,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-MIC_SAMPLE_RATE_HZ = 48000
+MIC_SAMPLE_RATE_HZ = 48000  # WebRTC's Opus clock rate (not the server's 16 kHz pipeline)
 MIC_PTIME_S = 0.020
 MIC_SAMPLES_PER_FRAME = int(MIC_SAMPLE_RATE_HZ * MIC_PTIME_S)  # 960
 MIC_TIME_BASE = fractions.Fraction(1, MIC_SAMPLE_RATE_HZ)

@@ -36,7 +36,7 @@ from .triton.artifacts import ensure_default_artifacts
 from .triton.server import EmbeddedTriton, wait_models_ready
 from .triton.shm import on_this_host
 from .triton.supervisor import TritonSupervisor
-from .tts import TTSRouter, open_tts, triton_models
+from .tts import TTSRouter, describe_tts, model_artifacts, open_tts, triton_models
 from .tts.reference_voices import VoiceStore
 from .vad.silero import SileroVAD, VADSettings
 from .voice_input.turn_taking import VoiceInput
@@ -102,7 +102,8 @@ async def start_services(settings: Settings) -> Services:
         None, melspectrogram, np.zeros(SAMPLE_RATE_HZ // 10, np.float32))
     models = triton_model_names(settings)
     embedded = None
-    await ensure_default_artifacts(settings, with_models=not settings.triton_url)
+    await ensure_default_artifacts(settings, with_models=not settings.triton_url,
+                                   engine_artifacts=model_artifacts(settings))
     if settings.triton_url:
         url = settings.triton_url
         await wait_models_ready(url, models, TRITON_READY_TIMEOUT_S)
@@ -165,9 +166,7 @@ async def start_services(settings: Settings) -> Services:
     status = await services.triton_status()
     log.info("triton at %s (%s): %s", url, "embedded" if embedded else "external", status)
     # Which voice speaks is the first thing a user asks: say it once, at start.
-    log.info("tts: %s%s, fallback espeak (%s)", settings.tts,
-             f" voice {settings.piper_voice}" if settings.tts == "piper" else "",
-             settings.tts_model)
+    log.info("tts: %s", describe_tts(settings))
     return services
 
 

@@ -11,7 +11,9 @@ import abc
 
 import numpy as np
 
-ASR_SAMPLE_RATE_HZ = 16000
+from ..media.clock import AUDIO_SAMPLE_RATE_HZ
+
+ASR_SAMPLE_RATE_HZ = AUDIO_SAMPLE_RATE_HZ  # Whisper takes 16 kHz: the pipeline's rate, as is
 
 
 class ASRError(RuntimeError):

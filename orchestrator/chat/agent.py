@@ -14,8 +14,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
+from ..language import language_of
 from ..settings import DEFAULT_LLM_MODEL
-from ..speech.items import SentenceStream, is_cjk, join_sentences, split_sentences
+from ..speech.items import SentenceStream, join_sentences, split_sentences
 from .knowledge import KnowledgeBase, Passage, Profile
 from .llm import ChatLLM, LLMConfig, LLMError
 
@@ -43,9 +44,6 @@ class ChatTurn:
     question: str
     answer: str
 
-
-def language_of(text: str) -> str:
-    return "zh" if any(is_cjk(ch) for ch in text) else "en"
 
 
 def llm_config_for(profile: Profile, base: LLMConfig | None) -> LLMConfig | None:

@@ -32,6 +32,8 @@ import jieba
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN_PLUS
 
+from ..language import CJK_CHAR_CLASS, has_cjk, is_cjk
+
 SHIPPED_DIR = Path(__file__).parent / "shipped_knowledge"
 DEFAULT_LLMID = "default"
 LLMID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -44,8 +46,7 @@ jieba.setLogLevel(logging.WARNING)  # its dictionary loads lazily on first use; 
 # bm25s sets its own logger to DEBUG at import, which overrides the server's --log-level.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_RUNS = re.compile(rf"([{_CJK}]+)|([^\W_{_CJK}]+)")
+_RUNS = re.compile(rf"([{CJK_CHAR_CLASS}]+)|([^\W_{CJK_CHAR_CLASS}]+)")
 # Greetings and politeness carry no topic; unknown to the knowledge base they would weigh the
 # most and sink an otherwise good FAQ match ("Hi, what is livehuman?").
 _STOPWORDS_EN = frozenset(STOPWORDS_EN_PLUS) | {
@@ -113,16 +114,8 @@ def tokenize(text: str) -> list[str]:
     shorter words inside them (jieba's search mode), so that 服务 finds 服务器."""
     terms: list[str] = []
     for word in words(text):
-        terms += jieba.lcut_for_search(word) if len(word) > 2 and _is_cjk(word) else [word]
+        terms += jieba.lcut_for_search(word) if len(word) > 2 and is_cjk(word[0]) else [word]
     return terms
-
-
-def _is_cjk(word: str) -> bool:
-    return "\u3400" <= word[0] <= "\u9fff" or "\uf900" <= word[0] <= "\ufaff"
-
-
-def _has_cjk(text: str) -> bool:
-    return any(_is_cjk(c) for c in text)
 
 
 def _singular(word: str) -> str:
@@ -228,11 +221,11 @@ class KnowledgeBase:
             for vocab in self._item_words
         ]
         scores = self._faq_index.scores(_unique(tokenize(query)))
-        chinese = _has_cjk(query)
+        chinese = has_cjk(query)
         row = max(
             range(len(self._rows)),
             key=lambda r: (
-                coverage[self._row_item[r]], _has_cjk(self._rows[r].question) == chinese, scores[r]
+                coverage[self._row_item[r]], has_cjk(self._rows[r].question) == chinese, scores[r]
             ),
         )
         share = coverage[self._row_item[row]]
@@ -279,8 +272,8 @@ def _found(word: str, vocabulary: set[str]) -> bool:
     differently in different sentences. A single character only counts inside a longer word."""
     if word in vocabulary:
         return True
-    return _is_cjk(word) and any(
-        _is_cjk(v) and (word in v or (len(v) > 1 and v in word)) for v in vocabulary
+    return is_cjk(word[0]) and any(
+        is_cjk(v[0]) and (word in v or (len(v) > 1 and v in word)) for v in vocabulary
     )
 
 

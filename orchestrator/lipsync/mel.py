@@ -12,8 +12,9 @@ from functools import lru_cache
 import librosa
 import numpy as np
 
-SAMPLE_RATE_HZ = 16000
-VIDEO_FPS = 25
+from ..media.clock import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS
+
+SAMPLE_RATE_HZ = AUDIO_SAMPLE_RATE_HZ  # Wav2Lip's mel is defined on 16 kHz audio: the pipeline's
 MEL_FRAMES_PER_SECOND = 80  # SAMPLE_RATE_HZ / HOP_SAMPLES
 MEL_WINDOW_FRAMES = 16  # 200 ms of audio per video frame
 MEL_BINS = 80

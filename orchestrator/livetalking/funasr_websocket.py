@@ -40,7 +40,7 @@ MAX_UTTERANCE_S = 60.0
 FIRST_MESSAGE_TIMEOUT_S = 10.0
 MAX_WAV_NAME_CHARS = 256
 MIN_AUDIO_FS_HZ = 8000
-MAX_AUDIO_FS_HZ = 48000
+MAX_AUDIO_FS_HZ = 48000  # the highest rate a page records at; resampled to the pipeline's
 PCM16_BYTES = 2
 WAV_HEADER_MAX_BYTES = 4096  # RIFF header with its chunks before `data`
 

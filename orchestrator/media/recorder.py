@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_CODEC = "libx264"
 AUDIO_CODEC = "aac"
-AUDIO_OUT_RATE_HZ = 48000
+AUDIO_OUT_RATE_HZ = 48000  # AAC's usual rate in MP4 players; the 16 kHz speech is resampled
 VIDEO_BITRATE = 2_000_000
 
 

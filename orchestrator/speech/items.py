@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..avatar.store import Avatar
+from ..language import is_cjk
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ
 from ..tts.base import Voice
 
@@ -158,10 +159,6 @@ def _sentence_end(text: str, final: bool) -> int | None:
         return end
     return None
 
-
-def is_cjk(ch: str) -> bool:
-    """A Chinese character (CJK unified ideographs): no spaces between words, a Chinese voice."""
-    return "\u4e00" <= ch <= "\u9fff"
 
 
 def _speakable(piece: str) -> bool:

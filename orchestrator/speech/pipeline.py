@@ -38,7 +38,7 @@ from ..lipsync.mel import (
     silent_frames,
 )
 from ..lipsync.models import LipSyncModels
-from ..media.clock import AUDIO_SAMPLES_PER_TICK
+from ..media.clock import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_TICK
 from ..tts import TTSRouter, Voice
 from .items import (
     SentenceStarted,
@@ -62,7 +62,7 @@ MAX_LEAD_FRAMES = 50
 PLANNING_LEAD_TICKS = 2
 SENTENCE_QUEUE_SIZE = 2
 # Uploaded audio is cut in pieces like sentences so its first frames leave early.
-UPLOADED_PIECE_SAMPLES = 5 * 16000
+UPLOADED_PIECE_SAMPLES = 5 * AUDIO_SAMPLE_RATE_HZ  # 5 s
 # A streamed sentence is analysed again once this much new audio arrived, and at least this
 # share of what it had: bounded work per sentence, small first pieces.
 STREAM_MIN_NEW_S = 0.25

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .items import is_cjk
+from ..language import has_cjk
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _FENCED_BLOCK = re.compile(r"(```|~~~)[^\n]*\n.*?(\n\s*\1|$)", re.S)
@@ -66,10 +66,6 @@ DEGREE_WORDS = {"C": ("degrees Celsius", "摄氏度"), "F": ("degrees Fahrenheit
 # currency (Sc) and math (Sm: + = < >) stay for the engine, ° is handled above
 _DROPPED_CATEGORIES = frozenset({"So", "Sk", "Cf", "Co", "Cs", "Cn"})
 _KEPT_SYMBOLS = frozenset("°")
-
-
-def _chinese(text: str) -> bool:
-    return any(is_cjk(ch) for ch in text)
 
 
 def _domain(match: re.Match) -> str:
@@ -144,7 +140,7 @@ class SpokenText:
     def _clean(text: str) -> str:
         if _LONE_MARKER.match(text):
             return ""
-        zh = _chinese(text)
+        zh = has_cjk(text)
         text = _IMAGE.sub(r"\1", text)
         text = _LINK.sub(r"\1", text)
         text = _AUTOLINK.sub(r"\1", text)

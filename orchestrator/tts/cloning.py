@@ -17,14 +17,6 @@ from .http_audio import MAX_RATE_HZ, MIN_RATE_HZ, HTTPVoiceServer, PCMDecoder, p
 from .reference_voices import VOICES_DIR_NAME, ReferenceVoice, VoiceStore
 
 
-def language_of(text: str) -> str:
-    """'zh' for text with Chinese characters, else 'en' (the languages these servers are asked
-    for by default; a `tts` option overrides)."""
-    from ..speech.items import is_cjk  # speech imports tts.base: import here, not at module load
-
-    return "zh" if any(is_cjk(ch) for ch in text) else "en"
-
-
 def passed_options(options: Mapping[str, object], allowed: Mapping[str, type | tuple]) -> dict:
     """The `tts` keys this server understands, with the JSON types it takes; a wrong type is a
     ValueError naming the key (the utterance ends with it as its error)."""

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
+from ..media.clock import AUDIO_SAMPLE_RATE_HZ
+from ..settings import DEFAULT_TTS_MODEL
 from ..triton.client import DEFAULT_TIMEOUT_S, TritonModelClient, bytes_input, strings, times
 from .base import TTSEngine, UnknownVoice, Voice, plausible_voice_name
 
-ESPEAK_MODEL = "tts_espeak"
-ESPEAK_SAMPLE_RATE_HZ = 16000  # the model resamples eSpeak's 22050 Hz itself (its timings too)
+ESPEAK_MODEL = DEFAULT_TTS_MODEL  # "tts_espeak": named once, in settings (--tts-model's default)
+# The model resamples eSpeak's 22050 Hz itself (its timings too), to the pipeline's rate.
+ESPEAK_SAMPLE_RATE_HZ = AUDIO_SAMPLE_RATE_HZ
 UNKNOWN_VOICE_MARKER = "unknown voice"
 
 

@@ -17,8 +17,9 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from ..language import language_of
 from .base import Voice
-from .cloning import HTTPCloningEngine, language_of, passed_options
+from .cloning import HTTPCloningEngine, passed_options
 from .http_audio import HTTPVoiceServer
 from .reference_voices import VoiceStore
 

