@@ -12,6 +12,7 @@ from aiortc.sdp import SessionDescription
 from ..avatar.multiavatar import MAIN
 from ..errors import ApiError
 from ..media.audio_decoding import MAX_UPLOAD_BYTES, decode_audio
+from ..media.clock import AUDIO_SAMPLE_RATE_HZ
 from ..media.recorder import EmptyRecording
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..session.session import SessionOptions
@@ -289,5 +290,5 @@ async def humanaudio(request: web.Request) -> web.Response:
     if interrupt in ("true", "1"):
         await session.interrupt()
     utterance = session.say("(uploaded audio)", audio=audio)
-    return ok({"utterance_id": utterance.id, "seconds": round(audio.size / 16000, 3)})
+    return ok({"utterance_id": utterance.id, "seconds": round(audio.size / AUDIO_SAMPLE_RATE_HZ, 3)})
 
