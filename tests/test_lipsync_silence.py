@@ -15,6 +15,7 @@ from server_fixtures import livehuman  # noqa: F401  (fixture)
 from export.default_lipsync import astronaut_example
 from export.wav2lip_configs import ModelSignature, container_config, local_config
 from orchestrator.client import AvatarClient
+from orchestrator.lipsync.base import SILENCE_RETURNS_FACE, silence_returns_face
 from orchestrator.lipsync.mel import (
     SAMPLE_RATE_HZ,
     SILENCE_PEAK,
@@ -23,13 +24,7 @@ from orchestrator.lipsync.mel import (
     melspectrogram,
     silent_frames,
 )
-from orchestrator.lipsync.models import (
-    FRAMES_SKIPPED_SILENT,
-    FRAMES_TO_MODEL,
-    SILENCE_RETURNS_FACE,
-    LipSyncModels,
-    silence_returns_face,
-)
+from orchestrator.lipsync.models import FRAMES_SKIPPED_SILENT, FRAMES_TO_MODEL, LipSyncModels
 from orchestrator.media.wav_file import wav_bytes
 
 LIPSYNC_MODEL = "lipsync_default"

