@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
 import sysconfig
@@ -30,6 +28,7 @@ import threadpoolctl
 import tritonclient.grpc.aio as grpcclient
 
 from .client import new_client
+from .process import die_with_parent, reap_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +40,7 @@ SERVER_EXIT_TIMEOUT_S = 5  # tritonserver's own grace period for in-flight reque
 READY_POLL_S = 0.1
 PORT_ATTEMPTS = 3  # a free port can be taken between picking it and the server binding it
 LOG_TAIL_CHARS = 4000
-PR_SET_PDEATHSIG = 1
 STUB_NAME = "triton_python_backend_stub"
-# The python backend's per-stub shared memory, named on the stub's command line.
-STUB_SHM_PREFIX = "triton_python_backend_shm_region_"
-SHM_DIR = Path("/dev/shm")
 
 
 class TritonStartError(RuntimeError):
@@ -73,61 +68,6 @@ def _free_ports(count: int) -> list[int]:
         for s in sockets:
             s.bind((LOOPBACK, 0))
         return [s.getsockname()[1] for s in sockets]
-
-
-def _die_with_parent(parent_pid: int):
-    """preexec_fn: the server gets SIGTERM when the orchestrator dies, even by SIGKILL.
-
-    prctl is looked up here, before the fork: the child only calls it (no dlopen/dlsym between
-    fork and exec, which could deadlock on a lock another thread held at fork time). The signal
-    follows the thread that forked: start the server from the thread that runs the event loop
-    for the life of the process (the usual case).
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-
-    def preexec() -> None:
-        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            os._exit(126)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(0)
-
-    return preexec
-
-
-def _process_group(pgid: int) -> list[int]:
-    """The live processes of a process group (from /proc; zombies excluded)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
-def _reap_leftovers(pgid: int) -> None:
-    """After the server (pid = `pgid`) exited: kill the python backend stubs it left in its
-    group and remove their shared memory files, which only the dead server would have removed.
-    Nothing is left after a clean exit; after SIGKILL (or a crash) every model's stub is."""
-    for pid in _process_group(pgid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        for arg in argv:
-            name = arg.decode(errors="replace")
-            if name.startswith(STUB_SHM_PREFIX) and "/" not in name:
-                with contextlib.suppress(OSError):
-                    (SHM_DIR / name).unlink()
-        log.info("killed pid=%s left behind by tritonserver pid=%s", pid, pgid)
 
 
 def single_threaded_blas() -> None:
@@ -300,7 +240,7 @@ class EmbeddedTriton:
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self._workdir, env=server_environment(server_dir),
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
                 # Its own process group, which its python backend stubs join: a server killed
                 # abruptly leaves them running (~100 MB each), and the group finds them.
                 process_group=0,
@@ -329,7 +269,7 @@ class EmbeddedTriton:
         if proc is None:
             return
         if proc.returncode is not None:  # it died by itself: what it left behind
-            _reap_leftovers(proc.pid)
+            reap_leftovers(proc.pid)
             return
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
@@ -348,7 +288,7 @@ class EmbeddedTriton:
             raise
         finally:
             if proc.returncode is not None:
-                _reap_leftovers(proc.pid)
+                reap_leftovers(proc.pid)
 
     async def stop(self) -> None:
         """Terminate the server (SIGKILL after STOP_TIMEOUT_S); remove a temporary work dir."""
