@@ -52,7 +52,8 @@ import torch
 from export.default_lipsync import astronaut_example, loudness_mel_window
 from export.wav2lip_export import ONNX_FILE, export_repository, random_inputs
 from export.wav2lip_model import random_model
-from orchestrator.triton.client import LipSyncClient
+from orchestrator.lipsync.default import DEFAULT_LIPSYNC_MODEL, DefaultLipSyncClient
+from orchestrator.lipsync.wav2lip import Wav2LipClient
 from orchestrator.triton.server import EmbeddedTriton
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,7 +62,7 @@ BATCHES = (1, 8, 16, 32, 64)
 DEFAULT_BATCHES = (1, 8, 32)
 VARIANTS = (96, 256)
 DEFAULT_VARIANT = "default"
-DEFAULT_MODEL = "lipsync_default"
+DEFAULT_MODEL = DEFAULT_LIPSYNC_MODEL
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model_repository" / DEFAULT_MODEL
 DEFAULT_POINT_BUDGET_S = 3.0  # the default model's calls are milliseconds: many per point
 DEFAULT_MAX_CALLS = 400
@@ -121,10 +122,10 @@ def onnxruntime_call(session: ort.InferenceSession, mel: np.ndarray, face: np.nd
     return call
 
 
-def triton_call(clients: dict[str, LipSyncClient], url: str, model: str, mel: np.ndarray,
+def triton_call(clients: dict[str, Wav2LipClient], url: str, model: str, mel: np.ndarray,
                 face: np.ndarray) -> Call:
     """The orchestrator's own client for the model (one per model, shared channel)."""
-    client = clients.setdefault(model, LipSyncClient(url, model=model))
+    client = clients.setdefault(model, Wav2LipClient(url, model=model))
 
     async def call() -> np.ndarray:
         return await client.infer_face(mel, face)
@@ -181,7 +182,7 @@ async def run(variants: tuple[int, ...], batches: tuple[int, ...]) -> dict:
         # onnxruntime in process and through Triton, alternating. PyTorch eager runs afterwards,
         # on its own: its OpenMP threads keep spinning after each call and would slow the others.
         async with EmbeddedTriton(repo, [f"wav2lip{s}" for s in variants]) as server:
-            clients: dict[str, LipSyncClient] = {}
+            clients: dict[str, Wav2LipClient] = {}
             try:
                 for face_px in variants:
                     onnx_path = repo / f"wav2lip{face_px}" / "1" / ONNX_FILE
@@ -262,8 +263,8 @@ async def run_default(model_dir: Path, batches: tuple[int, ...]) -> dict:
         session = adapter_session(repo / DEFAULT_MODEL / "1" / ONNX_FILE,
                                   ["CPUExecutionProvider"], threads)
         async with EmbeddedTriton(repo, [DEFAULT_MODEL]) as server:
-            grpc = LipSyncClient(server.url, model=DEFAULT_MODEL)
-            shm = LipSyncClient(server.url, model=DEFAULT_MODEL, shared_memory=True)
+            grpc = DefaultLipSyncClient(server.url, model=DEFAULT_MODEL)
+            shm = DefaultLipSyncClient(server.url, model=DEFAULT_MODEL, shared_memory=True)
             try:
                 for batch in batches:
                     feeds = default_inputs(batch)

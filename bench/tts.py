@@ -39,7 +39,7 @@ from server_process import start_server
 
 from orchestrator.client import AvatarClient
 from orchestrator.settings import Settings
-from orchestrator.speech.pipeline import to_pipeline_rate
+from orchestrator.speech.features import to_pipeline_rate
 from orchestrator.tts import ENGINES as TTS_ENGINES
 from orchestrator.tts import ESpeakEngine, PiperEngine, TTSEngine, Voice
 from orchestrator.tts.reference_voices import VoiceStore

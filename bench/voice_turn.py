@@ -37,10 +37,9 @@ from intelligibility import word_error_rate  # noqa: E402
 from server_process import start_server  # noqa: E402
 
 from orchestrator.client import AvatarClient, Microphone  # noqa: E402
-from orchestrator.settings import DEFAULT_BARGE_IN_MIN_S  # noqa: E402
+from orchestrator.settings import DEFAULT_BARGE_IN_MIN_S, Settings  # noqa: E402
 from orchestrator.speech.pipeline import LEAD_SILENCE_KEPT_S  # noqa: E402
 from orchestrator.tts import PiperEngine, Voice, synthesize_all  # noqa: E402
-from orchestrator.vad.silero import VADSettings  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FAQ = Path(__file__).resolve().parent.parent / "orchestrator/chat/shipped_knowledge/default/faq.csv"
@@ -190,8 +189,8 @@ async def run(turns: int, barge_ins: int) -> dict:
             "asr_wer": round(word_error_rate(pairs), 4),
             "transcripts": [{"said": s, "heard": h} for s, h in pairs],
             "no_turn": missed,
-            "settings": {"vad_min_silence_s": VADSettings().min_silence_s,
-                         "vad_min_speech_s": VADSettings().min_speech_s,
+            "settings": {"vad_min_silence_s": Settings().vad_min_silence_s,
+                         "vad_min_speech_s": Settings().vad_min_speech_s,
                          "barge_in_min_s": DEFAULT_BARGE_IN_MIN_S, "speculative_asr": True,
                          "tts_lead_silence_kept_s": LEAD_SILENCE_KEPT_S,
                          "uplink_prefetch_packets": 1, "asr": "whisper tiny.en int8 on Triton",

@@ -21,6 +21,7 @@ from .avatar.clip_cache import CLIP_CACHE_DIR, ClipCache
 from .avatar.store import AvatarStore
 from .chat.knowledge import KnowledgeStore
 from .chat.llm import LLMConfig
+from .lipsync.default import DEFAULT_LIPSYNC_EXPORT
 from .lipsync.mel import SAMPLE_RATE_HZ, melspectrogram
 from .lipsync.models import LipSyncModels
 from .media.ice import restrict_host_candidates, rtc_configuration
@@ -38,7 +39,9 @@ from .triton.shm import on_this_host
 from .triton.supervisor import TritonSupervisor
 from .tts import TTSRouter, describe_tts, model_artifacts, open_tts, triton_models
 from .tts.reference_voices import VoiceStore
-from .vad.silero import SileroVAD, VADSettings
+from .vad import open_vad
+from .vad.activity import VADSettings
+from .vad.silero import SILERO_EXPORT
 from .voice_input.turn_taking import VoiceInput
 
 log = logging.getLogger(__name__)
@@ -102,8 +105,11 @@ async def start_services(settings: Settings) -> Services:
         None, melspectrogram, np.zeros(SAMPLE_RATE_HZ // 10, np.float32))
     models = triton_model_names(settings)
     embedded = None
-    await ensure_default_artifacts(settings, with_models=not settings.triton_url,
-                                   engine_artifacts=model_artifacts(settings))
+    repository = settings.model_repository
+    exports = [DEFAULT_LIPSYNC_EXPORT, *([SILERO_EXPORT] if settings.voice_input else [])]
+    await ensure_default_artifacts(
+        settings, with_models=not settings.triton_url,
+        engine_artifacts=[*(e.artifact(repository) for e in exports), *model_artifacts(settings)])
     if settings.triton_url:
         url = settings.triton_url
         await wait_models_ready(url, models, TRITON_READY_TIMEOUT_S)
@@ -178,11 +184,8 @@ def triton_model_names(settings: Settings) -> list[str]:
 def voice_input(settings: Settings, triton_url: str) -> VoiceInput | None:
     if not settings.voice_input:
         return None
-    vad = VADSettings(threshold=settings.vad_threshold, neg_threshold=settings.vad_neg_threshold,
-                      min_speech_s=settings.vad_min_speech_s,
-                      min_silence_s=settings.vad_min_silence_s)
-    return VoiceInput(SileroVAD(triton_url), open_asr(settings, triton_url), vad,
-                      settings.barge_in_min_s)
+    return VoiceInput(open_vad(triton_url), open_asr(settings, triton_url),
+                      VADSettings.from_settings(settings), settings.barge_in_min_s)
 
 
 def llm_config(settings: Settings) -> LLMConfig | None:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.lipsync.default import DEFAULT_LIPSYNC_EXPORT
+from orchestrator.lipsync.default import DEFAULT_LIPSYNC_MODEL as LIPSYNC_MODEL
 from orchestrator.triton.server import EmbeddedTriton
 
 MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
-LIPSYNC_ONNX = MODEL_REPOSITORY / "lipsync_default" / "1" / "model.onnx"
+LIPSYNC_ONNX = DEFAULT_LIPSYNC_EXPORT.onnx_path(MODEL_REPOSITORY)
 TTS_MODEL = "tts_espeak"
-LIPSYNC_MODEL = "lipsync_default"
 PIPER_MODELS = ["tts_piper", "piper_joe"]
 PIPER_VOICE_ONNX = MODEL_REPOSITORY / "piper_joe" / "1" / "model.onnx"
 

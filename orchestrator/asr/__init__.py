@@ -13,9 +13,9 @@ __all__ = ["ASR_SAMPLE_RATE_HZ", "ASREngine", "ASRError", "OpenAITranscription",
 
 def asr_triton_models(settings: Settings) -> list[str]:
     """The Triton models voice input needs: the VAD always, Whisper unless --asr-url."""
-    from ..vad.silero import VAD_MODEL
+    from ..vad import vad_triton_models
 
-    return [VAD_MODEL] + ([] if settings.asr_url else [WHISPER_MODEL])
+    return vad_triton_models() + ([] if settings.asr_url else [WHISPER_MODEL])
 
 
 def open_asr(settings: Settings, triton_url: str) -> ASREngine:

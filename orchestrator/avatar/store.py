@@ -16,10 +16,11 @@ import numpy as np
 
 from avatars import livetalking
 
+from ..media.clock import VIDEO_FPS
+from ..settings import DEFAULT_LIPSYNC_MODEL
+
 FORMAT = "livehuman-avatar"
 SUPPORTED_VERSIONS = (1,)
-DEFAULT_LIPSYNC_MODEL = "lipsync_default"
-LIVETALKING_FPS = 25  # LiveTalking plays every avatar at 25 fps (40 ms a frame), as we do
 LOOPS = ("ping-pong", "mirror")  # ours (ends shown once) and LiveTalking's (ends shown twice)
 AVATAR_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -146,7 +147,8 @@ def load_livetalking_avatar(folder: Path) -> Avatar:
     """A LiveTalking folder as it is (ValueError naming what is wrong with it)."""
     loaded = livetalking.load(folder)
     return _shared(Avatar(
-        id=folder.name, fps=LIVETALKING_FPS, width=loaded.frames.shape[2],
+        id=folder.name, fps=VIDEO_FPS,  # LiveTalking plays every avatar at 25 fps, as we do
+        width=loaded.frames.shape[2],
         height=loaded.frames.shape[1], crop_size=loaded.crop_size,
         lipsync_model=_livetalking_model(folder), frames=loaded.frames, boxes=loaded.boxes,
         mouth=loaded.mouth, loop=loaded.loop,

@@ -3,10 +3,12 @@
 The hparams are Wav2Lip's (docs/INTERFACES.md): a model trained on Wav2Lip's features must see the
 same numbers here, so every constant below mirrors its `hparams.py` / `audio.py`. Silence
 (`silent_frames`: frames a lip-sync model whose closed mouth is its input need not see) is ours.
+`WAV2LIP_MEL` is these features as a lip-sync model declares them (lipsync/base.AudioFeatures).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import librosa
@@ -118,3 +120,34 @@ def silent_frames(audio: np.ndarray, frame_count: int, first: int = 0) -> np.nda
         span = magnitude[max(start, 0) : max(stop, 0)]
         silent[k] = span.size == 0 or float(span.max()) < SILENCE_PEAK
     return silent
+
+
+def covered_frames(samples: int) -> int:
+    """Frames whose mel window lies inside the first `samples` samples (16 kHz): frame i reads
+    mel columns s..s+15 (s = 80 i / 25), column j the samples j*hop +- fft/2."""
+    frames = 0
+    while True:
+        last_column = frames * MEL_FRAMES_PER_SECOND // VIDEO_FPS + MEL_WINDOW_FRAMES - 1
+        if last_column * HOP_SAMPLES + FFT_SAMPLES // 2 > samples:
+            return frames
+        frames += 1
+
+
+@dataclass(frozen=True)
+class MelWindows:
+    """Wav2Lip's mel as a model's audio features: one float32 [1, 80, 16] window per video
+    frame (lipsync/base.AudioFeatures)."""
+
+    window_shape: tuple[int, ...] = (1, MEL_BINS, MEL_WINDOW_FRAMES)
+
+    def covered_frames(self, samples: int) -> int:
+        return covered_frames(samples)
+
+    def windows(self, audio: np.ndarray, frame_count: int, first: int = 0) -> np.ndarray:
+        return mel_windows(melspectrogram(audio), frame_count)[first:]
+
+    def silent(self, audio: np.ndarray, frame_count: int, first: int = 0) -> np.ndarray:
+        return silent_frames(audio, frame_count, first)
+
+
+WAV2LIP_MEL = MelWindows()

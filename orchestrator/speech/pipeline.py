@@ -1,7 +1,8 @@
-"""Per-session speech path: utterances → sentences → TTS → mel windows → lip-sync → SpeechItems.
+"""Per-session speech path: utterances → sentences → TTS → audio features (those the avatar's
+lip-sync model declares: speech/features.py) → lip-sync → SpeechItems.
 
 Two stages run concurrently so the next sentence is synthesized while the current one is being
-lip-synced. Frames whose audio is silent (features.silent_frames) skip a lip-sync model whose
+lip-synced. Frames whose audio is silent (the features' `silent`) skip a lip-sync model whose
 closed mouth is its input (LipSyncModels.render). Interruption cancels both stages (in-flight Triton calls included) and drops every
 queued item: the player then shows the idle (mouth closed) frame on its next tick.
 
@@ -17,29 +18,17 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from ..avatar.store import Avatar
-from ..lipsync.mel import (
-    FFT_SAMPLES,
-    HOP_SAMPLES,
-    MEL_BINS,
-    MEL_FRAMES_PER_SECOND,
-    MEL_WINDOW_FRAMES,
-    SAMPLE_RATE_HZ,
-    VIDEO_FPS,
-    mel_windows,
-    melspectrogram,
-    silent_frames,
-)
+from ..lipsync.base import AudioFeatures
 from ..lipsync.models import LipSyncModels
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_TICK
 from ..tts import TTSRouter, Voice
+from .features import DEFAULT_FEATURES, SentenceFeatures
 from .items import (
     SentenceStarted,
     SpeechFrame,
@@ -63,13 +52,6 @@ PLANNING_LEAD_TICKS = 2
 SENTENCE_QUEUE_SIZE = 2
 # Uploaded audio is cut in pieces like sentences so its first frames leave early.
 UPLOADED_PIECE_SAMPLES = 5 * AUDIO_SAMPLE_RATE_HZ  # 5 s
-# A streamed sentence is analysed again once this much new audio arrived, and at least this
-# share of what it had: bounded work per sentence, small first pieces.
-STREAM_MIN_NEW_S = 0.25
-STREAM_GROWTH = 0.5
-# The last samples of a resampled prefix differ from the whole sentence's (the filter sees
-# zeros past the end); frames reaching into them wait for more audio.
-RESAMPLE_EDGE_SAMPLES = 64
 # TTS engines begin a sentence with silence (Piper: 40-60 ms). At the start of an utterance it
 # only delays the answer, so it is cut to LEAD_SILENCE_KEPT_S before the first audible sample
 # (a peak of LEAD_SILENCE_LEVEL, full scale 1.0: about -40 dBFS). Later sentences keep theirs:
@@ -85,8 +67,8 @@ class SentenceAudio:
     utterance: Utterance
     text: str | None  # None for uploaded audio and the later pieces of a streamed sentence
     audio: np.ndarray  # float32, padded to whole video frames
-    windows: np.ndarray  # float32 [frames, 1, 80, 16]
-    silent: np.ndarray  # bool [frames]: features.silent_frames
+    windows: np.ndarray  # float32 [frames, *window_shape]: the model's audio features
+    silent: np.ndarray  # bool [frames]: the features' `silent`
 
 
 class SpeechPipeline:
@@ -232,10 +214,13 @@ class SpeechPipeline:
     async def _synthesize(self, utterance: Utterance, out: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
         try:
+            # What the avatar's model reads (known since the session opened: no Triton call).
+            model = await self._lipsync.get(utterance.avatar.lipsync_model)
             # aclosing: when this task is cancelled while waiting on the queue, the pieces'
             # generator (and a streamed answer or TTS response behind it) is closed now, not at
             # garbage collection.
-            async with contextlib.aclosing(self._sentence_audio(utterance)) as pieces:
+            async with contextlib.aclosing(
+                    self._sentence_audio(utterance, model.features)) as pieces:
                 async for text, features, final in pieces:
                     if not (final or features.ready()):
                         continue
@@ -254,14 +239,15 @@ class SpeechPipeline:
                 await out.put(None)
 
     async def _sentence_audio(
-        self, utterance: Utterance,
+        self, utterance: Utterance, kind: AudioFeatures = DEFAULT_FEATURES,
     ) -> AsyncIterator[tuple[str | None, SentenceFeatures, bool]]:
         """(text, the piece's features so far, whether the piece is complete) each time audio
-        arrives; the text as written (subtitles, events). A streaming TTS engine's chunks
-        arrive one by one, so the first frames leave before the sentence is synthesised."""
+        arrives; the text as written (subtitles, events); `kind`: the features the lip-sync
+        model reads. A streaming TTS engine's chunks arrive one by one, so the first frames
+        leave before the sentence is synthesised."""
         if utterance.audio is not None:
             for start in range(0, utterance.audio.size, UPLOADED_PIECE_SAMPLES):
-                features = SentenceFeatures(SAMPLE_RATE_HZ)
+                features = SentenceFeatures(AUDIO_SAMPLE_RATE_HZ, kind)
                 features.add(utterance.audio[start : start + UPLOADED_PIECE_SAMPLES])
                 features.first = False
                 yield None, features, True
@@ -271,7 +257,7 @@ class SpeechPipeline:
         if utterance.source is None:
             for text in split_sentences(utterance.text):
                 async for features, final in self._tts_audio(said.piece(text), utterance.voice,
-                                                             lead):
+                                                             kind, lead):
                     lead = False
                     yield text, features, final
             return
@@ -279,11 +265,12 @@ class SpeechPipeline:
         async with contextlib.aclosing(utterance.source) as sentences:
             async for text in sentences:
                 async for features, final in self._tts_audio(said.piece(text), utterance.voice,
-                                                             lead):
+                                                             kind, lead):
                     lead = False
                     yield text, features, final
 
-    async def _tts_audio(self, text: str, voice: Voice, trim_lead: bool = False,
+    async def _tts_audio(self, text: str, voice: Voice, kind: AudioFeatures = DEFAULT_FEATURES,
+                         trim_lead: bool = False,
                          ) -> AsyncIterator[tuple[SentenceFeatures, bool]]:
         """One piece through the engine that speaks it: its features as each chunk arrives
         (at the engine's rate, read once the first chunk is there: HTTP engines learn it from
@@ -303,11 +290,11 @@ class SpeechPipeline:
                         continue
                     trim_lead, silent = False, []
                 if features is None:
-                    features = SentenceFeatures(engine.sample_rate_hz)
+                    features = SentenceFeatures(engine.sample_rate_hz, kind)
                 features.add(chunk)
                 yield features, False
         if silent:  # silent throughout: kept as it was
-            features = SentenceFeatures(engine.sample_rate_hz)
+            features = SentenceFeatures(engine.sample_rate_hz, kind)
             features.add(np.concatenate(silent))
         if features is not None:
             yield features, True
@@ -348,76 +335,6 @@ def without_lead_silence(audio: np.ndarray, rate_hz: int) -> np.ndarray | None:
     if loud.size == 0:
         return None
     return audio[max(int(loud[0]) - round(LEAD_SILENCE_KEPT_S * rate_hz), 0):]
-
-
-def to_pipeline_rate(audio: np.ndarray, rate_hz: int) -> np.ndarray:
-    """Engine audio to the pipeline's 16 kHz (the one place where speech is resampled)."""
-    if rate_hz == SAMPLE_RATE_HZ:
-        return audio
-    divisor = math.gcd(SAMPLE_RATE_HZ, rate_hz)
-    resampled = resample_poly(audio, SAMPLE_RATE_HZ // divisor, rate_hz // divisor)
-    return np.clip(resampled, -1.0, 1.0).astype(np.float32)
-
-
-class SentenceFeatures:
-    """Audio and mel windows of one sentence as its TTS audio streams in.
-
-    Each `take` resamples and analyses the whole sentence so far (sentences are seconds long)
-    and hands out the frames not handed out yet whose mel window (200 ms ahead of the frame) is
-    covered by audio already there: the frames come out exactly as if the sentence had been
-    analysed at once. `take(final=True)` pads the rest to whole frames.
-    """
-
-    def __init__(self, rate_hz: int) -> None:
-        self.rate_hz = rate_hz
-        self.first = True  # no piece handed out yet (the consumer's flag)
-        self._chunks: list[np.ndarray] = []
-        self._samples = 0  # at rate_hz
-        self._taken_at = 0  # samples when `take` last ran
-        self._frames = 0  # frames handed out
-
-    def add(self, chunk: np.ndarray) -> None:
-        self._chunks.append(np.asarray(chunk, np.float32))
-        self._samples += chunk.size
-
-    def ready(self) -> bool:
-        """Worth analysing again: enough new audio (a growing share of what is there, so a long
-        sentence is analysed a bounded number of times)."""
-        new = self._samples - self._taken_at
-        return new >= max(STREAM_MIN_NEW_S * self.rate_hz, STREAM_GROWTH * self._taken_at)
-
-    def take(self, final: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(16 kHz audio padded to whole frames, mel windows, which frames are silent) of the
-        frames ready now."""
-        self._taken_at = self._samples
-        joined = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-        audio = to_pipeline_rate(joined, self.rate_hz)
-        if final:
-            frames = -(-audio.size // AUDIO_SAMPLES_PER_TICK)
-            padded = np.zeros(frames * AUDIO_SAMPLES_PER_TICK, np.float32)
-            padded[: audio.size] = audio
-        else:
-            frames = _covered_frames(audio.size - RESAMPLE_EDGE_SAMPLES)
-            padded = audio
-        start = self._frames
-        if frames <= start:
-            return (np.zeros(0, np.float32),
-                    np.zeros((0, 1, MEL_BINS, MEL_WINDOW_FRAMES), np.float32), np.zeros(0, bool))
-        self._frames = frames
-        windows = mel_windows(melspectrogram(padded), frames)[start:]
-        piece = padded[start * AUDIO_SAMPLES_PER_TICK : frames * AUDIO_SAMPLES_PER_TICK]
-        return piece, windows, silent_frames(padded, frames, start)
-
-
-def _covered_frames(samples: int) -> int:
-    """Frames whose mel window lies inside the first `samples` samples (16 kHz): frame i reads
-    mel columns s..s+15 (s = 80 i / 25), column j the samples j*hop +- fft/2."""
-    frames = 0
-    while True:
-        last_column = frames * MEL_FRAMES_PER_SECOND // VIDEO_FPS + MEL_WINDOW_FRAMES - 1
-        if last_column * HOP_SAMPLES + FFT_SAMPLES // 2 > samples:
-            return frames
-        frames += 1
 
 
 def _crops(avatar: Avatar, ticks: list[int], size: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,6 @@
-"""Generated artifacts the embedded defaults need: the lip-sync ONNX model, the VAD, what the
-configured engines declare (`Artifact`s, e.g. a packaged Piper voice) and the default avatar.
+"""Generated artifacts the embedded defaults need: what the engines declare (`Artifact`s: the
+lip-sync and VAD models they export, e.g. `lipsync/default.py`, a packaged Piper voice) and the
+default avatar.
 
 `make run` builds them; a server started another way builds what is missing before Triton starts.
 They are built by the project's own CLIs in a child process (argument lists, no shell).
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..settings import DEFAULT_LIPSYNC_MODEL, Settings
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,9 @@ class Artifact:
 
 async def ensure_default_artifacts(settings: Settings, with_models: bool,
                                    engine_artifacts: Sequence[Artifact] = ()) -> None:
-    """Build what is missing; the models (and `engine_artifacts`, the configured engines' own)
-    only when this process serves the repository itself."""
-    onnx_path = settings.model_repository / DEFAULT_LIPSYNC_MODEL / "1" / "model.onnx"
-    if with_models and not onnx_path.exists():
-        await _run_module("export", "default-lipsync", "--out", str(onnx_path))
-    vad_onnx = settings.model_repository / "vad_silero" / "1" / "model.onnx"
-    if with_models and settings.voice_input and not vad_onnx.exists():
-        await _run_module("export", "silero-vad", "--out", str(vad_onnx))
+    """Build what is missing, in order: `engine_artifacts` (the configured engines' models) only
+    when this process serves the repository itself, then the default avatar. RuntimeError with
+    the tail of a build's output when one fails."""
     for artifact in engine_artifacts:
         if with_models and not artifact.path.exists():
             await _run_module(artifact.module, *artifact.args)

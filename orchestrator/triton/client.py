@@ -1,4 +1,5 @@
-"""Typed async clients for the Triton models, over `tritonclient.grpc.aio`.
+"""The transport to Triton's models, over `tritonclient.grpc.aio`: no model's names or shapes
+live here (each engine module owns its tensors).
 
 All clients of one Triton URL (in one event loop) share a single `InferenceServerClient`, so
 concurrent lip-sync requests from every session travel over one gRPC channel and meet in the
@@ -25,9 +26,6 @@ from .shm import SharedMemoryPool, infer_in_shared_memory
 
 log = logging.getLogger(__name__)
 
-LIPSYNC_MODEL = "lipsync_default"
-MEL_BINS = 80
-MEL_WINDOW_FRAMES = 16
 DEFAULT_TIMEOUT_S = 30.0
 RECONNECT_BACKOFF_INITIAL_MS = 100
 RECONNECT_BACKOFF_MAX_MS = 1000
@@ -173,39 +171,35 @@ class TritonModelClient(_ChannelUser):
         """The model's configuration as Triton serves it (JSON form)."""
         return (await self._client.get_model_config(self.model, as_json=True))["config"]
 
-    async def is_ready(self) -> bool:
-        return bool(await self._client.is_model_ready(self.model))
+    async def input_shapes(self) -> dict[str, list[int]]:
+        """The model's inputs and their shapes, batch dimension included (-1: any)."""
+        metadata = await self._client.get_model_metadata(self.model, as_json=True)
+        return {i["name"]: [int(d) for d in i["shape"]] for i in metadata["inputs"]}
 
 
-class LipSyncClient(TritonModelClient):
-    """A lip-sync model: `mel` and `face` (and, for the default model, `mouth`) -> `face_out`.
+class TensorModelClient(TritonModelClient):
+    """A model whose inputs and output are FP32 tensors of megabytes (frames): named arrays in,
+    one named array out.
 
     With `shared_memory` (Triton on this host) the tensors travel through system shared memory;
     if the server cannot map it (e.g. a container without the host's /dev/shm), gRPC it is.
     """
 
-    def __init__(self, url: str, model: str = LIPSYNC_MODEL,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, shared_memory: bool = False) -> None:
+    def __init__(self, url: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 shared_memory: bool = False) -> None:
         super().__init__(url, model, timeout_s)
         self._pool: SharedMemoryPool | None = None
         self.shared_memory = shared_memory
 
-    async def infer(self, mel: np.ndarray, face: np.ndarray, mouth: np.ndarray) -> np.ndarray:
-        """mel [B,1,80,16], face [B,3,S,S] RGB in [0,1], mouth [B,4] -> face_out [B,3,S,S]."""
-        _check_batch(mel, face, mouth)
-        return await self._run({"mel": mel, "face": face, "mouth": mouth}, face.shape[-1])
+    async def infer_tensors(self, inputs: dict[str, np.ndarray], output: str,
+                            output_shape: tuple[int, ...]) -> np.ndarray:
+        """float32 `output` of `output_shape` for the named `inputs` (cast to float32).
 
-    async def infer_face(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
-        """Models without geometry (Wav2Lip): mel [B,1,80,16], face [B,C,S,S] -> face_out."""
-        if mel.shape[0] != face.shape[0]:
-            raise ValueError(f"batch sizes differ: mel {mel.shape[0]}, face {face.shape[0]}")
-        return await self._run({"mel": mel, "face": face}, face.shape[-1])
-
-    async def _run(self, inputs: dict[str, np.ndarray], size: int) -> np.ndarray:
-        output_shape = (len(inputs["mel"]), 3, size, size)
+        Raises InferenceServerException (a shared-memory failure only once gRPC failed too).
+        """
         if self.shared_memory:
             try:
-                return await self._run_in_shared_memory(inputs, output_shape)
+                return await self._run_in_shared_memory(inputs, output, output_shape)
             except InferenceServerException as exc:
                 if not _is_shared_memory_error(exc):
                     raise
@@ -216,9 +210,9 @@ class LipSyncClient(TritonModelClient):
             self.model, [_fp32_input(name, array) for name, array in inputs.items()],
             client_timeout=self.timeout_s,
         )
-        return result.as_numpy("face_out")
+        return result.as_numpy(output)
 
-    async def _run_in_shared_memory(self, inputs: dict[str, np.ndarray],
+    async def _run_in_shared_memory(self, inputs: dict[str, np.ndarray], output: str,
                                     output_shape: tuple[int, ...]) -> np.ndarray:
         """One inference through the pool; once more through a new pool when the server lost
         the registrations (a restarted Triton knows none of them)."""
@@ -228,7 +222,7 @@ class LipSyncClient(TritonModelClient):
             pool = self._pool
             try:
                 return await infer_in_shared_memory(self._client, pool, self.model, inputs,
-                                                    "face_out", output_shape, self.timeout_s)
+                                                    output, output_shape, self.timeout_s)
             except InferenceServerException as exc:
                 if attempt == 2 or not _is_shared_memory_error(exc):
                     raise
@@ -244,23 +238,6 @@ class LipSyncClient(TritonModelClient):
             await self._pool.close()
         await super().close()
 
-    async def input_shapes(self) -> dict[str, list[int]]:
-        """The model's inputs and their shapes, batch dimension included (-1: any)."""
-        metadata = await self._client.get_model_metadata(self.model, as_json=True)
-        return {i["name"]: [int(d) for d in i["shape"]] for i in metadata["inputs"]}
-
 
 def _is_shared_memory_error(exc: InferenceServerException) -> bool:
     return "shared memory" in str(exc.message()).lower()
-
-
-def _check_batch(mel: np.ndarray, face: np.ndarray, mouth: np.ndarray) -> None:
-    if mel.ndim != 4 or mel.shape[1:] != (1, MEL_BINS, MEL_WINDOW_FRAMES):
-        raise ValueError(f"mel must be [B,1,{MEL_BINS},{MEL_WINDOW_FRAMES}], got {list(mel.shape)}")
-    if face.ndim != 4 or face.shape[1] != 3 or face.shape[2] != face.shape[3]:
-        raise ValueError(f"face must be [B,3,S,S], got {list(face.shape)}")
-    if mouth.ndim != 2 or mouth.shape[1] != 4:
-        raise ValueError(f"mouth must be [B,4], got {list(mouth.shape)}")
-    if not mel.shape[0] == face.shape[0] == mouth.shape[0]:
-        raise ValueError(f"batch sizes differ: mel {mel.shape[0]}, face {face.shape[0]}, "
-                         f"mouth {mouth.shape[0]}")

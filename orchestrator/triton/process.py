@@ -1,6 +1,5 @@
-"""The embedded server's operating-system process: free loopback ports, the signal that ends it
-with its parent, and what a killed server leaves in its process group (python backend stubs and
-their shared memory files)."""
+"""The embedded tritonserver's process on Linux: it dies with the orchestrator, and what it
+leaves when killed (python backend stubs, their shared memory) is cleaned up after it."""
 
 from __future__ import annotations
 
@@ -9,25 +8,14 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
-PR_SET_PDEATHSIG = 1  # prctl(2)
-# The python backend names its stubs' shared memory regions so (/dev/shm files).
+PR_SET_PDEATHSIG = 1
+# The python backend's per-stub shared memory, named on the stub's command line.
 STUB_SHM_PREFIX = "triton_python_backend_shm_region_"
 SHM_DIR = Path("/dev/shm")
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all bound at once, so the kernel cannot repeat one)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind((LOOPBACK, 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 def die_with_parent(parent_pid: int):
@@ -51,7 +39,7 @@ def die_with_parent(parent_pid: int):
     return preexec
 
 
-def process_group(pgid: int) -> list[int]:
+def _process_group(pgid: int) -> list[int]:
     """The live processes of a process group (from /proc; zombies excluded)."""
     members = []
     for entry in Path("/proc").iterdir():
@@ -70,7 +58,7 @@ def reap_leftovers(pgid: int) -> None:
     """After the server (pid = `pgid`) exited: kill the python backend stubs it left in its
     group and remove their shared memory files, which only the dead server would have removed.
     Nothing is left after a clean exit; after SIGKILL (or a crash) every model's stub is."""
-    for pid in process_group(pgid):
+    for pid in _process_group(pgid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:

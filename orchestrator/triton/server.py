@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import sys
 import sysconfig
 import tempfile
@@ -27,11 +28,12 @@ import threadpoolctl
 import tritonclient.grpc.aio as grpcclient
 
 from .client import new_client
-from .process import LOOPBACK, die_with_parent, free_ports, reap_leftovers
+from .process import die_with_parent, reap_leftovers
 
 log = logging.getLogger(__name__)
 
 LOCAL_CONFIG_NAME = "local"
+LOOPBACK = "127.0.0.1"
 DEFAULT_START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 SERVER_EXIT_TIMEOUT_S = 5  # tritonserver's own grace period for in-flight requests on SIGTERM
@@ -39,7 +41,6 @@ READY_POLL_S = 0.1
 PORT_ATTEMPTS = 3  # a free port can be taken between picking it and the server binding it
 LOG_TAIL_CHARS = 4000
 STUB_NAME = "triton_python_backend_stub"
-# The python backend's per-stub shared memory, named on the stub's command line.
 
 
 class TritonStartError(RuntimeError):
@@ -58,6 +59,15 @@ def bundled_server_dir() -> Path:
     if not (path / "bin" / "tritonserver").exists():
         raise TritonStartError(f"no tritonserver in the nvidia-pytriton wheel at {path}")
     return path
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all bound at once, so the kernel cannot repeat one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((LOOPBACK, 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def single_threaded_blas() -> None:
@@ -177,7 +187,7 @@ class EmbeddedTriton:
         try:
             backends = self._backends = _prepare_backends(server_dir, self._workdir)
             for attempt in range(1, PORT_ATTEMPTS + 1):
-                self.grpc_port, self.http_port, self.metrics_port = free_ports(3)
+                self.grpc_port, self.http_port, self.metrics_port = _free_ports(3)
                 if await self._start_once(server_dir, backends, last=attempt == PORT_ATTEMPTS):
                     break
                 log.warning("tritonserver could not bind its ports; retrying with others")

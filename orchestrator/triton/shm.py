@@ -18,7 +18,6 @@ import tritonclient.utils.shared_memory as shm
 log = logging.getLogger(__name__)
 
 MIN_REGION_BYTES = 1 << 20
-MAX_FREE_REGIONS = 16
 _ids = itertools.count(1)
 
 

@@ -1,5 +1,5 @@
 """The user's microphone: a remote WebRTC audio track (48 kHz Opus, decoded by aiortc) as
-16 kHz mono float32 frames of VAD_FRAME_SAMPLES.
+the frames every VAD engine takes (vad/base.py: 16 kHz mono float32, VAD_FRAME_SAMPLES).
 
 Reading the track is the only thing done here; it never touches the outgoing media clock (the
 session's player), so a slow or silent uplink cannot stall the avatar's stream.
@@ -15,7 +15,7 @@ from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from ..vad.silero import VAD_FRAME_SAMPLES, VAD_SAMPLE_RATE_HZ
+from ..vad.base import VAD_FRAME_SAMPLES, VAD_SAMPLE_RATE_HZ
 
 INT16_FULL_SCALE = 32768.0
 # aiortc holds each received audio packet until 4 more have arrived (80 ms of 20 ms packets)

@@ -1,8 +1,9 @@
 """Turn-taking: one session's listener over the user's microphone track.
 
-uplink frames -> VoiceActivity (Silero on Triton) -> at the end of an utterance, ASR -> the
-transcript goes to `chat` (or `echo`) like a typed /human. While the avatar talks, user speech
-that lasts at least `barge_in_min_s` interrupts it through the session's `interrupt` (a `Conversation`), the mechanism
+uplink frames -> VoiceActivity (a VAD engine: Silero on Triton) -> at the end of an utterance,
+ASR -> the transcript goes to `chat` (or `echo`) like a typed /human. While the avatar talks, user
+speech that lasts at least `barge_in_min_s` interrupts it through the session's `interrupt` (a
+`Conversation`), the mechanism
 /interrupt_talk uses (the default, three VAD frames, fires before the VAD confirms a turn).
 
 Speculative transcription: ASR starts at the first silent frame after speech (SpeechPaused),
@@ -38,10 +39,7 @@ from ..asr import ASREngine, ASRError
 from ..errors import ApiError
 from ..settings import DEFAULT_BARGE_IN_MIN_S
 from ..speech.items import has_speakable
-from ..vad.silero import (
-    VAD_FRAME_S,
-    VAD_SAMPLE_RATE_HZ,
-    SileroVAD,
+from ..vad.activity import (
     SpeechContinues,
     SpeechEnded,
     SpeechOnset,
@@ -51,6 +49,7 @@ from ..vad.silero import (
     VADSettings,
     VoiceActivity,
 )
+from ..vad.base import VAD, VAD_FRAME_S, VAD_SAMPLE_RATE_HZ
 from .microphone import uplink_frames
 
 log = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ class VoiceOptions:
 class VoiceInput:
     """What every session's listener shares: the VAD and ASR engines and their settings."""
 
-    vad: SileroVAD
+    vad: VAD
     asr: ASREngine
     vad_settings: VADSettings = VADSettings()
     barge_in_min_s: float = DEFAULT_BARGE_IN_MIN_S

@@ -15,6 +15,8 @@ from server_fixtures import livehuman  # noqa: F401  (fixture)
 from export.default_lipsync import astronaut_example
 from export.wav2lip_configs import ModelSignature, container_config, local_config
 from orchestrator.client import AvatarClient
+from orchestrator.lipsync.base import SILENCE_RETURNS_FACE, silence_returns_face
+from orchestrator.lipsync.default import DEFAULT_LIPSYNC_MODEL as LIPSYNC_MODEL
 from orchestrator.lipsync.mel import (
     SAMPLE_RATE_HZ,
     SILENCE_PEAK,
@@ -23,16 +25,9 @@ from orchestrator.lipsync.mel import (
     melspectrogram,
     silent_frames,
 )
-from orchestrator.lipsync.models import (
-    FRAMES_SKIPPED_SILENT,
-    FRAMES_TO_MODEL,
-    SILENCE_RETURNS_FACE,
-    LipSyncModels,
-    silence_returns_face,
-)
+from orchestrator.lipsync.models import FRAMES_SKIPPED_SILENT, FRAMES_TO_MODEL, LipSyncModels
 from orchestrator.media.wav_file import wav_bytes
 
-LIPSYNC_MODEL = "lipsync_default"
 SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // VIDEO_FPS
 SILENT_SECONDS = 2.0
 WAIT_S = 20.0

@@ -42,7 +42,7 @@ from export.wav2lip_model import (  # noqa: E402
     load_checkpoint,
     random_model,
 )
-from orchestrator.triton.client import LipSyncClient  # noqa: E402
+from orchestrator.lipsync.wav2lip import Wav2LipClient as LipSyncClient  # noqa: E402
 from orchestrator.triton.server import EmbeddedTriton  # noqa: E402
 
 MODEL = "wav2lip96"

@@ -21,7 +21,8 @@ import tritonclient.grpc.aio as grpcclient
 from conftest import LIPSYNC_MODEL, LIPSYNC_ONNX, MODEL_REPOSITORY, TTS_MODEL
 from onnx import TensorProto, helper
 
-from orchestrator.triton.client import LipSyncClient, TritonServerClient
+from orchestrator.lipsync.default import DefaultLipSyncClient as LipSyncClient
+from orchestrator.triton.client import TritonServerClient
 from orchestrator.triton.server import EmbeddedTriton, TritonStartError, wait_models_ready
 from orchestrator.tts import UnknownVoice
 from orchestrator.tts.espeak import ESpeakEngine, SpeechAudio

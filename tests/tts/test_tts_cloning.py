@@ -27,7 +27,7 @@ from server_fixtures import refused_offer, running_server, server_settings
 
 from orchestrator.client import AvatarClient
 from orchestrator.settings import Settings, parse_settings
-from orchestrator.speech.pipeline import SentenceFeatures
+from orchestrator.speech.features import SentenceFeatures
 from orchestrator.tts import ENGINES, TTSServerError, TTSServerUnavailable, Voice
 from orchestrator.tts.http_audio import PCMDecoder
 from orchestrator.tts.reference_voices import VoiceStore

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.speech.pipeline import to_pipeline_rate
+from orchestrator.speech.features import to_pipeline_rate
 from orchestrator.tts import ESpeakEngine, PiperEngine, Voice, synthesize_all
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))

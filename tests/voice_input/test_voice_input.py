@@ -17,9 +17,7 @@ from server_fixtures import running_server, server_settings
 from orchestrator.asr import OpenAITranscription, WhisperOnTriton
 from orchestrator.client import AvatarClient, Microphone
 from orchestrator.tts import PiperEngine, Voice, synthesize_all
-from orchestrator.vad.silero import (
-    VAD_FRAME_SAMPLES,
-    SileroVAD,
+from orchestrator.vad.activity import (
     SpeechContinues,
     SpeechEnded,
     SpeechOnset,
@@ -29,6 +27,8 @@ from orchestrator.vad.silero import (
     VADSettings,
     VoiceActivity,
 )
+from orchestrator.vad.base import VAD_FRAME_SAMPLES
+from orchestrator.vad.silero import SileroVAD
 from orchestrator.voice_input.microphone import UplinkFrames
 from orchestrator.voice_input.turn_taking import Listener, VoiceInput, VoiceOptions
 
