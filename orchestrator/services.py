@@ -39,7 +39,7 @@ from .triton.shm import on_this_host
 from .triton.supervisor import TritonSupervisor
 from .tts import TTSRouter, describe_tts, model_artifacts, open_tts, triton_models
 from .tts.reference_voices import VoiceStore
-from .vad import open_vad
+from .vad import open_vad, vad_triton_models
 from .vad.activity import VADSettings
 from .vad.silero import SILERO_EXPORT
 from .voice_input.turn_taking import VoiceInput
@@ -177,7 +177,8 @@ async def start_services(settings: Settings) -> Services:
 
 
 def triton_model_names(settings: Settings) -> list[str]:
-    voice = asr_triton_models(settings) if settings.voice_input else []
+    # voice input: the VAD's models, then the ASR's
+    voice = [*vad_triton_models(), *asr_triton_models(settings)] if settings.voice_input else []
     return [*triton_models(settings), settings.lipsync_model, *voice]
 
 

@@ -12,10 +12,8 @@ __all__ = ["ASR_SAMPLE_RATE_HZ", "ASREngine", "ASRError", "OpenAITranscription",
 
 
 def asr_triton_models(settings: Settings) -> list[str]:
-    """The Triton models voice input needs: the VAD always, Whisper unless --asr-url."""
-    from ..vad import vad_triton_models
-
-    return vad_triton_models() + ([] if settings.asr_url else [WHISPER_MODEL])
+    """The Triton models speech recognition needs: Whisper unless --asr-url."""
+    return [] if settings.asr_url else [WHISPER_MODEL]
 
 
 def open_asr(settings: Settings, triton_url: str) -> ASREngine:
