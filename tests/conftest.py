@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import onnx
 import pytest
+from tiny_lipsync import TINY_CROP_PX, TINY_MODEL, _tiny_lipsync_onnx, _with_name
 
 from orchestrator.lipsync.default import DEFAULT_LIPSYNC_EXPORT
 from orchestrator.lipsync.default import DEFAULT_LIPSYNC_MODEL as LIPSYNC_MODEL
@@ -71,3 +74,25 @@ def no_paths_disclosed():
     del server_fixtures.DISCLOSURES[:]
     yield
     assert not server_fixtures.DISCLOSURES, server_fixtures.DISCLOSURES
+
+
+@pytest.fixture(scope="module")
+def tiny_repository(tmp_path_factory) -> Path:
+    """A repository with one model: lipsync_default's adapter and configs around a tiny ONNX."""
+    repo = tmp_path_factory.mktemp("tiny_repository")
+    source = MODEL_REPOSITORY / LIPSYNC_MODEL
+    model_dir = repo / TINY_MODEL
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "configs").mkdir()
+    shutil.copy2(source / "1" / "model.py", model_dir / "1" / "model.py")
+    onnx.save(_tiny_lipsync_onnx(), str(model_dir / "1" / "model.onnx"))
+    for config in ["config.pbtxt", "configs/local.pbtxt"]:
+        text = (source / config).read_text()
+        (model_dir / config).write_text(_with_name(text, TINY_MODEL, TINY_CROP_PX))
+    return repo
+
+
+@pytest.fixture(scope="module")
+async def tiny_triton(tiny_repository):
+    async with EmbeddedTriton(tiny_repository, [TINY_MODEL]) as server:
+        yield server

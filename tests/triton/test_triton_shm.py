@@ -1,6 +1,6 @@
 """The shared-memory pool's regions in /dev/shm: none outlives the pool, whatever happens to
 the request that created it. (Inference through the pool, against a real Triton, is in
-test_triton.py.)"""
+test_client.py.)"""
 
 from __future__ import annotations
 
