@@ -19,7 +19,8 @@ from orchestrator.client import (
     mouth_motion,
     mouth_window,
 )
-from orchestrator.media.clock import VIDEO_PTS_PER_TICK
+from orchestrator.media.clock import VIDEO_FPS, VIDEO_PTS_PER_TICK
+from orchestrator.session.stage import TRANSITION_FRAMES
 
 SPEECH_RMS = 0.01
 SENTENCE = "Hello! I am livehuman, a talking avatar. I can speak any text you send me."
@@ -99,7 +100,10 @@ async def test_interrupt_stops_speech_and_closes_mouth(livehuman):  # noqa: F811
         after = [rms for t, rms in zip(r.audio_times, r.audio_rms) if t > cut + 0.25]
         assert after and max(after) < SPEECH_RMS
         spoken = [f for t, f in zip(r.video_times, r.video) if sent < t < cut]
-        closed = [f for t, f in zip(r.video_times, r.video) if t > cut + 0.25]
+        # The mouth is closed once the frames in flight and the stage's cross-fade back to the
+        # idle loop (TRANSITION_FRAMES ticks, added after this test) have gone by.
+        closed = [f for t, f in zip(r.video_times, r.video)
+                  if t > cut + 0.25 + TRANSITION_FRAMES / VIDEO_FPS]
         speaking_motion = closed_mouth_distance(spoken, region, avatar.frames).max()
         closed_motion = closed_mouth_distance(closed, region, avatar.frames).max()
         assert speaking_motion > 3 * idle_motion
