@@ -201,6 +201,15 @@ class AvatarClient:
                        else EncodedFrameCounter(r.audio_times, []))
             setattr(receiver, DECODER_QUEUE_ATTRIBUTE, counter)
 
+    async def end_turn(self) -> bool:
+        """Push-to-talk released: the server answers what the microphone said without waiting
+        for the end-of-turn silence. True when the user was speaking; RuntimeError otherwise
+        than 200 (e.g. 409: no microphone track)."""
+        status, answer = await self.post("/end_turn")
+        if status != 200:
+            raise RuntimeError(f"/end_turn: {status} {answer.get('msg')}")
+        return bool(answer["data"])
+
     async def post(self, path: str, **body) -> tuple[int, dict]:
         body.setdefault("sessionid", self.sessionid)
         async with self.http.post(f"{self.base_url}{path}", json=body) as resp:

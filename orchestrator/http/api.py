@@ -159,6 +159,14 @@ async def interrupt_talk(request: web.Request) -> web.Response:
     return ok()
 
 
+@routes.post("/end_turn")
+async def end_turn(request: web.Request) -> web.Response:
+    """Push-to-talk released: the user's utterance becomes a turn at once. `data`: whether an
+    utterance was under way."""
+    _, session = await json_session(request)
+    return ok(session.end_user_turn())
+
+
 @routes.post("/is_speaking")
 async def is_speaking(request: web.Request) -> web.Response:
     _, session = await json_session(request)

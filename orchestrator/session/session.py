@@ -201,6 +201,15 @@ class Session:
         if self.listener is None and not self.closed and self.options.voice.mode != "off":
             self.listener = Listener(self, track, voice_input, self.options.voice)
 
+    def end_user_turn(self) -> bool:
+        """The user's utterance is over (push-to-talk released): answered without waiting for
+        the end-of-turn silence. ApiError 409 when the session has no microphone; False when
+        the user was not speaking."""
+        if self.listener is None:
+            raise ApiError(409, f"session {self.sessionid} has no microphone track (voice "
+                           "input): there is no turn to end")
+        return self.listener.end_turn()
+
     @property
     def recording(self) -> bool:
         return self._recorder is not None

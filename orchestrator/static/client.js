@@ -167,6 +167,8 @@ function talk(on) {
   $("ptt").classList.toggle("held", on);
   $("ptt").textContent = on ? "Talking… release to send" : "Hold to talk";
   if (on && state.speaking) post("/interrupt_talk", { sessionid: state.sessionid }).catch(() => {});
+  // Released: the turn is over now; the server need not wait for the end-of-turn silence.
+  if (!on) post("/end_turn", { sessionid: state.sessionid }).catch(() => {});
 }
 $("ptt").addEventListener("pointerdown", (ev) => { ev.preventDefault(); talk(true); });
 for (const name of ["pointerup", "pointerleave", "pointercancel"]) $("ptt").addEventListener(name, () => talk(false));

@@ -105,7 +105,16 @@ class VoiceActivity:
         self._run_start: float | None = None  # first speech frame of a not yet confirmed run
         self.speaking_since: float | None = None
         self._silence_since: float | None = None
+        self._end_requested = False  # end_turn(): the next non-speech frame ends the utterance
         self.last_probability = 0.0
+
+    def end_turn(self) -> bool:
+        """The user says the utterance is over (push-to-talk released): it ends at its next frame
+        below the speech threshold instead of after `min_silence_s` of them (frames still on
+        the wire are heard first: the request does not cut them). False when no speech is under
+        way, or has only begun (a run shorter than `min_speech_s` is no utterance yet)."""
+        self._end_requested = self.speaking_since is not None
+        return self._end_requested
 
     async def feed(self, frame: np.ndarray) -> VoiceEvent | None:
         """The event `frame` (float32 [VAD_FRAME_SAMPLES], 16 kHz) makes, if any. Raises what
@@ -132,16 +141,17 @@ class VoiceActivity:
         resumed = paused = False
         if prob >= s.threshold:
             resumed, self._silence_since = self._silence_since is not None, None
-        elif prob < s.neg_threshold and self._silence_since is None:
+        elif self._silence_since is None and (prob < s.neg_threshold or self._end_requested):
             paused, self._silence_since = True, t
         now = t + VAD_FRAME_S
-        ended = (self._silence_since is not None
-                 and now - self._silence_since >= s.min_silence_s)
+        ended = self._silence_since is not None and (
+            self._end_requested or now - self._silence_since >= s.min_silence_s)
         if ended or now - self.speaking_since >= s.max_utterance_s:
             end = self._silence_since if self._silence_since is not None else now
             audio = np.concatenate(self._frames)
             self._frames, self._run_start = self._frames[-self._pre_roll:], None
             self.speaking_since = self._silence_since = None
+            self._end_requested = False
             return SpeechEnded(audio, end, now)
         if paused:
             return SpeechPaused(np.concatenate(self._frames), t)

@@ -181,6 +181,12 @@ class Listener:
             session.events.emit("barge_in", after_s=round(speech_s, 3))
             await session.interrupt()
 
+    def end_turn(self) -> bool:
+        """Push-to-talk released: the utterance under way ends at its next non-speech frame and
+        becomes a turn now, not after the end-of-turn silence (`--vad-min-silence`). False when
+        the user is not speaking."""
+        return self.activity.end_turn()
+
     def _start(self, coro, name: str) -> asyncio.Task:
         """A task of this listener: `close` cancels it."""
         task = asyncio.create_task(coro, name=name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import replace
 
 import av
 import numpy as np
@@ -419,3 +420,34 @@ async def test_offer_rejects_a_bad_voice_mode(voice_server):
             await client.connect(voice_mode="shout")
     finally:
         await client.close()
+
+
+async def test_push_to_talk_release_ends_the_turn_without_the_silence_wait(triton, speech):
+    """POST /end_turn (push-to-talk released) makes the utterance a turn at its next non-speech
+    frame: with an end-of-turn silence far longer than the test, the answer still comes."""
+    settings = replace(server_settings(triton), vad_min_silence_s=20.0)
+    async with running_server(settings) as (base_url, services):
+        mic = Microphone()
+        client = AvatarClient(base_url, keep_video=False, microphone=mic)
+        try:
+            await client.connect()
+            await client.wait_for_video(5)
+            assert await client.end_turn() is False  # nobody speaking: nothing to end
+            mic.play(*speech[QUESTION])
+            await wait_event(services, client, "listening")
+            while mic.speech_ended_at is None:
+                await asyncio.sleep(0.02)
+            assert await client.end_turn() is True
+            transcript = await wait_event(services, client, "transcript", timeout=10)
+            assert {"sessions", "once"} <= set(words(transcript["text"])) and transcript["turn"]
+            end = await wait_event(services, client, "end", timeout=30)
+            assert end["answer"].startswith(ANSWER_START), end
+        finally:
+            await client.close()
+        silent = AvatarClient(base_url, keep_video=False)  # no microphone track
+        try:
+            await silent.connect()
+            status, answer = await silent.post("/end_turn")
+            assert status == 409 and "microphone" in answer["msg"], answer
+        finally:
+            await silent.close()
