@@ -1,7 +1,7 @@
 """Voice turns over WebRTC: end of the user's speech -> first answer audio at the client, barge-in
 onset -> silence, and the ASR's word error rate, with the server as its own process.
 
-    python bench/voice_turn.py [--turns 20] [--barge-ins 10]
+    python bench/voice_turn.py [--turns 20] [--barge-ins 10] [--push-to-talk]
 
 The user's questions are 20 of the shipped FAQ's, synthesised by Piper (`joe`) through the
 server's Triton, trimmed of leading/trailing silence and played on an aiortc microphone track
@@ -15,8 +15,10 @@ server's Triton, trimmed of leading/trailing silence and played on an aiortc mic
   from the client's first speech sample to the first received audio frame after which the
   avatar's audio stays below -46 dBFS (rms 0.005) for 200 ms.
 - WER: the `transcript` events against the questions (words lower-cased, punctuation dropped).
+- `--push-to-talk`: the client releases the button when its last sample has left (POST
+  /end_turn, as the web page does), so no end-of-turn silence is waited for.
 
-Writes bench/results/voice_turn.json.
+Writes bench/results/voice_turn.json (voice_turn_ptt.json with --push-to-talk).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def quiet_from(client: AvatarClient, since: float) -> float | None:
     return None
 
 
-async def run(turns: int, barge_ins: int) -> dict:
+async def run(turns: int, barge_ins: int, push_to_talk: bool = False) -> dict:
     server = await start_server()
     piper = await PiperEngine.open(server.triton_url)
     mic = Microphone()
@@ -134,6 +136,10 @@ async def run(turns: int, barge_ins: int) -> dict:
         for text in texts:
             since = len(events.items)
             mic.play(speech[text], piper.sample_rate_hz)
+            if push_to_talk:  # released as the last sample leaves
+                while mic.speech_ended_at is None:
+                    await asyncio.sleep(0.005)
+                await client.end_turn()
             transcript = await events.wait("transcript", since)
             pairs.append((text, transcript["text"]))
             asr_ms.append(transcript["asr_ms"])
@@ -194,7 +200,8 @@ async def run(turns: int, barge_ins: int) -> dict:
                          "barge_in_min_s": DEFAULT_BARGE_IN_MIN_S, "speculative_asr": True,
                          "tts_lead_silence_kept_s": LEAD_SILENCE_KEPT_S,
                          "uplink_prefetch_packets": 1, "asr": "whisper tiny.en int8 on Triton",
-                         "answers": "shipped FAQ", "tts": "piper joe"},
+                         "answers": "shipped FAQ", "tts": "piper joe",
+                         "push_to_talk": push_to_talk},
         }
     finally:
         if events is not None:
@@ -208,10 +215,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--barge-ins", type=int, default=10)
+    parser.add_argument("--push-to-talk", action="store_true",
+                        help="end each turn with POST /end_turn when the question has been sent")
     args = parser.parse_args()
-    result = asyncio.run(run(args.turns, args.barge_ins))
+    result = asyncio.run(run(args.turns, args.barge_ins, args.push_to_talk))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "voice_turn.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "voice_turn_ptt.json" if args.push_to_talk else "voice_turn.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "transcripts"}, indent=2))
 
 
