@@ -45,6 +45,10 @@ class IdleFrame:
         avatar = self.avatar
         return fit_to(avatar.frames[avatar.frame_index(self.tick)], width, height)
 
+    def at(self, tick: int) -> IdleFrame:
+        """The same avatar's loop frame at grid tick `tick` (a shared stream encodes ahead)."""
+        return IdleFrame(self.avatar, tick)
+
 
 @dataclass(frozen=True)
 class Shot:
