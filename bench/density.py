@@ -18,7 +18,8 @@ time, the benchmark measures over a steady window:
   `livehuman_event_loop_lag_seconds` (how late its probe's 10 ms sleep woke: p99 interpolated
   in the histogram's bucket as PromQL's histogram_quantile does, and the max as the upper
   bound of the highest bucket hit) and `livehuman_stage_seconds` (each media stage's count,
-  mean and p50/p99: bench/README.md, "Where a tick goes").
+  mean and p50/p99: bench/README.md, "Where a tick goes"), and how many of the idle viewers'
+  asks for a shared frame had to wait for its encode (`idle_asks_waited` of `idle_asks`).
 
 Scenarios: `idle` (nobody speaks), `talking` (every session speaks without pause: echo
 utterances kept queued, the next posted at each SSE `end`), `mix` (ceil(10 %) of the sessions
@@ -85,6 +86,7 @@ GOALS = {"idle_cores_per_session": 0.01, "idle_mb_per_session": 20.0,
 LOOP_LAG_P99_GOAL_MS = 20.0
 LOOP_LAG_METRIC = "livehuman_event_loop_lag_seconds"
 STAGE_METRIC = "livehuman_stage_seconds"
+IDLE_ASKS_METRIC = "livehuman_idle_stream_asks"  # {frame="ready"|"waited"}
 
 
 def talkers(scenario: str, n: int, talking: int | None = None) -> int:
@@ -105,6 +107,10 @@ async def histograms(base_url: str) -> tuple[Buckets, dict[str, float]]:
     buckets: Buckets = {}
     sums: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
+        if family.name == IDLE_ASKS_METRIC:
+            for sample in family.samples:
+                sums[f"idle_asks:{sample.labels.get('frame')}"] = sample.value
+            continue
         if family.name not in (LOOP_LAG_METRIC, STAGE_METRIC):
             continue
         for sample in family.samples:
@@ -147,6 +153,11 @@ def histogram_window(before: tuple[Buckets, dict], after: tuple[Buckets, dict],
     """What the loop probe and each stage recorded between two readings."""
     (b0, s0), (b1, s1) = before, after
     out: dict = {"loop_lag_p99_ms": None, "loop_lag_max_ms": None, "stages": {}}
+    asks = {frame: s1.get(f"idle_asks:{frame}", 0.0) - s0.get(f"idle_asks:{frame}", 0.0)
+            for frame in ("ready", "waited")}
+    # Idle viewers' asks for a shared frame that had to wait for its encode (issue 20: ~0).
+    out["idle_asks"] = int(sum(asks.values()))
+    out["idle_asks_waited"] = int(asks["waited"])
     for key, cumulative in b1.items():
         start = dict(b0.get(key, []))
         window = [(bound, count - start.get(bound, 0.0)) for bound, count in cumulative]
@@ -361,8 +372,9 @@ def goals_met(scenarios: dict) -> dict:
 def steps_table(result: dict) -> str:
     """Every step: the worst idle and talking session, the server's loop lag, its cores."""
     lines = ["| scenario | sessions (idle + talking) | worst idle / talking median fps | "
-             f"loop lag p99 / max ms (goal p99 <= {LOOP_LAG_P99_GOAL_MS:g}) | server cores |",
-             "|---|---|---|---|---|"]
+             f"loop lag p99 / max ms (goal p99 <= {LOOP_LAG_P99_GOAL_MS:g}) | server cores | "
+             "idle asks that waited for an encode |",
+             "|---|---|---|---|---|---|"]
 
     def fps(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
@@ -376,7 +388,7 @@ def steps_table(result: dict) -> str:
                 f"| {name} | {r['sessions']} ({r['idle']} + {r['talking']}) | "
                 f"{fps(r['worst_idle_median_fps'])} / {fps(r['worst_talking_median_fps'])} | "
                 f"{ms(r['loop_lag_p99_ms'])} / <= {ms(r['loop_lag_max_ms'])} | "
-                f"{r['server_cores']:.2f} |")
+                f"{r['server_cores']:.2f} | {r['idle_asks_waited']} of {r['idle_asks']} |")
     return "\n".join(lines)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from .lipsync.models import FRAMES_SKIPPED_SILENT, FRAMES_TO_MODEL
 from .media import stage_timing
@@ -109,6 +111,7 @@ class Metrics:
               registry=self.registry).set_function(lambda: len(streams))
         Gauge("livehuman_idle_stream_viewers", "Sessions following or joining a shared idle "
               "stream now", registry=self.registry).set_function(streams.viewers)
+        self.registry.register(_IdleStreamAsks(streams))
 
     def output(self, label: str) -> OutputMetrics:
         """The series of one output (thread-safe: pushes update them from their threads)."""
@@ -130,3 +133,21 @@ class Metrics:
 
 def _speech_tasks() -> int:
     return sum(1 for task in asyncio.all_tasks() if task.get_name().startswith(SPEECH_TASK_PREFIX))
+
+
+class _IdleStreamAsks(Collector):
+    """`livehuman_idle_stream_asks_total{frame}`: viewers' asks for a shared idle frame that
+    found it encoded ahead (`ready`) or had to wait for its encode (`waited`)."""
+
+    def __init__(self, streams) -> None:
+        self._streams = streams
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "livehuman_idle_stream_asks", "Viewers' asks for a shared idle stream's frame: "
+            "encoded ahead (ready) or not yet (waited: the viewer waited for the encode)",
+            labels=["frame"])
+        waits = self._streams.waits
+        family.add_metric(["ready"], self._streams.asks - waits)
+        family.add_metric(["waited"], waits)
+        yield family

@@ -184,8 +184,10 @@ class IdleStream:
         if self._producer is None:
             self._producer = asyncio.create_task(
                 self._produce(), name=f"idle-stream-{getattr(self.key.avatar, 'id', '?')}")
+        self._streams.asks += 1
         if not future.done():
             self.waits += 1
+            self._streams.waits += 1
         # One viewer giving up (its session closing) must not cancel the others' frame.
         return await asyncio.shield(future)
 
@@ -264,6 +266,9 @@ class IdleStreams:
     def __init__(self, open_encoder: EncoderFactory = open_encoder) -> None:
         self.open_encoder = open_encoder
         self._streams: dict[StreamKey, IdleStream] = {}
+        # Viewers' asks for a frame since start, and those that found it not encoded yet.
+        self.asks = 0
+        self.waits = 0
 
     def __len__(self) -> int:
         return len(self._streams)

@@ -187,6 +187,7 @@ async def test_a_viewers_tick_finds_its_frame_encoded_while_a_later_encode_hangs
         await stream.frame(IdleFrame(avatar, 100))
         await until(lambda: stream.encoded_frames == 1 + ENCODE_AHEAD_TICKS, 5, "nothing ahead")
         gate.clear()  # from now on every encode hangs
+        waits = streams.waits
         # Viewers a tick apart, the later one first: each gets its tick's frame at once.
         for tick in (102, 101):
             asked = asyncio.ensure_future(stream.frame(IdleFrame(avatar, tick)))
@@ -196,6 +197,7 @@ async def test_a_viewers_tick_finds_its_frame_encoded_while_a_later_encode_hangs
             assert shared.tick == tick and shared.previous == tick - 1
             assert shared.frame.data == IdleFrame(avatar, tick).image(
                 avatar.width, avatar.height)[0, :8].tobytes()
+        assert streams.waits == waits, "counted as ready in /metrics"
         await until(lambda: encoders[0].started > encoders[0].finished, 5, "no encode ahead")
         assert encoders[0].finished == 1 + ENCODE_AHEAD_TICKS, "a later tick's encode hangs"
     finally:
@@ -364,6 +366,9 @@ async def test_idle_speech_idle_switches_show_the_rendered_pictures(livehuman, m
             metrics = await resp.text()
         viewers = re.search(r"^livehuman_idle_stream_viewers (\S+)$", metrics, re.M)
         assert viewers and float(viewers.group(1)) >= 2, "the watcher and the client"
+        ready = re.search(r'^livehuman_idle_stream_asks_total{frame="ready"} (\S+)$', metrics,
+                          re.M)
+        assert ready and float(ready.group(1)) > 0, "frames encoded ahead of the viewers"
         spoke = time.monotonic()
         status, _ = await client.post("/human", type="echo", text=SENTENCE)
         assert status == 200
