@@ -14,15 +14,25 @@ time, the benchmark measures over a steady window:
   a shared machine shows as `other_cores`): a client worker whose loop runs late delivers
   frames late, so such a step is flagged `client_saturated` and the search stops there.
 
+- the server's event loop and where its time goes, from its /metrics over the same window:
+  `livehuman_event_loop_lag_seconds` (how late its probe's 10 ms sleep woke: p99 interpolated
+  in the histogram's bucket as PromQL's histogram_quantile does, and the max as the upper
+  bound of the highest bucket hit) and `livehuman_stage_seconds` (each media stage's count,
+  mean and p50/p99: bench/README.md, "Where a tick goes"), and how many of the idle viewers'
+  asks for a shared frame had to wait for its encode (`idle_asks_waited` of `idle_asks`).
+
 Scenarios: `idle` (nobody speaks), `talking` (every session speaks without pause: echo
 utterances kept queued, the next posted at each SSE `end`), `mix` (ceil(10 %) of the sessions
-talk, the rest idle). The cost per session is the slope of a least-squares line over N (CPU:
+talk, the rest idle; `--talking K`: K of them talk, e.g. `--steps 12 --talking 4` is issue 20's
+8 idle + 4 talking). The cost per session is the slope of a least-squares line over N (CPU:
 steps that held the fps goal; memory: every step), and "sessions by server CPU only" is the
 machine's cores / that slope: what the server alone would hold if the clients were elsewhere.
 
-Writes bench/results/density.json and prints table rows for bench/README.md.
+Writes bench/results/density.json and prints table rows for bench/README.md: the scenarios,
+then every step (idle and talking sessions' worst fps, the loop's lag, the stages).
 
     python bench/density.py [--scenarios idle,talking,mix] [--max-n 128] [--seconds 10]
+    python bench/density.py --scenarios mix --steps 12 --talking 4   # issue 20's mix
 """
 
 from __future__ import annotations
@@ -41,8 +51,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's orchestrator, also in the client workers
 
+import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 from client_pool import ClientPool  # noqa: E402  (bench/ is the script's directory)
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from server_process import ServerProcess, start_server  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,8 +82,106 @@ GOALS = {"idle_cores_per_session": 0.01, "idle_mb_per_session": 20.0,
          "talking_cores_per_session": 0.08, "idle_sessions": 100, "talking_sessions": 12}
 
 
-def talkers(scenario: str, n: int) -> int:
+# Issue 20's goal for the server's event loop under the 8 idle + 4 talking mix.
+LOOP_LAG_P99_GOAL_MS = 20.0
+LOOP_LAG_METRIC = "livehuman_event_loop_lag_seconds"
+STAGE_METRIC = "livehuman_stage_seconds"
+IDLE_ASKS_METRIC = "livehuman_idle_stream_asks"  # {frame="ready"|"waited"}
+
+
+def talkers(scenario: str, n: int, talking: int | None = None) -> int:
+    """How many of `n` sessions talk (`talking`: a fixed number in the mix, at most n)."""
+    if scenario == "mix" and talking is not None:
+        return min(talking, n)
     return {"idle": 0, "talking": n, "mix": math.ceil(n * MIX_TALKING_SHARE)}[scenario]
+
+
+Buckets = dict[str, list[tuple[float, float]]]  # series key -> [(upper bound s, cumulative count)]
+
+
+async def histograms(base_url: str) -> tuple[Buckets, dict[str, float]]:
+    """The server's loop-lag and stage histograms now: cumulative buckets and sums by series
+    ("loop", or the stage's name). Empty when the server has none (an older server)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as resp:
+        text = await resp.text()
+    buckets: Buckets = {}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == IDLE_ASKS_METRIC:
+            for sample in family.samples:
+                sums[f"idle_asks:{sample.labels.get('frame')}"] = sample.value
+            continue
+        if family.name not in (LOOP_LAG_METRIC, STAGE_METRIC):
+            continue
+        for sample in family.samples:
+            key = "loop" if family.name == LOOP_LAG_METRIC else sample.labels.get("stage", "?")
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(key, []).append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_sum"):
+                sums[key] = sample.value
+    return {k: sorted(v) for k, v in buckets.items()}, sums
+
+
+def quantile_s(q: float, cumulative: list[tuple[float, float]]) -> float | None:
+    """The q-quantile of a histogram's window (cumulative [(bound, count)]), interpolated
+    linearly inside its bucket like PromQL's histogram_quantile; None without observations."""
+    total = cumulative[-1][1] if cumulative else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in cumulative:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound  # beyond the last finite bound: that bound, a lower limit
+            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 1
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def max_bound_s(cumulative: list[tuple[float, float]]) -> float | None:
+    """The upper bound of the highest bucket with an observation: the max is at most this."""
+    total = cumulative[-1][1] if cumulative else 0
+    if total <= 0:
+        return None
+    return next(bound for bound, count in cumulative if count >= total)
+
+
+def histogram_window(before: tuple[Buckets, dict], after: tuple[Buckets, dict],
+                     seconds: float) -> dict:
+    """What the loop probe and each stage recorded between two readings."""
+    (b0, s0), (b1, s1) = before, after
+    out: dict = {"loop_lag_p99_ms": None, "loop_lag_max_ms": None, "stages": {}}
+    asks = {frame: s1.get(f"idle_asks:{frame}", 0.0) - s0.get(f"idle_asks:{frame}", 0.0)
+            for frame in ("ready", "waited")}
+    # Idle viewers' asks for a shared frame that had to wait for its encode (issue 20: ~0).
+    out["idle_asks"] = int(sum(asks.values()))
+    out["idle_asks_waited"] = int(asks["waited"])
+    for key, cumulative in b1.items():
+        start = dict(b0.get(key, []))
+        window = [(bound, count - start.get(bound, 0.0)) for bound, count in cumulative]
+        count = window[-1][1] if window else 0
+        if key == "loop":
+            p99, top = quantile_s(0.99, window), max_bound_s(window)
+            out["loop_lag_p99_ms"] = None if p99 is None else round(p99 * 1000, 2)
+            finite = [bound for bound, _ in window if not math.isinf(bound)]
+            out["loop_lag_max_ms"] = None if top is None else (
+                f">{finite[-1] * 1000:g}" if math.isinf(top) else round(top * 1000, 1))
+            out["loop_lag_samples"] = int(count)
+            continue
+        if count <= 0:
+            continue
+        total_s = s1.get(key, 0.0) - s0.get(key, 0.0)
+        out["stages"][key] = {
+            "count": int(count),
+            "per_s": round(count / seconds, 1),
+            "mean_ms": round(total_s / count * 1000, 3),
+            "p50_ms": round(quantile_s(0.5, window) * 1000, 3),
+            "p99_ms": round(quantile_s(0.99, window) * 1000, 3),
+            "busy_cores": round(total_s / seconds, 4),  # seconds of it per second of window
+        }
+    return out
 
 
 def machine_busy_seconds() -> float:
@@ -96,9 +206,11 @@ def git_commit() -> str:
 async def window(server: ServerProcess, pool: ClientPool, seconds: float) -> dict:
     """Measure the server, the clients and the machine over `seconds` from now."""
     await pool.ask_all({"op": "window_start"})
+    hist0 = await histograms(server.base_url)
     cpu0, busy0, t0 = server.cpu_seconds(), machine_busy_seconds(), time.monotonic()
     await asyncio.sleep(seconds)
     cpu1, busy1, t1 = server.cpu_seconds(), machine_busy_seconds(), time.monotonic()
+    hist1 = await histograms(server.base_url)
     memory = server.memory_kib()
     workers = await pool.ask_all({"op": "window_end", "t0": t0, "t1": t1})
     wall = t1 - t0
@@ -121,6 +233,7 @@ async def window(server: ServerProcess, pool: ClientPool, seconds: float) -> dic
         "machine_saturated": machine_cores > MACHINE_BUSY_SATURATED * os.cpu_count(),
         "sessions": [s for w in workers for s in w["sessions"]],
         "talker_errors": [e for w in workers for e in w["talker_errors"]],
+        **histogram_window(hist0, hist1, wall),
     }
 
 
@@ -134,6 +247,10 @@ def step_row(n: int, talking: int, measured: dict) -> dict:
         "idle": n - talking,
         "sessions_seen": len(sessions),
         "worst_median_fps": min(medians, default=0.0),
+        "worst_idle_median_fps": min((s["median_fps"] for s in sessions if not s["talking"]),
+                                     default=None),
+        "worst_talking_median_fps": min((s["median_fps"] for s in sessions if s["talking"]),
+                                        default=None),
         "worst_mean_fps": min((s["mean_fps"] for s in sessions), default=0.0),
         "worst_bin_fps": min((s["min_bin_fps"] for s in sessions), default=0.0),
         "skipped_ticks": sum(s["skipped_ticks"] for s in sessions),
@@ -204,7 +321,7 @@ async def run_scenario(scenario: str, steps: list[int], args: argparse.Namespace
         print(json.dumps({"scenario": scenario, "baseline": baseline}), flush=True)
         opened = opened_talking = 0
         for n in steps:
-            talking = talkers(scenario, n)
+            talking = talkers(scenario, n, args.talking)
             new_talkers = talking - opened_talking
             answer = await pool.open([True] * new_talkers + [False] * (n - opened - new_talkers))
             opened, opened_talking = n, talking
@@ -252,6 +369,44 @@ def goals_met(scenarios: dict) -> dict:
     return met
 
 
+def steps_table(result: dict) -> str:
+    """Every step: the worst idle and talking session, the server's loop lag, its cores."""
+    lines = ["| scenario | sessions (idle + talking) | worst idle / talking median fps | "
+             f"loop lag p99 / max ms (goal p99 <= {LOOP_LAG_P99_GOAL_MS:g}) | server cores | "
+             "idle asks that waited for an encode |",
+             "|---|---|---|---|---|---|"]
+
+    def fps(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    def ms(value: float | str | None) -> str:
+        return "-" if value is None else value if isinstance(value, str) else f"{value:g}"
+
+    for name, s in result["scenarios"].items():
+        for r in s["rows"]:
+            lines.append(
+                f"| {name} | {r['sessions']} ({r['idle']} + {r['talking']}) | "
+                f"{fps(r['worst_idle_median_fps'])} / {fps(r['worst_talking_median_fps'])} | "
+                f"{ms(r['loop_lag_p99_ms'])} / <= {ms(r['loop_lag_max_ms'])} | "
+                f"{r['server_cores']:.2f} | {r['idle_asks_waited']} of {r['idle_asks']} |")
+    return "\n".join(lines)
+
+
+def stages_table(result: dict) -> str:
+    """Where the server's time went at each scenario's largest step (bench/README.md, "Where
+    a tick goes"): per stage, its count per second, mean, p50, p99 and cores."""
+    lines = ["| scenario, sessions | stage | per s | mean ms | p50 ms | p99 ms | cores |",
+             "|---|---|---|---|---|---|---|"]
+    for name, s in result["scenarios"].items():
+        if not s["rows"]:
+            continue
+        r = s["rows"][-1]
+        for stage, t in sorted(r["stages"].items()):
+            lines.append(f"| {name}, {r['idle']} + {r['talking']} | {stage} | {t['per_s']} | "
+                         f"{t['mean_ms']} | {t['p50_ms']} | {t['p99_ms']} | {t['busy_cores']} |")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     cores = result["cores_available"]
     lines = [f"| scenario | sessions held at >= {FPS_GOAL} fps | worst median / mean fps of a "
@@ -280,6 +435,7 @@ async def run(args: argparse.Namespace) -> dict:
             "cores_available": cores_available(), "fps_goal": FPS_GOAL,
             "window_s": args.seconds, "settle_s": args.settle,
             "client_workers": args.client_workers, "server_args": args.server_args,
+            "mix_talking": args.talking,
             "goals": GOALS, "scenarios": scenarios, "goals_met": goals_met(scenarios),
             "note": "clients run in their own processes on the same machine (light: no "
                     "decoding); server CPU and memory are its process tree's alone"}
@@ -302,6 +458,9 @@ def parse_args() -> argparse.Namespace:
                         help="seconds between opening a step's sessions and its window (default 3)")
     parser.add_argument("--client-workers", type=int, default=2,
                         help="client processes the sessions are spread over (default 2)")
+    parser.add_argument("--talking", type=int, default=None,
+                        help="mix: this many sessions of each step talk (default: ceil(10 %%)); "
+                        "--scenarios mix --steps 12 --talking 4 is 8 idle + 4 talking")
     parser.add_argument("--server-args", default="",
                         help="extra flags for python -m orchestrator, one string "
                         "(e.g. --server-args='--tts espeak')")
@@ -314,6 +473,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--max-n and --client-workers must be >= 1, --seconds >= 2")
     if args.steps and (min(args.steps) < 1 or min(args.steps) > args.max_n):
         parser.error("--steps must be >= 1, and one at most --max-n")
+    if args.talking is not None and args.talking < 0:
+        parser.error("--talking must be >= 0")
     return args
 
 
@@ -323,6 +484,8 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     print(table(result))
+    print(steps_table(result))
+    print(stages_table(result))
     print(json.dumps({"goals_met": result["goals_met"]}))
 
 

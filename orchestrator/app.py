@@ -98,7 +98,9 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
         # Its upload folder is emptied at start: one job registry per data directory.
         jobs = AvatarJobs(app[SERVICES_KEY].avatars, settings.data_dir / "avatar-uploads")
         app[avatar_api.AVATAR_JOBS_KEY] = jobs
+        loop_probe = app[SERVICES_KEY].metrics.start_loop_probe()
         yield
+        loop_probe.cancel()
         await jobs.close()
         if owned:
             await app[SERVICES_KEY].close()

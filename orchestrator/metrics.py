@@ -1,7 +1,9 @@
 """`GET /metrics` in the Prometheus text format: sessions, session events (utterances by kind,
 interruptions, errors, recordings), Triton readiness, speech frames sent to the lip-sync model or
 skipped as silent, asyncio tasks and queued speech (so a leak or a runaway queue shows), and the
-shared idle video streams, on a registry of this app's own."""
+shared idle video streams, on a registry of this app's own; and where the time goes: the
+event loop's lag (a probe task: how late a fixed sleep wakes) and each media stage's duration
+(media/stage_timing.py), as histograms."""
 
 from __future__ import annotations
 
@@ -9,14 +11,26 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from .lipsync.models import FRAMES_SKIPPED_SILENT, FRAMES_TO_MODEL
+from .media import stage_timing
 from .outputs.base import OutputMetrics
 from .speech.pipeline import SPEECH_TASK_PREFIX
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LIPSYNC_FRAME_PATHS = (FRAMES_TO_MODEL, FRAMES_SKIPPED_SILENT)
+# The event-loop probe sleeps this long, again and again, and records how late it woke: every
+# stall longer than this shows (a 10 ms wake-up costs a few microseconds: ~0.1 % of a core).
+LOOP_PROBE_INTERVAL_S = 0.010
+# Fine around issue 20's goal (the longest stall <= 20 ms) and the 40 ms tick.
+LOOP_LAG_BUCKETS_S = (0.001, 0.002, 0.005, 0.010, 0.015, 0.020, 0.030, 0.040, 0.060, 0.080,
+                      0.120, 0.160, 0.250, 0.500, 1.0, 2.5)
+# From an Opus packet (~0.3 ms) to a sentence's TTS (seconds).
+STAGE_BUCKETS_S = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.010, 0.015, 0.020,
+                   0.030, 0.050, 0.075, 0.100, 0.200, 0.500, 1.0, 2.5, 5.0)
 
 
 class Metrics:
@@ -60,12 +74,44 @@ class Metrics:
                                             "output dropped because it fell behind", ["output"],
                                             registry=self.registry)
 
+        self.loop_lag = Histogram(
+            "livehuman_event_loop_lag_seconds", "How late the event loop woke a task sleeping "
+            f"{LOOP_PROBE_INTERVAL_S * 1000:g} ms (a stall of the loop delays every session)",
+            buckets=LOOP_LAG_BUCKETS_S, registry=self.registry)
+        self.stage_seconds = Histogram(
+            "livehuman_stage_seconds", "Duration of each stage of the media path, by stage "
+            "(orchestrator/media/stage_timing.py: tts_sentence and lipsync_request are awaited "
+            "latencies, the others work done on the event loop or an encoder thread)",
+            ["stage"], buckets=STAGE_BUCKETS_S, registry=self.registry)
+        self._stage_series = {stage: self.stage_seconds.labels(stage)
+                              for stage in stage_timing.STAGES}
+        stage_timing.subscribe(self.observe_stage)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """stage_timing's subscriber (any thread: the histogram is thread-safe)."""
+        series = self._stage_series.get(stage)
+        if series is None:
+            series = self._stage_series[stage] = self.stage_seconds.labels(stage)
+        series.observe(seconds)
+
+    def start_loop_probe(self) -> asyncio.Task:
+        """The event-loop lag probe, running in this loop until the task is cancelled."""
+        return asyncio.create_task(self._probe_loop(), name="event-loop-lag-probe")
+
+    async def _probe_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LOOP_PROBE_INTERVAL_S
+            await asyncio.sleep(LOOP_PROBE_INTERVAL_S)
+            self.loop_lag.observe(max(0.0, loop.time() - due))
+
     def watch_idle_streams(self, streams) -> None:
         """Gauges of the shared idle streams (orchestrator/idle_stream.IdleStreams)."""
         Gauge("livehuman_idle_streams", "Shared idle video streams (one encoder each) now",
               registry=self.registry).set_function(lambda: len(streams))
         Gauge("livehuman_idle_stream_viewers", "Sessions following or joining a shared idle "
               "stream now", registry=self.registry).set_function(streams.viewers)
+        self.registry.register(_IdleStreamAsks(streams))
 
     def output(self, label: str) -> OutputMetrics:
         """The series of one output (thread-safe: pushes update them from their threads)."""
@@ -87,3 +133,21 @@ class Metrics:
 
 def _speech_tasks() -> int:
     return sum(1 for task in asyncio.all_tasks() if task.get_name().startswith(SPEECH_TASK_PREFIX))
+
+
+class _IdleStreamAsks(Collector):
+    """`livehuman_idle_stream_asks_total{frame}`: viewers' asks for a shared idle frame that
+    found it encoded ahead (`ready`) or had to wait for its encode (`waited`)."""
+
+    def __init__(self, streams) -> None:
+        self._streams = streams
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "livehuman_idle_stream_asks", "Viewers' asks for a shared idle stream's frame: "
+            "encoded ahead (ready) or not yet (waited: the viewer waited for the encode)",
+            labels=["frame"])
+        waits = self._streams.waits
+        family.add_metric(["ready"], self._streams.asks - waits)
+        family.add_metric(["waited"], waits)
+        yield family

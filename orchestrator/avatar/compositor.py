@@ -32,27 +32,43 @@ def lower_face_mask(size: int, width: int | None = None) -> np.ndarray:
     return mask[:, :, None]
 
 
+@lru_cache(maxsize=32)
+def _blend_weights(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lower-face mask as cv2.blendLinear's weights: float32 [height, width] for the crop
+    and for the frame (1 - mask), each contiguous."""
+    mask = np.ascontiguousarray(lower_face_mask(height, width)[:, :, 0])
+    rest = np.ascontiguousarray(1.0 - mask, dtype=np.float32)
+    mask.setflags(write=False)
+    rest.setflags(write=False)
+    return mask, rest
+
+
 def paste_face(frame: np.ndarray, box: np.ndarray, crop: np.ndarray) -> np.ndarray:
     """Return a copy of `frame` (uint8 HxWx3) with `crop` (uint8 SxSx3) blended into `box`.
 
     The box may extend past the frame edges (only the visible part is written) and need not be
-    square (an imported LiveTalking box: the crop is stretched back into it).
+    square (an imported LiveTalking box: the crop is stretched back into it). The blend is
+    OpenCV's (`blendLinear`, rounded: within one level of mask * crop + (1 - mask) * frame),
+    about a sixth of the time of the same sum in numpy floats (0.27 against 1.5 ms for the
+    default avatar's box here): it runs on the event loop for every talking tick.
     """
     out = frame.copy()
     x0, y0, x1, y1 = (int(v) for v in box)
     width, height = x1 - x0, y1 - y0
-    resized = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
-    mask = lower_face_mask(height, width)
     fx0, fy0 = max(x0, 0), max(y0, 0)
     fx1, fy1 = min(x1, frame.shape[1]), min(y1, frame.shape[0])
     if fx0 >= fx1 or fy0 >= fy1:
         return out
+    resized = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
+    weights, rest = _blend_weights(height, width)
     cx0, cy0 = fx0 - x0, fy0 - y0
     cx1, cy1 = cx0 + (fx1 - fx0), cy0 + (fy1 - fy0)
-    region = out[fy0:fy1, fx0:fx1].astype(np.float32)
-    m = mask[cy0:cy1, cx0:cx1]
-    blended = region + m * (resized[cy0:cy1, cx0:cx1].astype(np.float32) - region)
-    out[fy0:fy1, fx0:fx1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    if (cx0, cy0, cx1, cy1) != (0, 0, width, height):  # past an edge: the visible part
+        resized = np.ascontiguousarray(resized[cy0:cy1, cx0:cx1])
+        weights = np.ascontiguousarray(weights[cy0:cy1, cx0:cx1])
+        rest = np.ascontiguousarray(rest[cy0:cy1, cx0:cx1])
+    region = np.ascontiguousarray(out[fy0:fy1, fx0:fx1])
+    out[fy0:fy1, fx0:fx1] = cv2.blendLinear(resized, region, weights, rest)
     return out
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from . import stage_timing
 from .clock import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_PACKET, AUDIO_TIME_BASE
 from .tracks import MAX_QUEUED_FRAMES, PlayerTrack
 
@@ -85,7 +86,8 @@ class AudioTrack(PlayerTrack):
             else:
                 if self._encoder is None:
                     self._encoder = opus_encoder()
-                data = encode_piece(self._encoder, sound.pcm, sound.pts)
+                with stage_timing.timed(stage_timing.AUDIO_ENCODE):
+                    data = encode_piece(self._encoder, sound.pcm, sound.pts)
                 self.packets_encoded += 1
             if data:
                 packet = av.Packet(data)

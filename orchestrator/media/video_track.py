@@ -32,6 +32,7 @@ import av
 import numpy as np
 from aiortc.sdp import SessionDescription
 
+from . import stage_timing
 from .clock import VIDEO_TIME_BASE
 from .idle_stream import IdleFrame, IdleStream, IdleStreams, SharedFrame
 from .tracks import MAX_QUEUED_FRAMES, PlayerTrack
@@ -185,7 +186,8 @@ class VideoTrack(PlayerTrack):
             self._own = open_encoder(self.mime_type, self.width, self.height, self._target_bps)
         keyframe, self._own_keyframe = self._own_keyframe, False
         loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(None, self._own.encode, picture.image, keyframe)
+        encoded = await loop.run_in_executor(None, _timed_encode, self._own, picture.image,
+                                             keyframe)
         if encoded is None:
             self._own_keyframe = self._own_keyframe or keyframe  # still owed
             return None
@@ -199,3 +201,9 @@ class VideoTrack(PlayerTrack):
         own, self._own = self._own, None
         if own is not None:
             own.close()
+
+
+def _timed_encode(encoder: VideoEncoder, image: np.ndarray, keyframe: bool) -> EncodedFrame | None:
+    """`encoder.encode`, its time recorded as VIDEO_ENCODE (in the executor's thread)."""
+    with stage_timing.timed(stage_timing.VIDEO_ENCODE):
+        return encoder.encode(image, keyframe)

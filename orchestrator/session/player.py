@@ -19,6 +19,7 @@ import logging
 
 import numpy as np
 
+from ..media import stage_timing
 from ..media.audio_track import AudioTrack, Sound
 from ..media.clock import AUDIO_PACKETS_PER_TICK, AUDIO_SAMPLES_PER_PACKET, MediaClock
 from ..media.sinks import TickSink
@@ -110,12 +111,17 @@ class Player:
             tick += 1
 
     def _render(self, tick: int) -> None:
+        with stage_timing.timed(stage_timing.PLAYER_TICK):
+            self._render_timed(tick)
+
+    def _render_timed(self, tick: int) -> None:
         speech = self._next_speech_frame()
         # Between utterances the idle loop's position is the tick on the process-wide grid: the
         # same picture as every other session showing this avatar idle, which lets them share
         # its encoding. Within one (a pause, a late frame) it goes on from the speech's.
         grid_tick = self.clock.wall_tick(tick) if self._speaking is None else None
-        shot = self.stage.next_shot(speech, grid_tick)
+        with stage_timing.timed(stage_timing.STAGE_SHOT):
+            shot = self.stage.next_shot(speech, grid_tick)
         image, audio = shot.image, shot.audio
         self.video.push(Picture(image, self.clock.video_pts(tick), shot.idle))
         pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)

@@ -45,12 +45,16 @@ class IdleFrame:
         avatar = self.avatar
         return fit_to(avatar.frames[avatar.frame_index(self.tick)], width, height)
 
+    def at(self, tick: int) -> IdleFrame:
+        """The same avatar's loop frame at grid tick `tick` (a shared stream encodes ahead)."""
+        return IdleFrame(self.avatar, tick)
+
 
 @dataclass(frozen=True)
 class Shot:
     image: np.ndarray  # uint8 [H, W, 3] RGB at the session's size
     audio: np.ndarray  # float32 [640] at 16 kHz
-    idle: IdleFrame | None = None  # set when `image` is exactly this idle-loop frame
+    idle: IdleFrame | None = None  # set when `image` is exactly this idle-loop frame on the grid
 
 
 class Stage:
@@ -102,7 +106,11 @@ class Stage:
                 self._fade_step = 0
             idle = IdleFrame(avatar, tick)
             self.avatar_tick = tick + 1
-            shot = Shot(idle.image(self.width, self.height), _SILENCE, idle)
+            # Only a frame on the grid is the one other sessions show now. A late frame within
+            # an utterance (the loop going on locally) offered to the shared stream would make
+            # it skip ahead of its idle viewers, or force a keyframe on all of them.
+            shot = Shot(idle.image(self.width, self.height), _SILENCE,
+                        idle if idle_tick is not None else None)
             source = ("avatar", avatar.id)
         self._on_grid = speech is None and self.audiotype == IDLE and idle_tick is not None
         return self._blend(Shot(fit_to(shot.image, self.width, self.height), shot.audio,

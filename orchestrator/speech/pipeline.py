@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ import numpy as np
 from ..avatar.store import Avatar
 from ..lipsync.base import AudioFeatures
 from ..lipsync.models import LipSyncModels
+from ..media import stage_timing
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_TICK
 from ..tts import TTSRouter, Voice
 from .features import DEFAULT_FEATURES, SentenceFeatures
@@ -225,7 +227,7 @@ class SpeechPipeline:
                     if not (final or features.ready()):
                         continue
                     padded, windows, silent = await loop.run_in_executor(
-                        None, features.take, final)
+                        None, _timed_take, features, final)
                     if padded.size == 0:
                         continue
                     # The sentence's text goes with its first piece only (SentenceStarted).
@@ -281,6 +283,7 @@ class SpeechPipeline:
         engine, voice = await self._tts.route(text, voice)
         features: SentenceFeatures | None = None
         silent: list[np.ndarray] = []  # chunks before the first audible sample (trim_lead)
+        started = time.perf_counter()
         async with contextlib.aclosing(engine.synthesize(text, voice)) as chunks:
             async for chunk in chunks:
                 if trim_lead:
@@ -293,6 +296,9 @@ class SpeechPipeline:
                     features = SentenceFeatures(engine.sample_rate_hz, kind)
                 features.add(chunk)
                 yield features, False
+        # From the request to its last audio (a streaming engine's: with what the consumer did
+        # between its chunks).
+        stage_timing.observe(stage_timing.TTS_SENTENCE, time.perf_counter() - started)
         if silent:  # silent throughout: kept as it was
             features = SentenceFeatures(engine.sample_rate_hz, kind)
             features.add(np.concatenate(silent))
@@ -316,8 +322,9 @@ class SpeechPipeline:
             avatar = sentence.utterance.avatar
             model = await self._lipsync.get(avatar.lipsync_model)
             faces, mouths = _crops(avatar, ticks, model.crop_size)
-            crops = await self._lipsync.render(model, sentence.windows[start:stop],
-                                               sentence.silent[start:stop], faces, mouths)
+            with stage_timing.timed(stage_timing.LIPSYNC_REQUEST):
+                crops = await self._lipsync.render(model, sentence.windows[start:stop],
+                                                   sentence.silent[start:stop], faces, mouths)
             for k, tick in enumerate(ticks):
                 i = start + k
                 audio = sentence.audio[i * AUDIO_SAMPLES_PER_TICK : (i + 1) * AUDIO_SAMPLES_PER_TICK]
@@ -326,6 +333,13 @@ class SpeechPipeline:
             self._next_avatar_tick = ticks[-1] + 1
             start = stop
             size = CHUNK_FRAMES
+
+
+def _timed_take(features: SentenceFeatures, final: bool,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`features.take(final)`, its time recorded as FEATURES (in the executor's thread)."""
+    with stage_timing.timed(stage_timing.FEATURES):
+        return features.take(final)
 
 
 def without_lead_silence(audio: np.ndarray, rate_hz: int) -> np.ndarray | None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -20,8 +22,12 @@ from server_fixtures import livehuman  # noqa: F401  (fixture)
 from orchestrator.avatar.store import AvatarStore
 from orchestrator.client import AvatarClient
 from orchestrator.media.clock import VIDEO_PTS_PER_TICK
-from orchestrator.media.idle_stream import KEYFRAME_MIN_INTERVAL_TICKS, IdleStreams
-from orchestrator.media.video_encoders import encoder_class
+from orchestrator.media.idle_stream import (
+    ENCODE_AHEAD_TICKS,
+    KEYFRAME_MIN_INTERVAL_TICKS,
+    IdleStreams,
+)
+from orchestrator.media.video_encoders import EncodedFrame, VideoEncoder, encoder_class
 from orchestrator.media.video_track import Picture, VideoTrack
 from orchestrator.session.stage import TRANSITION_FRAMES, IdleFrame, Stage
 from orchestrator.settings import Settings
@@ -37,6 +43,9 @@ SENTENCE = "Hello there. This is a short sentence to switch encoders."
 MIN_PSNR_DB = 25.0
 NEIGHBOUR_TICKS = 2
 NEIGHBOUR_MARGIN = 0.25  # mean absolute difference, 8-bit levels
+# Bounds on waits that never end when the code is wrong (not speed goals).
+GATE_TIMEOUT_S = 30.0
+HANG_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +92,11 @@ def test_back_from_speech_the_loop_cross_fades_to_the_grid_position(avatar):
         spoken = stage.next_shot(SpeechFrame(utterance, 501 + k, crop, np.zeros(640, np.float32)))
         assert spoken.idle is None
     pause = stage.next_shot(None)  # a late frame within the utterance: the loop goes on locally
-    assert pause.idle.tick == 507
+    assert np.array_equal(pause.image, IdleFrame(avatar, 507).image(avatar.width, avatar.height))
+    # It is not the frame idle sessions show now: not offered to their shared stream, which it
+    # would make skip ahead of them or send them a keyframe (issue 20: talkers must not touch
+    # idle sessions).
+    assert pause.idle is None
     # The wall clock moved on while speech played late: the loop is elsewhere now.
     shots = [stage.next_shot(None, tick) for tick in range(530, 530 + TRANSITION_FRAMES + 2)]
     assert all(s.idle is None for s in shots[:TRANSITION_FRAMES]), "a blend is no loop frame"
@@ -108,21 +121,110 @@ async def test_each_tick_is_encoded_once_for_all_viewers_and_closed_with_the_las
         a, b = await asyncio.gather(stream.frame(IdleFrame(avatar, tick)),
                                     stream.frame(IdleFrame(avatar, tick)))
         assert a is b and a.previous == tick - 1 and not a.frame.keyframe
-    assert stream.encoded_frames == 6
-    # A viewer asking for a tick after a later one was encoded gets nothing (the stream passed
-    # it over); the next frame still names the last encoded one, so nobody is misled.
+    # Encoded ahead of the viewers, and no further.
+    await until(lambda: stream.encoded_frames == 6 + ENCODE_AHEAD_TICKS, 5, "nothing ahead")
+    await asyncio.sleep(0.2)
+    assert stream.encoded_frames == 6 + ENCODE_AHEAD_TICKS
+    # A viewer a tick behind another gets its frame too (it was encoded ahead).
     later = await stream.frame(IdleFrame(avatar, 108))
-    assert await stream.frame(IdleFrame(avatar, 107)) is None
-    assert later.previous == 105
+    behind = await stream.frame(IdleFrame(avatar, 107))
+    assert (later.previous, behind.tick) == (107, 107)
+    # A tick far ahead of the stream: the stream skips to it, and a tick it skipped is passed
+    # over (None); the next frame names the last encoded one, so nobody is misled.
+    far = await stream.frame(IdleFrame(avatar, 120))
+    assert 108 < far.previous <= 108 + ENCODE_AHEAD_TICKS, "what was ahead, then 120"
+    assert await stream.frame(IdleFrame(avatar, 115)) is None
     # Keyframes on request, at most one per KEYFRAME_MIN_INTERVAL_TICKS.
     stream.request_keyframe()
     keyed = [(await stream.frame(IdleFrame(avatar, t))).frame.keyframe
-             for t in range(109, 109 + KEYFRAME_MIN_INTERVAL_TICKS)]
-    assert keyed.count(True) == 1 and keyed.index(True) == KEYFRAME_MIN_INTERVAL_TICKS - 9
+             for t in range(121, 121 + KEYFRAME_MIN_INTERVAL_TICKS)]
+    assert keyed.count(True) == 1 and keyed.index(True) == KEYFRAME_MIN_INTERVAL_TICKS - 21
     stream.remove(one)
     assert len(streams) == 1
     stream.remove(two)
     assert len(streams) == 0, "no viewer: the encoder is closed and the stream gone"
+
+
+class GatedEncoder(VideoEncoder):
+    """An encoder behind the interface whose encodes wait while `gate` is closed: an encode as
+    slow as a busy machine makes it, on demand. Its frames carry the picture's first pixels."""
+
+    mime_type = "video/VP8"
+    default_bitrate_bps, min_bitrate_bps, max_bitrate_bps = 500_000, 100_000, 2_000_000
+
+    def __init__(self, gate: threading.Event, width: int, height: int) -> None:
+        super().__init__(width, height)
+        self.gate = gate
+        self.started = self.finished = 0
+
+    def _open(self, bitrate_bps: int):
+        raise NotImplementedError
+
+    def encode(self, image: np.ndarray, keyframe: bool = False) -> EncodedFrame:
+        self.started += 1
+        assert self.gate.wait(GATE_TIMEOUT_S), "the test never opened the gate"
+        self.finished += 1
+        return EncodedFrame(image[0, :8].tobytes(), keyframe or self.finished == 1)
+
+
+async def test_a_viewers_tick_finds_its_frame_encoded_while_a_later_encode_hangs(avatar):
+    """Issue 20: idle viewers waited on one chain of encodes (100-570 ms behind a 27 ms
+    encode). A viewer's tick now finds its frame encoded ahead; a slow encode of a later tick
+    holds nobody."""
+    gate = threading.Event()
+    gate.set()
+    encoders: list[GatedEncoder] = []
+
+    def gated(mime_type: str, width: int, height: int) -> GatedEncoder:
+        encoders.append(GatedEncoder(gate, width, height))
+        return encoders[-1]
+
+    streams = IdleStreams(gated)
+    one, two = Viewer(), Viewer()
+    stream = streams.join(one, IdleFrame(avatar, 0), avatar.width, avatar.height, "video/VP8")
+    streams.join(two, IdleFrame(avatar, 0), avatar.width, avatar.height, "video/VP8")
+    try:
+        await stream.frame(IdleFrame(avatar, 100))
+        await until(lambda: stream.encoded_frames == 1 + ENCODE_AHEAD_TICKS, 5, "nothing ahead")
+        gate.clear()  # from now on every encode hangs
+        waits = streams.waits
+        # Viewers a tick apart, the later one first: each gets its tick's frame at once.
+        for tick in (102, 101):
+            asked = asyncio.ensure_future(stream.frame(IdleFrame(avatar, tick)))
+            await asyncio.sleep(0)  # one pass of the loop: nothing to wait for
+            assert asked.done(), f"tick {tick} waited for an encode"
+            shared = asked.result()
+            assert shared.tick == tick and shared.previous == tick - 1
+            assert shared.frame.data == IdleFrame(avatar, tick).image(
+                avatar.width, avatar.height)[0, :8].tobytes()
+        assert streams.waits == waits, "counted as ready in /metrics"
+        await until(lambda: encoders[0].started > encoders[0].finished, 5, "no encode ahead")
+        assert encoders[0].finished == 1 + ENCODE_AHEAD_TICKS, "a later tick's encode hangs"
+    finally:
+        gate.set()
+        stream.remove(one)
+        stream.remove(two)
+
+
+async def test_shared_encodes_do_not_queue_behind_the_default_executor(avatar):
+    """Talking sessions' encodes and speech features run in the loop's default executor; the
+    idle streams' encodes must not wait behind them (each stream has its own thread)."""
+    loop = asyncio.get_running_loop()
+    busy = ThreadPoolExecutor(2)
+    loop.set_default_executor(busy)
+    release = threading.Event()
+    blockers = [loop.run_in_executor(None, release.wait, GATE_TIMEOUT_S) for _ in range(2)]
+    streams = IdleStreams()
+    viewer = Viewer()
+    stream = streams.join(viewer, IdleFrame(avatar, 0), avatar.width, avatar.height, "video/VP8")
+    try:
+        frames = [await asyncio.wait_for(stream.frame(IdleFrame(avatar, t)), HANG_S)
+                  for t in range(200, 205)]
+        assert [f.tick for f in frames] == list(range(200, 205))
+    finally:
+        release.set()
+        await asyncio.gather(*blockers)
+        stream.remove(viewer)
 
 
 def decode_all(packets: list[av.Packet], mime_type: str) -> list[np.ndarray]:
@@ -264,6 +366,9 @@ async def test_idle_speech_idle_switches_show_the_rendered_pictures(livehuman, m
             metrics = await resp.text()
         viewers = re.search(r"^livehuman_idle_stream_viewers (\S+)$", metrics, re.M)
         assert viewers and float(viewers.group(1)) >= 2, "the watcher and the client"
+        ready = re.search(r'^livehuman_idle_stream_asks_total{frame="ready"} (\S+)$', metrics,
+                          re.M)
+        assert ready and float(ready.group(1)) > 0, "frames encoded ahead of the viewers"
         spoke = time.monotonic()
         status, _ = await client.post("/human", type="echo", text=SENTENCE)
         assert status == 200

@@ -276,3 +276,45 @@ async def test_metrics_count_sessions_and_utterances_in_prometheus_format(livehu
         assert after[started] == before.get(started, 0) + 1
     finally:
         await client.close()
+
+
+async def test_metrics_show_the_event_loop_lag_and_each_stage_of_a_talking_tick(livehuman):  # noqa: F811
+    """Issue 20: where a talking tick's time goes, and how late the event loop runs, as
+    histograms in /metrics (bench/density.py reads them)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from orchestrator.media.stage_timing import STAGES
+
+    base_url, services = livehuman
+
+    async def counts() -> dict[str, float]:
+        async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as resp:
+            text = await resp.text()
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "livehuman_event_loop_lag_seconds_count":
+                    found["loop"] = s.value
+                elif s.name == "livehuman_stage_seconds_count":
+                    found[s.labels["stage"]] = s.value
+        return found
+
+    before = await counts()
+    assert set(STAGES) <= set(before), "every stage's series from the start"
+    client = AvatarClient(base_url, keep_video=False)
+    try:
+        await client.connect()
+        await client.wait_for_video(5)
+        session = services.registry.get(client.sessionid)
+        sent = time.monotonic()
+        await client.post("/human", type="echo", text="Where does the time go?")
+        await client.wait_for_speech(sent, SPEECH_RMS)
+        deadline = time.monotonic() + 15
+        while session.speaking and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # idle again: shared frames
+        after = await counts()
+    finally:
+        await client.close()
+    grown = {key for key in after if after[key] > before.get(key, 0)}
+    assert {"loop", *STAGES} <= grown, f"not recorded: {sorted({'loop', *STAGES} - grown)}"
