@@ -56,6 +56,7 @@ class ElsewhereSession(ApiError):
     def __init__(self, sessionid: int, instance: int) -> None:
         super().__init__(421, f"sessionid {sessionid} belongs to orchestrator instance "
                          f"{instance}; this request could not be forwarded there")
+        self.sessionid = sessionid
         self.instance = instance
 
 
@@ -171,10 +172,7 @@ class SessionRegistry:
         has failed too many lookups and did not open this session itself. A text is an id that
         held no integer: always unknown."""
         client = current_client.get()
-        if self.forward_elsewhere and isinstance(sessionid, int) and \
-                0 < sessionid <= MAX_SESSION_ID and instance_of(sessionid) != self.instance_id:
-            self.misses.check(client)  # a prober is held back here too, not only by the owner
-            raise ElsewhereSession(sessionid, instance_of(sessionid))
+        self.check_here(sessionid)
         session = self._sessions.get(sessionid) if isinstance(sessionid, int) else None
         live = session is not None and not session.closed
         if live and self._opened_by.get(sessionid) == client:
@@ -184,6 +182,15 @@ class SessionRegistry:
             self.misses.miss(client)
             raise UnknownSession(sessionid)
         return session
+
+    def check_here(self, sessionid: int | str) -> None:
+        """ElsewhereSession (to be forwarded) when `sessionid` is another instance's, for what
+        a session leaves behind (its recording) as for the session itself; else nothing."""
+        if self.forward_elsewhere and isinstance(sessionid, int) and \
+                0 < sessionid <= MAX_SESSION_ID and instance_of(sessionid) != self.instance_id:
+            # A prober is held back here too, not only by the owner.
+            self.misses.check(current_client.get())
+            raise ElsewhereSession(sessionid, instance_of(sessionid))
 
     def __len__(self) -> int:
         return len(self._sessions)
