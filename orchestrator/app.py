@@ -74,7 +74,9 @@ def create_app(settings: Settings, services: Services | None = None,
     app.add_routes(voice_api.routes)
     app.add_routes(livetalking_api.routes)
     app.add_routes(whep_api.routes)
-    app[whep_api.WHEP_RESOURCES_KEY] = WhepResources(settings.max_whep_viewers)
+    several = bool(settings.peer_url) or settings.workers > 1
+    app[whep_api.WHEP_RESOURCES_KEY] = WhepResources(
+        settings.max_whep_viewers, settings.instance_id if several else None)
     page_routes = web.RouteTableDef()
     pages.client_routes(page_routes, settings.web_dir)
     app.add_routes(page_routes)
@@ -88,7 +90,8 @@ def create_app(settings: Settings, services: Services | None = None,
     async def lifetime(app: web.Application):
         owned = services is None
         app[SERVICES_KEY] = services or await start_services(settings)
-        if settings.server_session:  # the session the RTMP push and WHEP viewers show
+        # The session the RTMP push and WHEP viewers show; with --workers, worker 0's.
+        if settings.server_session and server_session_here(settings):
             try:
                 services_ = app[SERVICES_KEY]
                 # An /offer with no optional field: the server's defaults, checked as a client's.
@@ -112,6 +115,12 @@ def create_app(settings: Settings, services: Services | None = None,
 
     app.cleanup_ctx.append(lifetime)
     return app
+
+
+def server_session_here(settings: Settings) -> bool:
+    """Whether this process opens the server session: with --workers, worker 0 of its host
+    (orchestrator/workers.py); the others send its requests there."""
+    return settings.workers == 1 or (settings.instance_id or 0) % settings.workers == 0
 
 
 async def _close_sessions(services: Services) -> None:

@@ -421,13 +421,10 @@ def _check(s: Settings) -> None:
             raise SystemExit("--peer-url: a URL with {instance} and no other {field}") from None
         if "{instance}" not in s.peer_url or not _is_http_url(example):
             raise SystemExit("--peer-url must be an http:// URL holding {instance}")
-    if s.workers > 1:
-        if s.server_session:
-            raise SystemExit("--transport rtmp and whep open the server session (sessionid 0) in "
-                             "one process: use them with --workers 1")
-        if s.instance_id is not None and (s.instance_id + 1) * s.workers - 1 > MAX_INSTANCE_ID:
-            raise SystemExit(f"--instance-id {s.instance_id} with --workers {s.workers}: the "
-                             f"workers' ids (instance x workers + worker) pass {MAX_INSTANCE_ID}")
+    if s.workers > 1 and s.instance_id is not None and \
+            (s.instance_id + 1) * s.workers - 1 > MAX_INSTANCE_ID:
+        raise SystemExit(f"--instance-id {s.instance_id} with --workers {s.workers}: the "
+                         f"workers' ids (instance x workers + worker) pass {MAX_INSTANCE_ID}")
     check_push_urls(s.transports, s.push_urls)
 
 

@@ -22,7 +22,9 @@ Each worker also serves a private loopback port (bound by the parent, kept throu
 a request for another worker's session (JSON body, query, path: wherever the session is looked
 up) is forwarded there (http/instance_forward.py), `/metrics`, `/api/admin/sessions` and
 `/healthz` are answered for the whole host (http/host_view.py). WebRTC media needs nothing:
-each worker's peers use its own UDP ports. `--max-session` is per worker.
+each worker's peers use its own UDP ports. `--max-session` is per worker. The server session
+(sessionid 0: `--transport rtmp`, `whep`) is opened by worker 0 only; WHEP resource ids carry
+their worker's instance (outputs/whep.py).
 
 **Lifetime.** SIGTERM is passed to every worker, which drains (drain.py); the parent waits for
 all of them, stops Triton and exits 0 (a second SIGTERM, or SIGINT, stops every worker at

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from orchestrator_process import SSE, health, start_orchestrator
 
-from orchestrator.client import AvatarClient
+from orchestrator.client import AvatarClient, WhepClient
 from orchestrator.http.host_view import merge_admin_sessions, merge_health, merge_metrics
 from orchestrator.http.instance_forward import InstanceRoutes
 from orchestrator.session.ids import LOCAL_ID_BITS, instance_of
@@ -196,8 +196,13 @@ async def _logged(path: Path, text: str) -> bool:
     return text in path.read_text(errors="replace")
 
 
-async def test_embedded_triton_is_started_once_for_every_worker(tmp_path):
-    server = await start_orchestrator(tmp_path / "server.log", *server_args())
+async def test_embedded_triton_started_once_and_the_server_session_in_worker_0(tmp_path):
+    """No --triton-url: the parent starts one tritonserver for both workers and stops it. With
+    --transport whep the server session (sessionid 0) is worker 0's: WHEP viewers, /human and
+    DELETE of a viewer's resource reach it whichever worker takes the request."""
+    server = await start_orchestrator(tmp_path / "server.log",
+                                      *server_args("--transport", "webrtc,whep"))
+    viewers: list[WhepClient] = []
     try:
         answer = await workers_up(server.base_url)
         tree = _process_tree(server.process.pid)
@@ -206,11 +211,28 @@ async def test_embedded_triton_is_started_once_for_every_worker(tmp_path):
         assert answer["data"]["triton"]["ready"], answer
         urls = {(await health(server.base_url))[1]["data"]["triton"]["url"] for _ in range(6)}
         assert len(urls) == 1, urls  # every worker reaches the same one
+
+        assert await admin_sessions(server.base_url) == {0}  # one server session on the host
+        for _ in range(2):  # fresh connections: some land on worker 1, sent on to worker 0
+            viewer = WhepClient(server.base_url, sessionid=0, keep_video=False)
+            viewers.append(viewer)
+            await viewer.connect()
+            assert viewer.location.startswith("/whep/0."), viewer.location  # worker 0's
+            await viewer.wait_for_video(VIDEO_FRAMES, timeout=WAIT_S)
+        status, answer = await viewers[0].post("/human", type="echo", text="Hello viewers.")
+        assert status == 200, answer
+        for viewer in viewers:  # DELETE on a fresh connection each: any worker may take it
+            async with aiohttp.ClientSession() as http:
+                async with http.delete(f"{server.base_url}{viewer.location}") as resp:
+                    assert resp.status == 200, await resp.text()
+
         server.process.send_signal(signal.SIGTERM)
         assert await server.wait_exit(WAIT_S) == 0, server.log_tail()
         assert all(not Path(f"/proc/{pid}").exists() or _zombie(pid) for pid in tree), \
             [(pid, _name(pid)) for pid in tree if Path(f"/proc/{pid}").exists()]
     finally:
+        for viewer in viewers:
+            await viewer.close()
         server.kill()
 
 
@@ -246,8 +268,7 @@ def test_workers_flag_and_its_rules(monkeypatch):
     assert parse_settings(["--workers", "4"]).workers == 4
     monkeypatch.setenv("LIVEHUMAN_WORKERS", "3")
     assert parse_settings([]).workers == 3
-    for bad in (["--workers", "0"],
-                ["--workers", "2", "--transport", "whep"],  # the server session: one process
+    for bad in (["--workers", "0"], ["--workers", str(MAX_INSTANCE_ID + 2)],
                 ["--workers", "4", "--instance-id", str(MAX_INSTANCE_ID // 2)]):
         with pytest.raises(SystemExit):
             parse_settings(bad)

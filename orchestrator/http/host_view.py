@@ -17,9 +17,9 @@ A worker that does not answer within FANOUT_TIMEOUT_S (dead and being restarted,
 left out: its sessions are gone from the lists and counts, and `/healthz` says one fewer is up.
 The access checks ran in the worker that took the request; its token goes along.
 
-New sessions go to the worker with the fewest: the worker that takes an `/offer` asks the
-others how many they hold (their `/healthz`) and, when one holds fewer than it does, forwards
-the offer there (http/instance_forward.py; marked, so it is placed once). Whichever worker
+New sessions go to the worker with the fewest: the worker that takes an `/offer` (or a WHEP
+client's `POST /whep` for a session of its own) asks the others how many they hold (their
+`/healthz`) and, when one holds fewer than it does, forwards the offer there (http/instance_forward.py; marked, so it is placed once). Whichever worker
 accepted the connection, the host's sessions stay spread evenly, and a full worker's offer
 goes to one with room.
 """
@@ -48,6 +48,7 @@ WORKER_ONLY_HEADER = "X-Livehuman-Worker-Only"
 FANOUT_TIMEOUT_S = 2.0
 METRICS_PATH, ADMIN_SESSIONS_PATH, HEALTH_PATH = "/metrics", "/api/admin/sessions", "/healthz"
 OFFER_PATH = "/offer"
+WHEP_PATH = "/whep"  # without ?sessionid=: a WHEP client's own session, placed like an /offer
 # Series whose host value is the smallest of the workers' (not their sum).
 SMALLEST_OF = ("livehuman_triton_ready",)
 CREATED_SUFFIX = "_created"
@@ -179,8 +180,9 @@ def install(app: web.Application, settings: Settings, worker_ports: Sequence[int
 
     @web.middleware
     async def whole_host(request: web.Request, handler) -> web.StreamResponse:
-        if (request.method == "POST" and request.path == OFFER_PATH
-                and LOCAL_HOP_HEADER not in request.headers):
+        if (request.method == "POST" and LOCAL_HOP_HEADER not in request.headers
+                and (request.path == OFFER_PATH
+                     or request.path == WHEP_PATH and "sessionid" not in request.query)):
             registry = services_of(request).registry
             if not registry.draining:
                 target = await view.least_loaded(request, len(registry))

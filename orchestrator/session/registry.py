@@ -53,7 +53,7 @@ class ElsewhereSession(ApiError):
     """421: the id names a session of another orchestrator instance (session_ids.py); the
     forwarding middleware (peer_forward.py) sends the request there instead."""
 
-    def __init__(self, sessionid: int, instance: int) -> None:
+    def __init__(self, sessionid: int | str, instance: int) -> None:
         super().__init__(421, f"sessionid {sessionid} belongs to orchestrator instance "
                          f"{instance}; this request could not be forwarded there")
         self.sessionid = sessionid
@@ -92,9 +92,13 @@ class MissLimiter:
 class SessionRegistry:
     def __init__(self, max_sessions: int,
                  max_misses_per_minute: int = DEFAULT_MAX_MISSES_PER_MINUTE,
-                 instance_id: int | None = None, forward_elsewhere: bool = False) -> None:
+                 instance_id: int | None = None, forward_elsewhere: bool = False,
+                 server_session_instance: int | None = None) -> None:
         self.max_sessions = max_sessions
         self.instance_id = instance_id
+        # With --workers: the instance (worker 0 of this host) that holds the server session,
+        # when it is not this one (None: here, or none).
+        self.server_session_instance = server_session_instance
         # Ids of other instances raise ElsewhereSession (to be forwarded) instead of 404.
         self.forward_elsewhere = forward_elsewhere and instance_id is not None
         self.misses = MissLimiter(max_misses_per_minute)
@@ -186,6 +190,8 @@ class SessionRegistry:
     def check_here(self, sessionid: int | str) -> None:
         """ElsewhereSession (to be forwarded) when `sessionid` is another instance's, for what
         a session leaves behind (its recording) as for the session itself; else nothing."""
+        if sessionid == SERVER_SESSIONID and self.server_session_instance is not None:
+            raise ElsewhereSession(sessionid, self.server_session_instance)
         if self.forward_elsewhere and isinstance(sessionid, int) and \
                 0 < sessionid <= MAX_SESSION_ID and instance_of(sessionid) != self.instance_id:
             # A prober is held back here too, not only by the owner.
