@@ -170,7 +170,14 @@ class Host:
 
     async def keep(self, index: int, triton_url: str, first: asyncio.Future) -> None:
         """Run worker `index` until the host stops: restart it when it dies. `first` gets
-        whether its first start answered."""
+        whether its first start answered (None: the host stopped before it started)."""
+        try:
+            await self._keep(index, triton_url, first)
+        finally:
+            if not first.done():
+                first.set_result(None)
+
+    async def _keep(self, index: int, triton_url: str, first: asyncio.Future) -> None:
         backoff_s = RESTART_BACKOFF_FIRST_S
         while not self.stopping.is_set():
             started = time.monotonic()
@@ -248,13 +255,13 @@ async def serve_workers(settings: Settings, argv: list[str]) -> int:
         keepers = [asyncio.create_task(host.keep(i, triton_url, firsts[i]), name=f"worker-{i}")
                    for i in range(host.count)]
         started = await asyncio.gather(*firsts)
-        if not all(started):
+        failed = [i for i, answered in enumerate(started) if answered is False]
+        if failed:
             host.failed = True
-            log.error("worker(s) %s exited before they answered: stopping",
-                      [i for i, ok in enumerate(started) if not ok])
+            log.error("worker(s) %s exited before they answered: stopping", failed)
             host.stopping.set()
             host.signal_workers(signal.SIGINT)
-        else:
+        elif not host.stopping.is_set():
             print(f"livehuman: serving on http://{settings.host}:{settings.port} with "
                   f"{host.count} workers (pids {[p.pid for p in host.processes if p]}), Triton "
                   f"at {triton_url}", flush=True)
