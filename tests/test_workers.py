@@ -153,8 +153,11 @@ async def test_sessions_spread_over_the_workers_and_a_killed_worker_comes_back(t
         survivor_ids = {c.sessionid for c in survivors}
         assert await admin_sessions(server.base_url) == survivor_ids
         assert await sessions_gauge(server.base_url) == len(survivors)
+        frozen = [len(c.received.video_times) for c in lost]
         for client, frames in zip(survivors, have):
             await client.wait_for_video(frames + 2 * VIDEO_FRAMES, timeout=WAIT_S)
+        # The dead worker's clients receive nothing more: their peer is gone.
+        assert [len(c.received.video_times) for c in lost] == frozen
         status, answer = await lost[0].post("/is_speaking")
         assert status == 404 and "unknown sessionid" in answer["msg"], answer
         survivor_streams = [s for s, c in zip(streams, clients) if c in survivors]
