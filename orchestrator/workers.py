@@ -67,6 +67,7 @@ READY_PROBE_S = 2.0
 RESTART_BACKOFF_FIRST_S = 1.0
 RESTART_BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0  # up this long: its next crash starts a new streak (no backoff)
+SESSIONS_PROBE_S = 1.0  # how often the parent reads each worker's session count (its log)
 # After the workers' drain time: a worker still running this long after it is killed.
 STOP_MARGIN_S = 30.0
 
@@ -140,6 +141,8 @@ class Host:
         self.processes: list[asyncio.subprocess.Process | None] = [None] * self.count
         self.restarts = 0
         self.exit_codes: list[int | None] = [None] * self.count
+        # Each worker's sessions at its last probe: what a crash closed, for the log.
+        self.sessions: list[int | None] = [None] * self.count
 
     def role(self, index: int) -> WorkerRole:
         return WorkerRole(index, self.count, self.listener.fileno(),
@@ -167,6 +170,31 @@ class Host:
                 except (aiohttp.ClientError, TimeoutError):
                     await asyncio.sleep(0.2)
         return False
+
+    async def watch_sessions(self) -> None:
+        """Read every live worker's session count each SESSIONS_PROBE_S (its own /healthz)."""
+        headers = {WORKER_ONLY_HEADER: "1"}
+        if self.settings.api_token:  # --protect-metrics: /healthz wants it too
+            headers["Authorization"] = f"Bearer {self.settings.api_token}"
+        async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=READY_PROBE_S)) as http:
+
+            async def probe(index: int) -> None:
+                url = f"http://{WORKER_HOST}:{self.private_ports[index]}/healthz"
+                try:
+                    async with http.get(url, headers=headers) as response:
+                        self.sessions[index] = int((await response.json())["data"]["sessions"])
+                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+                    pass  # starting, stopping or gone: the last count stands
+
+            while not self.stopping.is_set():
+                live = [i for i, p in enumerate(self.processes)
+                        if p is not None and p.returncode is None]
+                await asyncio.gather(*(probe(i) for i in live))
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), SESSIONS_PROBE_S)
+                except TimeoutError:
+                    pass
 
     async def keep(self, index: int, triton_url: str, first: asyncio.Future) -> None:
         """Run worker `index` until the host stops: restart it when it dies. `first` gets
@@ -199,9 +227,11 @@ class Host:
             if time.monotonic() - started > STABLE_AFTER_S:
                 backoff_s = RESTART_BACKOFF_FIRST_S
             self.restarts += 1
-            log.warning("worker %d (pid %d) exited with %s: its sessions are closed (their "
-                        "peers stop receiving); restarting it in %.0f s", index, process.pid,
-                        code, backoff_s)
+            lost, self.sessions[index] = self.sessions[index], None
+            log.warning("worker %d (pid %d) exited with %s: its %s session(s) are closed "
+                        "(their peers stop receiving; the host's counts drop them); restarting "
+                        "it in %.0f s", index, process.pid, code,
+                        "unknown number of" if lost is None else lost, backoff_s)
             try:
                 await asyncio.wait_for(self.stopping.wait(), backoff_s)
             except TimeoutError:
@@ -254,6 +284,7 @@ async def serve_workers(settings: Settings, argv: list[str]) -> int:
         firsts = [loop.create_future() for _ in range(host.count)]
         keepers = [asyncio.create_task(host.keep(i, triton_url, firsts[i]), name=f"worker-{i}")
                    for i in range(host.count)]
+        keepers.append(asyncio.create_task(host.watch_sessions(), name="worker-sessions"))
         started = await asyncio.gather(*firsts)
         failed = [i for i, answered in enumerate(started) if answered is False]
         if failed:

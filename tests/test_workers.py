@@ -147,8 +147,9 @@ async def test_sessions_spread_over_the_workers_and_a_killed_worker_comes_back(t
         lost = [c for c in clients if instance_of(c.sessionid) == 1]
         have = [len(c.received.video_times) for c in survivors]
         os.kill(pids[1], signal.SIGKILL)
-        await wait_until("worker 1's restart logged",
-                         lambda: _logged(server.log_path, f"worker 1 (pid {pids[1]}) exited"))
+        await wait_until("worker 1's end logged", lambda: _logged(
+            server.log_path, f"worker 1 (pid {pids[1]}) exited with -9: its 2 session(s) are "
+            "closed"))
         await workers_up(server.base_url)
         survivor_ids = {c.sessionid for c in survivors}
         assert await admin_sessions(server.base_url) == survivor_ids
@@ -160,7 +161,10 @@ async def test_sessions_spread_over_the_workers_and_a_killed_worker_comes_back(t
         assert [len(c.received.video_times) for c in lost] == frozen
         status, answer = await lost[0].post("/is_speaking")
         assert status == 404 and "unknown sessionid" in answer["msg"], answer
-        survivor_streams = [s for s, c in zip(streams, clients) if c in survivors]
+        # An SSE stream that the dead worker carried (forwarded) ended with it; a client
+        # reconnects (EventSource does) to whichever worker, which sends it on.
+        survivor_streams = [SSE(server.base_url, c.sessionid) for c in survivors]
+        streams += survivor_streams
         await speak_to_end(survivors[0], survivor_streams[0], "Still here after the crash.")
         # The restarted worker holds nothing: the next session goes to it.
         newcomer = AvatarClient(server.base_url, keep_video=False)
