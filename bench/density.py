@@ -33,6 +33,10 @@ then every step (idle and talking sessions' worst fps, the loop's lag, the stage
 
     python bench/density.py [--scenarios idle,talking,mix] [--max-n 128] [--seconds 10]
     python bench/density.py --scenarios mix --steps 12 --talking 4   # issue 20's mix
+
+`--workers 1,2` runs each scenario once per server `--workers` count in the same run (the
+server's process tree includes the parent, every worker and Triton) and prints the comparison:
+sessions held and server cores per session by count.
 """
 
 from __future__ import annotations
@@ -306,9 +310,13 @@ def summarize(scenario: str, baseline: dict, rows: list[dict], stop_reason: str)
     }
 
 
-async def run_scenario(scenario: str, steps: list[int], args: argparse.Namespace) -> dict:
+async def run_scenario(scenario: str, steps: list[int], args: argparse.Namespace,
+                       workers: int | None = None) -> dict:
+    """One scenario on a fresh server; `workers`: its --workers (None: the server's default).
+    --max-session is per worker: each could take every session."""
     server = await start_server("--max-session", str(max(steps) + SESSION_SLACK),
                                 "--setup-timeout", str(SETUP_TIMEOUT_S),
+                                *(("--workers", str(workers)) if workers else ()),
                                 *shlex.split(args.server_args))
     pool = ClientPool(args.client_workers, server.base_url)
     rows: list[dict] = []
@@ -426,12 +434,38 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def scenario_name(scenario: str, workers: int | None, compared: bool) -> str:
+    """The scenario's key: with several --workers counts compared, e.g. "idle --workers 2"."""
+    return f"{scenario} --workers {workers}" if compared else scenario
+
+
+def workers_comparison(scenarios: dict, args: argparse.Namespace) -> dict | None:
+    """Per scenario, the sessions held and the server cores per session of each --workers count
+    (None unless several counts were run)."""
+    if len(args.workers) < 2:
+        return None
+    comparison = {}
+    for scenario in args.scenarios:
+        by_count = {}
+        for n in args.workers:
+            measured = scenarios[scenario_name(scenario, n, True)]
+            cpu = measured["server_cores_per_session"]
+            by_count[n] = {"held_sessions": measured["held_sessions"],
+                           "server_cores_per_session": cpu["slope"] if cpu else None}
+        comparison[scenario] = by_count
+    return comparison
+
+
 async def run(args: argparse.Namespace) -> dict:
     scenarios = {}
+    compared = len(args.workers) > 1
     for scenario in args.scenarios:
         steps = [n for n in (args.steps or DEFAULT_STEPS[scenario]) if n <= args.max_n]
-        scenarios[scenario] = await run_scenario(scenario, steps, args)
-    return {"benchmark": "density", "commit": git_commit(), "cpus": os.cpu_count(),
+        for workers in args.workers or [None]:
+            name = scenario_name(scenario, workers, compared)
+            scenarios[name] = await run_scenario(scenario, steps, args, workers)
+    return {"workers": args.workers, "workers_comparison": workers_comparison(scenarios, args),
+            "benchmark": "density", "commit": git_commit(), "cpus": os.cpu_count(),
             "cores_available": cores_available(), "fps_goal": FPS_GOAL,
             "window_s": args.seconds, "settle_s": args.settle,
             "client_workers": args.client_workers, "server_args": args.server_args,
@@ -464,6 +498,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--server-args", default="",
                         help="extra flags for python -m orchestrator, one string "
                         "(e.g. --server-args='--tts espeak')")
+    parser.add_argument("--workers", default=[],
+                        type=lambda s: [int(x) for x in s.split(",") if x],
+                        help="--workers of the server, e.g. 2; a comma list (1,2) runs every "
+                        "scenario once per count, in this run, and compares them (default: the "
+                        "server's own, 1)")
     parser.add_argument("--output", type=Path, default=RESULTS / "density.json")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
@@ -471,6 +510,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--scenarios: choose from {', '.join(SCENARIOS)}")
     if args.max_n < 1 or args.client_workers < 1 or args.seconds < 2:
         parser.error("--max-n and --client-workers must be >= 1, --seconds >= 2")
+    if any(n < 1 for n in args.workers):
+        parser.error("--workers: counts >= 1")
     if args.steps and (min(args.steps) < 1 or min(args.steps) > args.max_n):
         parser.error("--steps must be >= 1, and one at most --max-n")
     if args.talking is not None and args.talking < 0:
@@ -487,6 +528,8 @@ def main() -> None:
     print(steps_table(result))
     print(stages_table(result))
     print(json.dumps({"goals_met": result["goals_met"]}))
+    if result["workers_comparison"]:
+        print(json.dumps({"workers_comparison": result["workers_comparison"]}))
 
 
 if __name__ == "__main__":

@@ -111,8 +111,11 @@ async def start_server(*args: str, timeout: float = 120.0, repo: Path = REPO) ->
                 raise RuntimeError(f"server exited with {process.returncode}")
             try:
                 async with http.get(f"{base}/healthz") as resp:
-                    if resp.status == 200:
-                        health = await resp.json()
+                    health = await resp.json() if resp.status == 200 else None
+                    # --workers N: every worker up (the host's /healthz counts them).
+                    workers = (health or {}).get("data", {}).get("workers",
+                                                                 {"up": 1, "count": 1})
+                    if health and workers["up"] == workers["count"]:
                         return ServerProcess(process, base, health["data"]["triton"]["url"])
             except aiohttp.ClientError:
                 pass

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .avatar.jobs import AvatarJobs
 from .errors import ApiError
-from .http import access, api, avatar_api, instance_forward, pages, voice_api, whep_api
+from .http import access, api, avatar_api, host_view, instance_forward, pages, voice_api, whep_api
 from .http.rate_limited_log import RateLimitedLog
 from .http.validation import BODY_READ_TIMEOUT_KEY
 from .livetalking import routes as livetalking_api
@@ -61,9 +61,11 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
         return _error(500, "internal error")
 
 
-def create_app(settings: Settings, services: Services | None = None) -> web.Application:
+def create_app(settings: Settings, services: Services | None = None,
+               worker_ports: tuple[int, ...] = ()) -> web.Application:
     """The app; with `services` given (tests), their lifetime is the caller's. Serve it with
-    `http_server.AppRunner`, which answers malformed HTTP with JSON too."""
+    `http_server.AppRunner`, which answers malformed HTTP with JSON too. `worker_ports`: as one
+    of several workers (workers.py), every worker's private port."""
     app = web.Application(middlewares=[json_errors, *access.middlewares(settings)],
                           client_max_size=MAX_BODY_BYTES)
     app[BODY_READ_TIMEOUT_KEY] = settings.body_read_timeout_s
@@ -72,19 +74,24 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.add_routes(voice_api.routes)
     app.add_routes(livetalking_api.routes)
     app.add_routes(whep_api.routes)
-    app[whep_api.WHEP_RESOURCES_KEY] = WhepResources(settings.max_whep_viewers)
+    several = bool(settings.peer_url) or settings.workers > 1
+    app[whep_api.WHEP_RESOURCES_KEY] = WhepResources(
+        settings.max_whep_viewers, settings.instance_id if several else None)
     page_routes = web.RouteTableDef()
     pages.client_routes(page_routes, settings.web_dir)
     app.add_routes(page_routes)
     if settings.web_dir is not None:
         pages.WebDir(settings.web_dir).add_routes(app)  # last: the API's paths win
     access.install(app, settings)  # after the last route: CORS covers every one
-    instance_forward.install(app, settings)  # --peer-url: other instances' sessions sent on
+    # --peer-url, --workers: other instances' sessions sent on; the host's view answered.
+    forwarder = instance_forward.install(app, settings, worker_ports)
+    host_view.install(app, settings, worker_ports, forwarder)
 
     async def lifetime(app: web.Application):
         owned = services is None
         app[SERVICES_KEY] = services or await start_services(settings)
-        if settings.server_session:  # the session the RTMP push and WHEP viewers show
+        # The session the RTMP push and WHEP viewers show; with --workers, worker 0's.
+        if settings.server_session and server_session_here(settings):
             try:
                 services_ = app[SERVICES_KEY]
                 # An /offer with no optional field: the server's defaults, checked as a client's.
@@ -110,6 +117,12 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
 
     app.cleanup_ctx.append(lifetime)
     return app
+
+
+def server_session_here(settings: Settings) -> bool:
+    """Whether this process opens the server session: with --workers, worker 0 of its host
+    (orchestrator/workers.py); the others send its requests there."""
+    return settings.workers == 1 or (settings.instance_id or 0) % settings.workers == 0
 
 
 async def _close_sessions(services: Services) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -16,17 +17,27 @@ from .http.server import AppRunner
 from .services import SERVICES_KEY
 from .settings import Settings, parse_settings, redact_stream_key
 from .tts import ENGINES as TTS_ENGINES
+from .workers import WorkerRole, serve_workers
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
     """Serve until SIGINT (stop at once) or SIGTERM (drain first: orchestrator/drain.py; a
-    second SIGTERM stops at once), then stop the sessions, the services and Triton."""
+    second SIGTERM stops at once), then stop the sessions, the services and Triton. `role`: as
+    a worker of a --workers parent, on the sockets it inherited (workers.py)."""
     # The access log leaves out query strings: they may hold the token (?token=).
-    runner = AppRunner(create_app(settings), access_log_class=AccessLog)
+    worker_ports = role.private_ports if role is not None else ()
+    runner = AppRunner(create_app(settings, worker_ports=worker_ports),
+                       access_log_class=AccessLog)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
-        print(f"livehuman: serving on http://{settings.host}:{settings.port}", flush=True)
+        if role is None:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+            print(f"livehuman: serving on http://{settings.host}:{settings.port}", flush=True)
+        else:
+            for sock in role.sockets():
+                await web.SockSite(runner, sock).start()
+            print(f"livehuman: worker {role.index} of {role.count} (pid {os.getpid()}) serving",
+                  flush=True)
         for line in output_lines(settings):
             print(f"livehuman: {line}", flush=True)
         stop = asyncio.Event()
@@ -70,10 +81,20 @@ def output_lines(settings: Settings) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serve in this process (--workers 1, or as a worker of a parent), or as the parent of
+    --workers N processes (orchestrator/workers.py), exiting with its code."""
+    argv = sys.argv[1:] if argv is None else argv
     settings = parse_settings(argv, choices={"tts": list(TTS_ENGINES)})
+    role = WorkerRole.from_environment()
+    who = f"worker {role.index} " if role is not None else ""
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(serve(settings))
+    if role is not None:
+        asyncio.run(serve(role.settings(settings), role))
+    elif settings.workers > 1:
+        sys.exit(asyncio.run(serve_workers(settings, argv)))
+    else:
+        asyncio.run(serve(settings))

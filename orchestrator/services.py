@@ -118,7 +118,9 @@ async def start_services(settings: Settings) -> Services:
         await embedded.start()
         url = embedded.url
     registry = SessionRegistry(settings.max_sessions, settings.max_session_misses,
-                               settings.instance_id, forward_elsewhere=bool(settings.peer_url))
+                               settings.instance_id,
+                               forward_elsewhere=bool(settings.peer_url) or settings.workers > 1,
+                               server_session_instance=server_session_instance(settings))
     metrics = Metrics(lambda: len(registry), settings.max_sessions, registry.queued_speech_seconds)
     triton = TritonSupervisor(url, models, embedded, on_restart=metrics.triton_restarts.inc)
     await triton.start()
@@ -174,6 +176,29 @@ async def start_services(settings: Settings) -> Services:
     # Which voice speaks is the first thing a user asks: say it once, at start.
     log.info("tts: %s", describe_tts(settings))
     return services
+
+
+async def start_shared_triton(settings: Settings) -> EmbeddedTriton:
+    """The embedded Triton of a host's workers (orchestrator/workers.py), started once by their
+    parent: the artifacts it needs built, as start_services builds them for its own."""
+    repository = settings.model_repository
+    exports = [DEFAULT_LIPSYNC_EXPORT, *([SILERO_EXPORT] if settings.voice_input else [])]
+    await ensure_default_artifacts(
+        settings, with_models=True,
+        engine_artifacts=[*(e.artifact(repository) for e in exports), *model_artifacts(settings)])
+    embedded = EmbeddedTriton(repository, models=triton_model_names(settings))
+    await embedded.start()
+    return embedded
+
+
+def server_session_instance(settings: Settings) -> int | None:
+    """With --workers and an output that needs the server session: the instance of the worker
+    that holds it (worker 0 of this host), when that is another worker; else None."""
+    if settings.workers == 1 or not settings.server_session:
+        return None
+    own = settings.instance_id or 0
+    host_worker_0 = own - own % settings.workers
+    return host_worker_0 if own != host_worker_0 else None
 
 
 def triton_model_names(settings: Settings) -> list[str]:

@@ -262,6 +262,15 @@ class Settings:
         f"(0 … {MAX_INSTANCE_ID}): it is put in the top bits of every session id, so a request "
         "can be routed to the session's server by its id alone (docs/DEPLOY.md). Default: "
         "LIVEHUMAN_INSTANCE_ID, else none")
+    # Orchestrator processes on this host (orchestrator/workers.py): one port, one Triton.
+    workers: int = setting(
+        1, "--workers", group=SESSIONS, type=int, env="LIVEHUMAN_WORKERS",
+        check=(lambda n: 1 <= n <= MAX_INSTANCE_ID + 1, f"must be between 1 and "
+               f"{MAX_INSTANCE_ID + 1}"),
+        help="orchestrator processes on this host (default 1; LIVEHUMAN_WORKERS): they share the "
+        "HTTP port and one Triton (the embedded one is started once), each session lives in one "
+        "of them and requests for it are sent there; --max-session is per worker. About one "
+        "worker per 1-2 cores (docs/DEPLOY.md)")
     # Where the other instances are: a URL template with {instance} (http/instance_forward.py).
     peer_url: str = setting("", "--peer-url", group=SESSIONS, env="LIVEHUMAN_PEER_URL",
                             help="with --instance-id: the base URL of orchestrator instance "
@@ -412,6 +421,10 @@ def _check(s: Settings) -> None:
             raise SystemExit("--peer-url: a URL with {instance} and no other {field}") from None
         if "{instance}" not in s.peer_url or not _is_http_url(example):
             raise SystemExit("--peer-url must be an http:// URL holding {instance}")
+    if s.workers > 1 and s.instance_id is not None and \
+            (s.instance_id + 1) * s.workers - 1 > MAX_INSTANCE_ID:
+        raise SystemExit(f"--instance-id {s.instance_id} with --workers {s.workers}: the "
+                         f"workers' ids (instance x workers + worker) pass {MAX_INSTANCE_ID}")
     check_push_urls(s.transports, s.push_urls)
 
 

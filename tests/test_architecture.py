@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "orchestrator"
 ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 # docs/ARCHITECTURE.md's layers, highest first: a module may import from its own layer and below.
 LAYERS = [
-    {"__main__", "cli", "app", "drain", "client"},
+    {"__main__", "cli", "app", "drain", "client", "workers"},
     {"http", "livetalking"},
     {"services", "metrics"},
     {"outputs"},

@@ -38,10 +38,15 @@ VALUE_SETS = {
     "everything": {
         "triton": {"podMonitor": {"enabled": True}},
         "orchestrator": {"hostNetwork": False, "advertiseNodeIP": True, "replicas": 5,
+                         "workers": 8,
                          "apiTokenSecret": {"name": "livehuman-token"},
                          "extraArgs": ["--turn", "turn:turn.example.com:3478?transport=udp"]},
     },
 }
+
+
+def chart_values() -> dict:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
 
 
 def render(values: dict) -> list[dict]:
@@ -224,6 +229,13 @@ def test_orchestrators_use_the_triton_service_and_drain_within_their_grace(rende
     assert settings.triton_url == f"{triton_service['metadata']['name']}:{grpc}"
     flags = flag_values(args)
     assert int(flags["port"]) == port_names(orchestrators)["http"] == settings.port
+    # --workers: the chart's value; every pod's workers' instance ids fit the session ids.
+    workers = values.get("orchestrator", {}).get("workers",
+                                                 chart_values()["orchestrator"]["workers"])
+    assert settings.workers == workers > 1
+    replicas = orchestrators["spec"]["replicas"]
+    parse_settings([a.replace("$(NODE_IP)", "10.0.0.7") for a in args]  # SystemExit if not
+                   + ["--instance-id", str(replicas - 1)])
     grace = orchestrators["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > settings.drain_timeout_s > 0, (grace, settings.drain_timeout_s)
     env = {e["name"]: e for e in container(orchestrators)["env"]}

@@ -221,6 +221,7 @@ async def download_record(request: web.Request) -> web.StreamResponse:
     sessionid = parse_sessionid(request.match_info["sessionid"], "sessionid in the path")
     if not isinstance(sessionid, int):  # a recording may outlive its session: no live lookup
         raise ApiError.not_found(f"no recording for sessionid {sessionid[:40]!r}")
+    services.registry.check_here(sessionid)  # another worker's (or instance's): sent there
     path = services.recordings.file_for(sessionid)
     return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
 

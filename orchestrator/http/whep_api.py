@@ -31,6 +31,7 @@ from aiohttp import web
 
 from ..errors import ApiError
 from ..outputs.whep import WhepResources
+from ..session.registry import ElsewhereSession
 from .access import takes
 from .api import check_offer_sdp, session_options
 from .request_context import ok, require_triton, services_of
@@ -122,6 +123,7 @@ async def whep_offer(request: web.Request) -> web.StreamResponse:
 # the CORS preflight needs.
 @routes.delete(WHEP_RESOURCE_PATH)
 async def whep_delete(request: web.Request) -> web.Response:
+    _check_here(request, request.match_info["resource"])
     await request.app[WHEP_RESOURCES_KEY].delete(request.match_info["resource"])
     return ok()
 
@@ -129,8 +131,18 @@ async def whep_delete(request: web.Request) -> web.Response:
 @routes.patch(WHEP_RESOURCE_PATH)
 @takes(TRICKLE_ICE_CONTENT_TYPE)
 async def whep_patch(request: web.Request) -> web.Response:
+    _check_here(request, request.match_info["resource"])
     request.app[WHEP_RESOURCES_KEY].check(request.match_info["resource"])
     return web.json_response(
         {"code": 405, "msg": "trickle ICE and ICE restarts are not supported: POST a new offer "
          "with all its candidates (and DELETE this resource)"},
         status=405, headers={"Allow": "DELETE, OPTIONS"})
+
+
+def _check_here(request: web.Request, resource: str) -> None:
+    """ElsewhereSession (forwarded: http/instance_forward.py) for a resource of another
+    orchestrator instance or worker, which its id names (outputs/whep.py)."""
+    instance = WhepResources.instance_of(resource)
+    registry = services_of(request).registry
+    if instance is not None and registry.forward_elsewhere and instance != registry.instance_id:
+        raise ElsewhereSession(resource, instance)

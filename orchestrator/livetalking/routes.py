@@ -99,6 +99,7 @@ def effective_config(settings: Settings) -> dict:
         "setup_timeout_s": settings.setup_timeout_s,
         "max_queued_utterances": settings.max_queued_utterances,
         "max_queued_speech_s": settings.max_queued_speech_s,
+        "workers": settings.workers,  # max_session is per worker
         "web_dir": settings.web_dir is not None,
     }
 

@@ -35,6 +35,7 @@ from ..session.session import Session
 log = logging.getLogger(__name__)
 
 RESOURCE_ID_BYTES = 16  # a viewer resource's id is its capability: unguessable
+INSTANCE_MARK = "."  # between a resource id's instance and its token (never in a token)
 
 
 def _playing() -> None:
@@ -117,11 +118,25 @@ class WhepResources:
     ones included) and sessions a WHEP client opened for itself (the session limit counts
     those). A resource id is the capability to DELETE it: unguessable."""
 
-    def __init__(self, max_viewers: int) -> None:
+    def __init__(self, max_viewers: int, instance_id: int | None = None) -> None:
         self.max_viewers = max_viewers
+        # Several orchestrators (--workers, --peer-url): ids start with "<instance>." so that
+        # a DELETE reaching another one is sent here (http/whep_api.py).
+        self.instance_id = instance_id
         self._viewers: dict[str, WhepViewer] = {}
         self._sessions: dict[str, Session] = {}
         self._watches: set[asyncio.Task] = set()
+
+    def _new_id(self) -> str:
+        token = secrets.token_urlsafe(RESOURCE_ID_BYTES)
+        return token if self.instance_id is None else f"{self.instance_id}{INSTANCE_MARK}{token}"
+
+    @staticmethod
+    def instance_of(resource: str) -> int | None:
+        """The instance a resource id names ("<instance>.<token>"); None for ids without one
+        (a token has no '.')."""
+        head, mark, _ = resource.partition(INSTANCE_MARK)
+        return int(head) if mark and head.isdigit() and len(head) <= 4 else None
 
     @property
     def viewers(self) -> int:
@@ -134,7 +149,7 @@ class WhepResources:
         if len(self._viewers) >= self.max_viewers:
             raise ApiError(503, f"viewer limit reached: {self.max_viewers} WHEP viewers "
                            "(--max-whep-viewers); retry later")
-        resource = secrets.token_urlsafe(RESOURCE_ID_BYTES)
+        resource = self._new_id()
         viewer = WhepViewer(resource, session, RTCPeerConnection(rtc_configuration),
                             self._viewers.pop)
         self._viewers[resource] = viewer  # counted from here: the limit holds while negotiating
@@ -154,7 +169,7 @@ class WhepResources:
 
     def own(self, session: Session) -> str:
         """A session opened by a WHEP client: its resource id, forgotten when it closes."""
-        resource = secrets.token_urlsafe(RESOURCE_ID_BYTES)
+        resource = self._new_id()
         self._sessions[resource] = session
         watch = asyncio.create_task(self._forget_when_closed(resource, session),
                                     name=f"whep-session-{session.sessionid}")

@@ -53,9 +53,10 @@ class ElsewhereSession(ApiError):
     """421: the id names a session of another orchestrator instance (session_ids.py); the
     forwarding middleware (peer_forward.py) sends the request there instead."""
 
-    def __init__(self, sessionid: int, instance: int) -> None:
+    def __init__(self, sessionid: int | str, instance: int) -> None:
         super().__init__(421, f"sessionid {sessionid} belongs to orchestrator instance "
                          f"{instance}; this request could not be forwarded there")
+        self.sessionid = sessionid
         self.instance = instance
 
 
@@ -91,9 +92,13 @@ class MissLimiter:
 class SessionRegistry:
     def __init__(self, max_sessions: int,
                  max_misses_per_minute: int = DEFAULT_MAX_MISSES_PER_MINUTE,
-                 instance_id: int | None = None, forward_elsewhere: bool = False) -> None:
+                 instance_id: int | None = None, forward_elsewhere: bool = False,
+                 server_session_instance: int | None = None) -> None:
         self.max_sessions = max_sessions
         self.instance_id = instance_id
+        # With --workers: the instance (worker 0 of this host) that holds the server session,
+        # when it is not this one (None: here, or none).
+        self.server_session_instance = server_session_instance
         # Ids of other instances raise ElsewhereSession (to be forwarded) instead of 404.
         self.forward_elsewhere = forward_elsewhere and instance_id is not None
         self.misses = MissLimiter(max_misses_per_minute)
@@ -171,10 +176,7 @@ class SessionRegistry:
         has failed too many lookups and did not open this session itself. A text is an id that
         held no integer: always unknown."""
         client = current_client.get()
-        if self.forward_elsewhere and isinstance(sessionid, int) and \
-                0 < sessionid <= MAX_SESSION_ID and instance_of(sessionid) != self.instance_id:
-            self.misses.check(client)  # a prober is held back here too, not only by the owner
-            raise ElsewhereSession(sessionid, instance_of(sessionid))
+        self.check_here(sessionid)
         session = self._sessions.get(sessionid) if isinstance(sessionid, int) else None
         live = session is not None and not session.closed
         if live and self._opened_by.get(sessionid) == client:
@@ -184,6 +186,17 @@ class SessionRegistry:
             self.misses.miss(client)
             raise UnknownSession(sessionid)
         return session
+
+    def check_here(self, sessionid: int | str) -> None:
+        """ElsewhereSession (to be forwarded) when `sessionid` is another instance's, for what
+        a session leaves behind (its recording) as for the session itself; else nothing."""
+        if sessionid == SERVER_SESSIONID and self.server_session_instance is not None:
+            raise ElsewhereSession(sessionid, self.server_session_instance)
+        if self.forward_elsewhere and isinstance(sessionid, int) and \
+                0 < sessionid <= MAX_SESSION_ID and instance_of(sessionid) != self.instance_id:
+            # A prober is held back here too, not only by the owner.
+            self.misses.check(current_client.get())
+            raise ElsewhereSession(sessionid, instance_of(sessionid))
 
     def __len__(self) -> int:
         return len(self._sessions)
