@@ -72,7 +72,7 @@ class VideoEncoder(ABC):
 
     `target_bitrate_bps` may be set at any time from any thread (the receiver's estimate); it is
     clamped to the codec's range and followed as the constants above say: in the running encoder
-    where the codec allows it (`rate_changes_in_place`), else by a new encoder at a keyframe.
+    where the codec allows it (`reconfigures_rate`), else by a new encoder at a keyframe.
     Requested keyframes are forced in the running encoder. `opened` counts the codec contexts
     opened (1 + the rate changes that took a new encoder), `rate_changes_in_place` the others.
     """
