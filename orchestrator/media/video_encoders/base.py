@@ -35,13 +35,14 @@ ENCODER_TIME_BASE = Fraction(1, VIDEO_FPS)  # encoders count frames; RTP time co
 # - otherwise a rise must last BITRATE_RAISE_HOLD_FRAMES first (estimates ramp up by a few
 #   percent a second at the start of a call), and then a new encoder opens only at a keyframe
 #   the stream needs anyway (a picture loss, the switch from a shared idle stream to speech), or
-#   once the change has waited REOPEN_MAX_WAIT_FRAMES for one. A fall waits the same way: a
+#   once the change has waited REOPEN_MAX_WAIT_FRAMES for one (longer than most answers: with
+#   the shared idle stream, every utterance starts with one). A fall waits the same way: a
 #   browser's first estimate is often a little under our start (~440 k against 500 k, about a
-#   second into the call), and a link that really is congested loses packets, and the
-#   receiver's picture loss reports bring the keyframe sooner.
+#   second into the call), and on a link that really is congested packets are lost, and the
+#   receiver's picture loss reports bring the keyframe at once.
 BITRATE_CHANGE_FRACTION = 0.1
 BITRATE_RAISE_HOLD_FRAMES = 250  # 10 s at 25 fps
-REOPEN_MAX_WAIT_FRAMES = 250  # 10 s at 25 fps
+REOPEN_MAX_WAIT_FRAMES = 750  # 30 s at 25 fps
 # On-demand keyframes (a new viewer, a PLI/FIR) rather than periodic ones, as WebRTC senders do;
 # this is only the longest run without one (2 min at 25 fps).
 MAX_KEYFRAME_INTERVAL_FRAMES = 3000
