@@ -2,14 +2,17 @@
 the session factory. A plain container: the checks a request needs live with their owners
 (`session/factory.py` for what a session asks for).
 
-Built once at startup (starting the embedded Triton when no --triton-url is given) and torn down
-at shutdown; nothing here is per-session state.
+Built once at startup (starting the embedded Triton when no --triton-url is given, and loading
+what a session with the default options loads, so that the first /offer is not the slow one) and
+torn down at shutdown; nothing here is per-session state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,8 +22,9 @@ from aiortc import RTCConfiguration
 from .asr import asr_triton_models, open_asr
 from .avatar.clip_cache import CLIP_CACHE_DIR, ClipCache
 from .avatar.store import AvatarStore
-from .chat.knowledge import KnowledgeStore
+from .chat.knowledge import DEFAULT_LLMID, KnowledgeStore, load_word_segmenter
 from .chat.llm import LLMConfig
+from .errors import ApiError
 from .lipsync.default import DEFAULT_LIPSYNC_EXPORT
 from .lipsync.mel import SAMPLE_RATE_HZ, melspectrogram
 from .lipsync.models import LipSyncModels
@@ -31,7 +35,7 @@ from .metrics import Metrics
 from .session.factory import SessionFactory
 from .session.heap_trim import HeapTrimmer
 from .session.registry import SessionRegistry
-from .session.session import SessionLimits
+from .session.session import SessionLimits, SessionOptions
 from .settings import DEFAULT_LLM_MODEL, DEFAULT_OPENAI_BASE_URL, Settings
 from .triton.artifacts import ensure_default_artifacts
 from .triton.server import EmbeddedTriton, wait_models_ready
@@ -101,8 +105,10 @@ SERVICES_KEY = web.AppKey("services", Services)
 async def start_services(settings: Settings) -> Services:
     restrict_host_candidates(settings.ice_hosts)
     # librosa compiles its kernels on first use (seconds): pay that before the first utterance.
-    warm_up = asyncio.get_running_loop().run_in_executor(
-        None, melspectrogram, np.zeros(SAMPLE_RATE_HZ // 10, np.float32))
+    loop = asyncio.get_running_loop()
+    warm_up = loop.run_in_executor(None, melspectrogram, np.zeros(SAMPLE_RATE_HZ // 10, np.float32))
+    # jieba reads its dictionary on first use (~0.5 s): pay it while Triton starts.
+    segmenter = loop.run_in_executor(None, load_word_segmenter)
     models = triton_model_names(settings)
     embedded = None
     repository = settings.model_repository
@@ -171,6 +177,8 @@ async def start_services(settings: Settings) -> Services:
     if services.idle_streams is not None:
         metrics.watch_idle_streams(services.idle_streams)
     await warm_up
+    await segmenter
+    await warm_defaults(settings, factory)
     status = await services.triton_status()
     log.info("triton at %s (%s): %s", url, "embedded" if embedded else "external", status)
     # Which voice speaks is the first thing a user asks: say it once, at start.
@@ -199,6 +207,48 @@ def server_session_instance(settings: Settings) -> int | None:
     own = settings.instance_id or 0
     host_worker_0 = own - own % settings.workers
     return host_worker_0 if own != host_worker_0 else None
+
+
+async def warm_defaults(settings: Settings, factory: SessionFactory) -> None:
+    """Load what a session with the server's defaults loads on its /offer (the avatars of
+    --avatar-id and --multiavatar-config with their lip-sync models, the clips of
+    --customvideo-config, the voice, the --llmid knowledge base) and the shipped default
+    knowledge base, before the server answers: the first session after start then opens as fast
+    as later ones. A default that cannot be had is logged, not fatal: a session asking for it
+    gets the error it always got."""
+    started = time.monotonic()
+    try:
+        await factory.warm(default_session_options(settings))
+    except (ApiError, ValueError) as exc:
+        log.warning("warm start: a session with the default options would be refused: %s",
+                    exc.msg if isinstance(exc, ApiError) else exc)
+    try:
+        await factory.chat_agent(DEFAULT_LLMID, "llmid")  # loaded above unless --llmid names another
+    except ApiError as exc:
+        log.warning("warm start: the default knowledge base: %s", exc.msg)
+    log.info("warm start: the defaults loaded in %.0f ms", (time.monotonic() - started) * 1000)
+
+
+def default_session_options(settings: Settings) -> SessionOptions:
+    """The options of an /offer that gives none: the settings' defaults (http/api.py's
+    `session_options` with no field). ValueError for a config setting that is not JSON of its
+    kind."""
+    def config(text: str, kind: type, flag: str):
+        if not text.strip():
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{flag} is not JSON: {exc}") from None
+        if not isinstance(value, kind):
+            raise ValueError(f"{flag} must be a JSON {'list' if kind is list else 'object'}")
+        return value
+
+    return SessionOptions(
+        avatar=settings.avatar_id, refaudio=settings.ref_file, reftext=settings.ref_text,
+        llmid=settings.llmid,
+        custom_config=config(settings.customvideo_config, list, "--customvideo-config"),
+        multiavatar_config=config(settings.multiavatar_config, dict, "--multiavatar-config"))
 
 
 def triton_model_names(settings: Settings) -> list[str]:

@@ -199,7 +199,13 @@ class AvatarStore:
                 continue  # not a package (or a broken one): loading it would fail too
         return infos
 
+    def loaded(self, avatar_id: str) -> bool:
+        """Whether the avatar is in memory already (a `load` would not read its folder)."""
+        return avatar_id in self._cache
+
     def load(self, avatar_id: str) -> Avatar:
+        """The avatar, read on first use (blocking: run it in an executor); AvatarNotFound, or
+        ValueError for an id or a package that cannot be read."""
         with self._lock:
             if avatar_id not in self._cache:
                 folder = self.path_of(avatar_id)

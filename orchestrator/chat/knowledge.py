@@ -42,7 +42,7 @@ MAX_PASSAGE_CHARS = 600
 # best_faq answers only when the FAQ questions hold this share of the query's IDF weight.
 FAQ_MIN_COVERAGE = 0.6
 
-jieba.setLogLevel(logging.WARNING)  # its dictionary loads lazily on first use; not on stderr
+jieba.setLogLevel(logging.WARNING)  # its messages are not for stderr
 # bm25s sets its own logger to DEBUG at import, which overrides the server's --log-level.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
@@ -96,6 +96,17 @@ class Profile:
     max_tokens: int | None = None
     no_match_answer: str | None = None
     no_match_answer_zh: str | None = None
+
+
+def load_word_segmenter() -> None:
+    """jieba's dictionary, loaded now (about 0.5 s, blocking: run it in an executor) rather than
+    on the first Chinese text it cuts: a knowledge base with no Chinese, or the first Chinese
+    question of a user, would otherwise pay for it."""
+    jieba.initialize()
+
+
+def word_segmenter_loaded() -> bool:
+    return bool(jieba.dt.initialized)
 
 
 def words(text: str) -> list[str]:
@@ -260,11 +271,17 @@ class KnowledgeStore:
         raise UnknownKnowledgeBase(llmid)
 
     def get(self, llmid: str) -> KnowledgeBase:
+        """The base, loaded on first use (blocking: run it in an executor); UnknownKnowledgeBase,
+        or ValueError for an id or a file that cannot be read."""
         name = llmid or DEFAULT_LLMID
         with self._lock:
             if name not in self._cache:
                 self._cache[name] = KnowledgeBase.load(self.folder_of(llmid), name)
             return self._cache[name]
+
+    def loaded(self, llmid: str) -> bool:
+        """Whether the base is in memory already (a `get` would not read its folder)."""
+        return (llmid or DEFAULT_LLMID) in self._cache
 
 
 def _found(word: str, vocabulary: set[str]) -> bool:

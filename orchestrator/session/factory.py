@@ -73,14 +73,24 @@ class SessionFactory:
         """A session with its avatars, clips, voice and chat checked and loaded; without a peer
         (`with_peer` False) for the server's own session. ApiError naming the field that
         cannot be had."""
+        members, clips, chat = await self._prepared(options)
+        pc = RTCPeerConnection(self.rtc_configuration) if with_peer else None
+        return Session(sessionid, pc, members, options, self.tts, self.lipsync_models, chat,
+                       clips, self.observer, self.limits, self.on_closed, self.idle_streams)
+
+    async def warm(self, options: SessionOptions) -> None:
+        """Load now what a session with `options` loads on its /offer (its avatars and their
+        lip-sync models, clips, voice and knowledge base: all shared, kept by their stores), so
+        that such a session opens as fast as later ones. ApiError as `open` would raise it."""
+        await self._prepared(options)
+
+    async def _prepared(self, options: SessionOptions
+                        ) -> tuple[dict[str, Member], dict[int, Clip], ChatAgent]:
         await self.check_voice(Voice.named(options.refaudio, options.reftext), "refaudio")
         members = await self.members(options.avatar, options.multiavatar_config)
         main = members[MAIN].avatar
         clips = await self.clips(options.custom_config, main.width, main.height)
-        chat = await self.chat_agent(options.llmid, "llmid")
-        pc = RTCPeerConnection(self.rtc_configuration) if with_peer else None
-        return Session(sessionid, pc, members, options, self.tts, self.lipsync_models, chat,
-                       clips, self.observer, self.limits, self.on_closed, self.idle_streams)
+        return members, clips, await self.chat_agent(options.llmid, "llmid")
 
     async def open_peer(self, options: SessionOptions, sdp: str,
                         offered_at: float) -> tuple[Session, str]:

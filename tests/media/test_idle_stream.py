@@ -452,3 +452,78 @@ async def test_picture_loss_and_bitrate_estimate_reach_the_encoders(livehuman): 
         await until(lambda: track.encoder_bitrate_bps == 300_000, 10, "encoder kept its rate")
     finally:
         await client.close()
+
+
+# A browser's first estimate comes about a second into the call and is often under our start
+# rate: here it falls to the codec's floor, far enough that a new encoder would show.
+LONG_SENTENCE = "The estimate arrives one second into this sentence, while the avatar speaks."
+# Against what the stage rendered: a new encoder's burst goes under both (VP8 at 250 kbit/s
+# ~28 dB; H.264 from 1 M to 500 k, 6 dB under the speech before it, through this test's peer).
+SPEECH_MIN_PSNR_DB = 28.0
+SPEECH_MAX_DIP_DB = 3.0
+SPEECH_START_FRAMES = 3  # a keyframe and the frames that refine it
+REMB_AFTER_OWN_FRAMES = 25  # about a second into speech
+
+
+@pytest.mark.parametrize("mime_type", CODECS)
+async def test_an_early_low_estimate_mid_speech_costs_no_blocky_frames(livehuman, mime_type):  # noqa: F811
+    """Every frame the client decodes while the avatar speaks stays the picture the stage
+    rendered, though the estimate fell mid-speech; and the estimate is followed: H.264 in the
+    running encoder at once, VP8 by a new encoder at the next utterance's first keyframe."""
+    base_url, services = livehuman
+    floor_bps = encoder_class(mime_type).min_bitrate_bps
+    client = AvatarClient(base_url, video_codecs=(mime_type,))
+    try:
+        await client.connect()
+        receiver = next(r for r in client.pc.getReceivers() if r.track.kind == "video")
+        # The estimate is the test's alone: aiortc's receiver would send its own (~1 Mbit/s on
+        # loopback, from about a second on).
+        receiver._RTCRtpReceiver__remote_bitrate_estimator = None
+        session = services.registry.get(client.sessionid)
+        track = session.video
+        sent = record_sent(session)
+        await client.wait_for_video(5)
+        await until(lambda: track.frames_shared > 10, 5, "never joined the shared stream")
+        ssrc = receiver.getSynchronizationSources()[0].source
+        own = track.frames_own
+        status, _ = await client.post("/human", type="echo", text=LONG_SENTENCE)
+        assert status == 200
+        await until(lambda: track.frames_own > own + REMB_AFTER_OWN_FRAMES, 10, "no speech")
+        keyframes, remb_at = track.keyframes_own, len(sent)
+        remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0,
+                              fci=pack_remb_fci(floor_bps, [ssrc]))
+        await receiver._send_rtcp(remb)
+        await until(lambda: track.target_bitrate_bps == floor_bps, 2, "REMB did not arrive")
+        assert session.speaking, "the estimate must arrive mid-speech"
+        if mime_type == "video/H264":
+            await until(lambda: track.encoder_bitrate_bps == floor_bps, 2, "not followed")
+        await until(lambda: not session.speaking, 20, "speech did not end")
+        spoken_until = len(sent)
+        assert track.keyframe_requests == 0, "no picture loss on loopback"
+        assert track.keyframes_own == keyframes, "no new encoder mid-speech"
+        await asyncio.sleep(0.3)  # the last frames reach the client
+        if mime_type == "video/VP8":
+            assert track.encoder_bitrate_bps != floor_bps, "VP8 waits for a keyframe"
+            shared = track.frames_shared  # back on the shared stream: the next speech is keyed
+            await until(lambda: track.frames_shared > shared + 5, 5, "never rejoined")
+            status, _ = await client.post("/human", type="echo", text="Bit rate.")
+            assert status == 200
+            await until(lambda: track.encoder_bitrate_bps == floor_bps, 10, "encoder kept its rate")
+    finally:
+        await client.close()
+
+    r = client.received
+    origin = sent[0][1].pts
+    decoded = {pts + origin: frame for pts, frame in zip(r.video_rtp, r.video)}
+
+    def quality(frames: list[tuple[Picture | None, av.Packet, str]]) -> list[float]:
+        return [psnr(decoded[packet.pts], picture.image) for picture, packet, source in frames
+                if source == "own" and picture is not None and packet.pts in decoded]
+
+    # Speech before the estimate (past its first keyframe), and after it until speech ended.
+    speech_from = max(k for k in range(remb_at) if sent[k][2] == "shared") + 1
+    before = quality(sent[speech_from + SPEECH_START_FRAMES : remb_at])
+    after = quality(sent[remb_at:spoken_until])
+    assert len(before) >= 10 and len(after) > 25, "speech frames on both sides were checked"
+    floor_db = max(SPEECH_MIN_PSNR_DB, float(np.median(before)) - SPEECH_MAX_DIP_DB)
+    assert min(after) > floor_db, f"worst frame {min(after):.1f} dB, before {np.median(before):.1f}"

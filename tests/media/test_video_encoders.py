@@ -1,5 +1,6 @@
 """Our video encoders (orchestrator/video_encoders): what they send decodes to the picture,
-keyframes come when asked, H.264 is what aiortc's offer promises, bit rate follows the target."""
+keyframes come when asked, H.264 is what aiortc's offer promises, bit rate follows the target
+(in the running encoder where the codec can, else at a keyframe the stream needs anyway)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 from orchestrator.avatar.store import AvatarStore
-from orchestrator.media.video_encoders import ENCODERS, encoder_class, open_encoder
-from orchestrator.media.video_encoders.base import BITRATE_RAISE_HOLD_FRAMES, yuv_frame
+from orchestrator.media.video_encoders import ENCODERS, base, encoder_class, open_encoder
+from orchestrator.media.video_encoders.base import yuv_frame
 from orchestrator.settings import Settings
 
 CODECS = ("video/VP8", "video/H264")
@@ -65,29 +66,77 @@ def test_h264_is_constrained_baseline_with_headers_at_every_idr(frames):
     assert again.keyframe and nal_types(again.data)[:2] == [7, 8] and 5 in nal_types(again.data)
 
 
-@pytest.mark.parametrize("mime_type", CODECS)
-def test_bit_rate_falls_at_once_rises_after_a_hold_and_stays_in_range(frames, mime_type):
-    cls = encoder_class(mime_type)
-    encoder = open_encoder(mime_type, 512, 512)
+def encode_run(encoder, frames, count: int, start: int, decoder=None) -> tuple[float, list[float]]:
+    """kbit sent for `count` frames from `start`, and (with a decoder) each frame's PSNR."""
+    bits, quality = 0, []
+    for k in range(count):
+        picture = frames[(start + k) % len(frames)]
+        encoded = encoder.encode(picture)
+        bits += len(encoded.data) * 8
+        if decoder is not None:
+            decoded = decoder.decode(av.Packet(encoded.data))[0]
+            quality.append(psnr(decoded.to_ndarray(format="rgb24"), picture))
+    return bits / 1000, quality
 
-    def kbit(count: int, start: int) -> float:
-        return sum(len(encoder.encode(frames[(start + k) % 100]).data) for k in range(count)) * 8 / 1000
 
-    kbit(25, 0)
-    assert encoder.bitrate_bps == cls.default_bitrate_bps
-    generous = kbit(50, 25)
+def test_h264_follows_the_estimate_in_the_running_encoder(frames, monkeypatch):
+    """A fall (and a rise back) reaches x264 between two frames: no keyframe, no new encoder, no
+    dip in quality; only a rise above the rate it opened with takes a new one."""
+    monkeypatch.setattr(base, "BITRATE_RAISE_HOLD_FRAMES", 25)
+    cls = encoder_class("video/H264")
+    encoder = open_encoder("video/H264", 512, 512)
+    decoder = av.CodecContext.create(DECODERS["video/H264"], "r")
+    encode_run(encoder, frames, 25, 0, decoder)
+    generous, before = encode_run(encoder, frames, 50, 25, decoder)
     encoder.target_bitrate_bps = cls.min_bitrate_bps
-    assert encoder.encode(frames[75]).keyframe, "a new encoder"
-    assert encoder.bitrate_bps == cls.min_bitrate_bps, "a fall is followed at once"
-    kbit(25, 76)
-    starved = kbit(50, 1)
+    after = encoder.encode(frames[75])
+    assert not after.keyframe and encoder.opened == 1, "the running encoder"
+    assert encoder.bitrate_bps == cls.min_bitrate_bps and encoder.rate_changes_in_place == 1
+    decoder.decode(av.Packet(after.data))
+    encode_run(encoder, frames, 25, 76, decoder)
+    starved, during = encode_run(encoder, frames, 50, 1, decoder)
+    assert starved < 0.8 * generous, (starved, generous)
+    assert min(during) > np.median(before) - 3, "no blocky burst"
+    encoder.target_bitrate_bps = cls.default_bitrate_bps  # back up to the opened rate: at once
+    assert not encoder.encode(frames[51]).keyframe
+    assert encoder.bitrate_bps == cls.default_bitrate_bps and encoder.opened == 1
+    encoder.target_bitrate_bps = cls.max_bitrate_bps  # above it: a rise that must last
+    encode_run(encoder, frames, base.BITRATE_RAISE_HOLD_FRAMES + 5, 52)
+    assert encoder.bitrate_bps == cls.default_bitrate_bps, "waits for a keyframe"
+    raised = encoder.encode(frames[0], keyframe=True)
+    assert raised.keyframe and encoder.bitrate_bps == cls.max_bitrate_bps and encoder.opened == 2
+
+
+def test_vp8_takes_a_new_rate_at_a_keyframe_it_needs_anyway(frames, monkeypatch):
+    """libvpx keeps the rate it opened with: a new encoder, opened at the next keyframe the
+    stream asks for, or once the change has waited REOPEN_MAX_WAIT_FRAMES."""
+    monkeypatch.setattr(base, "BITRATE_RAISE_HOLD_FRAMES", 25)
+    monkeypatch.setattr(base, "REOPEN_MAX_WAIT_FRAMES", 50)
+    cls = encoder_class("video/VP8")
+    encoder = open_encoder("video/VP8", 512, 512)
+    encode_run(encoder, frames, 25, 0)
+    generous, _ = encode_run(encoder, frames, 50, 25)
+    encoder.target_bitrate_bps = int(cls.default_bitrate_bps * 0.88)  # a browser's first REMB
+    encode_run(encoder, frames, 40, 75)
+    assert encoder.bitrate_bps == cls.default_bitrate_bps and encoder.opened == 1, "mid-stream"
+    assert encoder.encode(frames[15], keyframe=True).keyframe
+    assert encoder.bitrate_bps == encoder.target_bitrate_bps and encoder.opened == 2
+    encoder.target_bitrate_bps = cls.min_bitrate_bps
+    waited = [encoder.encode(frames[k % 100]).keyframe for k in range(base.REOPEN_MAX_WAIT_FRAMES + 1)]
+    assert not any(waited[:-1]) and waited[-1], "bounded: a new encoder after the longest wait"
+    assert encoder.bitrate_bps == cls.min_bitrate_bps and encoder.opened == 3
+    encode_run(encoder, frames, 25, 76)
+    starved, _ = encode_run(encoder, frames, 50, 1)
     assert starved < 0.8 * generous, (starved, generous)
     encoder.target_bitrate_bps = 10**9
     assert encoder.target_bitrate_bps == cls.max_bitrate_bps, "clamped to the codec's range"
-    kbit(BITRATE_RAISE_HOLD_FRAMES, 51)
-    assert encoder.bitrate_bps == cls.min_bitrate_bps, "a rise waits"
-    raised = encoder.encode(frames[0])
-    assert raised.keyframe and encoder.bitrate_bps == cls.max_bitrate_bps
+    encode_run(encoder, frames, 10, 51)
+    assert encoder.encode(frames[61], keyframe=True).keyframe, "forced in the running encoder"
+    assert encoder.bitrate_bps == cls.min_bitrate_bps and encoder.opened == 3, "a rise lasts first"
+    encode_run(encoder, frames, base.BITRATE_RAISE_HOLD_FRAMES, 62)
+    assert encoder.bitrate_bps == cls.min_bitrate_bps, "then waits for a keyframe"
+    raised = encoder.encode(frames[1], keyframe=True)
+    assert raised.keyframe and encoder.bitrate_bps == cls.max_bitrate_bps and encoder.opened == 4
     encoder.target_bitrate_bps = 1
     assert encoder.target_bitrate_bps == cls.min_bitrate_bps
 

@@ -7,6 +7,11 @@ encodes a 512x512 frame in well under a millisecond here, against 8-10 ms for ai
 packetizer sends it with packetization-mode 1 (FU-A/STAP-A), the only mode aiortc offers.
 Every IDR carries its SPS and PPS (x264 repeats them unless global headers are asked for), so a
 receiver can switch between two of our encoders at any keyframe.
+
+A new bit rate (the receiver's estimate) is applied to the running encoder: FFmpeg's libx264
+wrapper calls x264_encoder_reconfig when `bit_rate` changes between frames, with no keyframe and
+no dip in quality; the VBV ceiling stays the rate the encoder was opened with, so a rise above
+it takes a new encoder (base.py says when).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class H264Encoder(VideoEncoder):
     default_bitrate_bps = H264_DEFAULT_BITRATE_BPS
     min_bitrate_bps = H264_MIN_BITRATE_BPS
     max_bitrate_bps = H264_MAX_BITRATE_BPS
+    reconfigures_rate = True
 
     def _open(self, bitrate_bps: int) -> av.VideoCodecContext:
         context = self._context_for("libx264", bitrate_bps)

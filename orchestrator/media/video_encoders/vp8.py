@@ -4,6 +4,9 @@ The settings are aiortc's (aiortc/codecs/vpx.py: CBR, no lag, one token partitio
 range) with two changes for speed: `cpu-used` -12 instead of -6 (libwebrtc's speed for slow
 CPUs; about 0.3 dB less PSNR on the default avatar) and no temporal denoiser (our pictures are
 rendered, not filmed).
+
+FFmpeg's libvpx wrapper configures libvpx once, when it opens: a new bit rate takes a new
+encoder, opened where a keyframe is due anyway (base.py says when).
 """
 
 from __future__ import annotations
