@@ -40,6 +40,7 @@ Workers die with the parent (the parent-death signal).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -191,10 +192,9 @@ class Host:
                 live = [i for i, p in enumerate(self.processes)
                         if p is not None and p.returncode is None]
                 await asyncio.gather(*(probe(i) for i in live))
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), SESSIONS_PROBE_S)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SESSIONS_PROBE_S):
+                        await self.stopping.wait()
 
     async def keep(self, index: int, triton_url: str, first: asyncio.Future) -> None:
         """Run worker `index` until the host stops: restart it when it dies. `first` gets
@@ -232,10 +232,9 @@ class Host:
                         "(their peers stop receiving; the host's counts drop them); restarting "
                         "it in %.0f s", index, process.pid, code,
                         "unknown number of" if lost is None else lost, backoff_s)
-            try:
-                await asyncio.wait_for(self.stopping.wait(), backoff_s)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff_s):
+                    await self.stopping.wait()
             backoff_s = min(2 * backoff_s, RESTART_BACKOFF_MAX_S)
 
     def signal_workers(self, signum: int) -> None:
