@@ -80,6 +80,9 @@ MACHINE_BUSY_SATURATED = 0.95  # share of the machine's cores
 # A talking session must have been speaking this share of the window (SSE start to end): a
 # server too slow to keep speech flowing fails the step like one too slow to keep the fps.
 SPEAKING_MIN = 0.9
+# Every session sends a 20 ms Opus packet 50 times a second (silence too): a step whose
+# sessions got fewer did not hold, whatever its video did.
+AUDIO_PACKETS_MIN_PER_S = 45
 BYTES_PER_MIB = 1024 * 1024
 # Issue 14's goals (bench/README.md).
 GOALS = {"idle_cores_per_session": 0.01, "idle_mb_per_session": 20.0,
@@ -211,9 +214,11 @@ async def window(server: ServerProcess, pool: ClientPool, seconds: float) -> dic
     """Measure the server, the clients and the machine over `seconds` from now."""
     await pool.ask_all({"op": "window_start"})
     hist0 = await histograms(server.base_url)
+    roles0 = server.cpu_seconds_by_role()
     cpu0, busy0, t0 = server.cpu_seconds(), machine_busy_seconds(), time.monotonic()
     await asyncio.sleep(seconds)
     cpu1, busy1, t1 = server.cpu_seconds(), machine_busy_seconds(), time.monotonic()
+    roles1 = server.cpu_seconds_by_role()
     hist1 = await histograms(server.base_url)
     memory = server.memory_kib()
     workers = await pool.ask_all({"op": "window_end", "t0": t0, "t1": t1})
@@ -224,6 +229,10 @@ async def window(server: ServerProcess, pool: ClientPool, seconds: float) -> dic
     return {
         "window_s": wall,
         "server_cores": server_cores,
+        # Where the server's cores went: the orchestrator's processes, tritonserver, and each
+        # python-backend model's stubs (TTS, lip-sync...): the split of a talking session.
+        "server_cores_by_process": {role: round((roles1[role] - roles0.get(role, 0.0)) / wall, 4)
+                                    for role in sorted(roles1)},
         "server_rss_mib": memory["rss_kib"] / 1024,
         "server_pss_mib": memory["pss_kib"] / 1024,
         "client_cores": client_cores,
@@ -266,8 +275,9 @@ def step_row(n: int, talking: int, measured: dict) -> dict:
     }
     row["server_cores_per_session"] = row["server_cores"] / n
     row["speech_flowing"] = not speaking or min(speaking) >= SPEAKING_MIN
+    row["audio_flowing"] = row["min_audio_packets_per_s"] >= AUDIO_PACKETS_MIN_PER_S
     row["held"] = (len(sessions) == n and row["worst_median_fps"] >= FPS_GOAL
-                   and row["speech_flowing"])
+                   and row["speech_flowing"] and row["audio_flowing"])
     return row
 
 

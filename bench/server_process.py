@@ -50,6 +50,31 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def process_role(pid: int, root: int) -> str:
+    """What a process of the server's tree is: `orchestrator` (the root, or a worker of
+    `--workers N`), `tritonserver`, or the Triton model a python-backend stub serves (its
+    first argument is the model's `model_repository/<model>/<version>/model.py`)."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+    if comm == "tritonserver":
+        return "tritonserver"
+    if comm.startswith("triton_python") and len(argv) > 1:
+        return Path(argv[1].decode(errors="replace")).parent.parent.name
+    return "orchestrator"
+
+
+def cpu_seconds_by_role(root: int) -> dict[str, float]:
+    """user + system CPU seconds so far of the server's tree, by `process_role`."""
+    seconds: dict[str, float] = {}
+    for pid in process_tree(root):
+        role = process_role(pid, root)
+        seconds[role] = seconds.get(role, 0.0) + cpu_seconds([pid])
+    return seconds
+
+
 def memory_kib(pids: list[int]) -> dict[str, int]:
     """Summed RSS and PSS (KiB) of these processes. PSS (/proc/PID/smaps_rollup) splits pages
     shared between them (libraries, Triton's shared-memory tensors) instead of counting them
@@ -84,6 +109,9 @@ class ServerProcess:
 
     def memory_kib(self) -> dict[str, int]:
         return memory_kib(process_tree(self.process.pid))
+
+    def cpu_seconds_by_role(self) -> dict[str, float]:
+        return cpu_seconds_by_role(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()

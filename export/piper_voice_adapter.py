@@ -25,6 +25,9 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_threads", "0"))
+        options.inter_op_num_threads = 1
+        # no busy-waiting between sentences: the orchestrator shares these cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
