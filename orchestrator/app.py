@@ -8,7 +8,17 @@ from aiohttp import web
 
 from .avatar.jobs import AvatarJobs
 from .errors import ApiError
-from .http import access, api, avatar_api, host_view, instance_forward, pages, voice_api, whep_api
+from .http import (
+    access,
+    api,
+    audio_stream_api,
+    avatar_api,
+    host_view,
+    instance_forward,
+    pages,
+    voice_api,
+    whep_api,
+)
 from .http.rate_limited_log import RateLimitedLog
 from .http.validation import BODY_READ_TIMEOUT_KEY
 from .livetalking import routes as livetalking_api
@@ -72,6 +82,7 @@ def create_app(settings: Settings, services: Services | None = None,
     app.add_routes(api.routes)
     app.add_routes(avatar_api.routes)
     app.add_routes(voice_api.routes)
+    app.add_routes(audio_stream_api.routes)
     app.add_routes(livetalking_api.routes)
     app.add_routes(whep_api.routes)
     several = bool(settings.peer_url) or settings.workers > 1

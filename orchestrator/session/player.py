@@ -21,7 +21,7 @@ import numpy as np
 
 from ..media import stage_timing
 from ..media.audio_track import AudioTrack, Sound
-from ..media.clock import AUDIO_PACKETS_PER_TICK, AUDIO_SAMPLES_PER_PACKET, MediaClock
+from ..media.clock import AUDIO_PACKETS_PER_TICK, AUDIO_SAMPLES_PER_PACKET, VIDEO_FPS, MediaClock
 from ..media.sinks import TickSink
 from ..media.video_track import Picture, VideoTrack
 from ..speech.items import (
@@ -58,6 +58,7 @@ class Player:
         self.frames_sent = 0
         self._speaking: Utterance | None = None
         self._spoken: list[str] = []  # sentences of the current utterance played so far
+        self._played_frames = 0  # speech frames of the current utterance played so far
         self._sinks: list[TickSink] = []  # each gets every tick: recorder, outputs
         self._task: asyncio.Task | None = None
         self._stopped = False
@@ -136,10 +137,12 @@ class Player:
     def _next_speech_frame(self) -> SpeechFrame | None:
         while (item := self.pipeline.pop()) is not None:
             if isinstance(item, SpeechFrame):
+                if item.utterance is self._speaking:
+                    self._played_frames += 1
                 return item
             utterance = item.utterance
             if isinstance(item, UtteranceStarted):
-                self._speaking, self._spoken = utterance, []
+                self._speaking, self._spoken, self._played_frames = utterance, [], 0
                 self.events.emit("start", utterance_id=utterance.id, kind=utterance.kind,
                                  text=utterance.text)
             elif isinstance(item, SentenceStarted):
@@ -148,7 +151,7 @@ class Player:
                                  text=item.text)
             elif isinstance(item, UtteranceEnded):
                 if self._speaking is not utterance:  # ended without starting: nothing spoken
-                    self._spoken = []
+                    self._spoken, self._played_frames = [], 0
                 self._speaking = None
                 if item.error:
                     self.events.emit("error", utterance_id=utterance.id, msg=item.error)
@@ -156,7 +159,7 @@ class Player:
                     spoken = join_sentences(self._spoken)
                     answer = {"answer": spoken} if utterance.kind == "chat" else {}
                     self.events.emit("end", utterance_id=utterance.id, kind=utterance.kind,
-                                     text=utterance.text, **answer)
+                                     text=utterance.text, played_s=self._played_s(), **answer)
         return None
 
     def end_dropped(self, dropped: list[Utterance]) -> None:
@@ -164,6 +167,12 @@ class Player:
         event; nothing is playing afterwards."""
         if self._speaking is not None and self._speaking not in dropped:
             dropped.insert(0, self._speaking)
-        self._speaking = None
+        speaking, self._speaking = self._speaking, None
         for utterance in dropped:
-            self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text)
+            played_s = self._played_s() if utterance is speaking else 0.0
+            self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text,
+                             played_s=played_s)
+
+    def _played_s(self) -> float:
+        """Seconds of the current utterance's speech played so far (its frames, 40 ms each)."""
+        return round(self._played_frames / VIDEO_FPS, 3)

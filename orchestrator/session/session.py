@@ -53,6 +53,7 @@ from ..speech.items import (
     estimated_speech_seconds,
 )
 from ..speech.pipeline import SpeechPipeline
+from ..speech.streamed_audio import StreamedAudio
 from ..tts import TTSRouter, Voice
 from ..voice_input.turn_taking import Listener, VoiceInput, VoiceOptions
 from .events import SessionEvents
@@ -163,6 +164,16 @@ class Session:
         self.pipeline.say(utterance)
         return utterance
 
+    def stream(self, rate_hz: int, avatarid: str = MAIN) -> Utterance:
+        """Queue a segment of speech audio that arrives while it is spoken (/audio_stream): the
+        returned utterance's `stream` takes float32 mono chunks at `rate_hz`. It counts as one
+        utterance, by the seconds received so far. 429 (ApiError) when the queue is full."""
+        self.admit(0.0)
+        utterance = self._utterance("", None, avatarid, stream=StreamedAudio(rate_hz),
+                                    kind="stream")
+        self.pipeline.say(utterance)
+        return utterance
+
     def ask(self, question: str, voice: Voice | None = None, avatarid: str = MAIN) -> Utterance:
         """Queue a chat answer: spoken sentence by sentence as the chat agent produces it."""
         self.admit(CHAT_ANSWER_ESTIMATE_S)  # before the answer (an LLM stream) exists
@@ -194,7 +205,9 @@ class Session:
 
     async def interrupt(self) -> None:
         self.audio.flush()  # speech already handed to the track goes too
-        self.player.end_dropped(await self.pipeline.interrupt())
+        dropped = await self.pipeline.interrupt()
+        await _cancel_streams(dropped)
+        self.player.end_dropped(dropped)
 
     def listen(self, track, voice_input: VoiceInput) -> None:
         """Consume the user's audio track (one per session; voice_mode "off" ignores it)."""
@@ -294,7 +307,9 @@ class Session:
             listener, self.listener = self.listener, None
             if listener is not None:
                 await listener.close()
-            self.player.end_dropped(await self.pipeline.close())
+            dropped = await self.pipeline.close()
+            await _cancel_streams(dropped)
+            self.player.end_dropped(dropped)
             if self._recorder is not None:
                 try:
                     await self.stop_recording()
@@ -322,6 +337,14 @@ class Session:
     def _start_player(self) -> None:
         if not self.closed:
             self.player.start()
+
+
+async def _cancel_streams(dropped: list[Utterance]) -> None:
+    """Streamed segments that were cut or never started stop taking audio (their producer's
+    `push` raises StreamClosed instead of waiting for a reader that is gone)."""
+    for utterance in dropped:
+        if utterance.stream is not None:
+            await utterance.stream.cancel()
 
 
 def _avatar_cursor(stage: Stage) -> Callable[[], int]:

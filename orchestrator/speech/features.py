@@ -44,9 +44,16 @@ class SentenceFeatures:
     rest to whole frames.
     """
 
-    def __init__(self, rate_hz: int, features: AudioFeatures = DEFAULT_FEATURES) -> None:
+    def __init__(self, rate_hz: int, features: AudioFeatures = DEFAULT_FEATURES,
+                 min_new_s: float = STREAM_MIN_NEW_S, growth: float = STREAM_GROWTH,
+                 min_first_s: float = 0.0) -> None:
+        """`min_new_s`, `growth`: `ready` once this much new audio (s), and at least this share
+        of what was there, arrived; `min_first_s`: the first `ready` waits for this much."""
         self.rate_hz = rate_hz
         self.features = features
+        self._min_new = min_new_s * rate_hz
+        self._growth = growth
+        self._min_first = min_first_s * rate_hz
         self.first = True  # no piece handed out yet (the consumer's flag)
         self._chunks: list[np.ndarray] = []
         self._samples = 0  # at rate_hz
@@ -60,8 +67,15 @@ class SentenceFeatures:
     def ready(self) -> bool:
         """Worth analysing again: enough new audio (a growing share of what is there, so a long
         sentence is analysed a bounded number of times)."""
+        if self._taken_at == 0 and self._samples < self._min_first:
+            return False
         new = self._samples - self._taken_at
-        return new >= max(STREAM_MIN_NEW_S * self.rate_hz, STREAM_GROWTH * self._taken_at)
+        return new >= max(self._min_new, self._growth * self._taken_at)
+
+    @property
+    def samples(self) -> int:
+        """Samples added so far, at `rate_hz`."""
+        return self._samples
 
     def take(self, final: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(16 kHz float32 audio of the frames ready now, padded to whole frames when `final`;

@@ -14,6 +14,7 @@ from ..avatar.store import Avatar
 from ..language import is_cjk
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ
 from ..tts.base import Voice
+from .streamed_audio import StreamedAudio
 
 # A clause longer than this is cut at a comma so the first audio comes sooner.
 MAX_CLAUSE_CHARS = 60
@@ -39,9 +40,10 @@ _CLAUSE_BREAKS = ",，、：:"
 class Utterance:
     """One request to speak: the unit that gets an id, start/end events and interruption.
 
-    What is spoken: ready audio (float32, 16 kHz mono) if given; else the sentences `source`
-    yields (a chat answer as it streams in), spoken by TTS with `voice`; else `text` itself.
-    For a chat answer `text` is the question.
+    What is spoken: ready audio (float32, 16 kHz mono) if given; else audio as it arrives
+    (`stream`: a voice agent's TTS through /audio_stream); else the sentences `source` yields (a
+    chat answer as it streams in), spoken by TTS with `voice`; else `text` itself. For a chat
+    answer `text` is the question.
     """
 
     id: str
@@ -51,12 +53,15 @@ class Utterance:
     audio: np.ndarray | None = None
     source: AsyncIterator[str] | None = None
     kind: str = "echo"
+    stream: StreamedAudio | None = None
 
     @property
     def estimated_seconds(self) -> float:
         """How long it will speak: exact for audio, estimated for text and chat answers."""
         if self.audio is not None:
             return self.audio.size / AUDIO_SAMPLE_RATE_HZ
+        if self.stream is not None:
+            return self.stream.received_s  # grows as it arrives
         if self.source is not None:
             return CHAT_ANSWER_ESTIMATE_S
         return estimated_speech_seconds(self.text)

@@ -41,6 +41,7 @@ from .items import (
     split_sentences,
 )
 from .spoken_text import SpokenText
+from .streamed_audio import StreamedAudio
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,15 @@ PLANNING_LEAD_TICKS = 2
 SENTENCE_QUEUE_SIZE = 2
 # Uploaded audio is cut in pieces like sentences so its first frames leave early.
 UPLOADED_PIECE_SAMPLES = 5 * AUDIO_SAMPLE_RATE_HZ  # 5 s
+# Streamed audio (/audio_stream) is cut in pieces of this length too (each is analysed again as
+# it grows: bounded work), analysed every STREAMED_TAKE_EVERY_S of new audio (a fixed cadence:
+# audio arriving at real time must turn into frames at real time), and its first frames wait
+# for STREAMED_START_S of audio: the lip-sync features of a frame read 200 ms ahead of it, and
+# the rest is a playout margin so frames of audio fed at real time are ready when their tick
+# comes (the cadence plus one lip-sync request).
+STREAMED_PIECE_S = 5.0
+STREAMED_TAKE_EVERY_S = 0.06
+STREAMED_START_S = 0.32
 # TTS engines begin a sentence with silence (Piper: 40-60 ms). At the start of an utterance it
 # only delays the answer, so it is cut to LEAD_SILENCE_KEPT_S before the first audible sample
 # (a peak of LEAD_SILENCE_LEVEL, full scale 1.0: about -40 dBFS). Later sentences keep theirs:
@@ -254,6 +264,10 @@ class SpeechPipeline:
                 features.first = False
                 yield None, features, True
             return
+        if utterance.stream is not None:
+            async for features, final in _streamed_pieces(utterance.stream, kind):
+                yield None, features, final
+            return
         said = SpokenText()  # what TTS reads: no Markdown, code, URLs or emoji
         lead = True  # the utterance's first audio: its leading silence is cut
         if utterance.source is None:
@@ -333,6 +347,31 @@ class SpeechPipeline:
             self._next_avatar_tick = ticks[-1] + 1
             start = stop
             size = CHUNK_FRAMES
+
+
+async def _streamed_pieces(stream: StreamedAudio, kind: AudioFeatures,
+                           ) -> AsyncIterator[tuple[SentenceFeatures, bool]]:
+    """A streamed segment as pieces of STREAMED_PIECE_S: (the piece's features so far, whether
+    it is complete) each time audio arrives, the last piece complete at the stream's end."""
+    piece_samples = max(1, int(STREAMED_PIECE_S * stream.rate_hz))
+    features: SentenceFeatures | None = None
+    first = True
+    async for chunk in stream.chunks():
+        while chunk.size:
+            if features is None:
+                features = SentenceFeatures(stream.rate_hz, kind,
+                                            min_new_s=STREAMED_TAKE_EVERY_S, growth=0.0,
+                                            min_first_s=STREAMED_START_S if first else 0.0)
+                features.first = first = False
+            part, chunk = chunk[: piece_samples - features.samples], \
+                chunk[piece_samples - features.samples :]
+            features.add(part)
+            complete = features.samples >= piece_samples
+            yield features, complete
+            if complete:
+                features = None
+    if features is not None:
+        yield features, True
 
 
 def _timed_take(features: SentenceFeatures, final: bool,
