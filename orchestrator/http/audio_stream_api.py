@@ -154,7 +154,8 @@ class AudioStreamConnection:
         except StreamClosed:
             # Interrupted (here or by /interrupt_talk): the rest of this segment is dropped.
             self.open = None
-            raise ProtocolError(409, "the segment was interrupted: send 'start' for new audio")
+            raise ProtocolError(
+                409, "the segment was interrupted: send 'start' for new audio") from None
 
     async def end_open(self) -> None:
         segment, self.open = self.open, None
