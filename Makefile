@@ -15,10 +15,12 @@ NGINX_RTMP := /usr/lib/nginx/modules/ngx_rtmp_module.so
 
 .PHONY: run test lint bench artifacts clean
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml integrations/pipecat/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test,export]"
+	# the pipecat service (integrations/pipecat), as its users install it; tested with pipecat-ai
+	$(BIN)/python -m pip install -q -e ./integrations/pipecat
 	$(BIN)/python -m pip install -q --no-deps "silero-vad>=6.2"
 	touch $@
 

@@ -32,7 +32,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..errors import ApiError
 from ..session.session import Session
@@ -206,7 +206,7 @@ async def audio_stream(request: web.Request) -> web.WebSocketResponse:
                     await connection.on_binary(message.data)
             except ProtocolError as exc:
                 await connection.send({"type": "error", "code": exc.code, "msg": exc.msg})
-        if ws.close_code == web.WSCloseCode.MESSAGE_TOO_BIG:
+        if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
             log.info("audio_stream sessionid=%s: a message over %d bytes; closed",
                      session.sessionid, MAX_MESSAGE_BYTES)
     finally:

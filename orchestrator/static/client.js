@@ -17,7 +17,7 @@ function setStatus(text, kind) {
 
 function setConnected(on) {
   $("connect").disabled = on;
-  for (const id of ["disconnect", "echo", "chat", "interrupt", "record", "set-audiotype"]) $(id).disabled = !on;
+  for (const id of ["disconnect", "echo", "chat", "interrupt", "record", "set-audiotype", "stream-play"]) $(id).disabled = !on;
   $("mic-mode").disabled = on;
   $("ptt").hidden = $("mic-mode").value !== "ptt";
   $("ptt").disabled = !(on && state.mic);
@@ -182,6 +182,38 @@ $("connect").addEventListener("click", connect);
 $("disconnect").addEventListener("click", disconnect);
 $("talk").addEventListener("submit", (ev) => { ev.preventDefault(); speak("echo"); });
 $("chat").addEventListener("click", () => speak("chat"));
+// "Speak from a file as a stream": the clip decoded by the browser, mixed to 16 kHz mono and sent
+// over the /audio_stream WebSocket in 20 ms pieces at real time, as a voice agent's TTS streams
+// its speech (docs/INTEGRATIONS.md). Interrupt (the button) cuts it like any speech.
+const STREAM_RATE_HZ = 16000, STREAM_PIECE_MS = 20;
+async function streamFile() {
+  const file = $("stream-file").files[0];
+  if (!file || state.sessionid === null) return;
+  const decoded = await new AudioContext().decodeAudioData(await file.arrayBuffer()).catch(() => null);
+  if (!decoded) { log(`${file.name}: not audio this browser can decode`); return; }
+  const offline = new OfflineAudioContext(1, Math.ceil(decoded.duration * STREAM_RATE_HZ), STREAM_RATE_HZ);
+  const source = offline.createBufferSource();
+  source.buffer = decoded; source.connect(offline.destination); source.start();
+  const mono = (await offline.startRendering()).getChannelData(0);
+  const pcm = Int16Array.from(mono, (x) => Math.max(-32768, Math.min(32767, Math.round(x * 32767))));
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(withToken(`${scheme}//${location.host}/audio_stream?sessionid=${state.sessionid}`));
+  ws.binaryType = "arraybuffer";
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    log(m.type === "error" ? `audio_stream: ${m.msg}` : `audio_stream: ${m.type}${m.position_s !== undefined ? ` at ${m.position_s} s` : ""}`);
+    if (m.type === "playback_finished") ws.close();
+  };
+  await new Promise((resolve) => { ws.onopen = resolve; });
+  ws.send(JSON.stringify({ type: "start", sample_rate: STREAM_RATE_HZ, channels: 1, format: "pcm_s16le", id: file.name }));
+  const step = STREAM_RATE_HZ * STREAM_PIECE_MS / 1000, started = performance.now();
+  for (let k = 0; k * step < pcm.length && ws.readyState === WebSocket.OPEN; k++) {
+    ws.send(pcm.slice(k * step, (k + 1) * step).buffer);
+    await new Promise((r) => setTimeout(r, Math.max(0, started + (k + 1) * STREAM_PIECE_MS - performance.now())));
+  }
+  if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "end" }));
+}
+$("stream-play").addEventListener("click", () => streamFile().catch((e) => log(`stream: ${e.message}`)));
 $("interrupt").addEventListener("click", () => post("/interrupt_talk", { sessionid: state.sessionid }).catch(() => {}));
 $("set-audiotype").addEventListener("click", () =>
   post("/set_audiotype", { sessionid: state.sessionid, audiotype: Number($("audiotype").value), reinit: true }).catch(() => {}));

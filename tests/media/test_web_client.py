@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from chromium import CHROMIUM, CHROMIUM_ARGS
 from server_fixtures import livehuman  # noqa: F401  (fixture)
@@ -56,6 +57,20 @@ async def test_page_connects_echoes_and_decodes_video(livehuman):  # noqa: F811
             await page.wait_for_function(
                 "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('end: Hello from the browser'))",
                 timeout=15000)
+
+            # "Speak from a file as a stream": the page decodes a clip and streams it over
+            # /audio_stream at real time; the server plays it to its end.
+            clip = ARTIFACTS / "stream.wav"
+            write_buzz_wav(clip, seconds=1.0)
+            await page.set_input_files("#stream-file", str(clip))
+            await page.click("#stream-play")
+            await page.wait_for_function(
+                "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('audio_stream: playback_finished at'))",
+                timeout=20000)
+            streamed = [e for e in services.registry.get(
+                await page.evaluate("state.sessionid")).events.history
+                if e["event"] == "end" and e.get("kind") == "stream"]
+            assert streamed and abs(streamed[-1]["played_s"] - 1.0) <= 0.04 + 1e-6, streamed
             await page.click("#disconnect")
 
             # The avatar builder from the page: upload a photo, the job runs, the id is offered.
@@ -76,6 +91,23 @@ async def test_page_connects_echoes_and_decodes_video(livehuman):  # noqa: F811
             assert not errors, errors
         finally:
             await browser.close()
+
+
+def write_buzz_wav(path, seconds: float, rate: int = 22050) -> None:
+    """A vowel-like buzz with a syllable envelope, as 16-bit WAV (written with PyAV)."""
+    t = np.arange(int(rate * seconds)) / rate
+    envelope = np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None)
+    voice = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((150, 300, 700), 1))
+    pcm = (0.4 * envelope * voice / 1.9 * 32767).astype(np.int16)
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
 
 
 OFFER_WITH_CODEC_JS = """async (codec) => {
