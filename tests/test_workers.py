@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 from orchestrator_process import SSE, health, start_orchestrator
 
@@ -131,6 +132,22 @@ async def test_sessions_spread_over_the_workers_and_a_killed_worker_comes_back(t
                     assert resp.status == 200, await resp.text()
                     assert resp.headers["Content-Type"] == "video/mp4"
                     assert len(await resp.read()) > 1000
+
+        # /audio_stream (a WebSocket) reaches its session's worker, relayed by another one
+        # when the kernel gives the connection to it (two sockets a session: both workers).
+        tone = (0.3 * np.sin(2 * np.pi * 200 * np.arange(8000) / 16000) * 32767).astype("<i2")
+        for client in clients:
+            for _ in range(2):
+                async with aiohttp.ClientSession() as http, http.ws_connect(
+                        f"{server.base_url}/audio_stream",
+                        params={"sessionid": str(client.sessionid)}) as ws:
+                    await ws.send_json({"type": "start", "sample_rate": 16000})
+                    await ws.send_bytes(tone.tobytes())
+                    await ws.send_json({"type": "end"})
+                    async with asyncio.timeout(WAIT_S):
+                        while (message := await ws.receive_json())["type"] != "playback_finished":
+                            pass
+                    assert message["interrupted"] is False and message["position_s"] == 0.52
 
         # The host's view: every session, whichever worker answers.
         ids = {c.sessionid for c in clients}

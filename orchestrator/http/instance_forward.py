@@ -28,6 +28,7 @@ any of its workers takes it and, if it is not the owner, sends it on once more w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -108,6 +109,8 @@ class PeerForwarder:
             self._http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
                 auto_decompress=False)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._relay_websocket(request, instance, url, headers)
         response: web.StreamResponse | None = None
         try:
             async with self._http.request(request.method, url, data=body, headers=headers,
@@ -134,6 +137,44 @@ class PeerForwarder:
                         request.path[:200], instance, exc)
             raise ApiError(502, f"the orchestrator of this session (instance {instance}) "
                            "does not answer") from None
+
+    async def _relay_websocket(self, request: web.Request, instance: int, url: str,
+                               headers: dict[str, str]) -> web.WebSocketResponse:
+        """A WebSocket (/audio_stream) for another instance's session: a socket to the owner,
+        and every message relayed both ways until either side closes. The WebSocket's own
+        handshake headers are the client library's to make."""
+        headers = {k: v for k, v in headers.items() if not k.lower().startswith("sec-websocket")}
+        try:
+            upstream = await self._http.ws_connect(url, headers=headers, max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ApiError(exc.status if 400 <= exc.status < 600 else 502,
+                           f"the orchestrator of this session (instance {instance}) refused "
+                           f"the WebSocket: {exc.status}") from None
+        except (aiohttp.ClientConnectionError, TimeoutError):
+            raise ApiError(502, f"the orchestrator of this session (instance {instance}) "
+                           "does not answer") from None
+        client = web.WebSocketResponse(max_msg_size=0)
+        await client.prepare(request)
+
+        async def pipe(source, sink) -> None:
+            async for message in source:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    await sink.send_str(message.data)
+                elif message.type == aiohttp.WSMsgType.BINARY:
+                    await sink.send_bytes(message.data)
+            await sink.close()
+
+        async with upstream:
+            directions = [asyncio.create_task(pipe(client, upstream)),
+                          asyncio.create_task(pipe(upstream, client))]
+            try:
+                await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in directions:
+                    task.cancel()
+                await asyncio.gather(*directions, return_exceptions=True)
+        await client.close()
+        return client
 
     async def close(self, app: web.Application | None = None) -> None:
         if self._http is not None:

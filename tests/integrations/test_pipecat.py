@@ -205,3 +205,37 @@ def write_strip(path: Path, recorded: Recorded, interrupted: float) -> None:
         tiles.append(np.vstack([tile, bar]))
     strip = np.hstack(tiles)
     cv2.imwrite(str(path), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+
+
+async def test_direct_mode_speaks_in_the_browsers_session(livehuman, piper_speech):  # noqa: F811
+    from orchestrator.client import AvatarClient
+
+    base_url, _ = livehuman
+    audio, rate = piper_speech
+    browser = AvatarClient(base_url, keep_video=False)  # stands in for the user's page
+    recorded = Recorded()
+    try:
+        await browser.connect()
+        await browser.wait_for_video(10)
+        service = LivehumanVideoService(base_url, mode="direct", sessionid=browser.sessionid)
+        runner, (worker,), running = await run_pipelines(
+            Pipeline([service, Sink(recorded, (slice(None), slice(None)))]))
+        try:
+            await asyncio.sleep(1.0)
+            sent = time.monotonic()
+            await play_tts(worker, audio, rate, stop_after_s=2.0)
+            await worker.queue_frame(TTSStoppedFrame())
+            await browser.wait_for_speech(sent, 0.01, timeout=15)
+            async with asyncio.timeout(15):
+                while not any(m["type"] == "playback_finished" for m in service.playback):
+                    await asyncio.sleep(0.05)
+            assert service.playback[-1]["interrupted"] is False
+            # Nothing comes back through the pipeline: the browser watches the session itself.
+            assert not recorded.images and not recorded.audio
+        finally:
+            await worker.queue_frame(EndFrame())
+            async with asyncio.timeout(20):
+                await running
+            del runner
+    finally:
+        await browser.close()
