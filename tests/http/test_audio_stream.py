@@ -4,12 +4,14 @@ server, real Triton, a real aiortc client and real Piper speech at Piper's own 2
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
 import aiohttp
 import numpy as np
 import pytest
+from piper_speech import piper_speech as speak
 from server_fixtures import livehuman  # noqa: F401  (fixture)
 
 from orchestrator.client import (
@@ -20,7 +22,6 @@ from orchestrator.client import (
     mouth_window,
 )
 from orchestrator.speech.streamed_audio import StreamClosed, StreamedAudio
-from orchestrator.tts import PiperEngine, Voice, synthesize_all
 
 TEXT = "Streaming speech reaches the avatar while the agent is still speaking, word by word."
 CHUNK_S = 0.02  # what voice agents send: 20 ms frames
@@ -29,16 +30,26 @@ SPEECH_RMS = 0.01
 
 @pytest.fixture
 async def piper_speech(triton) -> tuple[np.ndarray, int]:
-    piper = await PiperEngine.open(triton.url)
-    try:
-        return await synthesize_all(piper, TEXT, Voice.named("joe")), piper.sample_rate_hz
-    finally:
-        await piper.close()
+    return await speak(triton.url, TEXT)
 
 
 def pcm_s16(audio: np.ndarray, channels: int = 1) -> bytes:
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
     return np.repeat(pcm, channels).tobytes() if channels > 1 else pcm.tobytes()
+
+
+@contextlib.asynccontextmanager
+async def session_and_socket(base_url: str, **client_options):
+    """A connected client (its first frames in) and an /audio_stream socket to its session."""
+    client = AvatarClient(base_url, **client_options)
+    try:
+        await client.connect()
+        await client.wait_for_video(10)
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                f"{base_url}/audio_stream", params={"sessionid": str(client.sessionid)}) as ws:
+            yield client, ws
+    finally:
+        await client.close()
 
 
 async def messages_until(ws, wanted: str, timeout: float = 30.0) -> list[dict]:
@@ -64,18 +75,13 @@ async def test_a_streamed_segment_is_lip_synced_as_it_arrives(livehuman, piper_s
     base_url, services = livehuman
     audio, rate = piper_speech
     region = mouth_window(services.avatars.load("default"))
-    client = AvatarClient(base_url, video_region=region)
-    try:
-        await client.connect()
-        await client.wait_for_video(10)
-        async with aiohttp.ClientSession() as http, http.ws_connect(
-                f"{base_url}/audio_stream", params={"sessionid": str(client.sessionid)}) as ws:
-            await ws.send_json({"type": "start", "sample_rate": rate, "channels": 1,
-                                "format": "pcm_s16le", "id": "answer-1"})
-            sent = time.monotonic()
-            await stream_at_real_time(ws, audio, rate)
-            await ws.send_json({"type": "end"})
-            seen = await messages_until(ws, "playback_finished")
+    async with session_and_socket(base_url, video_region=region) as (client, ws):
+        await ws.send_json({"type": "start", "sample_rate": rate, "channels": 1,
+                            "format": "pcm_s16le", "id": "answer-1"})
+        sent = time.monotonic()
+        await stream_at_real_time(ws, audio, rate)
+        await ws.send_json({"type": "end"})
+        seen = await messages_until(ws, "playback_finished")
         assert [m["type"] for m in seen] == ["playback_started", "playback_finished"], seen
         assert seen[0]["id"] == seen[1]["id"] == "answer-1"
         assert seen[1]["interrupted"] is False
@@ -91,52 +97,42 @@ async def test_a_streamed_segment_is_lip_synced_as_it_arrives(livehuman, piper_s
         heard = np.concatenate(r.audio[audio_start:])
         per_frame = heard[: heard.size // 1920 * 1920].reshape(-1, 1920)  # 40 ms at 48 kHz
         loudness = 20 * np.log10(np.sqrt((per_frame**2).mean(axis=1)) + 1e-3)
-        motion = mouth_motion(video, (slice(None), slice(None)), mean_window(r.video[:10],
-                                                                              (slice(None),
-                                                                               slice(None))))
+        whole = (slice(None), slice(None))  # the client kept only the mouth box
+        motion = mouth_motion(video, whole, mean_window(r.video[:10], whole))
         n = min(len(motion), len(loudness))
         correlations = lagged_correlations(motion, loudness, 5, n - 5, range(-3, 4))
         best = max(correlations, key=correlations.get)
         assert best in (-1, 0, 1) and correlations[best] > 0.5, correlations
-    finally:
-        await client.close()
 
 
 async def test_clear_silences_the_avatar_and_the_socket_stays_usable(livehuman, piper_speech):  # noqa: F811
     base_url, _ = livehuman
     audio, rate = piper_speech
-    client = AvatarClient(base_url, keep_video=False)
-    try:
-        await client.connect()
-        await client.wait_for_video(5)
-        async with aiohttp.ClientSession() as http, http.ws_connect(
-                f"{base_url}/audio_stream", params={"sessionid": str(client.sessionid)}) as ws:
-            await ws.send_json({"type": "start", "sample_rate": rate, "id": "long"})
-            # A burst: the whole answer at once, faster than real time.
-            await ws.send_bytes(pcm_s16(audio))
-            await messages_until(ws, "playback_started")
-            await asyncio.sleep(0.5)
-            await ws.send_json({"type": "clear"})
-            cleared = time.monotonic()
-            finished = (await messages_until(ws, "playback_finished"))[-1]
-            assert finished["id"] == "long" and finished["interrupted"] is True
-            assert 0.2 < finished["position_s"] < audio.size / rate - 0.5, finished
-            # Audio after the clear (from 0.3 s on: what was in flight) is silence.
-            await asyncio.sleep(1.0)
-            r = client.received
-            after = [rms for t, rms in zip(r.audio_times, r.audio_rms) if t > cleared + 0.3]
-            assert after and max(after) < 0.002, max(after)
-            # The rest of the interrupted segment is refused, then a new one plays.
-            await ws.send_bytes(pcm_s16(audio[:rate]))
-            error = await ws.receive_json(timeout=5)
-            assert error["type"] == "error" and error["code"] == 400 and "start" in error["msg"]
-            await ws.send_json({"type": "start", "sample_rate": rate, "id": "again"})
-            await ws.send_bytes(pcm_s16(audio[: rate // 2]))
-            await ws.send_json({"type": "end"})
-            seen = await messages_until(ws, "playback_finished")
-            assert seen[-1]["id"] == "again" and seen[-1]["interrupted"] is False
-    finally:
-        await client.close()
+    async with session_and_socket(base_url, keep_video=False) as (client, ws):
+        await ws.send_json({"type": "start", "sample_rate": rate, "id": "long"})
+        # A burst: the whole answer at once, faster than real time.
+        await ws.send_bytes(pcm_s16(audio))
+        await messages_until(ws, "playback_started")
+        await asyncio.sleep(0.5)
+        await ws.send_json({"type": "clear"})
+        cleared = time.monotonic()
+        finished = (await messages_until(ws, "playback_finished"))[-1]
+        assert finished["id"] == "long" and finished["interrupted"] is True
+        assert 0.2 < finished["position_s"] < audio.size / rate - 0.5, finished
+        # Audio after the clear (from 0.3 s on: what was in flight) is silence.
+        await asyncio.sleep(1.0)
+        r = client.received
+        after = [rms for t, rms in zip(r.audio_times, r.audio_rms) if t > cleared + 0.3]
+        assert after and max(after) < 0.002, max(after)
+        # The rest of the interrupted segment is refused, then a new one plays.
+        await ws.send_bytes(pcm_s16(audio[:rate]))
+        error = await ws.receive_json(timeout=5)
+        assert error["type"] == "error" and error["code"] == 400 and "start" in error["msg"]
+        await ws.send_json({"type": "start", "sample_rate": rate, "id": "again"})
+        await ws.send_bytes(pcm_s16(audio[: rate // 2]))
+        await ws.send_json({"type": "end"})
+        seen = await messages_until(ws, "playback_finished")
+        assert seen[-1]["id"] == "again" and seen[-1]["interrupted"] is False
 
 
 @pytest.mark.parametrize(("message", "field"), [
@@ -152,25 +148,19 @@ async def test_clear_silences_the_avatar_and_the_socket_stays_usable(livehuman, 
 ])
 async def test_bad_messages_get_an_error_naming_the_field(livehuman, message, field):  # noqa: F811
     base_url, _ = livehuman
-    client = AvatarClient(base_url, keep_video=False)
-    try:
-        await client.connect()
-        async with aiohttp.ClientSession() as http, http.ws_connect(
-                f"{base_url}/audio_stream", params={"sessionid": str(client.sessionid)}) as ws:
-            await ws.send_str(json.dumps(message))
-            error = await ws.receive_json(timeout=5)
-            assert error["type"] == "error" and error["code"] == 400 and field in error["msg"]
-            # Still usable: a stereo 48 kHz segment of a tone plays to its end.
-            tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(24000) / 48000)
-            await ws.send_json({"type": "start", "sample_rate": 48000, "channels": 2})
-            await ws.send_bytes(pcm_s16(tone, channels=2)[:-1])  # a sample split in two...
-            await ws.send_bytes(pcm_s16(tone, channels=2)[-1:])  # ...messages is kept whole
-            await ws.send_json({"type": "end"})
-            finished = (await messages_until(ws, "playback_finished"))[-1]
-            assert finished["interrupted"] is False
-            assert abs(finished["position_s"] - 0.5) <= 0.04 + 1e-6
-    finally:
-        await client.close()
+    async with session_and_socket(base_url, keep_video=False) as (client, ws):
+        await ws.send_str(json.dumps(message))
+        error = await ws.receive_json(timeout=5)
+        assert error["type"] == "error" and error["code"] == 400 and field in error["msg"]
+        # Still usable: a stereo 48 kHz segment of a tone plays to its end.
+        tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(24000) / 48000)
+        await ws.send_json({"type": "start", "sample_rate": 48000, "channels": 2})
+        await ws.send_bytes(pcm_s16(tone, channels=2)[:-1])  # a sample split in two...
+        await ws.send_bytes(pcm_s16(tone, channels=2)[-1:])  # ...messages is kept whole
+        await ws.send_json({"type": "end"})
+        finished = (await messages_until(ws, "playback_finished"))[-1]
+        assert finished["interrupted"] is False
+        assert abs(finished["position_s"] - 0.5) <= 0.04 + 1e-6
 
 
 async def test_unknown_session_is_refused_before_the_upgrade(livehuman):  # noqa: F811

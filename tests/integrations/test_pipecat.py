@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from piper_speech import piper_speech as speak
 from server_fixtures import livehuman  # noqa: F401  (fixture)
 
 from orchestrator.client import lagged_correlations, mouth_window
-from orchestrator.tts import PiperEngine, Voice, synthesize_all
 
 pipecat = pytest.importorskip("pipecat", reason="pipecat-ai is in the test extra")
 from livehuman_pipecat import LivehumanVideoService  # noqa: E402
@@ -69,11 +69,7 @@ class Sink(FrameProcessor):
 
 @pytest.fixture
 async def piper_speech(triton) -> tuple[np.ndarray, int]:
-    piper = await PiperEngine.open(triton.url)
-    try:
-        return await synthesize_all(piper, TEXT, Voice.named("joe")), piper.sample_rate_hz
-    finally:
-        await piper.close()
+    return await speak(triton.url, TEXT)
 
 
 def tts_frames(audio: np.ndarray, rate: int) -> list[TTSAudioRawFrame]:
