@@ -116,15 +116,18 @@ async def test_a_hung_server_is_given_up_and_the_player_never_waits(nginx, caplo
         await push.close()
 
 
-def read_timestamps(url: str, stop: threading.Event) -> list[tuple[str, float, float]]:
+def read_timestamps(url: str, playing: threading.Event,
+                    stop: threading.Event) -> list[tuple[str, float, float]]:
     """A player that stays connected until `stop`: (stream type, dts in seconds, monotonic
-    time it arrived) of every packet, as FFmpeg's RTMP demuxer reads them."""
+    time it arrived) of every packet, as FFmpeg's RTMP demuxer reads them; `playing` is set
+    at the first (once FFmpeg has probed the stream)."""
     got = []
     with av.open(url, timeout=(READ_OPEN_TIMEOUT_S, 20.0)) as container:
         for packet in container.demux():
             if packet.dts is not None:
                 got.append((packet.stream.type, float(packet.dts * packet.time_base),
                             time.monotonic()))
+                playing.set()
             if stop.is_set():
                 break
     return got
@@ -138,12 +141,13 @@ async def test_timestamps_go_on_across_a_reconnect_for_a_player_that_stays(nginx
     push = RtmpPush(nginx.url("again"), WIDTH, HEIGHT)
     player = Player(push)
     player.start()
-    stop = threading.Event()
+    playing, stop = threading.Event(), threading.Event()
     try:
         await wait_until(lambda: push.up, 10, "push never connected")
         reading = asyncio.ensure_future(asyncio.to_thread(read_timestamps, nginx.url("again"),
-                                                          stop))
-        await asyncio.sleep(3.0)
+                                                          playing, stop))
+        await wait_until(playing.is_set, 30, "the player got nothing")
+        await asyncio.sleep(2.0)
         killed_at = time.monotonic()
         push._worker.kill()  # the pusher's connection ends; the push makes a new one
         await wait_until(lambda: push.connections == 2 and push.up, 30,
