@@ -26,6 +26,7 @@ ASCII_SENTENCE_ENDS = ".!?;"
 CLOSERS = "\"')]}”’」』）"
 # pysbd reads this many characters past a candidate `.` to decide whether it ends a sentence.
 LOOKAHEAD_CHARS = 48
+DECISIONS_CACHED = 256  # pysbd's decisions kept, by window (streams ask again per token)
 # The words before a `.` that may be abbreviations (pysbd's English lists, lower case, without
 # their final dot): "dr", "mr", "e.g", "u.s", "no", "fig", "etc"...
 ABBREVIATIONS = frozenset(
@@ -85,11 +86,18 @@ def _may_be_abbreviation(before: str) -> bool:
 def _pysbd_boundary(text: str, i: int, end: int) -> bool:
     """pysbd's decision on the `.` at text[i] (a word follows it), from the sentence so far and
     LOOKAHEAD_CHARS of what follows."""
-    window = text[: end + LOOKAHEAD_CHARS]
+    return _window_boundary(text[: end + LOOKAHEAD_CHARS], i, end)
+
+
+@functools.lru_cache(maxsize=DECISIONS_CACHED)
+def _window_boundary(window: str, i: int, end: int) -> bool:
+    """`_pysbd_boundary` on its window (a stream asks again on every token until the window is
+    full: the answer is kept)."""
+    after = window[end:]
     position = 0
     for segment in _english_segmenter().segment(window):
         position += len(segment)
         boundary = position - (len(segment) - len(segment.rstrip()))
         if boundary > i:  # the segment holding the `.`: does it end right after it?
-            return boundary <= end + len(text[end:]) - len(text[end:].lstrip(CLOSERS))
+            return boundary <= end + len(after) - len(after.lstrip(CLOSERS))
     return False
