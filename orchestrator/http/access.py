@@ -5,7 +5,9 @@ the server says about itself (docs/SECURITY.md is the page for operators).
   (unless `--protect-metrics`) /healthz and /metrics needs `Authorization: Bearer <token>` or a
   `token` query parameter (EventSource, downloads and `<video>` links cannot set headers).
 - CORS (`--cors-origin`, aiohttp-cors): nothing is allowed cross-origin unless named; every
-  route answers preflight `OPTIONS` (403 for an origin not named).
+  route answers preflight `OPTIONS` (403 for an origin not named). An `OPTIONS` that is no
+  preflight (no `Origin`: a WHEP client, curl) is answered `204` with `Allow`, the route's
+  methods (RFC 9110 9.3.7), on every route alike.
 - Cross-site requests: a JSON endpoint takes only `application/json` (a browser sends that
   cross-site only after a preflight the CORS policy decides) unless the request proves it comes
   from our own page (`Sec-Fetch-Site: same-origin`, or `Origin` naming this host); the WHEP
@@ -112,6 +114,16 @@ def middlewares(settings: Settings) -> list:
         finally:
             current_client.reset(reset)
 
+    @web.middleware
+    async def plain_options(request: web.Request, handler) -> web.StreamResponse:
+        # A CORS preflight carries an Origin (aiohttp-cors decides it); any other OPTIONS asks
+        # what the URL takes, the same answer for a collection and its resources.
+        resource = request.match_info.route.resource
+        if request.method != "OPTIONS" or "Origin" in request.headers or resource is None:
+            return await handler(request)
+        methods = {route.method for route in resource} | {"OPTIONS"}
+        return web.Response(status=204, headers={"Allow": ", ".join(sorted(methods))})
+
     expected = settings.api_token.encode() if settings.api_token else None
 
     @web.middleware
@@ -150,7 +162,7 @@ def middlewares(settings: Settings) -> list:
                            f"got {request.content_type[:100]!r}")
         return await handler(request)
 
-    return [client_address, require_token, cross_site_guard]
+    return [client_address, plain_options, require_token, cross_site_guard]
 
 
 def _body_type(request: web.Request) -> str:

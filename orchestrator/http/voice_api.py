@@ -1,7 +1,9 @@
 """HTTP API for reference voices (voice-cloning TTS): register a clip with its transcript, list.
 
-POST /voices (multipart: `name`, `text`, `file`) decodes the clip (anything /humanaudio takes),
-checks its length and stores it in data/voices/ as NAME.wav with NAME.txt; `refaudio` or
+POST /voices (multipart: `name`, `text`, `file`) decodes the clip (anything /humanaudio takes)
+at its own rate (at most 48 kHz), checks its length and its level (a silent or near-silent clip,
+or a stereo one whose channels cancel when mixed to mono, is a 400 naming the file) and stores
+it in data/voices/ as NAME.wav with NAME.txt; `refaudio` or
 `tts.ref_file` NAME then clones that voice with `--tts cosyvoice|gpt-sovits|fishtts`.
 GET /voices lists them.
 """
@@ -14,13 +16,14 @@ import wave
 from aiohttp import web
 
 from ..errors import ApiError
-from ..media.audio_decoding import MAX_UPLOAD_BYTES, decode_audio
-from ..media.clock import AUDIO_SAMPLE_RATE_HZ
+from ..media.audio_decoding import MAX_UPLOAD_BYTES, decode_clip
 from ..tts.reference_voices import (
+    MAX_REFERENCE_RATE_HZ,
     MAX_REFERENCE_S,
     MAX_TRANSCRIPT_CHARS,
     MIN_REFERENCE_S,
     VOICE_NAME,
+    level_problem,
     valid_name,
 )
 from .access import MULTIPART_CONTENT_TYPE, takes
@@ -29,6 +32,7 @@ from .validation import FormReader
 
 MAX_NAME_BYTES = 256
 MAX_TEXT_BYTES = 4 * MAX_TRANSCRIPT_CHARS  # UTF-8: up to 4 bytes a character
+MAX_SHOWN_FILENAME_CHARS = 80  # of the uploaded file's name, in an error
 
 routes = web.RouteTableDef()
 
@@ -42,12 +46,14 @@ async def register_voice(request: web.Request) -> web.Response:
                                    "and 'file'")
     fields: dict[str, str] = {}
     data: bytes | None = None
+    filename = ""
     reader = FormReader(request, MAX_UPLOAD_BYTES)
     async for part in reader.parts():
         if part.name == "file":
             if data is not None:
                 raise ApiError.bad_request("field 'file' is given twice")
             data = await reader.read(part, MAX_UPLOAD_BYTES)
+            filename = part.filename or ""
         elif part.name in ("name", "text"):
             limit = MAX_NAME_BYTES if part.name == "name" else MAX_TEXT_BYTES
             fields[part.name] = await reader.text(part, limit)
@@ -65,12 +71,20 @@ async def register_voice(request: web.Request) -> web.Response:
     if data is None:
         raise ApiError.bad_request("missing field 'file'")
     loop = asyncio.get_running_loop()
-    audio = await loop.run_in_executor(None, decode_audio, data)
-    seconds = audio.size / AUDIO_SAMPLE_RATE_HZ
+    clip = await loop.run_in_executor(None, decode_clip, data, "file", MAX_REFERENCE_RATE_HZ,
+                                      MAX_REFERENCE_S)
+    seconds = clip.duration_s
     if not MIN_REFERENCE_S <= seconds <= MAX_REFERENCE_S:
         raise ApiError.bad_request(f"field 'file' has {seconds:.1f} s of audio; a reference "
                                    f"voice has {MIN_REFERENCE_S:g} to {MAX_REFERENCE_S:g} s")
-    voice = await loop.run_in_executor(None, services.voices.add, name, audio, text)
+    problem = await loop.run_in_executor(None, level_problem, clip.audio, clip.rate_hz,
+                                         clip.channel_rms)
+    if problem:
+        shown = filename[:MAX_SHOWN_FILENAME_CHARS]
+        raise ApiError.bad_request(f"field 'file' ({shown!r}) {problem}" if shown else
+                                   f"field 'file' {problem}")
+    voice = await loop.run_in_executor(None, services.voices.add, name, clip.audio, text,
+                                       clip.rate_hz)
     return ok({"name": voice.name, "text": voice.text, "seconds": round(seconds, 3)})
 
 

@@ -14,13 +14,14 @@
 - `PATCH /whep/<resource>` → 405 (`Allow: DELETE, OPTIONS`): neither trickle ICE nor ICE
   restarts are supported.
 - Other methods on either URL → 405 with `Allow`; `OPTIONS` is the CORS preflight
-  (orchestrator/http/access.py) like on every route. The access token (`--api-token`) is the
+  (orchestrator/http/access.py) like on every route, and without an `Origin` (a WHEP client's
+  own) 204 with `Allow`, on the endpoint and on a resource alike. The access token (`--api-token`) is the
   `Authorization: Bearer` WHEP clients send.
 
 Errors are the API's JSON `{"code", "msg"}` naming the problem: 415 for another content type,
 400 for a body that is not an SDP offer (empty, not UTF-8, an answer, a sendonly section,
 malformed) or a bad query field, 404 for an unknown session or resource (or with `--transport`
-not naming whep), 503 at the viewer or session limit.
+not naming whep), 503 at the viewer or session limit (with Retry-After at the viewer limit).
 """
 
 from __future__ import annotations

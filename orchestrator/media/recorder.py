@@ -4,6 +4,11 @@ Encoding runs on a dedicated thread fed by a queue, so a slow disk or encoder ne
 live stream; every frame is kept (recordings must be complete), the queue only grows meanwhile.
 The file is written under a temporary name beside its own and renamed once finalised: its real
 name only ever holds a whole MP4.
+
+Ticks the player skipped (a busy machine: MediaClock jumps ahead rather than bursting) are filled
+in the file: the last frame repeated, with silence. Audio and video then stay continuous and in
+step when played back to back (AAC's encoder counts samples, not timestamps: a hole in the audio
+would shift everything after it), and the recording lasts as long as the session did.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -43,6 +49,7 @@ class Recorder:
         self._height = height
         self._first_tick: int | None = None
         self.ticks = 0
+        self.filled_ticks = 0  # skipped by the player, filled in the file (the encoder's count)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._encode, name=f"recorder-{path.name}",
                                         daemon=True)
@@ -91,19 +98,13 @@ class Recorder:
                 audio = container.add_stream(AUDIO_CODEC, rate=AUDIO_OUT_RATE_HZ)
                 audio.layout = "mono"
                 resampler = av.AudioResampler(format="fltp", layout="mono", rate=AUDIO_OUT_RATE_HZ)
+                last: tuple[int, np.ndarray, np.ndarray] | None = None
                 while (item := self._queue.get()) is not None:
-                    index, image, pcm = item
-                    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                    frame.pts = index
-                    frame.time_base = Fraction(1, VIDEO_FPS)
-                    container.mux(video.encode(frame))
-                    samples = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16",
-                                                         layout="mono")
-                    samples.sample_rate = AUDIO_SAMPLE_RATE_HZ
-                    samples.pts = index * pcm.size
-                    samples.time_base = Fraction(1, AUDIO_SAMPLE_RATE_HZ)
-                    for resampled in resampler.resample(samples):
-                        container.mux(audio.encode(resampled))
+                    if last is not None and item[0] <= last[0]:
+                        continue  # not after the last one: nothing to add
+                    for index, image, pcm in self._filled(last, item):
+                        self._write(container, video, audio, resampler, index, image, pcm)
+                    last = item
                 finished_reading = True
                 for resampled in resampler.resample(None):
                     container.mux(audio.encode(resampled))
@@ -114,3 +115,33 @@ class Recorder:
             self._error = exc
             while not finished_reading and self._queue.get() is not None:
                 pass  # drop what was queued before add() saw the error
+        if self.filled_ticks:
+            log.info("recording path=%s: %d ticks the player skipped filled (last frame, "
+                     "silence)", self.path.name, self.filled_ticks)
+
+    def _filled(self, last: tuple[int, np.ndarray, np.ndarray] | None,
+                item: tuple[int, np.ndarray, np.ndarray],
+                ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """What to write for `item` (index, image, pcm): for each tick skipped since `last`,
+        `last`'s frame again with silence; then `item`."""
+        if last is not None and item[0] > last[0] + 1:
+            silence = np.zeros_like(last[2])
+            for index in range(last[0] + 1, item[0]):
+                self.filled_ticks += 1
+                yield index, last[1], silence
+        yield item
+
+    @staticmethod
+    def _write(container, video, audio, resampler, index: int, image: np.ndarray,
+               pcm: np.ndarray) -> None:
+        """One tick into the file: its frame at `index` (1/VIDEO_FPS), its audio after it."""
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = index
+        frame.time_base = Fraction(1, VIDEO_FPS)
+        container.mux(video.encode(frame))
+        samples = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        samples.sample_rate = AUDIO_SAMPLE_RATE_HZ
+        samples.pts = index * pcm.size
+        samples.time_base = Fraction(1, AUDIO_SAMPLE_RATE_HZ)
+        for resampled in resampler.resample(samples):
+            container.mux(audio.encode(resampled))

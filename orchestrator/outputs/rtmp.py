@@ -13,6 +13,11 @@ What falls behind is dropped, oldest first, and counted (`livehuman_output_dropp
 player never waits. While not connected nothing is sent: a new connection starts with the live
 picture.
 
+Timestamps come from the session's media clock, counted from the first tick the push sent
+(`origin_tick`, given to every later worker): a new connection after an outage goes on from
+where the clock is, so a player that stays connected to the RTMP server through the outage sees
+time go forward (by the outage), never back to 0.
+
 Outages: when a worker's connection fails (its `down` event, or it dies) the supervisor starts
 a new one after RECONNECT_BACKOFF_S, doubling up to MAX_RECONNECT_BACKOFF_S. A worker that makes
 no progress for `stall_timeout_s` (connecting, or connected and not sending: a server that
@@ -32,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +93,7 @@ class RtmpPush:
         self.outages = 0
         self.dropped_ticks = 0
         self._worker_dropped = 0
+        self._origin_tick: int | None = None  # the first tick sent to a worker: timestamp 0
         self._supervisor = threading.Thread(target=self._supervise, daemon=True,
                                             name=f"rtmp-supervisor {self.label}")
         self._feeder = threading.Thread(target=self._feed, daemon=True,
@@ -167,7 +173,10 @@ class RtmpPush:
         # Its own session: the terminal's Ctrl-C stops the server, which stops the worker.
         worker = subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, start_new_session=True)
-        worker.stdin.write(json.dumps(asdict(self._config)).encode() + b"\n")
+        # Every connection stamps the session's clock from the push's first tick sent; the
+        # first worker, before it is known, counts from the first one it writes (that one).
+        config = replace(self._config, origin_tick=self._origin_tick)
+        worker.stdin.write(json.dumps(asdict(config)).encode() + b"\n")
         worker.stdin.flush()
         with self._lock:
             self._kill_reason = None
@@ -242,6 +251,8 @@ class RtmpPush:
             worker = self._worker
             if worker is None or self.state != "up":
                 continue
+            if self._origin_tick is None:
+                self._origin_tick = tick
             try:
                 worker.stdin.write(rtmp_worker.TICK_HEADER.pack(tick) + image.tobytes()
                                    + pcm.tobytes())

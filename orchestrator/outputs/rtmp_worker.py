@@ -16,8 +16,12 @@ Protocol (stdin → stdout):
 
 Ticks are read into a queue of `max_queued_ticks` by a thread of their own, so the parent's
 writes never wait on the encoder; when the encoder or network falls behind the oldest ticks go,
-and their timestamps (counted from the first tick) leave a gap rather than shifting audio
-against video.
+and their timestamps leave a gap rather than shifting audio against video.
+
+Timestamps are the session's media clock: tick − `origin_tick` (the first tick the push sent,
+the same for every connection of one push), so a reconnect goes on where the clock is
+(a gap for the outage) and a player that stayed connected to the RTMP server sees time only go
+forward. Without an `origin_tick` the first tick this connection writes is 0.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Config:
     out_audio_rate_hz: int
     audio_bitrate: int  # bits/s
     max_queued_ticks: int
+    origin_tick: int | None = None  # the tick stamped 0 (the push's first), same on reconnects
 
 
 def say(event: str, **fields) -> None:
@@ -123,12 +128,12 @@ class Connection:
         self.resampler = av.AudioResampler(format="fltp", layout=AUDIO_LAYOUT,
                                            rate=config.out_audio_rate_hz)
         self.container.start_encoding()  # connects, and sends the FLV header
-        self.first_tick: int | None = None
+        self.origin_tick = config.origin_tick
 
     def write(self, tick: int, image: np.ndarray, pcm: np.ndarray) -> None:
-        if self.first_tick is None:
-            self.first_tick = tick
-        index = tick - self.first_tick
+        if self.origin_tick is None:
+            self.origin_tick = tick
+        index = tick - self.origin_tick
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts = index
         frame.time_base = Fraction(1, self.config.fps)

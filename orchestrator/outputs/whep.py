@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 RESOURCE_ID_BYTES = 16  # a viewer resource's id is its capability: unguessable
 INSTANCE_MARK = "."  # between a resource id's instance and its token (never in a token)
+# At the viewer limit, a client is asked to try again after this long (the 503's Retry-After):
+# a slot frees when a viewer leaves, or at the latest its setup timeout after a failed one.
+VIEWER_LIMIT_RETRY_AFTER_S = 5
 
 
 def _playing() -> None:
@@ -144,11 +147,12 @@ class WhepResources:
 
     async def view(self, session: Session, offer_sdp: str, rtc_configuration: RTCConfiguration,
                    setup_timeout_s: float) -> tuple[str, str]:
-        """A new viewer of `session`: its resource id and answer SDP; 503 at the viewer
-        limit."""
+        """A new viewer of `session`: its resource id and answer SDP; 503 with Retry-After
+        at the viewer limit."""
         if len(self._viewers) >= self.max_viewers:
             raise ApiError(503, f"viewer limit reached: {self.max_viewers} WHEP viewers "
-                           "(--max-whep-viewers); retry later")
+                           f"(--max-whep-viewers); retry in {VIEWER_LIMIT_RETRY_AFTER_S} s",
+                           headers={"Retry-After": str(VIEWER_LIMIT_RETRY_AFTER_S)})
         resource = self._new_id()
         viewer = WhepViewer(resource, session, RTCPeerConnection(rtc_configuration),
                             self._viewers.pop)

@@ -14,6 +14,7 @@ from ..avatar.store import Avatar
 from ..language import is_cjk
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ
 from ..tts.base import Voice
+from .sentence_ends import sentence_end
 from .streamed_audio import StreamedAudio
 
 # A clause longer than this is cut at a comma so the first audio comes sooner.
@@ -28,11 +29,6 @@ SPOKEN_CJK_CHARS_PER_S = 4.5
 # A chat answer's length is unknown until the LLM has written it: count it as this much speech.
 CHAT_ANSWER_ESTIMATE_S = 15.0
 
-# Chinese sentence ends are unambiguous; ASCII ones count when followed by a space or when they
-# end the text so far after a word: "3.5" and "v1.2" are not sentence ends.
-_CJK_END = "。！？；…\n"
-_ASCII_END = ".!?;"
-_CLOSERS = "\"')]}”’」』）"
 _CLAUSE_BREAKS = ",，、：:"
 
 
@@ -105,7 +101,8 @@ SpeechItem = SpeechFrame | UtteranceStarted | SentenceStarted | UtteranceEnded
 
 class SentenceStream:
     """Cuts streaming text (LLM tokens) into speakable pieces, each as soon as it is complete:
-    at English and Chinese sentence ends, long clauses at commas."""
+    at English and Chinese sentence ends (speech/sentence_ends.py: abbreviations, numbers and
+    versions stay whole), long clauses at commas."""
 
     def __init__(self) -> None:
         self._buffer = ""
@@ -130,7 +127,7 @@ class SentenceStream:
 
     def _next_cut(self, final: bool) -> int | None:
         text = self._buffer
-        end = _sentence_end(text, final)
+        end = sentence_end(text, final)
         sentence_length = end if end is not None else len(text)
         if sentence_length > MAX_CLAUSE_CHARS:
             breaks = [i + 1 for i, ch in enumerate(text[:MAX_CLAUSE_CHARS]) if ch in _CLAUSE_BREAKS]
@@ -140,30 +137,6 @@ class SentenceStream:
                 space = text.rfind(" ", 0, MAX_PIECE_CHARS)
                 return space if space > 0 else MAX_PIECE_CHARS
         return end
-
-
-def _sentence_end(text: str, final: bool) -> int | None:
-    """Index just past the first complete sentence (closing quotes included), or None."""
-    for i, ch in enumerate(text):
-        if ch in _CJK_END:
-            end = i + 1
-        elif ch in _ASCII_END:
-            end = i + 1
-            while end < len(text) and text[end] in _ASCII_END:
-                end += 1  # "?!", "..."
-            if end == len(text) and not final and (i == 0 or text[i - 1].isdigit()):
-                return None  # "3." may go on as "3.5": the next token decides
-            if end == len(text):
-                return end  # after a word: do not wait for a next token that may be slow
-            if not (text[end].isspace() or text[end] in _CLOSERS):
-                continue
-        else:
-            continue
-        while end < len(text) and text[end] in _CLOSERS:
-            end += 1
-        return end
-    return None
-
 
 
 def _speakable(piece: str) -> bool:

@@ -29,7 +29,7 @@ from ..lipsync.base import AudioFeatures
 from ..lipsync.models import LipSyncModels
 from ..media import stage_timing
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_TICK
-from ..tts import TTSRouter, Voice
+from ..tts import TTSEngine, TTSRouter, Voice
 from .features import DEFAULT_FEATURES, SentenceFeatures
 from .items import (
     SentenceStarted,
@@ -70,6 +70,8 @@ STREAMED_START_S = 0.32
 # there it is the pause between sentences.
 LEAD_SILENCE_LEVEL = 0.01
 LEAD_SILENCE_KEPT_S = 0.02
+# A piece's text in the DEBUG line that names its engine, at most this long.
+MAX_LOGGED_TEXT_CHARS = 200
 # The session's speech task is named SPEECH_TASK_PREFIX + sessionid (metrics count them).
 SPEECH_TASK_PREFIX = "speech-"
 
@@ -288,13 +290,31 @@ class SpeechPipeline:
     async def _tts_audio(self, text: str, voice: Voice, kind: AudioFeatures = DEFAULT_FEATURES,
                          trim_lead: bool = False,
                          ) -> AsyncIterator[tuple[SentenceFeatures, bool]]:
-        """One piece through the engine that speaks it: its features as each chunk arrives
-        (at the engine's rate, read once the first chunk is there: HTTP engines learn it from
-        the answer), then once more with `final` set. `trim_lead`: leading silence is cut to
-        LEAD_SILENCE_KEPT_S (a piece that is silent throughout is kept whole)."""
+        """One piece through the engines that speak it (one, or one per script of a mixed
+        sentence: TTSRouter.plan), each part as `_engine_audio` yields it. The parts after the
+        first that was heard carry no text (SentenceStarted goes with the first)."""
         if not text:
             return
-        engine, voice = await self._tts.route(text, voice)
+        heard = False  # an earlier part yielded audio (and with it the text)
+        for engine, part_voice, part in await self._tts.plan(text, voice):
+            log.debug("tts sessionid=%s engine=%s voice=%s text=%r", self._sessionid,
+                      engine.name, part_voice.name or "auto", part[:MAX_LOGGED_TEXT_CHARS])
+            yielded = False
+            async for features, final in self._engine_audio(engine, part, part_voice, kind,
+                                                            trim_lead and not heard):
+                if heard:
+                    features.first = False
+                yielded = True
+                yield features, final
+            heard = heard or yielded
+
+    async def _engine_audio(self, engine: TTSEngine, text: str, voice: Voice,
+                            kind: AudioFeatures = DEFAULT_FEATURES, trim_lead: bool = False,
+                            ) -> AsyncIterator[tuple[SentenceFeatures, bool]]:
+        """One part through its engine: its features as each chunk arrives (at the engine's
+        rate, read once the first chunk is there: HTTP engines learn it from the answer), then
+        once more with `final` set. `trim_lead`: leading silence is cut to LEAD_SILENCE_KEPT_S
+        (a part that is silent throughout is kept whole)."""
         features: SentenceFeatures | None = None
         silent: list[np.ndarray] = []  # chunks before the first audible sample (trim_lead)
         started = time.perf_counter()

@@ -10,9 +10,11 @@ the original. English and Chinese:
   (also when a stream cuts them into several pieces: the filter remembers an open fence).
 - URLs are read as their domain (`https://www.example.com/a?b` -> `example.com`).
 - Emoji, pictographs, arrows, dingbats and invisible characters are removed.
-- Numbers stay for the engine (eSpeak and Piper read them), except what they read wrongly: ISO
-  dates (`2024-05-03` -> `May 3, 2024` / `2024年5月3日`), degrees (`25°C`), some units
-  (`km/h`), `&`, `×`, ranges (`3-5`), and percentages in Chinese (`百分之50`).
+- English numbers stay for the engine (eSpeak and Piper read them), except what they read
+  wrongly: ISO dates (`2024-05-03` -> `May 3, 2024` / `2024年5月3日`), degrees (`25°C`), some
+  units (`km/h`), `&`, `×`, ranges (`3-5`), and percentages in Chinese (`百分之50`); then
+  numbers, versions and units as they are said (speech/spoken_numbers.py: Chinese numbers
+  in Chinese words, `1001米` -> `一千零一米`; `v2.0.4` -> `version 2 point 0 point 4`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 import unicodedata
 
 from ..language import has_cjk
+from .spoken_numbers import spoken_numbers
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _FENCED_BLOCK = re.compile(r"(```|~~~)[^\n]*\n.*?(\n\s*\1|$)", re.S)
@@ -158,7 +161,7 @@ class SpokenText:
             text = _EMPHASIS.sub(r"\2", text)
             text = _SINGLE_UNDERSCORE.sub(r"\1", text)
         text = text.replace("|", "，" if zh else ", ")
-        text = _expand(text, zh)
+        text = spoken_numbers(_expand(text, zh))
         text = _drop_symbols(text)
         text = re.sub(r"[*#`~^]+", " ", text)
         text = text.replace("_", " ")

@@ -8,6 +8,8 @@ speaker, Fish-Speech reference id, OpenAI voice, GPT-SoVITS server-side file).
 
 from __future__ import annotations
 
+import asyncio
+import wave
 from collections.abc import AsyncIterator, Mapping
 
 import numpy as np
@@ -43,6 +45,8 @@ class HTTPCloningEngine(TTSEngine):
 
     #: the engine cannot speak without a reference clip or server voice (CosyVoice, GPT-SoVITS)
     needs_voice = True
+    #: the rate a registered clip is sent at (what the server reads; None: the clip as stored)
+    reference_rate_hz: int | None = None
 
     def __init__(self, server: HTTPVoiceServer, voices: VoiceStore, sample_rate_hz: int,
                  default_voice: str = "") -> None:
@@ -65,6 +69,16 @@ class HTTPCloningEngine(TTSEngine):
         clip = self.voices.get(self._name(voice))
         text = voice.ref_text or (clip.text if clip else "")
         return clip, text
+
+    async def reference_wav(self, clip: ReferenceVoice) -> bytes:
+        """The registered clip as WAV bytes at `reference_rate_hz` (resampled from the rate it
+        was stored at when they differ). Raises TTSServerError when the file cannot be read."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, clip.wav_at, self.reference_rate_hz)
+        except (OSError, EOFError, wave.Error) as exc:
+            raise TTSServerError(f"reference voice '{clip.name}' cannot be read: "
+                                 f"{type(exc).__name__}") from None
 
     async def check_available(self) -> None:
         await self.server.probe()

@@ -8,11 +8,13 @@ Every route takes a multipart form and answers raw 16-bit mono PCM at the model'
 - `tts.instruct_text` with a clip: `/inference_instruct2` (tts_text, instruct_text, prompt_wav)
 - any other voice name is a built-in speaker: `/inference_sft` (tts_text, spk_id), or with
   `tts.instruct_text` `/inference_instruct` (tts_text, spk_id, instruct_text)
+
+`prompt_wav` is sent at 16 kHz: the server reads it with `load_wav(prompt_wav.file, 16000)`,
+which resamples down and refuses a clip below 16 kHz.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -23,12 +25,14 @@ from .cloning import HTTPCloningEngine, passed_options
 
 COSYVOICE_SAMPLE_RATE_HZ = 24000  # CosyVoice2/3 (CosyVoice-300M: 22050, --tts-sample-rate)
 SAMPLE_RATE_HEADER = "X-Custom-Header-sampleRate"
+COSYVOICE_PROMPT_RATE_HZ = 16000  # the server's load_wav(prompt_wav.file, 16000)
 OPTIONS = {"instruct_text": str}
 
 
 class CosyVoiceEngine(HTTPCloningEngine):
     name = "cosyvoice"
     understood_options = frozenset(OPTIONS)
+    reference_rate_hz = COSYVOICE_PROMPT_RATE_HZ
 
     async def _audio(self, text: str, voice: Voice) -> AsyncIterator[np.ndarray]:
         clip, prompt_text = self.reference(voice)
@@ -46,7 +50,7 @@ class CosyVoiceEngine(HTTPCloningEngine):
         if instruct:
             form.add_field("instruct_text", instruct)
         if clip is not None:
-            data = await asyncio.get_running_loop().run_in_executor(None, clip.clip.read_bytes)
+            data = await self.reference_wav(clip)
             form.add_field("prompt_wav", data, filename="prompt_wav",
                            content_type="application/octet-stream")
         async for chunk in self._pcm("POST", route, wav=False, rate_header=SAMPLE_RATE_HEADER,

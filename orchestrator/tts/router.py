@@ -4,6 +4,12 @@ A voice name belongs to the first engine that has it (asked once, then remembere
 Piper, `cmn` or `fr` to eSpeak. The auto voice goes to the first engine that speaks the text's
 language. A sentence the voice's engine cannot say (Chinese with `joe`) falls back to the last
 engine (eSpeak) with the auto voice, which picks the language's voice.
+
+A sentence mixing Chinese and English ("我喜欢用 Python 编程") is cut by script (`plan`,
+language.script_runs) where the voice allows it: with the auto voice, or a voice whose engine
+says only one of the two (Piper's `joe`), the English words go to the English voice and the
+Chinese ones to the Chinese voice. A voice that says both (eSpeak's `cmn`, a cloning server's)
+says the whole sentence.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..language import script_runs
 from .base import TTSEngine, UnknownVoice, Voice
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,26 @@ class TTSRouter:
         engine, voice = await self._route(text, voice)
         self._note_ignored(engine, voice)
         return engine, voice
+
+    async def plan(self, text: str, voice: Voice) -> list[tuple[TTSEngine, Voice, str]]:
+        """Who says which part of `text`, in order: (engine, voice, part); the parts joined are
+        `text`. One part unless the text mixes Chinese and English and the voice allows its
+        runs to go to different voices (see the module's docstring)."""
+        engine, routed = await self.route(text, voice)
+        runs = script_runs(text)
+        if len(runs) < 2:
+            return [(engine, routed, text)]
+        # The auto voice of the fallback (eSpeak) picks the language per call: each run its own.
+        by_language = voice.auto and engine is self.fallback
+        parts: list[tuple[TTSEngine, Voice, str]] = []
+        for run in runs:
+            run_engine, run_voice = await self.route(run, voice)
+            if parts and parts[-1][:2] == (run_engine, run_voice) and not (
+                    by_language and run_engine is self.fallback and run_voice.auto):
+                parts[-1] = (run_engine, run_voice, parts[-1][2] + run)
+            else:
+                parts.append((run_engine, run_voice, run))
+        return parts
 
     async def _route(self, text: str, voice: Voice) -> tuple[TTSEngine, Voice]:
         if voice.auto:

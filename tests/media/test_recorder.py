@@ -60,3 +60,33 @@ def test_a_recording_ended_before_its_first_frame_is_refused_and_leaves_no_file(
     with pytest.raises(EmptyRecording):
         recorder.finish()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_skipped_ticks_are_filled_with_the_last_frame_and_silence(tmp_path):
+    """Issue 22: ticks the player skipped (a busy machine) were holes in the MP4's timestamps,
+    and its audio ran ahead of the video after them when played back to back."""
+    recorder = Recorder(tmp_path / "gaps.mp4", 128, 96)
+    t = np.arange(640) / 16000
+    ticks = [*range(0, 25), *range(40, 65), *range(66, 90)]  # 15 skipped, then 1
+    for tick in ticks:
+        image = np.full((96, 128, 3), 3 * (tick % 80), np.uint8)
+        pcm = (np.sin(2 * np.pi * 440 * (t + tick * 0.04)) * 12000).astype(np.int16)
+        recorder.add(tick, image, pcm)
+    path = recorder.finish()
+    with av.open(str(path)) as container:
+        frames = [(float(f.pts * f.time_base), f.to_ndarray(format="rgb24")[0, 0, 0])
+                  for f in container.decode(video=0)]
+        container.seek(0)
+        audio = [f.to_ndarray().ravel() for f in container.decode(audio=0)]
+    assert np.allclose(np.diff([pts for pts, _ in frames]), 0.04, atol=0.002)
+    assert len(frames) == 90  # as long as the ticks 0-89 lasted
+    # the skipped ticks show the frame before them; their audio is silence
+    assert abs(int(frames[30][1]) - 3 * 24) <= 2 and abs(int(frames[45][1]) - 3 * 45) <= 2
+    samples = np.concatenate(audio)
+    assert abs(samples.size / 48000 - 90 * 0.04) <= 0.04
+    def rms(start_s: float, end_s: float) -> float:
+        return float(np.sqrt(np.mean(samples[int(start_s * 48000):int(end_s * 48000)] ** 2)))
+
+    assert rms(1.1, 1.5) < 0.01 < 0.2 < rms(0.1, 0.9)  # ticks 25-39 filled with silence
+    assert rms(1.7, 2.5) > 0.2  # and the tone after them in its place
+    assert recorder.filled_ticks == 16

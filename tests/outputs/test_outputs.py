@@ -288,6 +288,26 @@ async def test_whep_refuses_what_is_not_a_viewer_offer(outputs_server):
             await viewer.connect()
         with pytest.raises(RuntimeError, match="503"):
             await viewers[2].connect()
+        async with aiohttp.ClientSession() as http:
+            # issue 22: the viewer limit's 503 says when to retry
+            async with http.post(f"{base_url}/whep", params=view, data=offer.encode(),
+                                 headers=SDP) as r:
+                assert r.status == 503 and int(r.headers["Retry-After"]) > 0, r.headers
+            # issue 22: OPTIONS on a resource answers like the collection (it was a 403)
+            resource = f"{base_url}{viewers[0].location}"
+            answers = {}
+            for url, method in ((f"{base_url}/whep", "POST"), (resource, "DELETE")):
+                preflight = {"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": method,
+                             "Access-Control-Request-Headers": "authorization,content-type"}
+                async with http.options(url, headers=preflight) as r:
+                    cors = (r.status, r.headers.get("Access-Control-Allow-Origin"))
+                async with http.options(url) as r:  # a WHEP client's own OPTIONS: no Origin
+                    plain = (r.status, r.headers.get("Allow", ""))
+                answers[method] = cors, plain
+            (cors, plain), (resource_cors, resource_plain) = answers["POST"], answers["DELETE"]
+            assert cors == resource_cors == (200, ALLOWED_ORIGIN), answers
+            assert plain[0] == resource_plain[0] < 300, answers
+            assert "POST" in plain[1] and "DELETE" in resource_plain[1], answers
         async with aiohttp.ClientSession(headers=AUTH) as http:
             url = f"{base_url}{viewers[0].location}"
             async with http.patch(url, data=b"a=ice-ufrag:x", headers={

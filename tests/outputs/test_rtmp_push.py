@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 
+import av
 import numpy as np
 import pytest
-from rtmp_server import NginxRtmp, read_stream, requires_nginx_rtmp
+from rtmp_server import READ_OPEN_TIMEOUT_S, NginxRtmp, read_stream, requires_nginx_rtmp
 
 from orchestrator.media.clock import AUDIO_SAMPLES_PER_TICK, MediaClock
 from orchestrator.outputs.rtmp import RtmpPush
@@ -111,3 +114,59 @@ async def test_a_hung_server_is_given_up_and_the_player_never_waits(nginx, caplo
     finally:
         await player.stop()
         await push.close()
+
+
+def read_timestamps(url: str, playing: threading.Event,
+                    stop: threading.Event) -> list[tuple[str, float, float]]:
+    """A player that stays connected until `stop`: (stream type, dts in seconds, monotonic
+    time it arrived) of every packet, as FFmpeg's RTMP demuxer reads them; `playing` is set
+    at the first (once FFmpeg has probed the stream)."""
+    got = []
+    with av.open(url, timeout=(READ_OPEN_TIMEOUT_S, 20.0)) as container:
+        for packet in container.demux():
+            if packet.dts is not None:
+                got.append((packet.stream.type, float(packet.dts * packet.time_base),
+                            time.monotonic()))
+                playing.set()
+            if stop.is_set():
+                break
+    return got
+
+
+@pytest.mark.timeout(120)
+async def test_timestamps_go_on_across_a_reconnect_for_a_player_that_stays(nginx):
+    """Issue 22: each new connection stamped from 0, so a player that stayed connected saw time
+    jump back (FFmpeg read 51.9 s -> 0.02 s as a wrap to 4,294,996 s). Timestamps are the
+    session's clock: after the pusher reconnects they go on, forward by the outage."""
+    push = RtmpPush(nginx.url("again"), WIDTH, HEIGHT)
+    player = Player(push)
+    player.start()
+    playing, stop = threading.Event(), threading.Event()
+    try:
+        await wait_until(lambda: push.up, 10, "push never connected")
+        reading = asyncio.ensure_future(asyncio.to_thread(read_timestamps, nginx.url("again"),
+                                                          playing, stop))
+        await wait_until(playing.is_set, 30, "the player got nothing")
+        await asyncio.sleep(2.0)
+        killed_at = time.monotonic()
+        push._worker.kill()  # the pusher's connection ends; the push makes a new one
+        await wait_until(lambda: push.connections == 2 and push.up, 30,
+                         f"push never came back: {nginx.log()}")
+        await asyncio.sleep(3.0)
+        stop.set()
+        packets = await asyncio.wait_for(reading, 30)
+    finally:
+        stop.set()
+        await player.stop()
+        await push.close()
+    after = [p for p in packets if p[2] > killed_at + 0.5]
+    assert after, "the player saw nothing after the reconnect (it was disconnected)"
+    for kind in ("video", "audio"):
+        stamps = [dts for k, dts, _ in packets if k == kind]
+        backwards = [(a, b) for a, b in zip(stamps, stamps[1:]) if b < a - 0.001]
+        assert not backwards, (kind, backwards[:3])
+        assert stamps[-1] < 60, (kind, stamps[-1])  # no wrap to 4,294,996 s
+    before = max(dts for k, dts, arrived in packets if k == "video" and arrived < killed_at)
+    first_after = min(dts for k, dts, _ in after if k == "video")
+    # forward by the outage: the clock went on while the push was reconnecting
+    assert first_after > before, (before, first_after)

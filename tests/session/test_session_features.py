@@ -187,6 +187,57 @@ async def test_recording_finalized_when_session_ends(livehuman):  # noqa: F811
         assert container.duration / 1e6 > 0.8
 
 
+async def test_a_recording_on_a_starved_event_loop_has_no_holes(livehuman):  # noqa: F811
+    """Issue 22: with the player skipping ticks (its loop held up: a busy machine), the MP4 kept
+    them as timestamp gaps and, played back to back, its audio ran ahead of the video. Skipped
+    ticks are filled: every frame follows the one before, audio lasts as long as video, and both
+    as long as the recording did (within a frame)."""
+    base_url, services = livehuman
+    client = AvatarClient(base_url, keep_video=False)
+    frame_s = 1 / 25
+    try:
+        await client.connect()
+        await client.wait_for_video(5)
+        before_start = time.monotonic()
+        status, _ = await client.post("/record", type="start_record")
+        after_start = time.monotonic()
+        assert status == 200
+        await asyncio.sleep(0.5)
+        time.sleep(0.6)  # the event loop held up: the player skips ~15 ticks
+        started = time.monotonic()
+        await client.post("/human", type="echo", text="A recording on a busy machine, with "
+                          "the loop held up while it speaks.")
+        await client.wait_for_speech(started, SPEECH_RMS)
+        time.sleep(0.6)  # and again, while it speaks
+        while (await client.post("/is_speaking"))[1]["data"]:
+            await asyncio.sleep(0.05)
+        before_end = time.monotonic()
+        status, answer = await client.post("/record", type="end_record")
+        after_end = time.monotonic()
+        assert status == 200, answer
+        path = services.settings.data_dir / answer["data"]["path"]
+        with av.open(str(path)) as container:
+            video = [float(f.pts * f.time_base) for f in container.decode(video=0)]
+            container.seek(0)
+            audio = [(float(f.pts * f.time_base), f.samples / f.sample_rate)
+                     for f in container.decode(audio=0)]
+    finally:
+        await client.close()
+    steps = np.diff(video)
+    assert np.allclose(steps, frame_s, atol=0.002), \
+        f"timestamp gaps in the video: {sorted(set(np.round(steps, 3)))[-3:]}"
+    audio_gaps = [round(b[0] - (a[0] + a[1]), 3) for a, b in zip(audio, audio[1:])
+                  if b[0] - (a[0] + a[1]) > 0.002]
+    assert not audio_gaps, f"timestamp gaps in the audio: {audio_gaps[:5]}"
+    video_s = len(video) * frame_s
+    audio_s = sum(seconds for _, seconds in audio)
+    assert abs(audio_s - video_s) <= frame_s, (audio_s, video_s)
+    # as long as the recording was on: between the inner and outer bounds of its two requests
+    # (end_record returns once the file is written: late on a loaded machine)
+    assert before_end - after_start - frame_s <= video_s <= after_end - before_start + frame_s, (
+        before_end - after_start, video_s, after_end - before_start)
+
+
 async def test_three_sessions_each_hear_only_their_own_speech(livehuman):  # noqa: F811
     base_url, services = livehuman
     clients = [AvatarClient(base_url, keep_video=False) for _ in range(3)]

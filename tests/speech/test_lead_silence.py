@@ -27,6 +27,7 @@ class _Engine:
     """Each sentence: LEAD_S of near-silence (below the level), then a tone; in 10 ms chunks,
     as a streaming engine would send it."""
 
+    name = "tone"
     sample_rate_hz = RATE_HZ
 
     async def synthesize(self, text: str, voice: Voice):
@@ -37,8 +38,8 @@ class _Engine:
 
 
 class _Router:
-    async def route(self, text: str, voice: Voice):
-        return _Engine(), voice
+    async def plan(self, text: str, voice: Voice):
+        return [(_Engine(), voice, text)]
 
 
 async def _pieces(text: str) -> list[tuple[str, np.ndarray]]:

@@ -1,3 +1,5 @@
+import pytest
+
 from orchestrator.speech.items import (
     MAX_CLAUSE_CHARS,
     MAX_PIECE_CHARS,
@@ -69,3 +71,33 @@ def test_text_without_punctuation_is_cut_at_a_space():
     pieces = split_sentences(words)
     assert len(pieces) > 1 and all(len(p) <= MAX_PIECE_CHARS for p in pieces)
     assert " ".join(pieces) == words
+
+
+# --- abbreviations (issue 22): a "." after one is no sentence end unless what follows says so
+@pytest.mark.parametrize("text, pieces", [
+    ("Dr. Smith 来了", ["Dr. Smith 来了"]),
+    ("Meet Mr. Li at 3 p.m. today.", ["Meet Mr. Li at 3 p.m. today."]),
+    ("The U.S. team won, e.g. in chess.", ["The U.S. team won, e.g. in chess."]),
+    ("Use i.e. this one, not Fig. 3 or No. 5 please.",
+     ["Use i.e. this one, not Fig. 3 or No. 5 please."]),
+    ("J. R. R. Tolkien wrote it. Mrs. Jones read it.",
+     ["J. R. R. Tolkien wrote it.", "Mrs. Jones read it."]),
+    # the same words end a sentence when the next one starts a new sentence
+    ("I live in the U.S. It is big.", ["I live in the U.S.", "It is big."]),
+    ("We met at 3 p.m. Then we left.", ["We met at 3 p.m.", "Then we left."]),
+    ("I like apples etc. Then I go.", ["I like apples etc.", "Then I go."]),
+    ("Version 2.0.4 is out. Dr. Li said so. 好的。", ["Version 2.0.4 is out.", "Dr. Li said so.",
+                                                   "好的。"]),
+])
+def test_abbreviations_stay_inside_their_sentence(text, pieces):
+    assert split_sentences(text) == pieces
+
+
+def test_streamed_abbreviations_wait_for_the_next_word():
+    tokens = ["Meet", " Mr", ".", " Li", " at", " 3", " p", ".m", ".", " today", ".", " Dr",
+              ".", " Smith", " 来了", "。"]
+    assert stream_pieces(tokens) == [("Meet Mr. Li at 3 p.m. today.", 10), ("Dr. Smith 来了。", 15)]
+    tokens = ["I", " live", " in", " the", " U", ".S", ".", " It", " is", " big", "."]
+    assert stream_pieces(tokens) == [("I live in the U.S.", 8), ("It is big.", 10)]
+    # an ordinary word's "." still ends its sentence at once (no wait for a slow next token)
+    assert stream_pieces(["Hello", " there", "."])[0] == ("Hello there.", 2)

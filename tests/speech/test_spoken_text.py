@@ -52,17 +52,36 @@ CASES = [
     ("Copyright © 2024 Acme™", "Copyright 2024 Acme"),
     # dates, units, ranges
     ("The date is 2024-05-03.", "The date is May 3, 2024."),
-    ("日期是2024-05-03。", "日期是2024年5月3日。"),
+    ("日期是2024-05-03。", "日期是二零二四年五月三日。"),
     ("It is 25°C outside.", "It is 25 degrees Celsius outside."),
-    ("今天25℃。", "今天25 摄氏度。"),
+    ("今天25℃。", "今天二十五 摄氏度。"),
     ("Turn 90° left", "Turn 90 degrees left"),
     ("Speed: 60 km/h.", "Speed: 60 kilometers per hour."),
-    ("限速60km/h。", "限速60 公里每小时。"),
+    ("限速60km/h。", "限速六十 公里每小时。"),
     ("Wait 3-5 days.", "Wait 3 to 5 days."),
-    ("需要3-5天。", "需要3到5天。"),
-    ("增长了50%。", "增长了百分之50。"),
+    ("需要3-5天。", "需要三到五天。"),
+    ("增长了50%。", "增长了百分之五十。"),
     ("Up 50% this year.", "Up 50% this year."),
     ("Call 555-1234 now", "Call 555-1234 now"),
+    # numbers as they are said (issue 22): Chinese numbers in Chinese words, whatever the unit
+    ("1001米", "一千零一米"),
+    ("2005元", "二千零五元"),
+    ("共1,000,000元，电话13800138000。", "共一百万元，电话一三八零零一三八零零零。"),
+    ("9:05开会，007号房间。", "九点零五分开会，零零七号房间。"),
+    ("走了5km，重3kg。", "走了五公里，重三公斤。"),
+    ("It weighs 5 kg and runs 10km.", "It weighs 5 kilograms and runs 10 kilometers."),
+    ("圆周率是3.14，第1名。", "圆周率是三点一四，第一名。"),
+    # versions and addresses: read as parts, in the language around them
+    ("我们发布了 v2.0.4。", "我们发布了 版本二点零点四。"),
+    ("版本 v2.10.3 发布了", "版本 二点十点三 发布了"),
+    ("Version v2.0.4 is out.", "Version 2 point 0 point 4 is out."),
+    ("Update to v2.0.4 today.", "Update to version 2 point 0 point 4 today."),
+    ("Ping 192.168.1.1 now.", "Ping 192 dot 168 dot 1 dot 1 now."),
+    ("服务器192.168.1.1。", "服务器一九二点一六八点一点一。"),
+    ("It costs 3.5 dollars in 2024.", "It costs 3.5 dollars in 2024."),
+    # mixed: a number belongs to the words before it
+    ("iPhone 15发布了。", "iPhone 15发布了。"),
+    ("我有3个 apples。", "我有三个 apples。"),
 ]
 
 

@@ -70,6 +70,15 @@ def _decode_wav(data: bytes) -> tuple[np.ndarray, int]:
         return pcm.reshape(-1, wav.getnchannels()).mean(axis=1), wav.getframerate()
 
 
+def _wav_rate(data: object) -> int:
+    """The rate a WAV clip says it has (0: not a WAV)."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as wav:  # type: ignore[arg-type]
+            return wav.getframerate()
+    except (wave.Error, EOFError, TypeError):
+        return 0
+
+
 def cloned_audio(text: str, rate_hz: int, reference: bytes | None) -> np.ndarray:
     """float32 audio for `text`: the reference clip repeated, or a 200 Hz tone with a syllable
     envelope for a server-side voice."""
@@ -120,6 +129,7 @@ def _bad(message: str, status: int = 400) -> web.Response:
 
 # --- CosyVoice (runtime/python/fastapi/server.py) -----------------------------------------
 COSYVOICE_RATE_HZ = 24000
+COSYVOICE_PROMPT_RATE_HZ = 16000  # load_wav(prompt_wav.file, 16000) asserts at least this
 COSYVOICE_ROUTES = {  # route -> required form fields (prompt_wav a file)
     "/inference_zero_shot": ("tts_text", "prompt_text", "prompt_wav"),
     "/inference_cross_lingual": ("tts_text", "prompt_wav"),
@@ -140,7 +150,8 @@ def cosyvoice_app(fake: FakeVoice) -> web.Application:
             form[key] = value.file.read() if isinstance(value, web.FileField) else value
         fake.requests.append({"route": route, **{k: v for k, v in form.items()
                                                  if not isinstance(v, bytes)},
-                              "prompt_wav_bytes": len(form.get("prompt_wav", b""))})
+                              "prompt_wav_bytes": len(form.get("prompt_wav", b"")),
+                              "prompt_wav_rate_hz": _wav_rate(form.get("prompt_wav"))})
         missing = [f for f in COSYVOICE_ROUTES[route] if f not in form]
         if missing:  # FastAPI's answer to a missing Form()/File()
             return web.json_response({"detail": [{"type": "missing", "loc": ["body", m]}
@@ -150,6 +161,9 @@ def cosyvoice_app(fake: FakeVoice) -> web.Application:
         if "spk_id" in form and form["spk_id"] not in fake.server_voices:
             return _bad(f"unknown speaker {form['spk_id']}", 500)
         reference = form.get("prompt_wav") if isinstance(form.get("prompt_wav"), bytes) else None
+        if reference is not None and _wav_rate(reference) < COSYVOICE_PROMPT_RATE_HZ:
+            # load_wav(prompt_wav.file, 16000)'s assert: an Internal Server Error
+            return web.Response(status=500, text="Internal Server Error")
         audio = cloned_audio(str(form["tts_text"]), COSYVOICE_RATE_HZ, reference)
         return await stream_audio(request, fake, audio, COSYVOICE_RATE_HZ)
 
@@ -240,7 +254,8 @@ def fish_app(fake: FakeVoice) -> web.Application:
                 audio = base64.b64decode(audio)
             audios.append(audio)
         fake.requests.append({**{k: v for k, v in req.items() if k != "references"},
-                              "references": [{"text": r["text"], "audio_bytes": len(a)}
+                              "references": [{"text": r["text"], "audio_bytes": len(a),
+                                              "rate_hz": _wav_rate(a)}
                                              for r, a in zip(references, audios)],
                               "content_type": request.content_type})
         fmt = req.get("format", "wav")

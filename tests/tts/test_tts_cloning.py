@@ -97,7 +97,9 @@ async def test_cloning_engine_sends_the_reference_and_streams_its_voice(name, tm
         assert request["streaming_mode"] is True and request["media_type"] == "wav"
     else:
         assert request["content_type"] == "application/msgpack"
-        assert request["references"] == [{"text": "Hello, this is my voice.", "audio_bytes": 64044}]
+        # the 2 s clip stored at 16 kHz, sent at Fish-Speech's 44.1 kHz
+        assert request["references"] == [{"text": "Hello, this is my voice.",
+                                          "audio_bytes": 176444, "rate_hz": 44100}]
         assert request["streaming"] is True and request["format"] == "wav"
 
 
@@ -256,12 +258,13 @@ def test_flags():
         parse_settings(["--tts", "cosyvoice", "--tts-server", "file:///etc/passwd"])
 
 
-async def post_voice(base_url: str, fields: dict, file: bytes | None) -> tuple[int, dict]:
+async def post_voice(base_url: str, fields: dict, file: bytes | None,
+                     filename: str = "ref.wav") -> tuple[int, dict]:
     form = aiohttp.FormData()
     for key, value in fields.items():
         form.add_field(key, value)
     if file is not None:
-        form.add_field("file", file, filename="ref.wav", content_type="audio/wav")
+        form.add_field("file", file, filename=filename, content_type="audio/wav")
     async with aiohttp.ClientSession() as http, http.post(f"{base_url}/voices", data=form) as resp:
         return resp.status, await resp.json()
 
@@ -341,3 +344,86 @@ async def test_cosyvoice_end_to_end_with_a_registered_voice(triton, tmp_path):
     async with running_server(settings) as (base_url, _services):
         message = await refused_offer(base_url, refaudio="anna")
         assert "503" in message and f"'cosyvoice' at {url}" in message, message
+
+
+# --- reference clips: their own rate, and a level check (issue 22) ----------------------------
+def wav_clip(channels: list[np.ndarray], rate_hz: int) -> bytes:
+    """float channels (full scale 1.0) as a 16-bit WAV file."""
+    pcm = np.round(np.clip(np.stack(channels, axis=1), -1, 1) * 32767).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(len(channels))
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes(pcm.tobytes())
+    return out.getvalue()
+
+
+def speechlike(seconds: float, rate_hz: int, level: float = 0.3) -> np.ndarray:
+    """A buzz with a syllable envelope, plus a 10 kHz component (above what 16 kHz keeps)."""
+    t = np.arange(int(seconds * rate_hz)) / rate_hz
+    envelope = np.clip(np.sin(2 * np.pi * 3 * t), 0.2, None)
+    buzz = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((150, 300, 700, 1100), 1))
+    high = 0.5 * np.sin(2 * np.pi * 10000 * t) if rate_hz > 20000 else 0
+    return level * envelope * (buzz / 2.1 + high) / 1.5
+
+
+def band_level(audio: np.ndarray, rate_hz: int, low_hz: float, high_hz: float) -> float:
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(audio.size, 1 / rate_hz)
+    return float(spectrum[(freqs >= low_hz) & (freqs < high_hz)].sum() / spectrum.sum())
+
+
+async def test_reference_clips_are_checked_for_silence_and_kept_at_their_own_rate(triton,
+                                                                                  tmp_path):
+    """A silent clip, a near-silent one and a stereo one whose channels cancel when averaged were
+    accepted as voices; a 48 kHz clip was stored at 16 kHz (nothing above 8 kHz left)."""
+    rate = 48000
+    voice = speechlike(2.0, rate)
+    clips = {
+        "silent.wav": (wav_clip([np.zeros(2 * rate)], rate), "silent"),
+        "hiss.wav": (wav_clip([np.random.default_rng(1).normal(0, 10**(-65 / 20), 2 * rate)],
+                              rate), "near-silent"),
+        "cancel.wav": (wav_clip([voice, -voice], rate), "cancel out"),
+        "quiet-stereo.wav": (wav_clip([voice * 0.03, np.zeros(voice.size)], rate), "near-silent"),
+    }
+    async with run_fake_voice_server("cosyvoice", FakeVoice()) as url, running_server(
+            server_settings(triton, tts="cosyvoice", tts_server=url, data_dir=tmp_path),
+    ) as (base_url, _services):
+        for filename, (data, words) in clips.items():
+            status, answer = await post_voice(base_url, {"name": "bad", "text": "t"}, data,
+                                              filename)
+            assert status == 400, (filename, answer)
+            assert f"field 'file' ({filename!r})" in answer["msg"] and words in answer["msg"], \
+                answer
+        assert not (tmp_path / "voices" / "bad.wav").exists()
+        # neighbours that are voices: quiet speech (-31 dBFS), one channel of a stereo pair,
+        # a 48 kHz clip (kept at 48 kHz), an 8 kHz one (kept at 8 kHz)
+        for name, data in {"quiet": wav_clip([voice * 0.5], rate),
+                           "left": wav_clip([voice, np.zeros(voice.size)], rate),
+                           "wide": wav_clip([voice], rate),
+                           "phone": wav_clip([speechlike(2.0, 8000)], 8000)}.items():
+            status, answer = await post_voice(base_url, {"name": name, "text": "t"}, data)
+            assert status == 200, (name, answer)
+    with wave.open(str(tmp_path / "voices" / "wide.wav"), "rb") as w:
+        assert (w.getframerate(), w.getnchannels()) == (48000, 1)
+        stored = np.frombuffer(w.readframes(w.getnframes()), "<i2") / 32768
+    assert band_level(stored, 48000, 9000, 11000) > 0.1  # the 10 kHz part is kept
+    with wave.open(str(tmp_path / "voices" / "phone.wav"), "rb") as w:
+        assert w.getframerate() == 8000
+
+    # each engine gets the clip at the rate its server reads
+    for engine_name, expected_hz in (("cosyvoice", 16000), ("fishtts", 44100)):
+        for name in ("wide", "phone"):
+            fake = FakeVoice()
+            async with run_fake_voice_server(engine_name, fake) as url:
+                engine = await open_engine(engine_name, url, tmp_path)
+                try:
+                    chunks, _, _ = await collect(engine, "Hello.", Voice.named(name))
+                finally:
+                    await engine.close()
+            assert chunks, (engine_name, name)
+            request = fake.requests[-1]
+            sent_hz = (request["prompt_wav_rate_hz"] if engine_name == "cosyvoice"
+                       else request["references"][0]["rate_hz"])
+            assert sent_hz == expected_hz, (engine_name, name, sent_hz)

