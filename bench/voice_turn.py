@@ -2,6 +2,7 @@
 onset -> silence, and the ASR's word error rate, with the server as its own process.
 
     python bench/voice_turn.py [--turns 20] [--barge-ins 10] [--push-to-talk]
+    python bench/voice_turn.py --babble [--babble-s 60] [--turns 10]
 
 The user's questions are 20 of the shipped FAQ's, synthesised by Piper (`joe`) through the
 server's Triton, trimmed of leading/trailing silence and played on an aiortc microphone track
@@ -18,7 +19,15 @@ server's Triton, trimmed of leading/trailing silence and played on an aiortc mic
 - `--push-to-talk`: the client releases the button when its last sample has left (POST
   /end_turn, as the web page does), so no end-of-turn silence is waited for.
 
-Writes bench/results/voice_turn.json (voice_turn_ptt.json with --push-to-talk).
+- `--babble`: background talk instead (tests/support/babble.py: six Piper talkers at -35 dBFS,
+  `--babble-level`): `--babble-s` seconds of it with the avatar idle, then as long with the
+  avatar talking over it (a long echo, said again whenever it ends): false turns per minute
+  (final transcripts that became turns), `listening` events per minute, barge-ins and
+  transcripts dropped (by reason); then `--turns` questions, each spoken 3 s into 8 s of the
+  babble at +15 dB SNR (`--snr`): WER, how many became turns, and how many turns came besides.
+
+Writes bench/results/voice_turn.json (voice_turn_ptt.json with --push-to-talk, voice_turn_babble.json
+with --babble).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ import aiohttp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+from babble import BABBLE_DBFS, BABBLE_SENTENCES, QUESTION_SNR_DB, babble, over  # noqa: E402
 from intelligibility import word_error_rate  # noqa: E402
 from server_process import start_server  # noqa: E402
 
@@ -211,16 +222,137 @@ async def run(turns: int, barge_ins: int, push_to_talk: bool = False) -> dict:
         server.stop()
 
 
+BABBLE_QUESTION_AT_S = 3.0  # each question starts this far into its stretch of babble
+BABBLE_AFTER_QUESTION_S = 5.0  # and this much babble follows it
+
+
+def count(items: list[dict], name: str, **fields) -> int:
+    return sum(1 for item in items if item["event"] == name
+               and all(item.get(k) == v for k, v in fields.items()))
+
+
+def babble_figures(items: list[dict], seconds: float) -> dict:
+    """False turns, `listening` and barge-ins in `items` (events of `seconds` of babble)."""
+    dropped: dict[str, int] = {}
+    for item in items:
+        if item["event"] == "transcript" and item.get("final") and item.get("dropped"):
+            dropped[item["dropped"]] = dropped.get(item["dropped"], 0) + 1
+    turns = count(items, "transcript", final=True, turn=True)
+    return {"seconds": seconds, "false_turns": turns,
+            "false_turns_per_min": round(turns * 60 / seconds, 2),
+            "listening_per_min": round(count(items, "listening") * 60 / seconds, 2),
+            "barge_ins": count(items, "barge_in"), "interrupted": count(items, "interrupted"),
+            "transcripts_dropped": dropped,
+            "false_transcripts": [item["text"] for item in items
+                                  if item["event"] == "transcript" and item.get("turn")]}
+
+
+async def run_babble(seconds: float, questions_n: int, level_dbfs: float, snr_db: float) -> dict:
+    server = await start_server()
+    piper = await PiperEngine.open(server.triton_url)
+    mic = Microphone()
+    client = AvatarClient(server.base_url, keep_video=False, microphone=mic)
+    events = None
+    rate = piper.sample_rate_hz
+    try:
+        texts = questions(questions_n)
+        said = {t: await synthesize_all(piper, t, Voice.named("joe"))
+                for t in BABBLE_SENTENCES}
+        speech = {t: trimmed(await synthesize_all(piper, t, Voice.named("joe")), rate)
+                  for t in texts}
+        sentences = [said[t] for t in BABBLE_SENTENCES]
+        await client.connect()
+        await client.wait_for_video(10)
+        events = EventLog(server.base_url, client.sessionid)
+        await asyncio.sleep(1.0)
+
+        async def played(audio: np.ndarray) -> None:
+            mic.play(audio, rate)
+            while not mic.idle:
+                await asyncio.sleep(0.05)
+
+        # idle: the babble alone
+        since = len(events.items)
+        await played(babble(sentences, seconds, rate, level_dbfs, seed=1))
+        await asyncio.sleep(1.5)  # the last utterance's transcript
+        idle = babble_figures([item for _, item in events.items[since:]], seconds)
+        # talking: the avatar speaks over the babble, again whenever it ends
+        since = len(events.items)
+        playing = asyncio.create_task(played(babble(sentences, seconds, rate, level_dbfs,
+                                                    seed=2)))
+        talks = 0
+        while not playing.done():
+            mark = len(events.items)
+            await client.post("/human", type="echo", text=LONG_ECHO)
+            talks += 1
+            while not playing.done() and not any(
+                    item["event"] in ("end", "interrupted") for _, item in events.items[mark:]):
+                await asyncio.sleep(0.05)
+        await playing
+        await asyncio.sleep(1.5)
+        talking = babble_figures([item for _, item in events.items[since:]], seconds)
+        talking["avatar_utterances"] = talks
+        await client.post("/interrupt_talk")
+        await asyncio.sleep(1.0)
+        # questions over the babble
+        pairs, missed, extra_turns = [], [], 0
+        for k, text in enumerate(texts):
+            since = len(events.items)
+            length = BABBLE_QUESTION_AT_S + speech[text].size / rate + BABBLE_AFTER_QUESTION_S
+            noise = babble(sentences, length, rate, level_dbfs, seed=100 + k)
+            await played(over(noise, speech[text], rate, snr_db, BABBLE_QUESTION_AT_S))
+            await asyncio.sleep(1.5)
+            finals = [item for _, item in events.items[since:]
+                      if item["event"] == "transcript" and item.get("final")]
+            heard = [item for item in finals if item.get("turn")]
+            pairs.append((text, " ".join(item["text"] for item in heard)))
+            if not heard:
+                missed.append(text)
+            extra_turns += max(0, len(heard) - 1)
+            await client.post("/interrupt_talk")
+            await asyncio.sleep(0.5)
+        return {
+            "idle": idle,
+            "talking": talking,
+            "questions": {"n": len(texts), "snr_db": snr_db,
+                          "wer": round(word_error_rate(pairs), 4) if pairs else None,
+                          "no_turn": missed, "extra_turns": extra_turns,
+                          "transcripts": [{"said": s, "heard": h} for s, h in pairs]},
+            "settings": {"babble_dbfs": level_dbfs, "talkers": 6,
+                         "vad_level_margin_db": Settings().vad_level_margin_db,
+                         "vad_min_turn_speech_s": Settings().vad_min_turn_speech_s,
+                         "barge_in_min_s": DEFAULT_BARGE_IN_MIN_S,
+                         "asr": "whisper tiny.en int8 on Triton", "tts": "piper joe"},
+        }
+    finally:
+        if events is not None:
+            await events.close()
+        await client.close()
+        await piper.close()
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--barge-ins", type=int, default=10)
     parser.add_argument("--push-to-talk", action="store_true",
                         help="end each turn with POST /end_turn when the question has been sent")
+    parser.add_argument("--babble", action="store_true",
+                        help="background talk: false turns, barge-ins, WER of questions over it")
+    parser.add_argument("--babble-s", type=float, default=60.0,
+                        help="seconds of babble idle, and again while the avatar talks")
+    parser.add_argument("--babble-level", type=float, default=BABBLE_DBFS, help="dBFS")
+    parser.add_argument("--snr", type=float, default=QUESTION_SNR_DB,
+                        help="dB of the questions over the babble")
     args = parser.parse_args()
-    result = asyncio.run(run(args.turns, args.barge_ins, args.push_to_talk))
+    if args.babble:
+        result = asyncio.run(run_babble(args.babble_s, args.turns, args.babble_level, args.snr))
+    else:
+        result = asyncio.run(run(args.turns, args.barge_ins, args.push_to_talk))
     RESULTS.mkdir(exist_ok=True)
-    name = "voice_turn_ptt.json" if args.push_to_talk else "voice_turn.json"
+    name = ("voice_turn_babble.json" if args.babble
+            else "voice_turn_ptt.json" if args.push_to_talk else "voice_turn.json")
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "transcripts"}, indent=2))
 
