@@ -20,11 +20,12 @@ server's Triton, trimmed of leading/trailing silence and played on an aiortc mic
   /end_turn, as the web page does), so no end-of-turn silence is waited for.
 
 - `--babble`: background talk instead (tests/support/babble.py: six Piper talkers at -35 dBFS,
-  `--babble-level`): `--babble-s` seconds of it with the avatar idle, then as long with the
+  `--babble-level`), one babble for the whole run: 5 s of lead-in (its onset: the noise floor
+  learns it; reported apart), `--babble-s` seconds with the avatar idle, then as long with the
   avatar talking over it (a long echo, said again whenever it ends): false turns per minute
   (final transcripts that became turns), `listening` events per minute, barge-ins and
-  transcripts dropped (by reason); then `--turns` questions, each spoken 3 s into 8 s of the
-  babble at +15 dB SNR (`--snr`): WER, how many became turns, and how many turns came besides.
+  transcripts dropped (by reason); then `--turns` FAQ questions, each 3 s into its own 8-s
+  stretch of the babble at +15 dB SNR (`--snr`): WER, questions without a turn, other turns.
 
 Writes bench/results/voice_turn.json (voice_turn_ptt.json with --push-to-talk, voice_turn_babble.json
 with --babble).
@@ -224,6 +225,7 @@ async def run(turns: int, barge_ins: int, push_to_talk: bool = False) -> dict:
 
 BABBLE_QUESTION_AT_S = 3.0  # each question starts this far into its stretch of babble
 BABBLE_AFTER_QUESTION_S = 5.0  # and this much babble follows it
+BABBLE_LEAD_IN_S = 5.0  # babble before the idle part (the noise floor learns it): "onset"
 
 
 def count(items: list[dict], name: str, **fields) -> int:
@@ -235,8 +237,9 @@ def babble_figures(items: list[dict], seconds: float) -> dict:
     """False turns, `listening` and barge-ins in `items` (events of `seconds` of babble)."""
     dropped: dict[str, int] = {}
     for item in items:
-        if item["event"] == "transcript" and item.get("final") and item.get("dropped"):
-            dropped[item["dropped"]] = dropped.get(item["dropped"], 0) + 1
+        if item["event"] == "transcript" and item.get("final") and not item.get("turn"):
+            reason = item.get("dropped") or ("empty" if not item["text"] else "not_speakable")
+            dropped[reason] = dropped.get(reason, 0) + 1
     turns = count(items, "transcript", final=True, turn=True)
     return {"seconds": seconds, "false_turns": turns,
             "false_turns_per_min": round(turns * 60 / seconds, 2),
@@ -260,65 +263,68 @@ async def run_babble(seconds: float, questions_n: int, level_dbfs: float, snr_db
                 for t in BABBLE_SENTENCES}
         speech = {t: trimmed(await synthesize_all(piper, t, Voice.named("joe")), rate)
                   for t in texts}
-        sentences = [said[t] for t in BABBLE_SENTENCES]
+        # one babble for the whole run: the lead-in (the floor learns it), idle, talking, and
+        # the questions, each mixed in BABBLE_QUESTION_AT_S into its stretch
+        stretch_s = [BABBLE_QUESTION_AT_S + speech[t].size / rate + BABBLE_AFTER_QUESTION_S
+                     for t in texts]
+        total_s = BABBLE_LEAD_IN_S + 2 * seconds + sum(stretch_s) + 1.0
+        noise = babble([said[t] for t in BABBLE_SENTENCES], total_s, rate, level_dbfs)
+        at_s = BABBLE_LEAD_IN_S + 2 * seconds
+        for text, length in zip(texts, stretch_s):
+            noise = over(noise, speech[text], rate, snr_db, at_s + BABBLE_QUESTION_AT_S)
+            at_s += length
         await client.connect()
         await client.wait_for_video(10)
         events = EventLog(server.base_url, client.sessionid)
         await asyncio.sleep(1.0)
 
-        async def played(audio: np.ndarray) -> None:
-            mic.play(audio, rate)
-            while not mic.idle:
-                await asyncio.sleep(0.05)
+        def items(since: int, until: int | None = None) -> list[dict]:
+            return [item for _, item in events.items[since:until]]
 
-        # idle: the babble alone
-        since = len(events.items)
-        await played(babble(sentences, seconds, rate, level_dbfs, seed=1))
-        await asyncio.sleep(1.5)  # the last utterance's transcript
-        idle = babble_figures([item for _, item in events.items[since:]], seconds)
-        # talking: the avatar speaks over the babble, again whenever it ends
-        since = len(events.items)
-        playing = asyncio.create_task(played(babble(sentences, seconds, rate, level_dbfs,
-                                                    seed=2)))
+        mic.play(noise, rate)
+        started = time.monotonic()
+        await asyncio.sleep(BABBLE_LEAD_IN_S)
+        idle_from = len(events.items)
+        await asyncio.sleep(seconds)
+        talking_from = len(events.items)
         talks = 0
-        while not playing.done():
+        talking_until = started + BABBLE_LEAD_IN_S + 2 * seconds
+        while time.monotonic() < talking_until:  # the avatar talks, again whenever it ends
             mark = len(events.items)
             await client.post("/human", type="echo", text=LONG_ECHO)
             talks += 1
-            while not playing.done() and not any(
-                    item["event"] in ("end", "interrupted") for _, item in events.items[mark:]):
+            while time.monotonic() < talking_until and not any(
+                    item["event"] in ("end", "interrupted") for item in items(mark)):
                 await asyncio.sleep(0.05)
-        await playing
-        await asyncio.sleep(1.5)
-        talking = babble_figures([item for _, item in events.items[since:]], seconds)
+        questions_from = len(events.items)
+        talking = babble_figures(items(talking_from, questions_from), seconds)
         talking["avatar_utterances"] = talks
         await client.post("/interrupt_talk")
-        await asyncio.sleep(1.0)
-        # questions over the babble
-        pairs, missed, extra_turns = [], [], 0
-        for k, text in enumerate(texts):
-            since = len(events.items)
-            length = BABBLE_QUESTION_AT_S + speech[text].size / rate + BABBLE_AFTER_QUESTION_S
-            noise = babble(sentences, length, rate, level_dbfs, seed=100 + k)
-            await played(over(noise, speech[text], rate, snr_db, BABBLE_QUESTION_AT_S))
-            await asyncio.sleep(1.5)
-            finals = [item for _, item in events.items[since:]
-                      if item["event"] == "transcript" and item.get("final")]
-            heard = [item for item in finals if item.get("turn")]
-            pairs.append((text, " ".join(item["text"] for item in heard)))
-            if not heard:
+        while not mic.idle:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3.0)  # the last question's transcript and answer
+        finals = [item for item in items(questions_from)
+                  if item["event"] == "transcript" and item.get("final") and item.get("turn")]
+        pairs, missed = [], []
+        for text in texts:  # each question's turn: the first one sharing its words
+            said_words = set(text.lower().replace("?", "").split())
+            match = next((f for f in finals
+                          if said_words & set(f["text"].lower().replace("?", "").split())), None)
+            if match is None:
                 missed.append(text)
-            extra_turns += max(0, len(heard) - 1)
-            await client.post("/interrupt_talk")
-            await asyncio.sleep(0.5)
+            else:
+                finals.remove(match)
+            pairs.append((text, match["text"] if match else ""))
         return {
-            "idle": idle,
+            "onset": babble_figures(items(0, idle_from), BABBLE_LEAD_IN_S),
+            "idle": babble_figures(items(idle_from, talking_from), seconds),
             "talking": talking,
             "questions": {"n": len(texts), "snr_db": snr_db,
                           "wer": round(word_error_rate(pairs), 4) if pairs else None,
-                          "no_turn": missed, "extra_turns": extra_turns,
+                          "no_turn": missed, "extra_turns": [f["text"] for f in finals],
                           "transcripts": [{"said": s, "heard": h} for s, h in pairs]},
             "settings": {"babble_dbfs": level_dbfs, "talkers": 6,
+                         "lead_in_s": BABBLE_LEAD_IN_S,
                          "vad_level_margin_db": Settings().vad_level_margin_db,
                          "vad_min_turn_speech_s": Settings().vad_min_turn_speech_s,
                          "barge_in_min_s": DEFAULT_BARGE_IN_MIN_S,

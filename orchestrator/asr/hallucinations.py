@@ -45,7 +45,7 @@ NEVER_SAID = (
 OFTEN_INVENTED = (
     "i want to thank you very much", "thank you very much", "thank you so much", "thank you",
     "thanks", "you", "bye bye", "bye", "goodbye", "oh", "so", "um", "uh", "hmm", "mm",
-    "ah", "i m sorry", "i m not sure", "the end",
+    "ah", "i m sorry", "i m not sure", "the end", "we ll be right back",
 )
 
 

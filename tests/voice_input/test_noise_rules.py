@@ -70,6 +70,7 @@ def test_what_whisper_invents_on_noise_is_nothing_said():
     assert nothing_said(scored("Thank you.", 0.35, -0.6)) == "hallucination"
     assert nothing_said(scored("I want to thank you very much.", 0.1, -0.7)) == "hallucination"
     assert nothing_said(scored(" you", 0.5, -0.4)) == "hallucination"
+    assert nothing_said(scored("We'll be right back.", 0.25, -0.75)) == "hallucination"
     # ...and whatever it writes when its own scores say nothing was said
     assert nothing_said(scored("The best way to go.", 0.7, -0.4)) == "no_speech"
     assert nothing_said(scored("The best way to go.", 0.1, -1.3)) == "no_speech"
