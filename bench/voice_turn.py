@@ -2,6 +2,7 @@
 onset -> silence, and the ASR's word error rate, with the server as its own process.
 
     python bench/voice_turn.py [--turns 20] [--barge-ins 10] [--push-to-talk]
+    python bench/voice_turn.py --babble [--babble-s 60] [--turns 10]
 
 The user's questions are 20 of the shipped FAQ's, synthesised by Piper (`joe`) through the
 server's Triton, trimmed of leading/trailing silence and played on an aiortc microphone track
@@ -18,7 +19,16 @@ server's Triton, trimmed of leading/trailing silence and played on an aiortc mic
 - `--push-to-talk`: the client releases the button when its last sample has left (POST
   /end_turn, as the web page does), so no end-of-turn silence is waited for.
 
-Writes bench/results/voice_turn.json (voice_turn_ptt.json with --push-to-talk).
+- `--babble`: background talk instead (tests/support/babble.py: six Piper talkers at -35 dBFS,
+  `--babble-level`), one babble for the whole run: 5 s of lead-in (its onset: the noise floor
+  learns it; reported apart), `--babble-s` seconds with the avatar idle, then as long with the
+  avatar talking over it (a long echo, said again whenever it ends): false turns per minute
+  (final transcripts that became turns), `listening` events per minute, barge-ins and
+  transcripts dropped (by reason); then `--turns` FAQ questions, each 3 s into its own 8-s
+  stretch of the babble at +15 dB SNR (`--snr`): WER, questions without a turn, other turns.
+
+Writes bench/results/voice_turn.json (voice_turn_ptt.json with --push-to-talk, voice_turn_babble.json
+with --babble).
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ import aiohttp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+from babble import BABBLE_DBFS, BABBLE_SENTENCES, QUESTION_SNR_DB, babble, over  # noqa: E402
 from intelligibility import word_error_rate  # noqa: E402
 from server_process import start_server  # noqa: E402
 
@@ -211,16 +223,142 @@ async def run(turns: int, barge_ins: int, push_to_talk: bool = False) -> dict:
         server.stop()
 
 
+BABBLE_QUESTION_AT_S = 3.0  # each question starts this far into its stretch of babble
+BABBLE_AFTER_QUESTION_S = 5.0  # and this much babble follows it
+BABBLE_LEAD_IN_S = 5.0  # babble before the idle part (the noise floor learns it): "onset"
+
+
+def count(items: list[dict], name: str, **fields) -> int:
+    return sum(1 for item in items if item["event"] == name
+               and all(item.get(k) == v for k, v in fields.items()))
+
+
+def babble_figures(items: list[dict], seconds: float) -> dict:
+    """False turns, `listening` and barge-ins in `items` (events of `seconds` of babble)."""
+    dropped: dict[str, int] = {}
+    for item in items:
+        if item["event"] == "transcript" and item.get("final") and not item.get("turn"):
+            reason = item.get("dropped") or ("empty" if not item["text"] else "not_speakable")
+            dropped[reason] = dropped.get(reason, 0) + 1
+    turns = count(items, "transcript", final=True, turn=True)
+    return {"seconds": seconds, "false_turns": turns,
+            "false_turns_per_min": round(turns * 60 / seconds, 2),
+            "listening_per_min": round(count(items, "listening") * 60 / seconds, 2),
+            "barge_ins": count(items, "barge_in"), "interrupted": count(items, "interrupted"),
+            "transcripts_dropped": dropped,
+            "false_transcripts": [item["text"] for item in items
+                                  if item["event"] == "transcript" and item.get("turn")]}
+
+
+async def run_babble(seconds: float, questions_n: int, level_dbfs: float, snr_db: float) -> dict:
+    server = await start_server()
+    piper = await PiperEngine.open(server.triton_url)
+    mic = Microphone()
+    client = AvatarClient(server.base_url, keep_video=False, microphone=mic)
+    events = None
+    rate = piper.sample_rate_hz
+    try:
+        texts = questions(questions_n)
+        said = {t: await synthesize_all(piper, t, Voice.named("joe"))
+                for t in BABBLE_SENTENCES}
+        speech = {t: trimmed(await synthesize_all(piper, t, Voice.named("joe")), rate)
+                  for t in texts}
+        # one babble for the whole run: the lead-in (the floor learns it), idle, talking, and
+        # the questions, each mixed in BABBLE_QUESTION_AT_S into its stretch
+        stretch_s = [BABBLE_QUESTION_AT_S + speech[t].size / rate + BABBLE_AFTER_QUESTION_S
+                     for t in texts]
+        total_s = BABBLE_LEAD_IN_S + 2 * seconds + sum(stretch_s) + 1.0
+        noise = babble([said[t] for t in BABBLE_SENTENCES], total_s, rate, level_dbfs)
+        at_s = BABBLE_LEAD_IN_S + 2 * seconds
+        for text, length in zip(texts, stretch_s):
+            noise = over(noise, speech[text], rate, snr_db, at_s + BABBLE_QUESTION_AT_S)
+            at_s += length
+        await client.connect()
+        await client.wait_for_video(10)
+        events = EventLog(server.base_url, client.sessionid)
+        await asyncio.sleep(1.0)
+
+        def items(since: int, until: int | None = None) -> list[dict]:
+            return [item for _, item in events.items[since:until]]
+
+        mic.play(noise, rate)
+        started = time.monotonic()
+        await asyncio.sleep(BABBLE_LEAD_IN_S)
+        idle_from = len(events.items)
+        await asyncio.sleep(seconds)
+        talking_from = len(events.items)
+        talks = 0
+        talking_until = started + BABBLE_LEAD_IN_S + 2 * seconds
+        while time.monotonic() < talking_until:  # the avatar talks, again whenever it ends
+            mark = len(events.items)
+            await client.post("/human", type="echo", text=LONG_ECHO)
+            talks += 1
+            while time.monotonic() < talking_until and not any(
+                    item["event"] in ("end", "interrupted") for item in items(mark)):
+                await asyncio.sleep(0.05)
+        questions_from = len(events.items)
+        talking = babble_figures(items(talking_from, questions_from), seconds)
+        talking["avatar_utterances"] = talks
+        await client.post("/interrupt_talk")
+        while not mic.idle:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3.0)  # the last question's transcript and answer
+        finals = [item for item in items(questions_from)
+                  if item["event"] == "transcript" and item.get("final") and item.get("turn")]
+        pairs, missed = [], []
+        for text in texts:  # each question's turn: the first one sharing its words
+            said_words = set(text.lower().replace("?", "").split())
+            match = next((f for f in finals
+                          if said_words & set(f["text"].lower().replace("?", "").split())), None)
+            if match is None:
+                missed.append(text)
+            else:
+                finals.remove(match)
+            pairs.append((text, match["text"] if match else ""))
+        return {
+            "onset": babble_figures(items(0, idle_from), BABBLE_LEAD_IN_S),
+            "idle": babble_figures(items(idle_from, talking_from), seconds),
+            "talking": talking,
+            "questions": {"n": len(texts), "snr_db": snr_db,
+                          "wer": round(word_error_rate(pairs), 4) if pairs else None,
+                          "no_turn": missed, "extra_turns": [f["text"] for f in finals],
+                          "transcripts": [{"said": s, "heard": h} for s, h in pairs]},
+            "settings": {"babble_dbfs": level_dbfs, "talkers": 6,
+                         "lead_in_s": BABBLE_LEAD_IN_S,
+                         "vad_level_margin_db": Settings().vad_level_margin_db,
+                         "vad_min_turn_speech_s": Settings().vad_min_turn_speech_s,
+                         "barge_in_min_s": DEFAULT_BARGE_IN_MIN_S,
+                         "asr": "whisper tiny.en int8 on Triton", "tts": "piper joe"},
+        }
+    finally:
+        if events is not None:
+            await events.close()
+        await client.close()
+        await piper.close()
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--barge-ins", type=int, default=10)
     parser.add_argument("--push-to-talk", action="store_true",
                         help="end each turn with POST /end_turn when the question has been sent")
+    parser.add_argument("--babble", action="store_true",
+                        help="background talk: false turns, barge-ins, WER of questions over it")
+    parser.add_argument("--babble-s", type=float, default=60.0,
+                        help="seconds of babble idle, and again while the avatar talks")
+    parser.add_argument("--babble-level", type=float, default=BABBLE_DBFS, help="dBFS")
+    parser.add_argument("--snr", type=float, default=QUESTION_SNR_DB,
+                        help="dB of the questions over the babble")
     args = parser.parse_args()
-    result = asyncio.run(run(args.turns, args.barge_ins, args.push_to_talk))
+    if args.babble:
+        result = asyncio.run(run_babble(args.babble_s, args.turns, args.babble_level, args.snr))
+    else:
+        result = asyncio.run(run(args.turns, args.barge_ins, args.push_to_talk))
     RESULTS.mkdir(exist_ok=True)
-    name = "voice_turn_ptt.json" if args.push_to_talk else "voice_turn.json"
+    name = ("voice_turn_babble.json" if args.babble
+            else "voice_turn_ptt.json" if args.push_to_talk else "voice_turn.json")
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "transcripts"}, indent=2))
 

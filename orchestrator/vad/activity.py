@@ -2,7 +2,10 @@
 pause and end, with thresholds and minimum durations (the rules of Silero's own VADIterator).
 
 Engine-independent: it asks a `VADStream` for each frame's probability and keeps the utterance's
-audio (pre-roll included) until its end.
+audio (pre-roll included) until its end. Beside the engine, a level gate (vad/level_gate.py):
+a frame is speech only when it is also `level_margin_db` above the tracked noise floor, so the
+room's background (other people talking) starts no speech however speech-like it sounds, and
+speech over it ends when the voice stops, not when the background does.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 
 from ..settings import Settings
 from .base import VAD, VAD_FRAME_S, VADStream
+from .level_gate import LevelGate, LevelReading
 
 # The --vad-* flags' defaults: settings is their one home.
 _FLAG_DEFAULTS = Settings()
@@ -28,6 +32,10 @@ class VADSettings:
     # speech shorter than this is no speech (clicks, coughs)
     min_speech_s: float = _FLAG_DEFAULTS.vad_min_speech_s
     min_silence_s: float = _FLAG_DEFAULTS.vad_min_silence_s  # this long ends the utterance
+    # speech must be this far above the noise floor too (0: the VAD engine alone decides)
+    level_margin_db: float = _FLAG_DEFAULTS.vad_level_margin_db
+    # an utterance holding less speech than this (SpeechEnded.speech_s) is no turn
+    min_turn_speech_s: float = _FLAG_DEFAULTS.vad_min_turn_speech_s
     pre_roll_s: float = 0.2  # audio kept before the detected start (word onsets)
     max_utterance_s: float = 25.0  # an utterance is cut here (Whisper's window is 30 s)
 
@@ -35,7 +43,9 @@ class VADSettings:
     def from_settings(cls, settings: Settings) -> VADSettings:
         return cls(threshold=settings.vad_threshold, neg_threshold=settings.vad_neg_threshold,
                    min_speech_s=settings.vad_min_speech_s,
-                   min_silence_s=settings.vad_min_silence_s)
+                   min_silence_s=settings.vad_min_silence_s,
+                   level_margin_db=settings.vad_level_margin_db,
+                   min_turn_speech_s=settings.vad_min_turn_speech_s)
 
 
 @dataclass(frozen=True)
@@ -70,20 +80,25 @@ class SpeechResumed(SpeechContinues):
 class SpeechPaused:
     """The first silent frame after speech: `audio` is the utterance so far (pre-roll
     included), `pause_s` (uplink time) when the silence began. If it lasts, the SpeechEnded
-    that follows has `end_s == pause_s` and the same words: a transcript may start now."""
+    that follows has `end_s == pause_s` and the same words: a transcript may start now.
+    `speech_s`: how much of it was speech so far (as SpeechEnded's), None when not measured."""
 
     audio: np.ndarray
     pause_s: float
+    speech_s: float | None = None
 
 
 @dataclass(frozen=True)
 class SpeechEnded:
     """An utterance: its audio (16 kHz mono float32, pre-roll included), when the speech
-    stopped (`end_s`, uplink time) and when it was detected (`detected_s`)."""
+    stopped (`end_s`, uplink time) and when it was detected (`detected_s`); `speech_s`: how
+    much of it was speech (frames the VAD and the level gate both passed, s), None when not
+    measured."""
 
     audio: np.ndarray
     end_s: float
     detected_s: float
+    speech_s: float | None = None
 
 
 VoiceEvent = SpeechOnset | SpeechStarted | SpeechContinues | SpeechPaused | SpeechEnded
@@ -98,6 +113,7 @@ class VoiceActivity:
     def __init__(self, vad: VAD, settings: VADSettings = VADSettings()) -> None:
         self.vad = vad
         self.settings = settings
+        self.gate = LevelGate(settings.level_margin_db)
         self._stream: VADStream | None = None
         self._frames: list[np.ndarray] = []  # pre-roll, then the utterance
         self._pre_roll = max(1, round(settings.pre_roll_s / VAD_FRAME_S))
@@ -107,6 +123,18 @@ class VoiceActivity:
         self._silence_since: float | None = None
         self._end_requested = False  # end_turn(): the next non-speech frame ends the utterance
         self.last_probability = 0.0
+        self._speech_frames = 0  # frames of the utterance under way that were speech
+
+    @property
+    def speech_s(self) -> float:
+        """Speech (frames the engine and the level gate both passed) in the utterance under
+        way, or in the run that may start one (s)."""
+        return self._speech_frames * VAD_FRAME_S
+
+    @property
+    def last_level(self) -> LevelReading:
+        """The last frame's level and the noise floor it was judged against (dBFS)."""
+        return self.gate.last
 
     def end_turn(self) -> bool:
         """The user says the utterance is over (push-to-talk released): it ends at its next frame
@@ -124,11 +152,17 @@ class VoiceActivity:
             self._stream = self.vad.stream()
         t, self._t = self._t, self._t + VAD_FRAME_S
         prob = await self._stream.probability(frame)
+        level = self.gate.read(frame)
         self.last_probability = prob
         self._frames.append(frame)
+        # speech: the engine's probability and the level both say so; silence: either says not
+        speech = prob >= s.threshold and self.gate.opens(level)
+        silent = prob < s.neg_threshold or not self.gate.holds(level)
         if self.speaking_since is None:
-            if prob >= s.threshold:
-                self._run_start = t if self._run_start is None else self._run_start
+            if speech:
+                if self._run_start is None:
+                    self._run_start, self._speech_frames = t, 0
+                self._speech_frames += 1
                 run_s = t + VAD_FRAME_S - self._run_start
                 if run_s >= s.min_speech_s:
                     self.speaking_since, self._silence_since = self._run_start, None
@@ -139,9 +173,10 @@ class VoiceActivity:
                 del self._frames[:-self._pre_roll]
             return None
         resumed = paused = False
-        if prob >= s.threshold:
+        if speech:
+            self._speech_frames += 1
             resumed, self._silence_since = self._silence_since is not None, None
-        elif self._silence_since is None and (prob < s.neg_threshold or self._end_requested):
+        elif self._silence_since is None and (silent or self._end_requested):
             paused, self._silence_since = True, t
         now = t + VAD_FRAME_S
         ended = self._silence_since is not None and (
@@ -152,9 +187,9 @@ class VoiceActivity:
             self._frames, self._run_start = self._frames[-self._pre_roll:], None
             self.speaking_since = self._silence_since = None
             self._end_requested = False
-            return SpeechEnded(audio, end, now)
+            return SpeechEnded(audio, end, now, self.speech_s)
         if paused:
-            return SpeechPaused(np.concatenate(self._frames), t)
+            return SpeechPaused(np.concatenate(self._frames), t, self.speech_s)
         if resumed:
             return SpeechResumed(now - self.speaking_since)
         return SpeechContinues(now - self.speaking_since)

@@ -18,9 +18,16 @@ resumed speech is the utterance so far: it is let finish and sent as a partial `
 So a user who pauses mid-sentence sees what was heard so far at no extra ASR cost (the request
 is already in Triton by then).
 
+Noise: speech is what the VAD engine and the level gate both pass (vad/activity.py: a margin
+above the room's noise floor), an utterance holding less than `min_turn_speech_s` of it is no
+turn (not even transcribed), and a transcript that is what Whisper invents on noise (its own
+scores weak, or one of its known phrases on silence: asr/hallucinations.py) is nothing said.
+
 Events (SSE): `listening` when the user starts speaking, `barge_in` when that speech interrupts
 the avatar (followed by the usual `interrupted`), `transcript` (partial with `final: false`,
-then final with `final: true`; `text` "" when nothing intelligible was said: no turn), then the usual `question`/`start`/`sentence`/`end` of the
+then final with `final: true`; `text` "" when nothing intelligible was said: no turn, and
+`dropped` then says why: "short", "no_speech" or "hallucination"), then the usual
+`question`/`start`/`sentence`/`end` of the
 answer. Echo cancellation is the browser's (getUserMedia `echoCancellation: true`): the avatar's
 own voice must not come back up the uplink, or it would interrupt itself.
 """
@@ -36,6 +43,7 @@ from typing import Protocol
 from aiortc.mediastreams import MediaStreamTrack
 
 from ..asr import ASREngine, ASRError
+from ..asr.hallucinations import nothing_said
 from ..errors import ApiError
 from ..settings import DEFAULT_BARGE_IN_MIN_S
 from ..speech.items import has_speakable
@@ -155,13 +163,16 @@ class Listener:
             await self._maybe_barge_in(event.duration_s)
         elif isinstance(event, SpeechPaused):
             self._drop_speculation()
-            if self.options.mode != "off":
+            # too little speech yet for a turn: no transcript now (the end will not need it)
+            if self.options.mode != "off" and not self._too_little(event.speech_s):
                 self._speculation = (event.pause_s, self._start(
                     self._transcribe(event.audio), f"asr-{session.sessionid}"))
         elif isinstance(event, SpeechEnded):
             self._barged = False
             self._utterance += 1  # partials still running belong to the ended utterance
             self.speech_ended_at = time.monotonic()
+            if self._too_short(event):
+                return
             speculation, self._speculation = self._speculation, None
             if speculation is not None and speculation[0] != event.end_s:
                 self._speculation = speculation  # stale (cut at max_utterance_s): dropped
@@ -172,6 +183,21 @@ class Listener:
                                               f"asr-{session.sessionid}"))
             self._start(self._turn(event, transcription, speculation is not None),
                         f"turn-{session.sessionid}")
+
+    def _too_little(self, speech_s: float | None) -> bool:
+        return speech_s is not None and speech_s < self.activity.settings.min_turn_speech_s
+
+    def _too_short(self, event: SpeechEnded) -> bool:
+        """An utterance with less speech than a turn needs (a cough, a door, a burst of the
+        background): no transcript is asked for, the `listening` it caused is closed by an
+        empty one."""
+        if not self._too_little(event.speech_s):
+            return False
+        self._drop_speculation()
+        self.session.events.emit("transcript", text="", final=True, turn=False, asr_ms=0,
+                                 speculative=False, wait_ms=0, dropped="short",
+                                 seconds=round(event.audio.size / VAD_SAMPLE_RATE_HZ, 2))
+        return True
 
     async def _maybe_barge_in(self, speech_s: float) -> None:
         session = self.session
@@ -208,7 +234,7 @@ class Listener:
 
     async def _send_partial(self, transcription: asyncio.Task, utterance: int) -> None:
         try:
-            text, asr_ms = await transcription
+            text, asr_ms, _ = await transcription
         except ASRError:
             return  # a partial that failed is just not sent; the final will say
         if utterance == self._utterance and text and not self.session.closed:
@@ -223,25 +249,34 @@ class Listener:
             if task.done() and not task.cancelled():
                 task.exception()  # a failed, now unused transcript: retrieved, not logged
 
-    async def _transcribe(self, audio) -> tuple[str, int]:
+    async def _transcribe(self, audio) -> tuple[str, int, str | None]:
+        """(text, ASR time in ms, why nothing was said or None): text "" when dropped."""
         started = time.monotonic()
-        text = await self.voice.asr.transcribe(audio)
-        return text, round((time.monotonic() - started) * 1000)
+        transcript = await self.voice.asr.transcribe_scored(audio)
+        asr_ms = round((time.monotonic() - started) * 1000)
+        dropped = nothing_said(transcript)
+        if dropped is not None and transcript.text:
+            log.info("transcript dropped sessionid=%s reason=%s text=%r scores=%s",
+                     self.session.sessionid, dropped, transcript.text[:80],
+                     [(round(x.no_speech_prob, 2), round(x.avg_logprob, 2))
+                      for x in transcript.scores])
+        return ("" if dropped else transcript.text), asr_ms, dropped
 
     async def _turn(self, event: SpeechEnded, transcription: asyncio.Task,
                     speculative: bool) -> None:
         session = self.session
         ended_at = time.monotonic()
         try:
-            text, asr_ms = await transcription
+            text, asr_ms, dropped = await transcription
         except ASRError as exc:
             session.events.emit("error", msg=f"speech recognition failed: {exc}")
             return
         wait_ms = round((time.monotonic() - ended_at) * 1000)
         turn = has_speakable(text) and self.options.mode != "off" and not session.closed
+        extra = {"dropped": dropped} if dropped and dropped != "empty" else {}
         session.events.emit("transcript", text=text, final=True, turn=turn, asr_ms=asr_ms,
                             speculative=speculative, wait_ms=wait_ms,
-                            seconds=round(event.audio.size / VAD_SAMPLE_RATE_HZ, 2))
+                            seconds=round(event.audio.size / VAD_SAMPLE_RATE_HZ, 2), **extra)
         if not turn:
             return
         try:

