@@ -9,11 +9,11 @@ from aiohttp import web
 from .avatar.jobs import AvatarJobs
 from .errors import ApiError
 from .http import access, api, avatar_api, host_view, instance_forward, pages, voice_api, whep_api
-from .http.rate_limited_log import RateLimitedLog
 from .http.validation import BODY_READ_TIMEOUT_KEY
 from .livetalking import routes as livetalking_api
 from .outputs.server_session import open_server_session
 from .outputs.whep import WhepResources
+from .rate_limited_log import RateLimitedLog
 from .services import SERVICES_KEY, Services, start_services
 from .settings import Settings
 

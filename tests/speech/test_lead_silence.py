@@ -27,6 +27,7 @@ class _Engine:
     """Each sentence: LEAD_S of near-silence (below the level), then a tone; in 10 ms chunks,
     as a streaming engine would send it."""
 
+    name = "test"
     sample_rate_hz = RATE_HZ
 
     async def synthesize(self, text: str, voice: Voice):
