@@ -111,9 +111,9 @@ async def stream_audio(request: web.Request, fake: FakeVoice, audio: np.ndarray,
                 await response.write(header[:2] if header else b"\x00\x00")
                 header = header[2:]
                 await asyncio.sleep(fake.trickle_every_s)
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:  # the client went away
             fake.closed_early += 1
-            raise
+            return response
     await asyncio.sleep(fake.first_chunk_delay_s)
     if fake.fail == "garbage":
         await response.write(b"RIFF\x00\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\x03\x00\x02\x00"

@@ -98,7 +98,8 @@ async def test_a_hung_or_trickling_tts_server_fails_the_sentence_and_the_queue_m
                 # an expected failure of an outside server: one line with its cause
                 lines = [r for r in caplog.records if "speech failed" in r.getMessage()]
                 assert len(lines) == 1 and "'openai'" in lines[0].getMessage(), lines
-                assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+                ours = [r for r in caplog.records if r.name.startswith(("orchestrator", "livehuman"))]
+                assert not [r for r in ours if r.exc_info], "a traceback was logged"
                 reader.cancel()
             finally:
                 await client.close()
