@@ -55,72 +55,61 @@ async def wait_event(events, name: str, timeout: float, **match) -> float | None
     return None
 
 
-async def hung_tts(fail: str, args) -> dict:
-    fake = FakeVoice(trickle_every_s=args.trickle_every)
-    async with run_fake_voice_server("openai", fake) as url:
-        server = await start_server("--tts", "openai", "--tts-server", url, repo=args.repo)
-        client = AvatarClient(server.base_url, keep_video=False)
-        events: list[tuple[float, dict]] = []
-        try:
-            await client.connect()
-            reader = asyncio.create_task(sse(server.base_url, client.sessionid, events))
-            await client.wait_for_video(5)
-            fake.fail = fail
-            sent = time.monotonic()
-            _, answer = await client.post("/human", type="echo", text="This sentence hangs.")
-            first = answer["data"]["utterance_id"]
-            while not fake.requests:
-                await asyncio.sleep(0.01)
-            fake.fail = ""
-            _, answer = await client.post("/human", type="echo", text="Then this one.")
-            second = answer["data"]["utterance_id"]
-            error_at = await wait_event(events, "error", args.cap, utterance_id=first)
-            end_at = (await wait_event(events, "end", 30, utterance_id=second)
-                      if error_at is not None else None)
-            messages = [e.get("msg") for _, e in events if e["event"] == "error"]
-            reader.cancel()
-            return {"server": fail, "seconds_to_error": error_at and round(error_at - sent, 2),
-                    "error": messages[:1], "next_utterance_spoken": end_at is not None,
-                    "cap_s": args.cap}
-        finally:
-            await client.close()
-            server.stop()
+async def hung_tts(fail: str, fake: FakeVoice, server, args) -> dict:
+    client = AvatarClient(server.base_url, keep_video=False)
+    events: list[tuple[float, dict]] = []
+    try:
+        await client.connect()
+        reader = asyncio.create_task(sse(server.base_url, client.sessionid, events))
+        await client.wait_for_video(5)
+        fake.fail = fail
+        asked_before = len(fake.requests)
+        sent = time.monotonic()
+        _, answer = await client.post("/human", type="echo", text="This sentence hangs.")
+        first = answer["data"]["utterance_id"]
+        while len(fake.requests) == asked_before:
+            await asyncio.sleep(0.01)
+        fake.fail = ""
+        _, answer = await client.post("/human", type="echo", text="Then this one.")
+        second = answer["data"]["utterance_id"]
+        error_at = await wait_event(events, "error", args.cap, utterance_id=first)
+        end_at = (await wait_event(events, "end", 30, utterance_id=second)
+                  if error_at is not None else None)
+        messages = [e.get("msg") for _, e in events if e["event"] == "error"]
+        reader.cancel()
+        return {"server": fail, "seconds_to_error": error_at and round(error_at - sent, 2),
+                "error": messages[:1], "next_utterance_spoken": end_at is not None,
+                "cap_s": args.cap}
+    finally:
+        await client.close()
 
 
-async def slow_llm(args) -> dict:
-    fake = FakeLLM(reply=SLOW_REPLY, token_delay_s=1.0)
-    async with run_fake_openai(fake) as llm_url:
-        with tempfile.TemporaryDirectory() as knowledge:
-            kb = Path(knowledge) / "slow"
-            kb.mkdir()
-            (kb / "profile.json").write_text(json.dumps({"base_url": llm_url, "model": "m"}))
-            server = await start_server("--knowledge-dir", knowledge, repo=args.repo)
-            client = AvatarClient(server.base_url, keep_video=False)
-            events: list[tuple[float, dict]] = []
-            try:
-                await client.connect(llmid="slow")
-                reader = asyncio.create_task(sse(server.base_url, client.sessionid, events))
-                await client.wait_for_video(5)
-                asked = time.monotonic()
-                await client.post("/human", type="chat", text="Which city?")
-                ended = await wait_event(events, "end", args.cap) or time.monotonic()
-                r = client.received
-                marks = sorted([asked, ended]
-                               + [t for t, rms in zip(r.audio_times, r.audio_rms)
-                                  if rms > SPEECH_RMS and asked <= t <= ended]
-                               + [t for t, _ in events if asked <= t <= ended])
-                gaps = [b - a for a, b in zip(marks, marks[1:])]
-                first_audio = next((t for t, rms in zip(r.audio_times, r.audio_rms)
-                                    if t >= asked and rms > SPEECH_RMS), None)
-                reader.cancel()
-                return {"llm_tokens_per_s": 1.0,
-                        "longest_silence_without_event_s": round(max(gaps), 2),
-                        "first_audio_s": first_audio and round(first_audio - asked, 2),
-                        "events": [(round(t - asked, 1), e["event"]) for t, e in events
-                                   if t >= asked]}
-            finally:
-                await client.close()
-                server.stop()
+async def slow_llm(server, args) -> dict:
+    client = AvatarClient(server.base_url, keep_video=False)
+    events: list[tuple[float, dict]] = []
+    try:
+        await client.connect(llmid="slow")
+        reader = asyncio.create_task(sse(server.base_url, client.sessionid, events))
+        await client.wait_for_video(5)
+        asked = time.monotonic()
+        await client.post("/human", type="chat", text="Which city?")
+        ended = await wait_event(events, "end", args.cap) or time.monotonic()
+        r = client.received
+        marks = sorted([asked, ended]
+                       + [t for t, rms in zip(r.audio_times, r.audio_rms)
+                          if rms > SPEECH_RMS and asked <= t <= ended]
+                       + [t for t, _ in events if asked <= t <= ended])
+        gaps = [b - a for a, b in zip(marks, marks[1:])]
+        first_audio = next((t for t, rms in zip(r.audio_times, r.audio_rms)
+                            if t >= asked and rms > SPEECH_RMS), None)
+        reader.cancel()
+        return {"llm_tokens_per_s": 1.0,
+                "longest_silence_without_event_s": round(max(gaps), 2),
+                "first_audio_s": first_audio and round(first_audio - asked, 2),
+                "events": [(round(t - asked, 1), e["event"]) for t, e in events
+                           if t >= asked]}
+    finally:
+        await client.close()
 
 
 async def main() -> None:
@@ -131,11 +120,26 @@ async def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "slow_servers.json")
     args = p.parse_args()
     results = {"repo": str(args.repo)}
-    for fail in ("hang", "trickle"):
-        results[f"tts_{fail}"] = await hung_tts(fail, args)
-        print(json.dumps(results[f"tts_{fail}"]), flush=True)
-    results["llm_1_token_per_s"] = await slow_llm(args)
-    print(json.dumps(results["llm_1_token_per_s"]), flush=True)
+    # One server: the fake speech server is its TTS, the fake LLM its knowledge base's LLM.
+    voice = FakeVoice(trickle_every_s=args.trickle_every)
+    llm = FakeLLM(reply=SLOW_REPLY, token_delay_s=1.0)
+    async with run_fake_voice_server("openai", voice) as tts_url, \
+            run_fake_openai(llm) as llm_url:
+        with tempfile.TemporaryDirectory() as knowledge:
+            kb = Path(knowledge) / "slow"
+            kb.mkdir()
+            (kb / "profile.json").write_text(json.dumps({"base_url": llm_url, "model": "m"}))
+            server = await start_server("--tts", "openai", "--tts-server", tts_url,
+                                        "--knowledge-dir", knowledge, "--no-voice-input",
+                                        repo=args.repo)
+            try:
+                for fail in ("hang", "trickle"):
+                    results[f"tts_{fail}"] = await hung_tts(fail, voice, server, args)
+                    print(json.dumps(results[f"tts_{fail}"]), flush=True)
+                results["llm_1_token_per_s"] = await slow_llm(server, args)
+                print(json.dumps(results["llm_1_token_per_s"]), flush=True)
+            finally:
+                server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 

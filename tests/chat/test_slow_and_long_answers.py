@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import aiohttp
@@ -98,7 +99,7 @@ async def test_a_one_token_a_second_llm_is_never_silent_for_long(triton, tmp_pat
                 await client.close()
 
 
-async def test_answers_are_bounded(triton, tmp_path):
+async def test_answers_are_bounded(triton, tmp_path, caplog):
     reply = "".join(f"This is sentence number {k} of a very long answer. " for k in range(60))
     fake = FakeLLM(reply=reply, token_delay_s=0.02)
     async with run_fake_openai(fake) as llm_url:
@@ -131,6 +132,27 @@ async def test_answers_are_bounded(triton, tmp_path):
                 while len(fake.requests) < 2:
                     await asyncio.sleep(0.05)
                 assert fake.requests[1]["max_tokens"] == 77
+            finally:
+                await client.close()
+            # an LLM that fails (an expected, outside fault): one log line with the cause, no
+            # traceback (item 11; it was two tracebacks)
+            fake.fail_always_status, fake.retry_after_s = 500, 0.01
+            client = AvatarClient(base_url, keep_video=False)
+            events.clear()
+            try:
+                await client.connect(llmid=long_kb)
+                reader = asyncio.create_task(sse(base_url, client.sessionid, events))
+                caplog.clear()
+                with caplog.at_level(logging.INFO):
+                    await client.post("/human", type="chat", text="Are you there?")
+                    _, error = await wait_event(events, "error", 30)
+                assert "500" in error["msg"], error
+                ours = [r for r in caplog.records
+                        if r.name.startswith(("orchestrator", "livehuman"))]
+                assert not [r for r in ours if r.exc_info], "a traceback was logged"
+                lines = [r for r in ours if r.levelno >= logging.WARNING]
+                assert len(lines) == 1 and "500" in lines[0].getMessage(), lines
+                reader.cancel()
             finally:
                 await client.close()
     assert DEFAULT_LLM_MAX_TOKENS > 0
