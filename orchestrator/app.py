@@ -19,11 +19,11 @@ from .http import (
     voice_api,
     whep_api,
 )
-from .http.rate_limited_log import RateLimitedLog
 from .http.validation import BODY_READ_TIMEOUT_KEY
 from .livetalking import routes as livetalking_api
 from .outputs.server_session import open_server_session
 from .outputs.whep import WhepResources
+from .rate_limited_log import RateLimitedLog
 from .services import SERVICES_KEY, Services, start_services
 from .settings import Settings
 

@@ -18,6 +18,7 @@ from .http.server import AppRunner
 from .services import SERVICES_KEY
 from .settings import Settings, parse_settings, redact_stream_key
 from .tts import ENGINES as TTS_ENGINES
+from .tts import check_tts_server
 from .workers import WorkerRole, serve_workers
 
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     --workers N processes (orchestrator/workers.py), exiting with its code."""
     argv = sys.argv[1:] if argv is None else argv
     settings = parse_settings(argv, choices={"tts": list(TTS_ENGINES)})
+    check_tts_server(settings)
     role = WorkerRole.from_environment()
     who = f"worker {role.index} " if role is not None else ""
     logging.basicConfig(

@@ -1,4 +1,5 @@
-"""The one error type the HTTP layer turns into a `{"code", "msg"}` answer."""
+"""The one error type the HTTP layer turns into a `{"code", "msg"}` answer, and the mark of an
+expected failure of a server outside this process."""
 
 from __future__ import annotations
 
@@ -20,3 +21,9 @@ class ApiError(Exception):
     @classmethod
     def not_found(cls, msg: str) -> ApiError:
         return cls(404, msg)
+
+
+class ExternalServiceError(Exception):
+    """A server outside this process failed (a TTS, LLM or ASR server, Triton, a push target):
+    expected, not a bug of ours. Its message says which server and why (safe to show); it is
+    logged as one rate-limited line (rate_limited_log.py), never with a traceback."""

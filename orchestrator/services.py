@@ -152,7 +152,7 @@ async def start_services(settings: Settings) -> Services:
         knowledge=knowledge, registry=registry, rtc_configuration=ice,
         limits=SessionLimits.from_settings(settings), data_dir=settings.data_dir,
         llm_config=server_llm, on_closed=session_closed, observer=metrics.observe,
-        voice_input=voice, idle_streams=idle_streams)
+        voice_input=voice, idle_streams=idle_streams, triton_back=triton.wait_ready)
     services = Services(
         settings=settings,
         triton_url=url,
@@ -270,4 +270,4 @@ def llm_config(settings: Settings) -> LLMConfig | None:
         return None
     return LLMConfig(base_url=settings.llm_base_url or DEFAULT_OPENAI_BASE_URL,
                      api_key=settings.llm_api_key, model=settings.llm_model or DEFAULT_LLM_MODEL,
-                     timeout_s=settings.llm_timeout_s)
+                     timeout_s=settings.llm_timeout_s, max_tokens=settings.llm_max_tokens)

@@ -60,6 +60,14 @@ DEFAULT_MAX_WHEP_VIEWERS = 4
 # SIGTERM: how long live sessions may go on before they are closed (orchestrator/drain.py).
 # 20 s fits Kubernetes' default 30 s grace period with time left to close them and Triton.
 DEFAULT_DRAIN_TIMEOUT_S = 20.0
+# A sentence's TTS: its first audio within this many seconds, then audio at no less than this
+# fraction of real time, or the sentence fails (speech/limits.py).
+DEFAULT_TTS_FIRST_AUDIO_TIMEOUT_S = 10.0
+DEFAULT_TTS_MIN_REALTIME = 0.5
+# A chat answer: at most this many tokens asked of the LLM (about 4 minutes of speech at 2.5
+# tokens a second of English), and cut cleanly after this many seconds of speech.
+DEFAULT_LLM_MAX_TOKENS = 600
+DEFAULT_MAX_ANSWER_S = 180.0
 
 # --help groups, in the order --help lists them (fields without a group: the top level).
 HTTP, TRITON, SPEECH, AVATARS = "HTTP", "Triton", "speech", "avatars and voices"
@@ -163,6 +171,16 @@ class Settings:
                              "speech server when none is asked for (default alloy)")
     tts_api_key: str = setting("", "--tts-api-key", group=SPEECH, env="TTS_API_KEY", help="bearer "
                                "token for the TTS server (default: TTS_API_KEY)")
+    tts_first_audio_timeout_s: float = setting(
+        DEFAULT_TTS_FIRST_AUDIO_TIMEOUT_S, "--tts-first-audio-timeout", group=SPEECH, type=float,
+        check=POSITIVE, help="seconds a TTS engine may take to send a sentence's first audio; "
+        "slower, the utterance ends with an error event naming the engine and the queue moves on "
+        f"(default {DEFAULT_TTS_FIRST_AUDIO_TIMEOUT_S:g})")
+    tts_min_realtime: float = setting(
+        DEFAULT_TTS_MIN_REALTIME, "--tts-min-realtime", group=SPEECH, type=float, check=POSITIVE,
+        help="after its first audio, a TTS engine must send audio at least this fast (seconds of "
+        "audio per second; 1 = real time) or the utterance ends with an error event "
+        f"(default {DEFAULT_TTS_MIN_REALTIME:g})")
     tts_ref_dir: str = setting("", "--tts-ref-dir", group=SPEECH, help="for gpt-sovits on another "
                                "machine: the path there of this server's data/voices/ folder "
                                "(GPT-SoVITS reads reference clips from its own disk)")
@@ -196,6 +214,14 @@ class Settings:
     llm_timeout_s: float = setting(30.0, "--llm-timeout", group=CHAT, type=float,
                                    metavar="LLM_TIMEOUT", help="seconds to wait for the LLM's "
                                    "first and each next token (default 30)")
+    llm_max_tokens: int = setting(
+        DEFAULT_LLM_MAX_TOKENS, "--llm-max-tokens", group=CHAT, type=int, check=AT_LEAST_1,
+        help="max_tokens asked of the LLM for one answer (a knowledge base's profile may set its "
+        f"own; default {DEFAULT_LLM_MAX_TOKENS})")
+    max_answer_s: float = setting(
+        DEFAULT_MAX_ANSWER_S, "--max-answer-seconds", group=CHAT, type=float, check=POSITIVE,
+        help="seconds of speech after which a chat answer is cut at its next sentence (its end "
+        f"event says cut: true; default {DEFAULT_MAX_ANSWER_S:g})")
     # Default: DATA_DIR/knowledge (parse_settings).
     knowledge_dir: Path = setting(PROJECT_ROOT / "data" / "knowledge", "--knowledge-dir",
                                   group=CHAT, type=Path, help="knowledge bases, a folder per llmid "

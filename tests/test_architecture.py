@@ -18,7 +18,7 @@ LAYERS = [
     {"speech", "chat"},
     {"tts", "asr", "vad", "lipsync", "avatar"},
     {"triton", "media"},
-    {"settings", "errors", "language"},
+    {"settings", "errors", "language", "rate_limited_log"},
 ]
 RANK = {name: len(LAYERS) - i for i, layer in enumerate(LAYERS) for name in layer}
 TOP_LEVEL_AT_MOST = 12

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ExternalServiceError
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ
 
 ASR_SAMPLE_RATE_HZ = AUDIO_SAMPLE_RATE_HZ  # Whisper takes 16 kHz: the pipeline's rate, as is
 
 
-class ASRError(RuntimeError):
+class ASRError(ExternalServiceError, RuntimeError):
     """One transcription failed (server down, bad answer): that turn is dropped with an
     `error` event; the session goes on listening."""
 

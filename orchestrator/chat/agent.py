@@ -1,6 +1,8 @@
 """Answers for `chat`, one agent per session: retrieval from the session's knowledge base, then an
 LLM streaming the answer, cut into sentences as they complete so the first one is spoken while
-the rest is generated. With no LLM configured, the best-matching FAQ answer, or a clear "I don't
+the rest is generated. A slow LLM that sends no sentence end for CLAUSE_FLUSH_AFTER_S has its
+text so far cut at a natural break (a comma, before a conjunction, a space after a few words:
+speech/clauses.py), so it is spoken instead of waited for. With no LLM configured, the best-matching FAQ answer, or a clear "I don't
 know". The agent keeps a bounded memory of the conversation; it dies with its session.
 """
 
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from ..language import language_of
-from ..settings import DEFAULT_LLM_MODEL
+from ..settings import DEFAULT_LLM_MAX_TOKENS, DEFAULT_LLM_MODEL
 from ..speech.items import SentenceStream, join_sentences, split_sentences
 from .knowledge import KnowledgeBase, Passage, Profile
 from .llm import ChatLLM, LLMConfig, LLMError
@@ -24,6 +26,9 @@ log = logging.getLogger(__name__)
 
 MEMORY_TURNS = 6
 CONTEXT_PASSAGES = 3
+# Text that has waited this long for a sentence end is cut at its last natural break.
+CLAUSE_FLUSH_AFTER_S = 1.0
+_END = object()  # the LLM stream's end, in the pump's queue
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly talking avatar. Your answers are spoken aloud: keep them short, plain "
@@ -46,8 +51,10 @@ class ChatTurn:
 
 
 
-def llm_config_for(profile: Profile, base: LLMConfig | None) -> LLMConfig | None:
-    """The LLM a knowledge base's profile asks for, on top of the server-wide configuration.
+def llm_config_for(profile: Profile, base: LLMConfig | None,
+                   max_tokens: int = DEFAULT_LLM_MAX_TOKENS) -> LLMConfig | None:
+    """The LLM a knowledge base's profile asks for, on top of the server-wide configuration;
+    `max_tokens` (--llm-max-tokens) unless the profile or the server-wide one sets it.
 
     None (answer from the FAQ) unless an endpoint is configured somewhere.
     """
@@ -65,7 +72,8 @@ def llm_config_for(profile: Profile, base: LLMConfig | None) -> LLMConfig | None
         api_key=api_key,
         model=profile.model or config.model,
         temperature=profile.temperature if profile.temperature is not None else config.temperature,
-        max_tokens=profile.max_tokens if profile.max_tokens is not None else config.max_tokens,
+        max_tokens=(profile.max_tokens if profile.max_tokens is not None
+                    else config.max_tokens if config.max_tokens is not None else max_tokens),
     )
 
 
@@ -135,19 +143,61 @@ class ChatAgent:
             None, self.knowledge.search, question, CONTEXT_PASSAGES)
         messages = build_messages(self.knowledge.profile.system_prompt or DEFAULT_SYSTEM_PROMPT,
                                   passages, list(self._memory), question)
-        sentences = SentenceStream()
         said_something = False
         try:
-            async with contextlib.aclosing(self._llm.stream(messages)) as deltas:
-                async for delta in deltas:
-                    for sentence in sentences.feed(delta):
-                        said_something = True
-                        yield sentence
-            for sentence in sentences.flush():
-                said_something = True
-                yield sentence
-        except LLMError:
-            log.warning("LLM failed for llmid=%r", self.knowledge.llmid, exc_info=True)
+            async with contextlib.aclosing(self._pieces(messages)) as pieces:
+                async for piece in pieces:
+                    said_something = True
+                    yield piece
+        except LLMError:  # logged once, as the utterance's failure (speech/pipeline.py)
             if not said_something:  # the listener hears why there is no answer...
                 yield self._fallback("llm_failed", question)
             raise  # ...and the failure reaches the session's events
+
+    async def _pieces(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        """The LLM's answer as speakable pieces: sentences as they complete, and a clause cut
+        at a natural break when no sentence end has come for CLAUSE_FLUSH_AFTER_S. Raises
+        LLMError. The stream is read by a pump task, so waiting for the next token can time
+        out without cutting the stream."""
+        assert self._llm is not None
+        deltas: asyncio.Queue = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async with contextlib.aclosing(self._llm.stream(messages)) as stream:
+                    async for delta in stream:
+                        deltas.put_nowait(delta)
+            except Exception as exc:  # handed to the reader, which raises it
+                deltas.put_nowait(exc)
+                return
+            deltas.put_nowait(_END)
+
+        loop = asyncio.get_running_loop()
+        reader = asyncio.create_task(pump(), name="llm-stream")
+        sentences = SentenceStream()
+        last_piece = loop.time()
+        try:
+            while True:
+                wait_s = (max(last_piece + CLAUSE_FLUSH_AFTER_S - loop.time(), 0.0)
+                          if sentences.pending else None)
+                try:
+                    async with asyncio.timeout(wait_s):
+                        delta = await deltas.get()
+                except TimeoutError:  # no sentence end for a while: a clause, if there is one
+                    pieces = sentences.flush_clause()
+                    last_piece = loop.time()  # either way, the next try after as long again
+                else:
+                    if delta is _END:
+                        break
+                    if isinstance(delta, Exception):
+                        raise delta
+                    pieces = sentences.feed(delta)
+                    if pieces:
+                        last_piece = loop.time()
+                for piece in pieces:
+                    yield piece
+            for piece in sentences.flush():
+                yield piece
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import openai
 
+from ..errors import ExternalServiceError
+
 # Local servers ignore the key, but the SDK refuses to start without one.
 PLACEHOLDER_API_KEY = "none"
 ERROR_DETAIL_MAX_CHARS = 300
@@ -33,7 +35,7 @@ class LLMConfig:
     max_tokens: int | None = None
 
 
-class LLMError(Exception):
+class LLMError(ExternalServiceError):
     """An LLM request failed; the message is safe to show to users (it never holds the key)."""
 
 

@@ -182,7 +182,9 @@ async def healthz(request: web.Request) -> web.Response:
     healthy = bool(triton.get("ready")) and not registry.draining
     msg = "draining" if registry.draining else "ok" if healthy else "triton not ready"
     data = {"triton": triton, "sessions": len(registry), "max_sessions": registry.max_sessions,
-            "draining": registry.draining, "instance": registry.instance_id}
+            "draining": registry.draining, "instance": registry.instance_id,
+            # What works badly without making the server unready (a TTS server unreachable).
+            "warnings": services.tts.warnings()}
     return web.json_response({"code": 0 if healthy else 503, "msg": msg, "data": data},
                              status=200 if healthy else 503)
 

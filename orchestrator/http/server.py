@@ -14,8 +14,8 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from ..rate_limited_log import RateLimitedLog
 from .access import SERVER_HEADER
-from .rate_limited_log import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +65,8 @@ class SessionFactory:
     observer: Callable[[dict], None] | None = None
     voice_input: VoiceInput | None = None  # None: --no-voice-input
     idle_streams: IdleStreams | None = None  # None: --no-shared-idle
+    # After a failed Triton call: whether Triton is ready again within the seconds given.
+    triton_back: Callable[[float], Awaitable[bool]] | None = None
     _llms: dict[LLMConfig, ChatLLM] = field(default_factory=dict)
 
     # --- sessions -------------------------------------------------------------------------
@@ -76,7 +78,8 @@ class SessionFactory:
         members, clips, chat = await self._prepared(options)
         pc = RTCPeerConnection(self.rtc_configuration) if with_peer else None
         return Session(sessionid, pc, members, options, self.tts, self.lipsync_models, chat,
-                       clips, self.observer, self.limits, self.on_closed, self.idle_streams)
+                       clips, self.observer, self.limits, self.on_closed, self.idle_streams,
+                       self.triton_back)
 
     async def warm(self, options: SessionOptions) -> None:
         """Load now what a session with `options` loads on its /offer (its avatars and their
@@ -200,7 +203,7 @@ class SessionFactory:
             raise ApiError.not_found(f"unknown {field_name} '{llmid}' (no knowledge base)") from None
         except ValueError as exc:
             raise ApiError.bad_request(f"field '{field_name}': {exc}") from None
-        config = llm_config_for(knowledge.profile, self.llm_config)
+        config = llm_config_for(knowledge.profile, self.llm_config, self.limits.llm_max_tokens)
         if config is None:
             return ChatAgent(knowledge, None)
         if config not in self._llms:  # one client (connection pool) per endpoint and model

@@ -10,12 +10,18 @@ It is also the one owner of "the current utterance": the typed items the pipelin
 (`UtteranceStarted`, `SentenceStarted`, `UtteranceEnded`) become the session's `start`,
 `sentence`, `end`/`error` events as they are played, not when they are produced, and an
 interruption's dropped utterances become `interrupted` events here.
+
+While a chat answer is under way (asked, or started) and nothing of it is ready to play, the
+player says so: a `thinking` event after THINKING_AFTER_S of that silence and every
+THINKING_EVERY_S while it lasts, so a page can show it and no answer is silent for long without
+an event (a slow LLM, a slow TTS server).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 
@@ -37,6 +43,11 @@ from .events import SessionEvents
 from .stage import Stage
 
 log = logging.getLogger(__name__)
+
+# A chat answer with nothing ready to play: the first `thinking` event after this many seconds,
+# then one every THINKING_EVERY_S while it lasts.
+THINKING_AFTER_S = 1.0
+THINKING_EVERY_S = 1.0
 
 
 class Player:
@@ -62,6 +73,8 @@ class Player:
         self._sinks: list[TickSink] = []  # each gets every tick: recorder, outputs
         self._task: asyncio.Task | None = None
         self._stopped = False
+        # (utterance, monotonic s its silence began, when the next `thinking` is due)
+        self._waiting: tuple[Utterance, float, float] | None = None
 
     @property
     def speaking(self) -> bool:
@@ -117,6 +130,7 @@ class Player:
 
     def _render_timed(self, tick: int) -> None:
         speech = self._next_speech_frame()
+        self._note_waiting(speech)
         # Between utterances the idle loop's position is the tick on the process-wide grid: the
         # same picture as every other session showing this avatar idle, which lets them share
         # its encoding. Within one (a pause, a late frame) it goes on from the speech's.
@@ -158,9 +172,27 @@ class Player:
                 else:
                     spoken = join_sentences(self._spoken)
                     answer = {"answer": spoken} if utterance.kind == "chat" else {}
+                    if item.cut:  # stopped at --max-answer-seconds
+                        answer["cut"] = True
                     self.events.emit("end", utterance_id=utterance.id, kind=utterance.kind,
                                      text=utterance.text, played_s=self._played_s(), **answer)
         return None
+
+    def _note_waiting(self, speech: SpeechFrame | None) -> None:
+        """`thinking` events while a chat answer has nothing ready to play (see the module)."""
+        answer = self._speaking or self.pipeline.current_utterance
+        if speech is not None or answer is None or answer.kind != "chat":
+            self._waiting = None
+            return
+        now = time.monotonic()
+        if self._waiting is None or self._waiting[0] is not answer:
+            self._waiting = (answer, now, now + THINKING_AFTER_S)
+            return
+        _, since, due = self._waiting
+        if now >= due:
+            self.events.emit("thinking", utterance_id=answer.id,
+                             started=self._speaking is answer, waiting_s=round(now - since, 1))
+            self._waiting = (answer, since, now + THINKING_EVERY_S)
 
     def end_dropped(self, dropped: list[Utterance]) -> None:
         """Each cut (the one playing) or never-started utterance ends with an `interrupted`

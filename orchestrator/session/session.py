@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,7 @@ from ..media.recordings import RecordingFile, Recordings
 from ..media.sinks import Sink, TickSink
 from ..media.video_track import VideoTrack
 from ..settings import (
+    DEFAULT_LLM_MAX_TOKENS,
     DEFAULT_MAX_QUEUED_SPEECH_S,
     DEFAULT_MAX_QUEUED_UTTERANCES,
     DEFAULT_SETUP_TIMEOUT_S,
@@ -52,6 +53,7 @@ from ..speech.items import (
     Utterance,
     estimated_speech_seconds,
 )
+from ..speech.limits import DEFAULT_SPEECH_LIMITS, SpeechLimits
 from ..speech.pipeline import SpeechPipeline
 from ..speech.streamed_audio import StreamedAudio
 from ..tts import TTSRouter, Voice
@@ -84,11 +86,15 @@ class SessionLimits:
     setup_timeout_s: float = DEFAULT_SETUP_TIMEOUT_S
     max_queued_utterances: int = DEFAULT_MAX_QUEUED_UTTERANCES
     max_queued_speech_s: float = DEFAULT_MAX_QUEUED_SPEECH_S
+    speech: SpeechLimits = DEFAULT_SPEECH_LIMITS  # TTS deadlines, an answer's length
+    llm_max_tokens: int = DEFAULT_LLM_MAX_TOKENS  # unless the knowledge base's profile says
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionLimits:
+        speech = SpeechLimits(settings.tts_first_audio_timeout_s, settings.tts_min_realtime,
+                              settings.max_answer_s)
         return cls(settings.setup_timeout_s, settings.max_queued_utterances,
-                   settings.max_queued_speech_s)
+                   settings.max_queued_speech_s, speech, settings.llm_max_tokens)
 
 
 class Session:
@@ -106,6 +112,7 @@ class Session:
         limits: SessionLimits = SessionLimits(),
         on_closed: Callable[[int], None] | None = None,
         idle_streams: IdleStreams | None = None,
+        triton_back: Callable[[float], Awaitable[bool]] | None = None,
     ) -> None:
         self.sessionid = sessionid
         self.created = time.time()  # wall clock: `since` in /api/admin/sessions
@@ -129,7 +136,8 @@ class Session:
         self._recorder: Recorder | None = None
         self.transport = "webrtc" if pc is not None else "server"  # /api/admin/sessions
         self._recording: tuple[Recordings, RecordingFile] | None = None
-        self.pipeline = SpeechPipeline(tts, lipsync, _avatar_cursor(self.stage), sessionid)
+        self.pipeline = SpeechPipeline(tts, lipsync, _avatar_cursor(self.stage), sessionid,
+                                       limits.speech, triton_back)
         self.pipeline.start()
         self.player = Player(sessionid, self.stage, self.pipeline, self.events, self.video,
                              self.audio)

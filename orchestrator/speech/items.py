@@ -14,6 +14,7 @@ from ..avatar.store import Avatar
 from ..language import is_cjk
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ
 from ..tts.base import Voice
+from .clauses import natural_break
 from .sentence_ends import sentence_end
 from .streamed_audio import StreamedAudio
 
@@ -94,6 +95,7 @@ class SentenceStarted:
 class UtteranceEnded:
     utterance: Utterance
     error: str | None = None
+    cut: bool = False  # a streamed answer stopped at --max-answer-seconds
 
 
 SpeechItem = SpeechFrame | UtteranceStarted | SentenceStarted | UtteranceEnded
@@ -113,6 +115,17 @@ class SentenceStream:
         while (cut := self._next_cut(final=False)) is not None:
             pieces.append(self._take(cut))
         return [p for p in pieces if _speakable(p)]
+
+    @property
+    def pending(self) -> bool:
+        """Whether text waits for its sentence end."""
+        return bool(self._buffer.strip())
+
+    def flush_clause(self) -> list[str]:
+        """A stalled stream's text so far, up to its last natural break (clauses.py); [] when
+        it has none yet."""
+        cut = natural_break(self._buffer)
+        return [] if cut is None else [p for p in [self._take(cut)] if _speakable(p)]
 
     def flush(self) -> list[str]:
         """The rest, at the end of the stream."""

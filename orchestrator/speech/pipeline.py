@@ -10,6 +10,16 @@ One speech task per session, always: a lock owns cancel-and-restart, so concurre
 run one after another (each cuts what was there when it ran), and close wins over any interrupt
 waiting behind it. Every utterance taken from the queue ends with an UtteranceEnded item, also
 when nothing in it was speakable.
+
+Bounds (limits.py): each sentence's TTS must keep its deadlines, or the utterance ends with an
+error and the queue moves on; a streamed answer stops taking sentences after `max_answer_s` of
+audio (its UtteranceEnded says `cut`). An expected failure of an outside server
+(errors.ExternalServiceError, or a failed Triton call) is one rate-limited log line; anything
+else is a bug of ours and logged with its traceback.
+
+Triton going away: an utterance that failed on a Triton call before anything of it was played
+is tried once more when Triton is ready again (within TRITON_BACK_WITHIN_S), else it ends with
+an error naming Triton. A streamed answer is not asked again (its LLM stream is spent).
 """
 
 from __future__ import annotations
@@ -19,16 +29,19 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..avatar.store import Avatar
+from ..errors import ExternalServiceError
 from ..lipsync.base import AudioFeatures
 from ..lipsync.models import LipSyncModels
 from ..media import stage_timing
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_TICK
+from ..rate_limited_log import RateLimitedLog
+from ..triton.client import triton_failure
 from ..tts import TTSEngine, TTSRouter, Voice
 from .features import DEFAULT_FEATURES, SentenceFeatures
 from .items import (
@@ -40,10 +53,12 @@ from .items import (
     UtteranceStarted,
     split_sentences,
 )
+from .limits import DEFAULT_SPEECH_LIMITS, SpeechLimits, paced_audio
 from .spoken_text import SpokenText
 from .streamed_audio import StreamedAudio
 
 log = logging.getLogger(__name__)
+FAILURES = RateLimitedLog(log)  # expected failures of outside servers: one line each
 
 # Small first chunk: the first frame (and with it the first audio) leaves sooner.
 FIRST_CHUNK_FRAMES = 2
@@ -74,6 +89,13 @@ LEAD_SILENCE_KEPT_S = 0.02
 MAX_LOGGED_TEXT_CHARS = 200
 # The session's speech task is named SPEECH_TASK_PREFIX + sessionid (metrics count them).
 SPEECH_TASK_PREFIX = "speech-"
+# An utterance that failed because Triton went away is tried again if Triton is back this soon.
+TRITON_BACK_WITHIN_S = 15.0
+
+
+class TritonFailed(ExternalServiceError):
+    """An utterance could not be spoken because a call to Triton failed (its message names
+    Triton and the cause)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,16 @@ class SentenceAudio:
     silent: np.ndarray  # bool [frames]: the features' `silent`
 
 
+@dataclass
+class _Progress:
+    """The current utterance so far: seconds of audio produced (16 kHz), and whether it was cut
+    at `max_answer_s`."""
+
+    produced_s: float = 0.0
+    cut: bool = False
+    started: bool = False  # its UtteranceStarted was queued (a retry would repeat it)
+
+
 class SpeechPipeline:
     def __init__(
         self,
@@ -92,8 +124,15 @@ class SpeechPipeline:
         lipsync: LipSyncModels,
         avatar_cursor: Callable[[], int],
         sessionid: int,
+        limits: SpeechLimits = DEFAULT_SPEECH_LIMITS,
+        triton_back: Callable[[float], Awaitable[bool]] | None = None,
     ) -> None:
         self._tts = tts
+        self._limits = limits
+        # After a failed Triton call: True when Triton is ready again within the seconds given
+        # (TritonSupervisor.wait_ready); None: no retry.
+        self._triton_back = triton_back
+        self._progress = _Progress()
         self._lipsync = lipsync
         self._avatar_cursor = avatar_cursor  # must not hold the session (it would keep it alive)
         self._sessionid = sessionid
@@ -133,9 +172,17 @@ class SpeechPipeline:
 
     @property
     def queued_seconds(self) -> float:
-        """Estimated seconds of speech waiting or being rendered."""
-        current = self._current.estimated_seconds if self._current is not None else 0.0
+        """Estimated seconds of speech waiting or being rendered; the current utterance counts
+        at least the audio it has produced so far (a chat answer's real length, as it grows)."""
+        current = 0.0
+        if self._current is not None:
+            current = max(self._current.estimated_seconds, self._progress.produced_s)
         return max(self._waiting_s, 0.0) + current
+
+    @property
+    def current_utterance(self) -> Utterance | None:
+        """The utterance being rendered (None between utterances)."""
+        return self._current
 
     @property
     def busy(self) -> bool:
@@ -196,15 +243,51 @@ class SpeechPipeline:
         while True:
             utterance = await self._next_utterance()
             self._current = utterance
+            self._progress = _Progress()
             try:
-                await self._speak(utterance)
+                await self._speak_or_retry(utterance)
             except asyncio.CancelledError:
                 raise
+            except ExternalServiceError as exc:  # expected: one line with the cause
+                FAILURES.log(type(exc).__name__, logging.WARNING,
+                             "speech failed sessionid=%s utterance=%s: %s", self._sessionid,
+                             utterance.id, exc)
+                self._items.append(UtteranceEnded(utterance, error=str(exc)))
             except Exception as exc:  # one bad utterance must not end the session's speech
                 log.exception("speech failed sessionid=%s utterance=%s", self._sessionid, utterance.id)
                 self._items.append(UtteranceEnded(utterance, error=str(exc)))
             finally:
                 self._current = None
+
+    async def _speak_or_retry(self, utterance: Utterance) -> None:
+        """`_speak`, once more when a Triton call failed before anything was played and Triton
+        is back within TRITON_BACK_WITHIN_S; TritonFailed otherwise."""
+        try:
+            await self._speak(utterance)
+            return
+        except Exception as exc:
+            cause = triton_failure(exc)
+            if cause is None:
+                raise
+        retry = (self._triton_back is not None and not self._progress.started
+                 and utterance.source is None)
+        FAILURES.log("triton", logging.WARNING, "Triton call failed sessionid=%s utterance=%s: "
+                     "%s%s", self._sessionid, utterance.id, cause,
+                     "; trying again when it is back" if retry else "")
+        if not retry:
+            raise TritonFailed(f"Triton failed ({cause}): the utterance was not spoken")
+        if not await self._triton_back(TRITON_BACK_WITHIN_S):
+            raise TritonFailed(f"Triton failed ({cause}) and was not back within "
+                               f"{TRITON_BACK_WITHIN_S:g} s: the utterance was not spoken")
+        self._progress = _Progress()
+        try:
+            await self._speak(utterance)
+        except Exception as exc:
+            cause = triton_failure(exc)
+            if cause is None:
+                raise
+            raise TritonFailed(f"Triton failed again ({cause}): the utterance was not "
+                               "spoken") from None
 
     async def _speak(self, utterance: Utterance) -> None:
         sentences: asyncio.Queue[SentenceAudio | None] = asyncio.Queue(SENTENCE_QUEUE_SIZE)
@@ -213,6 +296,7 @@ class SpeechPipeline:
             started = False
             while (sentence := await sentences.get()) is not None:
                 if not started:
+                    self._progress.started = True
                     self._items.append(UtteranceStarted(utterance))
                     self._next_avatar_tick = self._avatar_cursor() + PLANNING_LEAD_TICKS
                     started = True
@@ -220,7 +304,7 @@ class SpeechPipeline:
             await producer  # re-raises a TTS failure
             # Also when nothing was speakable (an answer of emoji, TTS audio of length 0): every
             # utterance taken gets its end, never silence.
-            self._items.append(UtteranceEnded(utterance))
+            self._items.append(UtteranceEnded(utterance, cut=self._progress.cut))
         finally:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
@@ -242,6 +326,7 @@ class SpeechPipeline:
                         None, _timed_take, features, final)
                     if padded.size == 0:
                         continue
+                    self._progress.produced_s += padded.size / AUDIO_SAMPLE_RATE_HZ
                     # The sentence's text goes with its first piece only (SentenceStarted).
                     await out.put(SentenceAudio(utterance, text if features.first else None,
                                                 padded, windows, silent))
@@ -279,9 +364,16 @@ class SpeechPipeline:
                     lead = False
                     yield text, features, final
             return
-        # A streamed answer: closing it (interrupt, failure) closes the LLM stream behind it.
+        # A streamed answer: closing it (interrupt, failure, its length bound) closes the LLM
+        # stream behind it.
         async with contextlib.aclosing(utterance.source) as sentences:
             async for text in sentences:
+                if self._progress.produced_s >= self._limits.max_answer_s:
+                    self._progress.cut = True
+                    log.info("answer cut sessionid=%s utterance=%s after %.1f s of speech "
+                             "(--max-answer-seconds)", self._sessionid, utterance.id,
+                             self._progress.produced_s)
+                    return
                 async for features, final in self._tts_audio(said.piece(text), utterance.voice,
                                                              kind, lead):
                     lead = False
@@ -318,7 +410,12 @@ class SpeechPipeline:
         features: SentenceFeatures | None = None
         silent: list[np.ndarray] = []  # chunks before the first audible sample (trim_lead)
         started = time.perf_counter()
-        async with contextlib.aclosing(engine.synthesize(text, voice)) as chunks:
+        # The deadlines (limits.py): a hung or trickling engine fails the sentence, and its
+        # request is closed with it, so none of its late audio is played.
+        async with (contextlib.aclosing(engine.synthesize(text, voice)) as raw,
+                    contextlib.aclosing(paced_audio(engine.name, raw,
+                                                    lambda: engine.sample_rate_hz,
+                                                    self._limits)) as chunks):
             async for chunk in chunks:
                 if trim_lead:
                     silent.append(np.asarray(chunk, np.float32))

@@ -241,3 +241,12 @@ class TensorModelClient(TritonModelClient):
 
 def _is_shared_memory_error(exc: InferenceServerException) -> bool:
     return "shared memory" in str(exc.message()).lower()
+
+
+def triton_failure(exc: BaseException) -> str | None:
+    """What a failed call to Triton says (one line), when `exc` is one (the server gone, a
+    timeout, a model error); None for any other exception."""
+    if not isinstance(exc, InferenceServerException):
+        return None
+    message = str(exc.message() or exc.status() or type(exc).__name__).strip()
+    return (message.splitlines() or [type(exc).__name__])[0][:200]

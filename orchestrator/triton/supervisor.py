@@ -38,6 +38,9 @@ RESTART_BACKOFF_MAX_S = 30.0
 CLOSE_RECANCEL_S = 0.5
 # Up this long since it (re)started: the next crash starts a new streak (no backoff).
 STABLE_AFTER_S = 60.0
+# wait_ready after a failed call: time for the monitor to notice an outage before it is asked
+# (an exited process is seen at once, an unanswered probe within PROBE_INTERVAL_S + timeout).
+NOTICE_OUTAGE_S = PROBE_INTERVAL_S + PROBE_TIMEOUT_S
 
 
 class TritonSupervisor:
@@ -84,6 +87,18 @@ class TritonSupervisor:
             return f"not answering ({self._status['error']})"
         waiting = [m for m, ok in self._status.get("models", {}).items() if not ok]
         return f"models not ready: {', '.join(waiting)}" if waiting else "server not ready"
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """After a call to Triton failed: True once Triton is ready again (the monitor is first
+        given NOTICE_OUTAGE_S to notice an outage), False when it is not within `timeout_s`
+        seconds."""
+        deadline = time.monotonic() + timeout_s
+        await asyncio.sleep(min(NOTICE_OUTAGE_S, timeout_s))
+        while not self.ready:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(PROBE_INTERVAL_S)
+        return True
 
     async def start(self) -> None:
         """One probe now (the state is known from the first request on), then the monitor."""

@@ -8,8 +8,10 @@ settings. Nothing outside this package names an engine.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 from ..triton.artifacts import Artifact
 from .base import (
@@ -36,7 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AUTO_VOICE_NAME", "ENGINES", "TTSEngine", "TTSRouter", "TTSServerError",
            "TTSServerUnavailable", "UnknownVoice", "Voice", "describe_tts", "model_artifacts",
-           "open_tts", "synthesize_all", "triton_models"]
+           "open_tts", "synthesize_all", "triton_models", "tts_server_url"]
+
+log = logging.getLogger(__name__)
 
 
 async def _open_espeak(settings: Settings, triton_url: str) -> TTSEngine:
@@ -51,11 +55,40 @@ async def _open_piper(settings: Settings, triton_url: str) -> TTSEngine:
 # is not given.
 DEFAULT_SERVER_URLS = {"cosyvoice": "http://127.0.0.1:50000", "gpt-sovits": "http://127.0.0.1:9880",
                        "fishtts": "http://127.0.0.1:8080", "openai": "http://127.0.0.1:8000"}
+# Servers whose routes begin with /v1 (/v1/audio/speech, /v1/tts): a --tts-server ending in /v1
+# (the OpenAI SDK's form, as --llm-base-url takes it) means the same server.
+V1_ROUTED = frozenset({"openai", "fishtts"})
+API_VERSION_PATH = "/v1"
+
+
+def tts_server_url(settings: Settings, name: str | None = None) -> str:
+    """The base URL engine `name` (default: --tts) sends its routes to: --tts-server, else the
+    engine's usual address; a trailing /v1 is dropped for servers whose routes carry it.
+    ValueError naming the right form when /v1 is given to a server whose routes have none."""
+    name = name or settings.tts
+    url = (settings.tts_server or DEFAULT_SERVER_URLS[name]).rstrip("/")
+    parts = urlsplit(url)
+    if not parts.path.endswith(API_VERSION_PATH):
+        return url
+    base = urlunsplit(parts._replace(path=parts.path[:-len(API_VERSION_PATH)]))
+    if name in V1_ROUTED:
+        return base
+    raise ValueError(f"--tts-server {url}: {name}'s server takes its base URL without "
+                     f"{API_VERSION_PATH} (e.g. {base})")
+
+
+def check_tts_server(settings: Settings) -> None:
+    """SystemExit naming the right --tts-server form when the configured engine's is wrong."""
+    if settings.tts in DEFAULT_SERVER_URLS:
+        try:
+            tts_server_url(settings)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
 
 
 def _server(settings: Settings, name: str) -> HTTPVoiceServer:
     headers = {"Authorization": f"Bearer {settings.tts_api_key}"} if settings.tts_api_key else {}
-    return HTTPVoiceServer(name, settings.tts_server or DEFAULT_SERVER_URLS[name], headers)
+    return HTTPVoiceServer(name, tts_server_url(settings, name), headers)
 
 
 async def _open_cosyvoice(settings: Settings, triton_url: str) -> TTSEngine:
@@ -138,7 +171,9 @@ def describe_tts(settings: Settings) -> str:
 
 
 async def open_tts(settings: Settings, triton_url: str) -> TTSRouter:
-    """The router over the configured engine and the eSpeak fallback."""
+    """The router over the configured engine and the eSpeak fallback. A TTS server that cannot
+    be reached now is one warning line (and /healthz's `warnings`), not a failure: it may come
+    up later."""
     engines: list[TTSEngine] = []
     try:
         for name in _configured(settings):
@@ -147,7 +182,10 @@ async def open_tts(settings: Settings, triton_url: str) -> TTSRouter:
         for engine in engines:
             await engine.close()
         raise
-    return TTSRouter(engines)
+    router = TTSRouter(engines)
+    for warning in await router.probe():
+        log.warning("%s (/healthz warns until it answers)", warning)
+    return router
 
 
 __all__ += ["ESPEAK_MODEL", "ESpeakEngine", "PIPER_MODEL", "PiperEngine"]

@@ -15,6 +15,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from ..errors import ExternalServiceError
+
 AUTO_VOICE_NAME = ""  # no voice asked for: the engines pick one by the text's language
 MAX_VOICE_NAME_CHARS = 128
 
@@ -33,7 +35,7 @@ class UnknownVoice(LookupError):
         self.voice = voice
 
 
-class TTSServerError(RuntimeError):
+class TTSServerError(ExternalServiceError, RuntimeError):
     """A TTS server failed one synthesis (down, 4xx/5xx, not audio): that utterance ends with
     an error event; the session goes on."""
 
@@ -98,6 +100,17 @@ class TTSEngine(abc.ABC):
     async def check_available(self) -> None:  # noqa: B027 - local engines are always there
         """Raises TTSServerUnavailable when the engine's server cannot be reached now (asked
         on every /offer and /human; engines keep the answer a few seconds)."""
+
+    @property
+    def health_warning(self) -> str | None:
+        """Why the engine's server looks unusable as last seen (unreachable, a wrong URL), for
+        /healthz; None when fine or unknown. Never asks the server (see `check_available`)."""
+        return None
+
+    @property
+    def health_stale(self) -> bool:
+        """Whether `health_warning` is old enough to be asked again (`check_available`)."""
+        return False
 
     def speaks(self, text: str, voice: Voice) -> bool:  # noqa: ARG002 - engines may override
         """Whether this engine can say `text` (its language) in `voice`; the router sends

@@ -83,6 +83,14 @@ class HTTPCloningEngine(TTSEngine):
     async def check_available(self) -> None:
         await self.server.probe()
 
+    @property
+    def health_warning(self) -> str | None:
+        return self.server.problem
+
+    @property
+    def health_stale(self) -> bool:
+        return not self.server.checked_recently
+
     async def check_voice(self, voice: Voice) -> None:
         name = self._name(voice)
         if not name or not plausible_voice_name(name):

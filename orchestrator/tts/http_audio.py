@@ -41,6 +41,9 @@ class HTTPVoiceServer:
         self._headers = headers or {}
         self._session: aiohttp.ClientSession | None = None
         self._seen_up_at = -PROBE_TTL_S
+        self._asked_at = -PROBE_TTL_S  # the last probe's time (monotonic s)
+        #: why the server was last seen failing to be reached (None: it answered since)
+        self.problem: str | None = None
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -58,18 +61,27 @@ class HTTPVoiceServer:
         return TTSServerUnavailable(f"TTS server '{self.engine}' at {self.base_url} is "
                                     f"unreachable ({why})")
 
+    @property
+    def checked_recently(self) -> bool:
+        """Whether a probe ran (or an answer came) within PROBE_TTL_S."""
+        return time.monotonic() - max(self._asked_at, self._seen_up_at) < PROBE_TTL_S
+
     async def probe(self) -> None:
         """Raises TTSServerUnavailable unless the server answers HTTP at all (any status:
-        these servers have no common health route)."""
+        these servers have no common health route). Kept in `problem`."""
         if time.monotonic() - self._seen_up_at < PROBE_TTL_S:
             return
+        self._asked_at = time.monotonic()
         try:
             async with self.session.get(self.base_url + "/",
                                         timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)):
                 pass
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise self.unavailable(type(exc).__name__) from None
+            error = self.unavailable(type(exc).__name__)
+            self.problem = str(error)
+            raise error from None
         self._seen_up_at = time.monotonic()
+        self.problem = None
 
     async def stream(self, method: str, path: str, on_headers: Callable[[Mapping], None] | None = None,
                      **request) -> AsyncIterator[bytes]:
@@ -80,19 +92,30 @@ class HTTPVoiceServer:
             async with self.session.request(method, self.url(path), **request) as response:
                 if response.status >= 400:
                     detail = (await response.text(errors="replace"))[:MAX_ERROR_CHARS]
+                    # No such route (a web framework's own 404/405, not the server's "unknown
+                    # voice"): --tts-server is not the server's base URL.
+                    if response.status == 405 or (response.status == 404
+                                                  and "Not Found" in detail):
+                        self.problem = (f"TTS server '{self.engine}' at {self.base_url} answered "
+                                        f"HTTP {response.status} for {path}: is --tts-server its "
+                                        "base URL?")
                     raise TTSServerError(f"TTS server '{self.engine}' answered HTTP "
-                                         f"{response.status}: {detail.strip()}")
+                                         f"{response.status} for {path}: {detail.strip()}")
                 if response.content_type.startswith(NOT_AUDIO_TYPES):
                     raise TTSServerError(f"TTS server '{self.engine}' answered "
                                          f"{response.content_type}, not audio")
                 self._seen_up_at = time.monotonic()
+                self.problem = None
                 if on_headers is not None:
                     on_headers(response.headers)
                 async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
                     yield chunk
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise TTSServerError(f"TTS server '{self.engine}' at {self.base_url} failed: "
-                                 f"{type(exc).__name__}") from None
+            message = (f"TTS server '{self.engine}' at {self.base_url} failed: "
+                       f"{type(exc).__name__}")
+            if isinstance(exc, aiohttp.ClientConnectorError) and self.problem is None:
+                self.problem = message
+            raise TTSServerError(message) from None
 
     async def close(self) -> None:
         if self._session is not None:

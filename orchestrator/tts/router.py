@@ -18,7 +18,7 @@ import asyncio
 import logging
 
 from ..language import script_runs
-from .base import TTSEngine, UnknownVoice, Voice
+from .base import TTSEngine, TTSServerUnavailable, UnknownVoice, Voice
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class TTSRouter:
         self.engines = engines
         self._owners: dict[str, TTSEngine] = {}
         self._ignored_logged: set[tuple[str, str]] = set()  # (engine, option key)
+        self._health_check: asyncio.Task | None = None
 
     @property
     def default(self) -> TTSEngine:
@@ -107,5 +108,25 @@ class TTSRouter:
             log.info("tts %s: ignoring option(s) it does not understand: %s", engine.name,
                      ", ".join(sorted(key[:40] for _, key in new)))
 
+    async def probe(self) -> list[str]:
+        """Ask every engine's server now (at start-up); what is wrong, one line per engine."""
+        for engine in self.engines:
+            try:
+                await engine.check_available()
+            except TTSServerUnavailable:
+                pass  # kept as its health_warning
+        return self.warnings()
+
+    def warnings(self) -> list[str]:
+        """The engines' health warnings as last seen (for /healthz: a warning, not readiness);
+        stale ones are asked again in the background, never waited for here."""
+        if any(e.health_stale for e in self.engines) and (
+                self._health_check is None or self._health_check.done()):
+            self._health_check = asyncio.create_task(self.probe(), name="tts-health")
+        return [w for w in (e.health_warning for e in self.engines) if w]
+
     async def close(self) -> None:
+        if self._health_check is not None:
+            self._health_check.cancel()
+            await asyncio.gather(self._health_check, return_exceptions=True)
         await asyncio.gather(*(e.close() for e in self.engines), return_exceptions=True)

@@ -45,8 +45,10 @@ from aiortc.mediastreams import MediaStreamTrack
 from ..asr import ASREngine, ASRError
 from ..asr.hallucinations import nothing_said
 from ..errors import ApiError
+from ..rate_limited_log import RateLimitedLog
 from ..settings import DEFAULT_BARGE_IN_MIN_S
 from ..speech.items import has_speakable
+from ..triton.client import triton_failure
 from ..vad.activity import (
     SpeechContinues,
     SpeechEnded,
@@ -61,6 +63,7 @@ from ..vad.base import VAD, VAD_FRAME_S, VAD_SAMPLE_RATE_HZ
 from .microphone import uplink_frames
 
 log = logging.getLogger(__name__)
+FAILURES = RateLimitedLog(log)  # expected failures of the ASR server: one line each
 
 VOICE_MODES = ("chat", "echo", "off")
 
@@ -142,8 +145,13 @@ class Listener:
                     await self._on(event)
         except asyncio.CancelledError:
             raise
-        except Exception:  # Triton down and the like: the avatar goes on, deaf
-            log.exception("listener stopped sessionid=%s", self.session.sessionid)
+        except Exception as exc:  # Triton down and the like: the avatar goes on, deaf
+            cause = triton_failure(exc)
+            if cause is None:  # a bug of ours
+                log.exception("listener stopped sessionid=%s", self.session.sessionid)
+            else:  # expected: Triton went away
+                FAILURES.log("triton", logging.WARNING, "listener stopped sessionid=%s: Triton "
+                             "failed (%s)", self.session.sessionid, cause)
             self.session.events.emit("error", msg="voice input stopped")
 
     async def _on(self, event) -> None:
@@ -269,6 +277,8 @@ class Listener:
         try:
             text, asr_ms, dropped = await transcription
         except ASRError as exc:
+            FAILURES.log("asr", logging.WARNING, "speech recognition failed sessionid=%s: %s",
+                         session.sessionid, exc)
             session.events.emit("error", msg=f"speech recognition failed: {exc}")
             return
         wait_ms = round((time.monotonic() - ended_at) * 1000)

@@ -21,7 +21,7 @@ from yarl import URL
 
 from orchestrator.client import AvatarClient
 from orchestrator.http.api import sse_event
-from orchestrator.http.rate_limited_log import DEFAULT_LINES_PER_WINDOW, RateLimitedLog
+from orchestrator.rate_limited_log import DEFAULT_LINES_PER_WINDOW, RateLimitedLog
 
 UNKNOWN_SESSION = 987654
 # A well-formed offer (ICE credentials, fingerprint, rtcp-mux): it passes the SDP check, so what

@@ -13,7 +13,10 @@ present) and answers 400/422 like it when one is wrong, and streams audio the wa
 The "cloned" voice is the reference clip itself, resampled and repeated to the text's length
 (so a test can hear that the reference reached the server); a server-side voice id is a tone.
 `FakeVoice.fail` makes the next answers fail: "status" (500), "html" (200 text/html), "cut"
-(the stream stops half way, connection closed), "garbage" (a RIFF header that is not PCM).
+(the stream stops half way, connection closed), "garbage" (a RIFF header that is not PCM),
+"hang" (the request is read, then nothing is answered, not even headers, until the client goes),
+"trickle" (headers, then 2 bytes every `trickle_every_s`, for ever). `closed_early` counts the
+answers whose client went away before their end.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from orchestrator.media.wav_file import wav_bytes
 HOST = "127.0.0.1"
 SECONDS_PER_CHAR = 0.06  # the audio answered: about normal speech for the text's length
 CHUNK_S = 0.1  # audio per streamed chunk
+HANG_POLL_S = 0.05  # how often a hanging answer looks whether its client has gone
 
 
 @dataclass
@@ -46,7 +50,9 @@ class FakeVoice:
     first_chunk_delay_s: float = 0.05  # "thinking" before the first chunk
     real_time_factor: float = 0.2  # synthesis time per second of audio, for later chunks
     fail: str = ""
+    trickle_every_s: float = 25.0
     requests: list[dict] = field(default_factory=list)
+    closed_early: int = 0
     server_voices: tuple[str, ...] = ("alloy", "中文女", "speaker1")
 
 
@@ -101,8 +107,22 @@ async def stream_audio(request: web.Request, fake: FakeVoice, audio: np.ndarray,
                                  status=500)
     if fake.fail == "html":
         return web.Response(text="<html>proxy error</html>", content_type="text/html")
+    if fake.fail == "hang":  # until the client closes its connection
+        while request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(HANG_POLL_S)
+        fake.closed_early += 1
+        return web.Response(status=499)
     response = web.StreamResponse(headers={"Content-Type": content_type, **(headers or {})})
     await response.prepare(request)
+    if fake.fail == "trickle":
+        try:
+            while True:
+                await response.write(header[:2] if header else b"\x00\x00")
+                header = header[2:]
+                await asyncio.sleep(fake.trickle_every_s)
+        except ConnectionError:  # the client went away
+            fake.closed_early += 1
+            return response
     await asyncio.sleep(fake.first_chunk_delay_s)
     if fake.fail == "garbage":
         await response.write(b"RIFF\x00\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\x03\x00\x02\x00"

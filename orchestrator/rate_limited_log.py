@@ -1,5 +1,7 @@
-"""Log lines that a client can cause (malformed requests), bounded per kind: a flood of garbage
-must not flood the log, and what was left out is still counted."""
+"""Log lines bounded per kind: lines a client can cause (malformed requests) and expected
+failures of servers outside this process (TTS, LLM, ASR, pushes: errors.ExternalServiceError),
+one line each with the cause, never a traceback. A flood must not flood the log, and what was
+left out is still counted."""
 
 from __future__ import annotations
 
