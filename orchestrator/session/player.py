@@ -9,7 +9,9 @@ audio, video and every output carry the same clock and cannot drift apart. Like 
 It is also the one owner of "the current utterance": the typed items the pipeline yields
 (`UtteranceStarted`, `SentenceStarted`, `UtteranceEnded`) become the session's `start`,
 `sentence`, `end`/`error` events as they are played, not when they are produced, and an
-interruption's dropped utterances become `interrupted` events here.
+interruption's dropped utterances become `interrupted` events here. And it alone knows what the
+user heard (heard.py: the pipeline reads ahead): each utterance's `on_heard` is told by it, at
+the utterance's end or cut.
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ from ..media.clock import AUDIO_PACKETS_PER_TICK, AUDIO_SAMPLES_PER_PACKET, Medi
 from ..media.sinks import TickSink
 from ..media.video_track import Picture, VideoTrack
 from ..speech.items import (
+    CUT_BY_REQUEST,
+    CUT_ERROR,
     SentenceStarted,
     SpeechFrame,
     Utterance,
     UtteranceEnded,
     UtteranceStarted,
-    join_sentences,
 )
 from ..speech.pipeline import SpeechPipeline
 from .events import SessionEvents
+from .heard import HeardText
 from .stage import Stage
 
 log = logging.getLogger(__name__)
@@ -57,7 +61,7 @@ class Player:
         self.clock = MediaClock()
         self.frames_sent = 0
         self._speaking: Utterance | None = None
-        self._spoken: list[str] = []  # sentences of the current utterance played so far
+        self._heard = HeardText()  # what was played of the current utterance
         self._sinks: list[TickSink] = []  # each gets every tick: recorder, outputs
         self._task: asyncio.Task | None = None
         self._stopped = False
@@ -136,34 +140,51 @@ class Player:
     def _next_speech_frame(self) -> SpeechFrame | None:
         while (item := self.pipeline.pop()) is not None:
             if isinstance(item, SpeechFrame):
+                if item.utterance is self._speaking:
+                    self._heard.frame()
                 return item
             utterance = item.utterance
             if isinstance(item, UtteranceStarted):
-                self._speaking, self._spoken = utterance, []
+                self._speaking, self._heard = utterance, HeardText()
                 self.events.emit("start", utterance_id=utterance.id, kind=utterance.kind,
                                  text=utterance.text)
             elif isinstance(item, SentenceStarted):
-                self._spoken.append(item.text)
+                self._heard.sentence(item.text, item.frames)
                 self.events.emit("sentence", utterance_id=utterance.id, kind=utterance.kind,
                                  text=item.text)
             elif isinstance(item, UtteranceEnded):
-                if self._speaking is not utterance:  # ended without starting: nothing spoken
-                    self._spoken = []
+                # Ended without starting (nothing speakable, or failed first): nothing heard.
+                heard = self._heard if self._speaking is utterance else HeardText()
                 self._speaking = None
                 if item.error:
                     self.events.emit("error", utterance_id=utterance.id, msg=item.error)
+                    _tell_heard(utterance, heard.heard, CUT_ERROR)
                 else:
-                    spoken = join_sentences(self._spoken)
-                    answer = {"answer": spoken} if utterance.kind == "chat" else {}
+                    answer = {"answer": heard.whole} if utterance.kind == "chat" else {}
                     self.events.emit("end", utterance_id=utterance.id, kind=utterance.kind,
                                      text=utterance.text, **answer)
+                    _tell_heard(utterance, heard.whole, None)
         return None
 
-    def end_dropped(self, dropped: list[Utterance]) -> None:
+    def end_dropped(self, dropped: list[Utterance], cut: str = CUT_BY_REQUEST) -> None:
         """Each cut (the one playing) or never-started utterance ends with an `interrupted`
-        event; nothing is playing afterwards."""
-        if self._speaking is not None and self._speaking not in dropped:
-            dropped.insert(0, self._speaking)
-        self._speaking = None
+        event, `heard` saying what of it was played ("" for those never started), and is told
+        so (`on_heard`, with `cut`: a CUT_* reason); nothing is playing afterwards."""
+        playing, self._speaking = self._speaking, None
+        if playing is not None and playing not in dropped:
+            dropped.insert(0, playing)
         for utterance in dropped:
-            self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text)
+            heard = self._heard.heard if utterance is playing else ""
+            self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text,
+                             heard=heard)
+            _tell_heard(utterance, heard, cut)
+
+
+def _tell_heard(utterance: Utterance, heard: str, cut: str | None) -> None:
+    """The utterance's `on_heard`, if any; its failure is logged, never the player's."""
+    if utterance.on_heard is None:
+        return
+    try:
+        utterance.on_heard(heard, cut)
+    except Exception:
+        log.exception("on_heard failed utterance=%s", utterance.id)
