@@ -157,7 +157,10 @@ class RecognitionStream:
         self.audio = bytearray()
 
     def _max_bytes(self) -> int:
-        return int(MAX_UTTERANCE_S * self.config.audio_fs_hz) * PCM16_BYTES + WAV_HEADER_MAX_BYTES
+        """MAX_UTTERANCE_S of PCM16 at the client's rate (and a WAV header's room, when the
+        buffer is a WAV file): no more than the ASR engine takes."""
+        header = WAV_HEADER_MAX_BYTES if self.audio[:4] == b"RIFF" else 0
+        return int(MAX_UTTERANCE_S * self.config.audio_fs_hz) * PCM16_BYTES + header
 
     async def run(self) -> None:
         try:

@@ -30,7 +30,7 @@ class VADSettings:
     min_speech_s: float = _FLAG_DEFAULTS.vad_min_speech_s
     min_silence_s: float = _FLAG_DEFAULTS.vad_min_silence_s  # this long ends the utterance
     pre_roll_s: float = 0.2  # audio kept before the detected start (word onsets)
-    max_utterance_s: float = MAX_UTTERANCE_S  # an utterance is cut here (what ASR takes)
+    max_utterance_s: float = MAX_UTTERANCE_S  # an utterance's audio is cut here (what ASR takes)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VADSettings:
@@ -147,7 +147,8 @@ class VoiceActivity:
         now = t + VAD_FRAME_S
         ended = self._silence_since is not None and (
             self._end_requested or now - self._silence_since >= s.min_silence_s)
-        if ended or now - self.speaking_since >= s.max_utterance_s:
+        # Cut at max_utterance_s of audio handed on, pre-roll included (what ASR is given).
+        if ended or len(self._frames) * VAD_FRAME_S >= s.max_utterance_s - 1e-9:
             end = self._silence_since if self._silence_since is not None else now
             audio = np.concatenate(self._frames)
             self._frames, self._run_start = self._frames[-self._pre_roll:], None
