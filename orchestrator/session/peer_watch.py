@@ -5,10 +5,11 @@ peer stopped answering consent checks: aioice gives up after 6 missed checks 5 s
 and "closed" when the peer closes DTLS (a client that closes cleanly: at once). An offer without
 `a=end-of-candidates` (Chromium's) never fails ICE on its own: the setup timeout ends it.
 
-A consent expiry passes through "failed" on its way to "closed" within one turn of the event
-loop (aiortc closes a connection whose transports all ended), so the states are read when each
-change is announced, not when the waiting task wakes up: what is reported is the first way the
-peer went, not the last state it reached.
+Which way the peer went is told apart: states are read when each change is announced, not when
+the waiting task wakes up (a connection can pass "failed" on its way to "closed" within one turn
+of the event loop), and a consent expiry, which aiortc reports as a plain "closed" (the DTLS
+transport ends with the ICE connection, and the peer connection closes before its ICE transport
+can say "failed"), is read from aioice's ICE connection itself (`_consent_expired`).
 """
 
 from __future__ import annotations
@@ -43,16 +44,31 @@ class _StateLog:
         return any(state in states for state, _ in self.seen)
 
     def gone_reason(self) -> str:
-        """The first way the peer went: CONSENT_EXPIRED when ICE failed after it had connected,
-        else the first gone state announced."""
+        """The first way the peer went: CONSENT_EXPIRED when ICE failed or gave up on its own
+        after it had connected, else the first gone state announced."""
+        pc = self._pc()
         connected = False
         for state, ice_state in self.seen:
             connected = connected or state == "connected"
-            if connected and ice_state == "failed":
+            if connected and (ice_state == "failed" or (pc is not None and _consent_expired(pc))):
                 return CONSENT_EXPIRED
             if state in GONE_STATES:
                 return state
         return "closed"
+
+
+def _consent_expired(pc: RTCPeerConnection) -> bool:
+    """Whether an ICE connection of `pc` (once connected) ended on its own. aioice ends its
+    consent checks (RFC 7675) by itself only when consent expired, and then drops the task
+    (`_query_consent_task` None); a close cancels the task and keeps it. Both are aioice's own
+    attributes, read defensively: an aioice without them reads as not expired."""
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+        if connection is not None and getattr(connection, "_query_consent_task", False) is None \
+                and getattr(connection, "_closed", False):
+            return True
+    return False
 
 
 async def wait_peer_gone(pc: RTCPeerConnection, setup_timeout_s: float) -> str:
