@@ -65,6 +65,12 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
+            # A request its client gave up on while it waited (a superseded partial transcript)
+            # is not transcribed: with long utterances they would queue up behind each other.
+            if getattr(request, "is_cancelled", None) is not None and request.is_cancelled():
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("cancelled by the client")))
+                continue
             try:
                 text = self._transcribe(request)
                 out = pb_utils.Tensor("text", np.array([text.encode()], dtype=np.object_))
