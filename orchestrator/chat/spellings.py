@@ -4,10 +4,11 @@ right ("Trighton"), and writes numbers in words or in digits ("twenty five", "ei
 
 `Spellings` is built from a knowledge base's own words (its vocabulary) and reads a question's
 words in order: adjacent words whose join is a vocabulary word are that word; a joined word that
-the vocabulary has split ("lipsync") is its parts; a word (or an adjacent pair, joined) that is
+the vocabulary has split ("lipsync") is its parts; a word (or adjacent words, joined) that is
 not in the vocabulary but within a small edit distance of one word in it (rapidfuzz's
-Levenshtein distance) is taken for that word. Numbers become digits on both sides first
-(text2num's alpha2digit, "8,010" as 8010), so "eight thousand ten" finds 8010.
+Levenshtein distance), or that sounds like one (jellyfish's Metaphone codes one edit apart:
+"tried and", "tri-in" for Triton), is taken for that word. Numbers become digits on both sides
+first (text2num's alpha2digit, "8,010" as 8010), so "eight thousand ten" finds 8010.
 
 A word taken for another is marked (`Term.corrected`): knowledge.py weighs it as the unknown
 word it was, so a correction can only help a match whose text really has the corrected word,
@@ -20,6 +21,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import jellyfish
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 from text_to_num import alpha2digit
@@ -28,6 +30,12 @@ from text_to_num import alpha2digit
 NEAR_MIN_CHARS = 5
 NEAR_TWO_EDITS_CHARS = 8
 MAX_JOINED_WORDS = 3  # "live human" -> livehuman, "eighty ten" -> 8010
+# Sounds like: Metaphone codes one edit apart (the question's of SOUND_MIN_CODE letters or more,
+# the vocabulary word's of SOUND_MIN_WORD_CODE: short codes are shared by too many words), the
+# same first letter, a vocabulary word of NEAR_MIN_CHARS or more, at most half the letters (of
+# the longer word) different.
+SOUND_MIN_CODE = 3
+SOUND_MIN_WORD_CODE = 4
 _THOUSANDS = re.compile(r"(?<=\d)[,\u202f](?=\d{3}\b)")
 
 
@@ -59,6 +67,8 @@ class Spellings:
                  normal=lambda word: word) -> None:
         self._words = [w for w in dict.fromkeys(vocabulary) if w.isascii() and w.isalnum()]
         self._known = set(self._words)
+        self._sounds = [(w, code) for w in self._words if len(w) >= NEAR_MIN_CHARS and w.isalpha()
+                        and len(code := jellyfish.metaphone(w)) >= SOUND_MIN_WORD_CODE]
         self._stopwords = stopwords
         self._normal = normal
 
@@ -98,12 +108,14 @@ class Spellings:
             together = self._normal("".join(parts))
             if together in self._known:
                 return Term(together, " ".join(parts)), count
-            # A near miss only of words that are not all the knowledge base's own: "life human"
-            # may be livehuman, "run make" is two words it knows.
-            if any(p in self._stopwords or p.isdigit() for p in parts) or all(
-                    self._normal(p) in self._known for p in parts):
+            # A near miss only of words that are not all the knowledge base's own ("life human"
+            # may be livehuman, "run make" is two words it knows), starting with a word that is
+            # not a stopword ("tried and" may be Triton, "what is" is nothing).
+            content = [p for p in parts if p not in self._stopwords]
+            if parts[0] in self._stopwords or any(p.isdigit() for p in parts) or all(
+                    self._normal(p) in self._known for p in content):
                 continue
-            near = self._near(together)
+            near = self._near(together, joined=count == 2)  # three: one may be a word of its own
             if near is not None:
                 return Term(near, " ".join(parts), corrected=True), count
         return None
@@ -117,12 +129,34 @@ class Spellings:
                 return [left, right]
         return None
 
-    def _near(self, word: str) -> str | None:
+    def _near(self, word: str, joined: bool = False) -> str | None:
         """The vocabulary word within the edit distance a word of its length allows (the most
-        frequent among the closest), if any."""
-        if len(word) < NEAR_MIN_CHARS or not word.isalpha():
+        frequent among the closest), else one that sounds like it (`_sounds_like`: the same
+        sounds for one word, one sound apart for words joined), if any."""
+        if not word.isalpha():
             return None
-        edits = 2 if len(word) >= NEAR_TWO_EDITS_CHARS else 1
-        found = process.extractOne(word, self._words, scorer=Levenshtein.distance,
-                                   score_cutoff=edits)
-        return found[0] if found is not None else None
+        if len(word) >= NEAR_MIN_CHARS:
+            edits = 2 if len(word) >= NEAR_TWO_EDITS_CHARS else 1
+            found = process.extractOne(word, self._words, scorer=Levenshtein.distance,
+                                       score_cutoff=edits)
+            if found is not None:
+                return found[0]
+        return self._sounds_like(word, 1 if joined else 0)
+
+    def _sounds_like(self, word: str, code_edits: int) -> str | None:
+        """The vocabulary word whose Metaphone code is at most `code_edits` from `word`'s,
+        with the same first letter and at most half of the longer one's letters different
+        (the fewest). One word that merely sounds close ("train") is a word of its own; words
+        that run together ("tried and") are a name said apart."""
+        code = jellyfish.metaphone(word)
+        if len(code) < SOUND_MIN_CODE:
+            return None
+        best: tuple[int, str] | None = None
+        for candidate, candidate_code in self._sounds:
+            if candidate[0] != word[0] or Levenshtein.distance(code, candidate_code) > code_edits:
+                continue
+            letters = Levenshtein.distance(word, candidate)
+            if letters <= max(len(word), len(candidate)) // 2 and (best is None
+                                                                  or letters < best[0]):
+                best = (letters, candidate)
+        return best[1] if best is not None else None
