@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from ..settings import Settings
-from .base import ASR_SAMPLE_RATE_HZ, ASREngine, ASRError
+from .base import ASR_SAMPLE_RATE_HZ, MAX_UTTERANCE_S, ASREngine, ASRError
 from .openai_http import OpenAITranscription
 from .whisper import WHISPER_MODEL, WhisperOnTriton
 
-__all__ = ["ASR_SAMPLE_RATE_HZ", "ASREngine", "ASRError", "OpenAITranscription",
+__all__ = ["ASR_SAMPLE_RATE_HZ", "MAX_UTTERANCE_S", "ASREngine", "ASRError", "OpenAITranscription",
            "WHISPER_MODEL", "WhisperOnTriton", "asr_triton_models", "open_asr"]
 
 

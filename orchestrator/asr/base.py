@@ -16,6 +16,10 @@ from ..errors import ExternalServiceError
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ
 
 ASR_SAMPLE_RATE_HZ = AUDIO_SAMPLE_RATE_HZ  # Whisper takes 16 kHz: the pipeline's rate, as is
+# The longest utterance any engine is given: a voice turn is cut here, /api/asr transcribes at
+# this length. Whisper's own window is 30 s; asr_whisper takes longer audio through Whisper's
+# long-form path (model_repository/asr_whisper: windows moved on at the last timestamp).
+MAX_UTTERANCE_S = 60.0
 
 
 class ASRError(ExternalServiceError, RuntimeError):
@@ -52,8 +56,8 @@ class ASREngine(abc.ABC):
 
     @abc.abstractmethod
     async def transcribe(self, audio: np.ndarray) -> str:
-        """The text of `audio` (mono float32 in [-1, 1] at ASR_SAMPLE_RATE_HZ); "" when
-        nothing was said. Raises ASRError."""
+        """The text of `audio` (mono float32 in [-1, 1] at ASR_SAMPLE_RATE_HZ, at most
+        MAX_UTTERANCE_S long); "" when nothing was said. Raises ASRError."""
 
     async def transcribe_scored(self, audio: np.ndarray) -> Transcript:
         """`transcribe` with the segments and the engine's scores of them (what turn-taking

@@ -4,6 +4,13 @@ the rest is generated. A slow LLM that sends no sentence end for CLAUSE_FLUSH_AF
 text so far cut at a natural break (a comma, before a conjunction, a space after a few words:
 speech/clauses.py), so it is spoken instead of waited for. With no LLM configured, the best-matching FAQ answer, or a clear "I don't
 know". The agent keeps a bounded memory of the conversation; it dies with its session.
+
+The memory holds what the user heard, not what was produced: the speech pipeline reads ahead of
+what is played, so an answer is remembered when the session's player says what of it was played
+(`Answer.heard`): whole, cut at the interruption point, or not at all when nothing was heard.
+A question whose answer the user cut off by speaking before hearing any of it was a fragment (a
+pause mid-question taken for the end of the turn): it goes before the next question, so the
+continuation is answered as the one question it is, from the FAQ and the LLM alike.
 """
 
 from __future__ import annotations
@@ -12,13 +19,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from ..language import language_of
 from ..settings import DEFAULT_LLM_MAX_TOKENS, DEFAULT_LLM_MODEL
-from ..speech.items import SentenceStream, join_sentences, split_sentences
+from ..speech.items import CUT_BY_USER, SentenceStream, join_sentences, split_sentences
 from .knowledge import KnowledgeBase, Passage, Profile
 from .llm import ChatLLM, LLMConfig, LLMError
 
@@ -29,6 +37,9 @@ CONTEXT_PASSAGES = 3
 # Text that has waited this long for a sentence end is cut at its last natural break.
 CLAUSE_FLUSH_AFTER_S = 1.0
 _END = object()  # the LLM stream's end, in the pump's queue
+# A question cut off unheard by the user's speech joins the next question asked within this long.
+QUESTION_FRAGMENT_TTL_S = 30.0
+_FRAGMENT_END = ".。…"  # ASR ends a fragment as if it were a sentence: not kept when joined
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly talking avatar. Your answers are spoken aloud: keep them short, plain "
@@ -47,7 +58,8 @@ FALLBACKS = {
 @dataclass(frozen=True)
 class ChatTurn:
     question: str
-    answer: str
+    answer: str  # what the user heard of it
+    interrupted: bool = False  # the answer was cut: `answer` is its beginning
 
 
 
@@ -92,33 +104,84 @@ def build_messages(system_prompt: str, passages: list[Passage], memory: list[Cha
     return messages
 
 
+def join_question(fragments: list[str], question: str) -> str:
+    """Question fragments cut off by the user (oldest first) and the question that went on
+    from them, as one question: "How many sessions." + "can run at once?" -> "How many
+    sessions can run at once?"."""
+    pieces = [f.strip().rstrip(_FRAGMENT_END).rstrip() for f in fragments] + [question.strip()]
+    return join_sentences([p for p in pieces if p])
+
+
+class Answer:
+    """One answer of a ChatAgent: `sentences()` as they are produced (the speech pipeline's
+    source), `heard(text, cut)` from the session's player (Utterance.on_heard) once it is
+    known what the user heard of it. `question` is the question answered (fragments the user
+    cut off before it included)."""
+
+    def __init__(self, agent: ChatAgent, question: str) -> None:
+        self.question = question
+        self.produced: list[str] = []  # sentences produced so far
+        self._agent = agent
+
+    async def sentences(self) -> AsyncIterator[str]:
+        """The answer's sentences, each as soon as it is complete. Closing the generator early
+        (an interrupt) closes the LLM stream."""
+        agent = self._agent
+        pieces = (agent._from_faq(self.question) if agent._llm is None
+                  else agent._from_llm(self.question, agent._context(self)))
+        async with contextlib.aclosing(pieces):
+            async for sentence in pieces:
+                self.produced.append(sentence)
+                yield sentence
+
+    def heard(self, text: str, cut: str | None) -> None:
+        """What the user heard of this answer (`text`, "" for nothing) and why it stopped short
+        (a speech.items CUT_* reason, None when it was played to its end): the memory keeps it,
+        cut at that point; an answer nobody heard is forgotten, and its question, when the
+        user's speech cut it (CUT_BY_USER), becomes a fragment of the next question."""
+        self._agent._settle(self, text, cut)
+
+
 class ChatAgent:
     def __init__(self, knowledge: KnowledgeBase, llm: ChatLLM | None,
                  memory_turns: int = MEMORY_TURNS) -> None:
         self.knowledge = knowledge
         self._llm = llm
         self._memory: deque[ChatTurn] = deque(maxlen=memory_turns)
+        self._unsettled: list[Answer] = []  # begun, not yet heard (or not) to the end
+        self._fragments: list[tuple[str, float]] = []  # (question, monotonic time it was cut)
 
     @property
     def memory(self) -> list[ChatTurn]:
+        """The conversation as the user heard it, oldest first."""
         return list(self._memory)
 
-    async def answer(self, question: str) -> AsyncIterator[str]:
-        """The answer's sentences, each as soon as it is complete.
+    def begin(self, question: str) -> Answer:
+        """A new answer to `question`, after any fragment of a question the user cut off
+        unheard less than QUESTION_FRAGMENT_TTL_S ago (`Answer.question` is the joined one)."""
+        now = time.monotonic()
+        fragments = [q for q, at in self._fragments if now - at <= QUESTION_FRAGMENT_TTL_S]
+        self._fragments = []
+        answer = Answer(self, join_question(fragments, question) if fragments else question)
+        self._unsettled.append(answer)
+        return answer
 
-        Closing the generator early (an interrupt) closes the LLM stream; what was said until
-        then is remembered as the answer.
-        """
-        spoken: list[str] = []
-        pieces = self._from_faq(question) if self._llm is None else self._from_llm(question)
-        try:
-            async with contextlib.aclosing(pieces):
-                async for sentence in pieces:
-                    spoken.append(sentence)
-                    yield sentence
-        finally:
-            if spoken:
-                self._memory.append(ChatTurn(question, join_sentences(spoken)))
+    def _context(self, answer: Answer) -> list[ChatTurn]:
+        """The conversation before `answer`: the memory, then the earlier answers still
+        playing (the pipeline reads ahead) as produced so far."""
+        unsettled = self._unsettled
+        earlier = unsettled[:unsettled.index(answer)] if answer in unsettled else unsettled
+        playing = [ChatTurn(a.question, join_sentences(a.produced)) for a in earlier if a.produced]
+        return [*self._memory, *playing][-(self._memory.maxlen or 0):]
+
+    def _settle(self, answer: Answer, heard: str, cut: str | None) -> None:
+        if answer not in self._unsettled:
+            return  # told twice: the first word stands
+        self._unsettled.remove(answer)
+        if heard:
+            self._memory.append(ChatTurn(answer.question, heard, interrupted=cut is not None))
+        elif cut == CUT_BY_USER:
+            self._fragments.append((answer.question, time.monotonic()))
 
     def _fallback(self, kind: str, question: str) -> str:
         language = language_of(question)
@@ -136,13 +199,13 @@ class ChatAgent:
         for sentence in split_sentences(answer):
             yield sentence
 
-    async def _from_llm(self, question: str) -> AsyncIterator[str]:
+    async def _from_llm(self, question: str, memory: list[ChatTurn]) -> AsyncIterator[str]:
         assert self._llm is not None
         loop = asyncio.get_running_loop()
         passages = await loop.run_in_executor(
             None, self.knowledge.search, question, CONTEXT_PASSAGES)
         messages = build_messages(self.knowledge.profile.system_prompt or DEFAULT_SYSTEM_PROMPT,
-                                  passages, list(self._memory), question)
+                                  passages, memory, question)
         said_something = False
         try:
             async with contextlib.aclosing(self._pieces(messages)) as pieces:

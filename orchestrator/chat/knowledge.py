@@ -1,5 +1,8 @@
 """Knowledge bases for `chat`: one folder per llmid, searched with BM25 (bm25s).
 
+Questions may be spoken: their words are read as the knowledge base spells them first
+(spellings.py: compounds split or joined, near misses, numbers as digits).
+
 Folder format, `<data>/knowledge/<llmid>/`; the llmid "" means `default`, which falls back to
 the one shipped in `shipped_knowledge/default/`:
 - `*.md`, `*.txt`: UTF-8 documents. Markdown is split at `#` headings (the heading path goes into
@@ -33,6 +36,7 @@ import numpy as np
 from bm25s.stopwords import STOPWORDS_EN_PLUS
 
 from ..language import CJK_CHAR_CLASS, has_cjk, is_cjk
+from .spellings import Spellings, Term, numbers_as_digits
 
 SHIPPED_DIR = Path(__file__).parent / "shipped_knowledge"
 DEFAULT_LLMID = "default"
@@ -110,21 +114,43 @@ def word_segmenter_loaded() -> bool:
 
 
 def words(text: str) -> list[str]:
-    """Lowercase words without stopwords: jieba's for CJK runs, `\\w` runs elsewhere."""
-    found: list[str] = []
-    for cjk, word in _RUNS.findall(text.lower()):
+    """Lowercase words without stopwords: jieba's for CJK runs, `\\w` runs elsewhere (numbers
+    in digits)."""
+    return [term.word for term in _terms(text)]
+
+
+def _terms(text: str, spellings: Spellings | None = None) -> list[Term]:
+    """`words(text)` as Terms; with `spellings` (a question's), the latin words are read as the
+    knowledge base spells them."""
+    found: list[Term] = []
+    latin: list[str] = []  # a run of latin words, read together (joins span words)
+
+    def end_of_latin() -> None:
+        if spellings is not None:
+            found.extend(spellings.resolve(latin))
+        else:
+            found.extend(Term(_singular(w), w) for w in latin if w not in _STOPWORDS_EN)
+        latin.clear()
+
+    for cjk, word in _RUNS.findall(numbers_as_digits(text.lower())):
         if cjk:
-            found += [w for w in jieba.lcut(cjk) if w not in _STOPWORDS_ZH]
-        elif word not in _STOPWORDS_EN:
-            found.append(_singular(word))
+            end_of_latin()
+            found += [Term(w, w) for w in jieba.lcut(cjk) if w not in _STOPWORDS_ZH]
+        else:
+            latin.append(word)
+    end_of_latin()
     return found
 
 
 def tokenize(text: str) -> list[str]:
     """BM25 terms, for documents and queries alike: the words, and for long CJK words also the
     shorter words inside them (jieba's search mode), so that 服务 finds 服务器."""
+    return _search_terms(words(text))
+
+
+def _search_terms(found: list[str]) -> list[str]:
     terms: list[str] = []
-    for word in words(text):
+    for word in found:
         terms += jieba.lcut_for_search(word) if len(word) > 2 and is_cjk(word[0]) else [word]
     return terms
 
@@ -182,6 +208,8 @@ class KnowledgeBase:
         ]
         self._index = _Bm25(docs)
         self._df = Counter(t for doc in docs for t in set(doc))
+        self._spellings = Spellings([t for t, _ in self._df.most_common()], _STOPWORDS_EN,
+                                    _singular)
 
     @classmethod
     def load(cls, folder: Path, llmid: str) -> KnowledgeBase:
@@ -207,9 +235,17 @@ class KnowledgeBase:
                 passages += _split_document(text, path.name, markdown=name.endswith(".md"))
         return cls(llmid, profile, passages, faq)
 
+    def question_terms(self, query: str) -> list[Term]:
+        """The query's words as this knowledge base spells them (spellings.py), each once."""
+        first: dict[str, Term] = {}
+        for term in _terms(query, self._spellings):
+            first.setdefault(term.word, term)
+        return list(first.values())
+
     def search(self, query: str, k: int = 3) -> list[Passage]:
         """Best passages and FAQ items for the query, best first; only those sharing a term."""
-        scores = self._index.scores(_unique(tokenize(query)))
+        terms = _search_terms([t.word for t in self.question_terms(query)])
+        scores = self._index.scores(_unique(terms))
         best = np.argsort(-scores, kind="stable")[: max(k, 0)]
         return [replace(self._hits[i], score=float(scores[i])) for i in best if scores[i] > 0]
 
@@ -221,17 +257,21 @@ class KnowledgeBase:
         weight of all its words. Words the knowledge base has never seen weigh the most, so an
         off-topic question sharing one word with an FAQ question stays below FAQ_MIN_COVERAGE.
         The best item has the largest share, then is in the query's script (a Chinese question
-        gets the Chinese answer), then has the highest BM25 score.
+        gets the Chinese answer), then has the highest BM25 score. A word read as another by its
+        spelling (a near miss, a split or joined compound: spellings.py) weighs what an unknown
+        word weighs: it counts for an item whose questions have the word it was taken for, and
+        against every other.
         """
-        query_words = _unique(words(query))
-        if not query_words or not self._rows:
+        terms = self.question_terms(query)
+        if not terms or not self._rows:
             return None
-        weights = [self._idf(w) for w in query_words]
+        query_words = [t.word for t in terms]
+        weights = [self._idf(t.said if t.corrected else t.word) for t in terms]
         coverage = [
             sum(wt for w, wt in zip(query_words, weights) if _found(w, vocab)) / sum(weights)
             for vocab in self._item_words
         ]
-        scores = self._faq_index.scores(_unique(tokenize(query)))
+        scores = self._faq_index.scores(_unique(_search_terms(query_words)))
         chinese = has_cjk(query)
         row = max(
             range(len(self._rows)),

@@ -14,13 +14,16 @@ ignored; Whisper gives no timestamps, so answers carry none.
 
 Bounds: one message at most MAX_MESSAGE_BYTES, the first must come within FIRST_MESSAGE_TIMEOUT_S,
 an utterance longer than MAX_UTTERANCE_S is transcribed at that length (an `is_final: false`
-answer) and the buffer starts again. A malformed message gets one error message `{"code",
-"msg", "text": "", "is_final": true, "mode": "error"}` and the socket is closed.
+answer) and the buffer starts again (the ASR engine takes up to MAX_UTTERANCE_S: longer than
+Whisper's 30 s window, asr/base.py). A malformed message gets one error message `{"code",
+"msg", "text": "", "is_final": true, "mode": "error"}` and the socket is closed (1003); a
+message over MAX_MESSAGE_BYTES gets it too (code 413), then the close 1009.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -30,13 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..asr import ASR_SAMPLE_RATE_HZ, ASREngine, ASRError
+from ..asr import ASR_SAMPLE_RATE_HZ, MAX_UTTERANCE_S, ASREngine, ASRError
 
 log = logging.getLogger(__name__)
 
 MODES = ("offline", "online", "2pass")
 MAX_MESSAGE_BYTES = 256 * 1024  # the page sends 1920-byte chunks and a few hundred bytes of JSON
-MAX_UTTERANCE_S = 60.0
 FIRST_MESSAGE_TIMEOUT_S = 10.0
 MAX_WAV_NAME_CHARS = 256
 MIN_AUDIO_FS_HZ = 8000
@@ -128,6 +130,23 @@ def error_message(code: int, msg: str) -> dict:
     return {"code": code, "msg": msg, "text": "", "is_final": True, "mode": "error"}
 
 
+class RecognitionSocket(web.WebSocketResponse):
+    """The WebSocket of one connection. aiohttp refuses a message over `max_msg_size` as its
+    frame header arrives (before reading the payload) and closes with 1009 at once; this socket
+    first says why, in the protocol's error message, like every other refusal."""
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"",
+                    drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
+            msg = (f"a message over {MAX_MESSAGE_BYTES} bytes (the limit of one message: send "
+                   "audio in chunks)")
+            log.info("asr websocket refused: %s", msg)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.send_json(error_message(413, msg))
+            message = message or b"message too big"
+        return await super().close(code=code, message=message, drain=drain)
+
+
 class RecognitionStream:
     """One WebSocket connection: buffers an utterance's audio, answers with its text."""
 
@@ -138,7 +157,10 @@ class RecognitionStream:
         self.audio = bytearray()
 
     def _max_bytes(self) -> int:
-        return int(MAX_UTTERANCE_S * self.config.audio_fs_hz) * PCM16_BYTES + WAV_HEADER_MAX_BYTES
+        """MAX_UTTERANCE_S of PCM16 at the client's rate (and a WAV header's room, when the
+        buffer is a WAV file): no more than the ASR engine takes."""
+        header = WAV_HEADER_MAX_BYTES if self.audio[:4] == b"RIFF" else 0
+        return int(MAX_UTTERANCE_S * self.config.audio_fs_hz) * PCM16_BYTES + header
 
     async def run(self) -> None:
         try:
@@ -199,7 +221,7 @@ class RecognitionStream:
 
 async def serve_recognition(request: web.Request, asr: ASREngine) -> web.WebSocketResponse:
     """Serve FunASR's WebSocket protocol on `asr` for one connection."""
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES)
+    ws = RecognitionSocket(max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     await RecognitionStream(ws, asr).run()
     if not ws.closed:

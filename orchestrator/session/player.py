@@ -9,7 +9,9 @@ audio, video and every output carry the same clock and cannot drift apart. Like 
 It is also the one owner of "the current utterance": the typed items the pipeline yields
 (`UtteranceStarted`, `SentenceStarted`, `UtteranceEnded`) become the session's `start`,
 `sentence`, `end`/`error` events as they are played, not when they are produced, and an
-interruption's dropped utterances become `interrupted` events here.
+interruption's dropped utterances become `interrupted` events here. And it alone knows what the
+user heard (heard.py: the pipeline reads ahead): each utterance's `on_heard` is told by it, at
+the utterance's end or cut; `end` and `interrupted` carry `played_s`, the seconds of it played.
 
 While a chat answer is under way (asked, or started) and nothing of it is ready to play, the
 player says so: a `thinking` event after THINKING_AFTER_S of that silence and every
@@ -31,15 +33,17 @@ from ..media.clock import AUDIO_PACKETS_PER_TICK, AUDIO_SAMPLES_PER_PACKET, VIDE
 from ..media.sinks import TickSink
 from ..media.video_track import Picture, VideoTrack
 from ..speech.items import (
+    CUT_BY_REQUEST,
+    CUT_ERROR,
     SentenceStarted,
     SpeechFrame,
     Utterance,
     UtteranceEnded,
     UtteranceStarted,
-    join_sentences,
 )
 from ..speech.pipeline import SpeechPipeline
 from .events import SessionEvents
+from .heard import HeardText
 from .stage import Stage
 
 log = logging.getLogger(__name__)
@@ -68,7 +72,7 @@ class Player:
         self.clock = MediaClock()
         self.frames_sent = 0
         self._speaking: Utterance | None = None
-        self._spoken: list[str] = []  # sentences of the current utterance played so far
+        self._heard = HeardText()  # what was played of the current utterance
         self._played_frames = 0  # speech frames of the current utterance played so far
         self._sinks: list[TickSink] = []  # each gets every tick: recorder, outputs
         self._task: asyncio.Task | None = None
@@ -152,30 +156,34 @@ class Player:
         while (item := self.pipeline.pop()) is not None:
             if isinstance(item, SpeechFrame):
                 if item.utterance is self._speaking:
+                    self._heard.frame()
                     self._played_frames += 1
                 return item
             utterance = item.utterance
             if isinstance(item, UtteranceStarted):
-                self._speaking, self._spoken, self._played_frames = utterance, [], 0
+                self._speaking, self._heard, self._played_frames = utterance, HeardText(), 0
                 self.events.emit("start", utterance_id=utterance.id, kind=utterance.kind,
                                  text=utterance.text)
             elif isinstance(item, SentenceStarted):
-                self._spoken.append(item.text)
+                self._heard.sentence(item.text, item.frames)
                 self.events.emit("sentence", utterance_id=utterance.id, kind=utterance.kind,
                                  text=item.text)
             elif isinstance(item, UtteranceEnded):
-                if self._speaking is not utterance:  # ended without starting: nothing spoken
-                    self._spoken, self._played_frames = [], 0
+                # Ended without starting (nothing speakable, or failed first): nothing heard.
+                heard = self._heard if self._speaking is utterance else HeardText()
+                played_s = self._played_s() if self._speaking is utterance else 0.0
                 self._speaking = None
                 if item.error:
-                    self.events.emit("error", utterance_id=utterance.id, msg=item.error)
+                    self.events.emit("error", utterance_id=utterance.id, msg=item.error,
+                                     played_s=played_s)
+                    _tell_heard(utterance, heard.heard, CUT_ERROR)
                 else:
-                    spoken = join_sentences(self._spoken)
-                    answer = {"answer": spoken} if utterance.kind == "chat" else {}
+                    answer = {"answer": heard.whole} if utterance.kind == "chat" else {}
                     if item.cut:  # stopped at --max-answer-seconds
                         answer["cut"] = True
                     self.events.emit("end", utterance_id=utterance.id, kind=utterance.kind,
-                                     text=utterance.text, played_s=self._played_s(), **answer)
+                                     text=utterance.text, played_s=played_s, **answer)
+                    _tell_heard(utterance, heard.whole, None)
         return None
 
     def _note_waiting(self, speech: SpeechFrame | None) -> None:
@@ -194,17 +202,31 @@ class Player:
                              started=self._speaking is answer, waiting_s=round(now - since, 1))
             self._waiting = (answer, since, now + THINKING_EVERY_S)
 
-    def end_dropped(self, dropped: list[Utterance]) -> None:
+    def end_dropped(self, dropped: list[Utterance], cut: str = CUT_BY_REQUEST) -> None:
         """Each cut (the one playing) or never-started utterance ends with an `interrupted`
-        event; nothing is playing afterwards."""
-        if self._speaking is not None and self._speaking not in dropped:
-            dropped.insert(0, self._speaking)
-        speaking, self._speaking = self._speaking, None
+        event, `heard` saying what of it was played ("" for those never started) and
+        `played_s` its seconds, and is told so (`on_heard`, with `cut`: a CUT_* reason);
+        nothing is playing afterwards."""
+        playing, self._speaking = self._speaking, None
+        if playing is not None and playing not in dropped:
+            dropped.insert(0, playing)
         for utterance in dropped:
-            played_s = self._played_s() if utterance is speaking else 0.0
+            heard = self._heard.heard if utterance is playing else ""
+            played_s = self._played_s() if utterance is playing else 0.0
             self.events.emit("interrupted", utterance_id=utterance.id, text=utterance.text,
-                             played_s=played_s)
+                             heard=heard, played_s=played_s)
+            _tell_heard(utterance, heard, cut)
 
     def _played_s(self) -> float:
         """Seconds of the current utterance's speech played so far (its frames, 40 ms each)."""
         return round(self._played_frames / VIDEO_FPS, 3)
+
+
+def _tell_heard(utterance: Utterance, heard: str, cut: str | None) -> None:
+    """The utterance's `on_heard`, if any; its failure is logged, never the player's."""
+    if utterance.on_heard is None:
+        return
+    try:
+        utterance.on_heard(heard, cut)
+    except Exception:
+        log.exception("on_heard failed utterance=%s", utterance.id)

@@ -50,6 +50,9 @@ from ..settings import (
 )
 from ..speech.items import (
     CHAT_ANSWER_ESTIMATE_S,
+    CUT_BY_REQUEST,
+    CUT_BY_USER,
+    CUT_CLOSED,
     Utterance,
     estimated_speech_seconds,
 )
@@ -183,11 +186,16 @@ class Session:
         return utterance
 
     def ask(self, question: str, voice: Voice | None = None, avatarid: str = MAIN) -> Utterance:
-        """Queue a chat answer: spoken sentence by sentence as the chat agent produces it."""
+        """Queue a chat answer: spoken sentence by sentence as the chat agent produces it, and
+        remembered by the agent as the player plays it (what the user heard). The question
+        answered (the utterance's `text` and the `question` event's) begins with any fragment
+        of a question the user cut off unheard (chat/agent.py)."""
         self.admit(CHAT_ANSWER_ESTIMATE_S)  # before the answer (an LLM stream) exists
-        utterance = self._utterance(question, voice, avatarid, source=self.chat.answer(question),
-                                    kind="chat")
-        self.events.emit("question", utterance_id=utterance.id, text=question)
+        self.member(avatarid)  # an unknown avatarid fails before an answer is begun
+        answer = self.chat.begin(question)
+        utterance = self._utterance(answer.question, voice, avatarid, source=answer.sentences(),
+                                    kind="chat", on_heard=answer.heard)
+        self.events.emit("question", utterance_id=utterance.id, text=answer.question)
         self.pipeline.say(utterance)
         return utterance
 
@@ -212,10 +220,22 @@ class Session:
         self.events.emit("audiotype", audiotype=audiotype, reinit=reinit)
 
     async def interrupt(self) -> None:
+        """Cut the speech playing and drop what is queued; an interruption while the user is
+        speaking into the microphone (barge-in) is told as CUT_BY_USER (its unheard question
+        becomes a fragment of the next one: chat/agent.py)."""
+        cut = CUT_BY_USER if self._user_speaking() else CUT_BY_REQUEST
         self.audio.flush()  # speech already handed to the track goes too
         dropped = await self.pipeline.interrupt()
         await _cancel_streams(dropped)
-        self.player.end_dropped(dropped)
+        self.player.end_dropped(dropped, cut)
+
+    def _user_speaking(self) -> bool:
+        """The listener hears speech now: an utterance under way, or a run of speech frames
+        (barge-in acts before the VAD confirms an utterance)."""
+        activity = self.listener.activity if self.listener is not None else None
+        return activity is not None and (
+            activity.speaking_since is not None
+            or activity.last_probability >= activity.settings.threshold)
 
     def listen(self, track, voice_input: VoiceInput) -> None:
         """Consume the user's audio track (one per session; voice_mode "off" ignores it)."""
@@ -317,7 +337,7 @@ class Session:
                 await listener.close()
             dropped = await self.pipeline.close()
             await _cancel_streams(dropped)
-            self.player.end_dropped(dropped)
+            self.player.end_dropped(dropped, CUT_CLOSED)
             if self._recorder is not None:
                 try:
                     await self.stop_recording()

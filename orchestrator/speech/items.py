@@ -5,7 +5,7 @@ API → Utterance → sentences → (TTS) audio → (features, lip-sync) SpeechF
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +29,11 @@ SPOKEN_CHARS_PER_S = 14.0
 SPOKEN_CJK_CHARS_PER_S = 4.5
 # A chat answer's length is unknown until the LLM has written it: count it as this much speech.
 CHAT_ANSWER_ESTIMATE_S = 15.0
+# Why an utterance stopped short of its end (what `Utterance.on_heard` is told; None: it did not).
+CUT_BY_USER = "user speech"  # interrupted while the user was speaking (barge-in)
+CUT_BY_REQUEST = "interrupt"  # /interrupt_talk, `interrupt: true`
+CUT_CLOSED = "closed"  # the session ended
+CUT_ERROR = "error"  # the speech path failed
 
 _CLAUSE_BREAKS = ",，、：:"
 
@@ -41,6 +46,10 @@ class Utterance:
     (`stream`: a voice agent's TTS through /audio_stream); else the sentences `source` yields (a
     chat answer as it streams in), spoken by TTS with `voice`; else `text` itself. For a chat
     answer `text` is the question.
+
+    `on_heard(text, cut)` is told once, by the player, what the user heard of it: the sentences
+    played whole and the one playing cut where its audio stopped ("" when nothing was heard),
+    and why it stopped short (a CUT_* reason; None when it played to its end).
     """
 
     id: str
@@ -51,6 +60,7 @@ class Utterance:
     source: AsyncIterator[str] | None = None
     kind: str = "echo"
     stream: StreamedAudio | None = None
+    on_heard: Callable[[str, str | None], None] | None = None
 
     @property
     def estimated_seconds(self) -> float:
@@ -85,10 +95,13 @@ class UtteranceStarted:
 
 @dataclass(frozen=True)
 class SentenceStarted:
-    """The next frames speak this sentence (subtitles, and chat answers as they are spoken)."""
+    """The next frames speak this sentence (subtitles, and chat answers as they are spoken);
+    `frames`: how many (40 ms each) when its audio was whole at its start, else None (a
+    streaming engine's sentence arrives in pieces)."""
 
     utterance: Utterance
     text: str
+    frames: int | None = None
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ class SentenceAudio:
     audio: np.ndarray  # float32, padded to whole video frames
     windows: np.ndarray  # float32 [frames, *window_shape]: the model's audio features
     silent: np.ndarray  # bool [frames]: the features' `silent`
+    whole: bool = False  # the sentence's whole audio (its first piece is also its last)
 
 
 @dataclass
@@ -218,7 +219,12 @@ class SpeechPipeline:
             return dropped
 
     def _take_all(self) -> list[Utterance]:
-        dropped = [self._current] if self._current is not None else []
+        """Every utterance not played to its end, in order: those with items still queued for
+        the player (read ahead: rendered whole, or the one playing), the one being rendered,
+        those waiting."""
+        dropped = list(dict.fromkeys(item.utterance for item in self._items))
+        if self._current is not None and self._current not in dropped:
+            dropped.append(self._current)
         dropped += self._waiting
         self._waiting.clear()
         self._waiting_s = 0.0
@@ -329,7 +335,8 @@ class SpeechPipeline:
                     self._progress.produced_s += padded.size / AUDIO_SAMPLE_RATE_HZ
                     # The sentence's text goes with its first piece only (SentenceStarted).
                     await out.put(SentenceAudio(utterance, text if features.first else None,
-                                                padded, windows, silent))
+                                                padded, windows, silent,
+                                                whole=features.first and final))
                     features.first = False
         finally:
             # End marker for the consumer, which then awaits this task (re-raising a failure).
@@ -441,7 +448,8 @@ class SpeechPipeline:
         start = 0
         size = FIRST_CHUNK_FRAMES
         if sentence.text is not None:
-            self._items.append(SentenceStarted(sentence.utterance, sentence.text))
+            self._items.append(SentenceStarted(sentence.utterance, sentence.text,
+                                               total if sentence.whole else None))
         while start < total:
             while self._frames_ahead >= MAX_LEAD_FRAMES:
                 self._drained.clear()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..asr.base import MAX_UTTERANCE_S
 from ..settings import Settings
 from .base import VAD, VAD_FRAME_S, VADStream
 from .level_gate import LevelGate, LevelReading
@@ -37,7 +38,7 @@ class VADSettings:
     # an utterance holding less speech than this (SpeechEnded.speech_s) is no turn
     min_turn_speech_s: float = _FLAG_DEFAULTS.vad_min_turn_speech_s
     pre_roll_s: float = 0.2  # audio kept before the detected start (word onsets)
-    max_utterance_s: float = 25.0  # an utterance is cut here (Whisper's window is 30 s)
+    max_utterance_s: float = MAX_UTTERANCE_S  # an utterance's audio is cut here (what ASR takes)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VADSettings:
@@ -181,7 +182,8 @@ class VoiceActivity:
         now = t + VAD_FRAME_S
         ended = self._silence_since is not None and (
             self._end_requested or now - self._silence_since >= s.min_silence_s)
-        if ended or now - self.speaking_since >= s.max_utterance_s:
+        # Cut at max_utterance_s of audio handed on, pre-roll included (what ASR is given).
+        if ended or len(self._frames) * VAD_FRAME_S >= s.max_utterance_s - 1e-9:
             end = self._silence_since if self._silence_since is not None else now
             audio = np.concatenate(self._frames)
             self._frames, self._run_start = self._frames[-self._pre_roll:], None

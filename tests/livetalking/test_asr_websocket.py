@@ -107,7 +107,9 @@ async def test_silence_gives_no_text_and_a_big_message_is_refused(asr_server):
         await ws.send_json(page_config("2pass"))
         await ws.send_bytes(bytes(RATE_16K * 2))
         await ws.send_json(page_config("2pass", is_speaking=False))
-        await ws.send_bytes(bytes(1 << 20))  # over the message limit
+        await ws.send_bytes(bytes(1 << 20))  # over the message limit: said why, then closed
+        refused = await ws.receive_json(timeout=30)
+        assert refused["mode"] == "error" and refused["code"] == 413, refused
         closing = await ws.receive(timeout=30)
         assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closing
 

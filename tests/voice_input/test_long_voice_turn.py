@@ -1,0 +1,52 @@
+"""A voice turn longer than Whisper's 30 s window is one turn with all its words: 45 s of Piper
+speech (short pauses between sentences) on a real aiortc microphone, Silero VAD and Whisper on
+Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from long_speech import RATE_16K, piper_sentences, recall, utterance
+from server_fixtures import running_server, server_settings
+
+from orchestrator.client import AvatarClient, Microphone
+
+pytestmark = pytest.mark.timeout(240)
+
+SECONDS = 45.0
+MIN_RECALL = 0.85
+
+
+@pytest.fixture(scope="module")
+async def voice_server(triton):
+    async with running_server(server_settings(triton)) as server:
+        yield server
+
+
+async def test_a_45_s_voice_turn_is_one_turn_with_all_its_words(voice_server, triton):
+    base_url, services = voice_server
+    audio, sentences = utterance(await piper_sentences(triton.url), SECONDS)
+    audio = np.trim_zeros(audio, "b")
+    mic = Microphone()
+    client = AvatarClient(base_url, keep_video=False, microphone=mic)
+    try:
+        await client.connect(voice_mode="echo", barge_in=False)
+        await client.wait_for_video(5)
+        session = services.registry.get(client.sessionid)
+        mic.play(audio, RATE_16K)
+        deadline = time.monotonic() + SECONDS + 60
+        transcripts: list[dict] = []
+        while not transcripts and time.monotonic() < deadline:
+            transcripts = [e for e in session.events.history
+                           if e["event"] == "transcript" and e["final"]]
+            await asyncio.sleep(0.1)
+        assert transcripts, [e["event"] for e in session.events.history]
+        first = transcripts[0]
+        assert first["seconds"] >= audio.size / RATE_16K - 1.0, first  # not cut at 25 or 30 s
+        assert first["turn"] and recall(first["text"], sentences) >= MIN_RECALL, first
+        assert recall(first["text"], sentences[-1:]) >= 0.6, first  # the end came through
+    finally:
+        await client.close()
