@@ -46,7 +46,7 @@ INT16_FULL_SCALE = 32768.0
 PLAYED_HISTORY_S = 4.0  # played audio kept for the reference (covers ECHO_MAX_DELAY_S)
 # How long after a sound was played its echo may still arrive: the client's playout buffer, the
 # room, the uplink. The canceller keeps running this long after the last played sound.
-ECHO_MAX_DELAY_S = 1.2
+ECHO_MAX_DELAY_S = 2.0
 # The uplink's nominal time is the earliest arrival seen over this long: a stalled or lost
 # stretch of uplink moves it only until this much time has passed.
 UPLINK_CLOCK_WINDOW_S = 10.0
@@ -62,12 +62,15 @@ ECHO_CORRELATED = 0.5  # a delay is measured from levels that correlate this wel
 # The canceller's reference is shifted to this much before the measured delay: AEC3 finds the
 # rest itself (its range is ~500 ms).
 CANCELLER_DELAY_SLACK_S = 0.1
-CANCELLER_RECONVERGE_S = 2.0  # after the reference moved, the canceller's output is not trusted
+ECHO_AUDIBLE_GAIN = 10 ** (-40 / 20)  # an echo path below this gain leaves nothing to cancel
 # Until the path is measured, the echo is assumed as loud as what was played (a speaker next to
 # the microphone): safe, at the price of a barge-in in the first second needing a loud voice.
 ASSUMED_ECHO_GAIN = 1.0
 ECHO_MARGIN_DB = 8.0  # speech this much louder than the echo estimate is the user's
 ECHO_MARGIN = 10 ** (ECHO_MARGIN_DB / 20)
+# Speech over the echo for this many frames in a row (~0.1 s) is the user's: an utterance heard
+# while the avatar spoke that never had it is the avatar's own voice coming back
+CLEAR_OF_ECHO_FRAMES = 3
 # --- transcripts that repeat the avatar ----------------------------------------------------------
 SAID_LOOKBACK_S = 20.0  # sentences started this long before an utterance may be heard in it
 ECHO_WORDS_FRACTION = 0.6  # a transcript this much made of the avatar's recent words is echo
@@ -187,12 +190,17 @@ class EchoGuard:
     """One session's echo handling on its uplink: `process` each VAD frame in order, then
     `over_echo` says whether that frame is clearly louder than the echo expected in it.
 
+    The canceller's output is what the VAD gets while an echo path is measured (or until the first
+    measurement). The guard does not depend on the canceller: it compares the microphone's level as it
+    arrived with the echo estimate of that frame, the echo path's gain times the loudest played
+    level of the last ECHO_MAX_DELAY_S. (A canceller that loses the echo for a moment, when the
+    client's playout jumps, lets it through at full level: the barge-in must not trust it.)
+
     Every 0.5 s it measures, over the last ECHO_HISTORY_S of frame levels (32 ms RMS):
-    - the echo's gain to what the VAD gets: the ECHO_GAIN_PERCENTILE of (frame level / loudest
-      played level of the last ECHO_MAX_DELAY_S) over the frames with played sound. It needs no
-      delay, so a jittery or stalled uplink cannot fool it; until measured, ASSUMED_ECHO_GAIN.
-      The echo estimate of a frame is that gain times the loudest played level of the last
-      ECHO_MAX_DELAY_S;
+    - the echo path's gain: the ECHO_GAIN_PERCENTILE of (microphone level / loudest played level
+      of the last ECHO_MAX_DELAY_S) over the frames with played sound, less those of runs that
+      were clearly over the echo (the user's voice). It needs no delay, so a jittery or stalled
+      uplink cannot fool it; until measured, ASSUMED_ECHO_GAIN;
     - the echo's delay (the lag whose played levels best follow the microphone's: correlation
       of log levels, 0 to ECHO_MAX_DELAY_S), when it is clear (ECHO_CORRELATED): the canceller's
       reference is shifted by it, less CANCELLER_DELAY_SLACK_S, so what is left for AEC3's own
@@ -216,16 +224,17 @@ class EchoGuard:
         self._cancelling = False
         self.bulk_delay_s = 0.0  # the canceller's reference is what was played this much earlier
         frames = int(ECHO_HISTORY_S / VAD_FRAME_S)
-        self._raw_rms: collections.deque[float] = collections.deque(maxlen=frames)
-        self._out_rms: collections.deque[float] = collections.deque(maxlen=frames)
+        self._mic_rms: collections.deque[float] = collections.deque(maxlen=frames)
+        # frames of runs clearly over the echo (the user's voice): left out of the echo's gain
+        self._user: collections.deque[bool] = collections.deque(maxlen=frames)
+        self._over_run = 0
         self._ref_rms: collections.deque[float] = collections.deque(maxlen=frames)
         self._window = int(ECHO_MAX_DELAY_S / VAD_FRAME_S) + 1  # frames an echo may come after
         self._since_measure = 0
-        self._reconverging = 0  # frames left in which the canceller is assumed not to cancel
-        self.gain = ASSUMED_ECHO_GAIN  # what the VAD gets / the loudest played level
+        self.gain = ASSUMED_ECHO_GAIN  # microphone level / the loudest played level
         self.delay_frames: int | None = None  # the echo's measured delay (VAD frames)
         self.echo_rms = 0.0  # the echo expected in the last frame
-        self.frame_rms = 0.0  # the last frame's level (what the VAD gets)
+        self.frame_rms = 0.0  # the last frame's level as it arrived
 
     def process(self, frame: np.ndarray, arrived_s: float) -> np.ndarray:
         """float32 [frame_samples] as it arrived (at monotonic `arrived_s`) -> the frame to
@@ -238,19 +247,26 @@ class EchoGuard:
         if self.canceller is not None and (echo_possible or self._cancelling):
             shifted = far if self.bulk_delay_s == 0 else self.played.samples(
                 t - self.bulk_delay_s, frame.size)
-            out = self._cancel(frame, shifted, flush=not echo_possible)
+            cancelled = self._cancel(frame, shifted, flush=not echo_possible)
             self._cancelling = echo_possible
-        self.frame_rms = _rms(out)
-        self._raw_rms.append(_rms(frame))
-        self._out_rms.append(self.frame_rms)
+            # AEC3 also dampens a near end it has seen no echo path for (by ~6 dB for seconds):
+            # a microphone that does not hear the avatar (a headset) gets its voice as it is
+            if self.gain >= ECHO_AUDIBLE_GAIN:
+                out = cancelled
+        self.frame_rms = _rms(frame)
+        self._mic_rms.append(self.frame_rms)
         self._ref_rms.append(_rms(far))
+        recent = itertools.islice(self._ref_rms, max(0, len(self._ref_rms) - self._window), None)
+        self.echo_rms = self.gain * max(recent, default=0.0)
+        self._over_run = self._over_run + 1 if self.over_echo else 0
+        self._user.append(self._over_run >= CLEAR_OF_ECHO_FRAMES)
+        if self._over_run == CLEAR_OF_ECHO_FRAMES:  # the run's first frames are the user's too
+            for k in range(2, CLEAR_OF_ECHO_FRAMES + 1):
+                self._user[-k] = True
         self._since_measure += 1
-        self._reconverging = max(0, self._reconverging - 1)
         if self._since_measure >= ECHO_MEASURE_EVERY_FRAMES:
             self._since_measure = 0
             self._measure()
-        recent = itertools.islice(self._ref_rms, max(0, len(self._ref_rms) - self._window), None)
-        self.echo_rms = self.gain * max(recent, default=0.0)
         return out
 
     def _cancel(self, frame: np.ndarray, far: np.ndarray, flush: bool) -> np.ndarray:
@@ -273,14 +289,12 @@ class EchoGuard:
     def _measure(self) -> None:
         ref = np.asarray(self._ref_rms)
         loudest = self._loudest(ref)
-        active = loudest > PLAYED_ACTIVE_RMS
+        active = (loudest > PLAYED_ACTIVE_RMS) & ~np.asarray(self._user)
         if np.count_nonzero(active) * VAD_FRAME_S < ECHO_MIN_ACTIVE_S:
             return
-        raw = np.asarray(self._raw_rms)
-        # while the canceller re-converges its output is no measure of the echo: the input is
-        heard = raw if self._reconverging else np.asarray(self._out_rms)
-        self.gain = float(np.percentile(heard[active] / loudest[active], ECHO_GAIN_PERCENTILE))
-        lag, score = self._best_lag(raw, ref)
+        mic = np.asarray(self._mic_rms)
+        self.gain = float(np.percentile(mic[active] / loudest[active], ECHO_GAIN_PERCENTILE))
+        lag, score = self._best_lag(mic, ref)
         if lag is None or score < ECHO_CORRELATED:
             return
         self.delay_frames = lag
@@ -289,9 +303,6 @@ class EchoGuard:
             log.info("echo delay %.0f ms: the canceller's reference shifted by %.0f ms",
                      lag * VAD_FRAME_S * 1000, bulk * 1000)
             self.bulk_delay_s = bulk
-            self._reconverging = int(CANCELLER_RECONVERGE_S / VAD_FRAME_S)
-            self.gain = max(self.gain, float(np.percentile(raw[active] / loudest[active],
-                                                           ECHO_GAIN_PERCENTILE)))
 
     def _loudest(self, ref: np.ndarray) -> np.ndarray:
         """For each frame: the loudest played frame of the ECHO_MAX_DELAY_S before it."""
@@ -318,8 +329,8 @@ class EchoGuard:
 
     @property
     def over_echo(self) -> bool:
-        """The last frame is clearly louder (ECHO_MARGIN_DB) than the echo expected in it (no
-        echo is expected when nothing was played)."""
+        """The last frame, as it arrived, is clearly louder (ECHO_MARGIN_DB) than the echo
+        expected in it (no echo is expected when nothing was played)."""
         return self.frame_rms >= ECHO_MARGIN * self.echo_rms
 
 

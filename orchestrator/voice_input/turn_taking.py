@@ -60,6 +60,7 @@ from ..vad.activity import (
 )
 from ..vad.base import VAD, VAD_FRAME_S, VAD_SAMPLE_RATE_HZ
 from .echo import (
+    CLEAR_OF_ECHO_FRAMES,
     ECHO_MAX_DELAY_S,
     SAID_LOOKBACK_S,
     EchoGuard,
@@ -144,6 +145,9 @@ class Listener:
         self.echo = (EchoGuard(played, open_canceller() if voice.echo_cancellation else None)
                      if played is not None else None)
         self._loud_run = 0  # frames in a row clearly louder than the avatar's echo
+        # the utterance under way had CLEAR_OF_ECHO_FRAMES in a row over the echo (or no echo):
+        # one that never had is the avatar's own voice, whatever its transcript says
+        self._clear_of_echo = False
         self._overlapped = False  # the utterance under way was heard while the avatar spoke
         self._forced = False  # ... and push-to-talk ended it (half-duplex: a turn all the same)
         self._turns: set[asyncio.Task] = set()
@@ -194,13 +198,16 @@ class Listener:
 
     async def _on(self, event) -> None:
         session = self.session
+        if isinstance(event, SpeechOnset) and event.duration_s <= VAD_FRAME_S + 1e-9:
+            # A run of one frame is a new run: it may barge in again.
+            self._barged = self._overlapped = self._clear_of_echo = False
         if session.speaking and not isinstance(event, SpeechEnded):
             self._overlapped = True
+        if self.echo is None or self._loud_run >= CLEAR_OF_ECHO_FRAMES:
+            self._clear_of_echo = True
         if isinstance(event, SpeechOnset):
             # Not yet a turn, but barge-in may act on it: every frame it waits for is heard
-            # over the avatar. A run of one frame is a new run: it may barge in again.
-            if event.duration_s <= VAD_FRAME_S + 1e-9:
-                self._barged, self._overlapped = False, session.speaking
+            # over the avatar.
             await self._maybe_barge_in(event.duration_s)
         elif isinstance(event, SpeechStarted):
             session.events.emit("listening", speaking=True)
@@ -219,7 +226,8 @@ class Listener:
             self._utterance += 1  # partials still running belong to the ended utterance
             self.speech_ended_at = time.monotonic()
             ignored = self._ignored()
-            self._overlapped = self._forced = False
+            clear = self._clear_of_echo
+            self._overlapped = self._forced = self._clear_of_echo = False
             if ignored:  # half-duplex: said over the avatar, not a turn (and not transcribed)
                 self._drop_speculation()
                 session.events.emit("transcript", text="", final=True, turn=False,
@@ -233,7 +241,7 @@ class Listener:
             transcription = (speculation[1] if speculation is not None
                              else self._start(self._transcribe(event.audio),
                                               f"asr-{session.sessionid}"))
-            self._start(self._turn(event, transcription, speculation is not None),
+            self._start(self._turn(event, transcription, speculation is not None, clear),
                         f"turn-{session.sessionid}")
 
     def _ignored(self) -> bool:
@@ -258,7 +266,8 @@ class Listener:
         utterance is a turn even though it was heard over the avatar."""
         ended = self.activity.end_turn()
         if self.options.mode == HALF_DUPLEX:
-            self._forced = ended
+            # the utterance under way, or the next (its frames may not be heard yet), is a turn
+            self._forced = True
             if self.session.speaking:
                 self._start(self.session.interrupt(), f"interrupt-{self.session.sessionid}")
         return ended
@@ -306,7 +315,7 @@ class Listener:
         return text, round((time.monotonic() - started) * 1000)
 
     async def _turn(self, event: SpeechEnded, transcription: asyncio.Task,
-                    speculative: bool) -> None:
+                    speculative: bool, clear_of_echo: bool = True) -> None:
         session = self.session
         ended_at = time.monotonic()
         try:
@@ -316,7 +325,8 @@ class Listener:
             return
         wait_ms = round((time.monotonic() - ended_at) * 1000)
         seconds = event.audio.size / VAD_SAMPLE_RATE_HZ
-        echo = self._echo_of_avatar(text, seconds + (time.monotonic() - ended_at))
+        echo = bool(text) and (not clear_of_echo or self._echo_of_avatar(
+            text, seconds + (time.monotonic() - ended_at)))
         turn = (has_speakable(text) and self.options.mode != "off" and not session.closed
                 and not echo)
         session.events.emit("transcript", text=text, final=True, turn=turn, asr_ms=asr_ms,
