@@ -66,7 +66,7 @@ ECHO_AUDIBLE_GAIN = 10 ** (-40 / 20)  # an echo path below this gain leaves noth
 # Until the path is measured, the echo is assumed as loud as what was played (a speaker next to
 # the microphone): safe, at the price of a barge-in in the first second needing a loud voice.
 ASSUMED_ECHO_GAIN = 1.0
-ECHO_MARGIN_DB = 8.0  # speech this much louder than the echo estimate is the user's
+ECHO_MARGIN_DB = 6.0  # speech this much louder than the echo estimate is the user's
 ECHO_MARGIN = 10 ** (ECHO_MARGIN_DB / 20)
 # Speech over the echo for this many frames in a row (~0.1 s) is the user's: an utterance heard
 # while the avatar spoke that never had it is the avatar's own voice coming back
@@ -190,8 +190,8 @@ class EchoGuard:
     """One session's echo handling on its uplink: `process` each VAD frame in order, then
     `over_echo` says whether that frame is clearly louder than the echo expected in it.
 
-    The canceller's output is what the VAD gets while an echo path is measured (or until the first
-    measurement). The guard does not depend on the canceller: it compares the microphone's level as it
+    The canceller's output is what the VAD gets while an echo path is measured (an audible gain);
+    before the first measurement, and without an echo, the frame as it arrived. The guard does not depend on the canceller: it compares the microphone's level as it
     arrived with the echo estimate of that frame, the echo path's gain times the loudest played
     level of the last ECHO_MAX_DELAY_S. (A canceller that loses the echo for a moment, when the
     client's playout jumps, lets it through at full level: the barge-in must not trust it.)
@@ -232,6 +232,7 @@ class EchoGuard:
         self._window = int(ECHO_MAX_DELAY_S / VAD_FRAME_S) + 1  # frames an echo may come after
         self._since_measure = 0
         self.gain = ASSUMED_ECHO_GAIN  # microphone level / the loudest played level
+        self.measured = False  # the gain was measured (else ASSUMED_ECHO_GAIN)
         self.delay_frames: int | None = None  # the echo's measured delay (VAD frames)
         self.echo_rms = 0.0  # the echo expected in the last frame
         self.frame_rms = 0.0  # the last frame's level as it arrived
@@ -249,9 +250,10 @@ class EchoGuard:
                 t - self.bulk_delay_s, frame.size)
             cancelled = self._cancel(frame, shifted, flush=not echo_possible)
             self._cancelling = echo_possible
-            # AEC3 also dampens a near end it has seen no echo path for (by ~6 dB for seconds):
-            # a microphone that does not hear the avatar (a headset) gets its voice as it is
-            if self.gain >= ECHO_AUDIBLE_GAIN:
+            # AEC3 also dampens and distorts a near end it has seen no echo path for: a
+            # microphone that does not hear the avatar (a headset) gets its voice as it is, and
+            # so does one not measured yet (the guards hold the echo off meanwhile)
+            if self.measured and self.gain >= ECHO_AUDIBLE_GAIN:
                 out = cancelled
         self.frame_rms = _rms(frame)
         self._mic_rms.append(self.frame_rms)
@@ -294,6 +296,7 @@ class EchoGuard:
             return
         mic = np.asarray(self._mic_rms)
         self.gain = float(np.percentile(mic[active] / loudest[active], ECHO_GAIN_PERCENTILE))
+        self.measured = True
         lag, score = self._best_lag(mic, ref)
         if lag is None or score < ECHO_CORRELATED:
             return
