@@ -272,7 +272,7 @@ async def run_echo(answer_seconds: float, barge_ins: int, cancel: bool = True) -
             "microphone_echo_s": round(mic.echoed_s, 1),
         }
         # 2. a real user over the echo
-        to_event, to_quiet, early, transcribed = [], [], 0, 0
+        to_event, to_quiet, early, transcribed, user_transcripts = [], [], 0, 0, []
         for _ in range(barge_ins):
             since = len(events.items)
             await client.post("/human", type="echo", text=LONG_ECHO)
@@ -294,11 +294,15 @@ async def run_echo(answer_seconds: float, barge_ins: int, cancel: bool = True) -
             quiet = quiet_from(client, onset)
             if quiet is not None:
                 to_quiet.append(quiet - onset)
-            try:
-                transcript = await events.wait("transcript", said_from, timeout=15)
-                transcribed += bool(transcript["turn"] and "hello" in transcript["text"].lower())
-            except TimeoutError:
-                pass
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not any(
+                    item["event"] == "transcript" and item["turn"]
+                    for _, item in events.items[said_from:]):
+                await asyncio.sleep(0.05)
+            heard = [item for _, item in events.items[said_from:]
+                     if item["event"] == "transcript" and item.get("final")]
+            user_transcripts.append([(t["text"], t["turn"]) for t in heard])
+            transcribed += any(t["turn"] and "hello" in t["text"].lower() for t in heard)
             await asyncio.sleep(0.5)
             await client.post("/interrupt_talk")
             await asyncio.sleep(1.0)
@@ -312,6 +316,7 @@ async def run_echo(answer_seconds: float, barge_ins: int, cancel: bool = True) -
                 "barge_in_to_silence": summary_ms(to_quiet) if to_quiet else None,
                 "barge_ins_before_the_user_spoke": early,
                 "transcribed_as_turn": transcribed,
+                "final_transcripts": user_transcripts,  # (text, turn) after the user spoke
             },
         }
     finally:
