@@ -3,6 +3,7 @@ onset -> silence, and the ASR's word error rate, with the server as its own proc
 
     python bench/voice_turn.py [--turns 20] [--barge-ins 10] [--push-to-talk]
     python bench/voice_turn.py --babble [--babble-s 60] [--turns 10]
+    python bench/voice_turn.py --echo [--echo-seconds 60] [--barge-ins 10] [--no-echo-cancellation]
 
 The user's questions are 20 of the shipped FAQ's, synthesised by Piper (`joe`) through the
 server's Triton, trimmed of leading/trailing silence and played on an aiortc microphone track
@@ -27,8 +28,20 @@ server's Triton, trimmed of leading/trailing silence and played on an aiortc mic
   transcripts dropped (by reason); then `--turns` FAQ questions, each 3 s into its own 8-s
   stretch of the babble at +15 dB SNR (`--snr`): WER, questions without a turn, other turns.
 
+- `--echo`: the avatar hears itself. The client's microphone also plays back the avatar's audio
+  as the client received it, -10 dB and 150 ms later (`orchestrator.client.EchoingMicrophone`: a
+  kiosk, a laptop without headphones). The avatar answers typed FAQ questions in chat mode until
+  `--echo-seconds` of answers were played: self-interrupts (`barge_in`/`interrupted` events),
+  false turns (final transcripts that became turns) per minute of answers, and the echoes caught
+  by the transcript match (`echo: true`). Then `--barge-ins` times, over the same echo, the user
+  says "Hello there." 2 s into a long echo: barge-in time (the client's first speech sample to
+  the `barge_in` event at the client; and to the avatar's audio quiet, as above), barge-ins
+  that came before the user spoke, and whether the user's words were transcribed as a turn.
+  `--no-echo-cancellation` passes the flag to the server (the guards alone).
+
+
 Writes bench/results/voice_turn.json (voice_turn_ptt.json with --push-to-talk, voice_turn_babble.json
-with --babble).
+with --babble, voice_turn_echo.json or voice_turn_echo_noaec.json with --echo).
 """
 
 from __future__ import annotations
@@ -50,7 +63,7 @@ from babble import BABBLE_DBFS, BABBLE_SENTENCES, QUESTION_SNR_DB, babble, over 
 from intelligibility import word_error_rate  # noqa: E402
 from server_process import start_server  # noqa: E402
 
-from orchestrator.client import AvatarClient, Microphone  # noqa: E402
+from orchestrator.client import AvatarClient, EchoingMicrophone, Microphone  # noqa: E402
 from orchestrator.settings import DEFAULT_BARGE_IN_MIN_S, Settings  # noqa: E402
 from orchestrator.speech.pipeline import LEAD_SILENCE_KEPT_S  # noqa: E402
 from orchestrator.tts import PiperEngine, Voice, synthesize_all  # noqa: E402
@@ -338,6 +351,109 @@ async def run_babble(seconds: float, questions_n: int, level_dbfs: float, snr_db
         server.stop()
 
 
+ECHO_GAIN_DB = -10.0
+ECHO_DELAY_S = 0.150
+
+
+async def run_echo(answer_seconds: float, barge_ins: int, cancel: bool = True) -> dict:
+    """The avatar answering while its own voice comes back up the microphone (`--echo`)."""
+    server = await start_server(*([] if cancel else ["--no-echo-cancellation"]))
+    piper = await PiperEngine.open(server.triton_url)
+    mic = EchoingMicrophone(ECHO_GAIN_DB, ECHO_DELAY_S)
+    client = AvatarClient(server.base_url, keep_video=False, microphone=mic)
+    mic.hear(client.received)
+    events = None
+    try:
+        hello = trimmed(await synthesize_all(piper, BARGE_IN_TEXT, Voice.named("joe")),
+                        piper.sample_rate_hz)
+        await client.connect()  # chat: a false turn would be a question
+        await client.wait_for_video(10)
+        events = EventLog(server.base_url, client.sessionid)
+        await asyncio.sleep(1.0)
+        # 1. answers over their own echo
+        played_s, asked, texts = 0.0, 0, questions(50)
+        answers_from = len(events.items)
+        while played_s < answer_seconds:
+            since = len(events.items)
+            await client.post("/human", type="chat", text=texts[asked % len(texts)])
+            asked += 1
+            await events.wait("start", since)
+            started = events.arrival("start", since)
+            try:
+                await events.wait("end", since, timeout=60)
+                played_s += events.arrival("end", since) - started
+            except TimeoutError:  # cut off (a self-interrupt): what was played counts
+                played_s += time.monotonic() - started
+            await asyncio.sleep(1.5)  # an echo's transcript lands before the next question
+        window = [item for _, item in events.items[answers_from:]]
+        final = [e for e in window if e["event"] == "transcript" and e.get("final")]
+        false_turns = [e["text"] for e in final if e["turn"]]
+        echo_part = {
+            "answers_played_s": round(played_s, 1), "questions": asked,
+            "self_interrupts": sum(e["event"] == "interrupted" for e in window),
+            "self_barge_ins": sum(e["event"] == "barge_in" for e in window),
+            "false_turns": len(false_turns),
+            "false_turns_per_min": round(len(false_turns) / (played_s / 60), 2) if played_s else None,
+            "false_turn_texts": false_turns,
+            "echo_transcripts_dropped": [e["text"] for e in final if e.get("echo")],
+            "microphone_echo_s": round(mic.echoed_s, 1),
+        }
+        # 2. a real user over the echo
+        to_event, to_quiet, early, transcribed, user_transcripts = [], [], 0, 0, []
+        for _ in range(barge_ins):
+            since = len(events.items)
+            await client.post("/human", type="echo", text=LONG_ECHO)
+            await events.wait("start", since)
+            await client.wait_for_speech(time.monotonic(), SPEECH_RMS)
+            await asyncio.sleep(2.0)
+            said_from = len(events.items)
+            early += sum(item["event"] == "barge_in" for _, item in events.items[since:said_from])
+            mic.play(hello, piper.sample_rate_hz)
+            while mic.speech_started_at is None:
+                await asyncio.sleep(0.005)
+            onset = mic.speech_started_at
+            try:
+                await events.wait("barge_in", said_from, timeout=10)
+                to_event.append(events.arrival("barge_in", said_from) - onset)
+            except TimeoutError:
+                pass
+            await asyncio.sleep(0.6)
+            quiet = quiet_from(client, onset)
+            if quiet is not None:
+                to_quiet.append(quiet - onset)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not any(
+                    item["event"] == "transcript" and item["turn"]
+                    for _, item in events.items[said_from:]):
+                await asyncio.sleep(0.05)
+            heard = [item for _, item in events.items[said_from:]
+                     if item["event"] == "transcript" and item.get("final")]
+            user_transcripts.append([(t["text"], t["turn"]) for t in heard])
+            transcribed += any(t["turn"] and "hello" in t["text"].lower() for t in heard)
+            await asyncio.sleep(0.5)
+            await client.post("/interrupt_talk")
+            await asyncio.sleep(1.0)
+        return {
+            "echo": {"gain_db": ECHO_GAIN_DB, "delay_s": ECHO_DELAY_S,
+                     "server_echo_cancellation": cancel},
+            "answers_over_echo": echo_part,
+            "user_over_echo": {
+                "n": barge_ins, "barged_in": len(to_event),
+                "barge_in_event": summary_ms(to_event) if to_event else None,
+                "barge_in_to_silence": summary_ms(to_quiet) if to_quiet else None,
+                "barge_ins_before_the_user_spoke": early,
+                "transcribed_as_turn": transcribed,
+                "final_transcripts": user_transcripts,  # (text, turn) after the user spoke
+            },
+        }
+    finally:
+        if events is not None:
+            await events.close()
+        await client.close()
+        await piper.close()
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=20)
@@ -351,7 +467,22 @@ def main() -> None:
     parser.add_argument("--babble-level", type=float, default=BABBLE_DBFS, help="dBFS")
     parser.add_argument("--snr", type=float, default=QUESTION_SNR_DB,
                         help="dB of the questions over the babble")
+    parser.add_argument("--echo", action="store_true",
+                        help="the microphone hears the avatar (-10 dB, 150 ms): self-interrupts, "
+                        "false turns per minute, barge-in of a user over the echo")
+    parser.add_argument("--echo-seconds", type=float, default=60.0,
+                        help="with --echo: seconds of answers played over their own echo")
+    parser.add_argument("--no-echo-cancellation", action="store_true",
+                        help="with --echo: the server's canceller off (the guards alone)")
     args = parser.parse_args()
+    if args.echo:
+        result = asyncio.run(run_echo(args.echo_seconds, args.barge_ins,
+                                      not args.no_echo_cancellation))
+        name = "voice_turn_echo_noaec.json" if args.no_echo_cancellation else "voice_turn_echo.json"
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     if args.babble:
         result = asyncio.run(run_babble(args.babble_s, args.turns, args.babble_level, args.snr))
     else:

@@ -88,6 +88,54 @@ class Microphone(MediaStreamTrack):
         return frame
 
 
+class EchoingMicrophone(Microphone):
+    """A microphone that also hears the client's speaker: the avatar's audio as this client
+    received it (`Received.audio`, through `hear`) comes back `delay_s` after its arrival,
+    `gain_db` quieter, mixed with what `play` queues (a kiosk, a laptop without headphones, a
+    browser whose echo cancellation is off)."""
+
+    def __init__(self, gain_db: float = -10.0, delay_s: float = 0.150) -> None:
+        super().__init__()
+        self.gain = 10 ** (gain_db / 20)
+        self.delay_s = delay_s
+        self._received: Received | None = None
+        self._taken = 0  # chunks of the received audio already queued as echo
+        self._echo = np.zeros(0, np.float32)
+        self.echoed_s = 0.0  # seconds of sound (not digital silence) sent back as echo
+
+    def hear(self, received: Received) -> None:
+        """Echo the downlink audio `received` gets (an AvatarClient's `received`, decoded)."""
+        self._received = received
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await super().recv()
+        r = self._received
+        if r is None:
+            return frame
+        due = time.monotonic() - self.delay_s
+        chunks = [self._echo]
+        while (self._taken < len(r.audio) and self._taken < len(r.audio_times)
+               and r.audio_times[self._taken] <= due):
+            chunks.append(r.audio[self._taken].astype(np.float32))
+            self._taken += 1
+        echo = np.concatenate(chunks)
+        # arrivals come in bursts: keep at most two frames in hand (the delay stays bounded)
+        echo = echo[max(0, echo.size - 2 * MIC_SAMPLES_PER_FRAME):]
+        n = min(echo.size, MIC_SAMPLES_PER_FRAME)
+        self._echo = echo[n:]
+        if n == 0:
+            return frame
+        pcm = frame.to_ndarray().astype(np.float32).ravel() / 32767.0
+        pcm[:n] += self.gain * echo[:n]
+        if echo[:n].any():
+            self.echoed_s += n / MIC_SAMPLE_RATE_HZ
+        mixed = av.AudioFrame.from_ndarray(
+            (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1), format="s16",
+            layout="mono")
+        mixed.sample_rate, mixed.pts, mixed.time_base = frame.sample_rate, frame.pts, frame.time_base
+        return mixed
+
+
 @dataclass
 class Received:
     video_times: list[float] = field(default_factory=list)

@@ -261,7 +261,8 @@ def voice_input(settings: Settings, triton_url: str) -> VoiceInput | None:
     if not settings.voice_input:
         return None
     return VoiceInput(open_vad(triton_url), open_asr(settings, triton_url),
-                      VADSettings.from_settings(settings), settings.barge_in_min_s)
+                      VADSettings.from_settings(settings), settings.barge_in_min_s,
+                      settings.echo_cancellation)
 
 
 def llm_config(settings: Settings) -> LLMConfig | None:

@@ -324,11 +324,17 @@ class Settings:
     asr_language: str = setting("", "--asr-language", group=VOICE_INPUT, help="language field sent "
                                 "to --asr-url (e.g. zh); default: none")
     voice_mode: str = setting("chat", "--voice-mode", group=VOICE_INPUT,
-                              choices=["chat", "echo", "off"], help="what a session's transcript "
-                              "becomes when /offer does not say (voice_mode): a chat question, an "
-                              "echo, or nothing (default chat)")
+                              choices=["chat", "echo", "off", "half-duplex"], help="what a "
+                              "session's transcript becomes when /offer does not say (voice_mode): "
+                              "a chat question, an echo, or nothing; half-duplex: a chat question, "
+                              "but no barge-in and no turn while the avatar speaks (push-to-talk's "
+                              "/end_turn still interrupts it) (default chat)")
     barge_in: bool = setting(True, "--no-barge-in", group=VOICE_INPUT, action="store_false",
                              help="user speech does not interrupt the avatar (default: it does)")
+    echo_cancellation: bool = setting(
+        True, "--no-echo-cancellation", group=VOICE_INPUT, action="store_false",
+        help="do not cancel the avatar's own voice in the microphone (WebRTC AEC3 against what "
+        "the session plays; the echo guards stay on). Default: cancelled")
     barge_in_min_s: float = setting(
         DEFAULT_BARGE_IN_MIN_S, "--barge-in-min", group=VOICE_INPUT, type=float,
         help=f"seconds of user speech that interrupt the talking avatar (default "

@@ -60,6 +60,7 @@ from ..speech.limits import DEFAULT_SPEECH_LIMITS, SpeechLimits
 from ..speech.pipeline import SpeechPipeline
 from ..speech.streamed_audio import StreamedAudio
 from ..tts import TTSRouter, Voice
+from ..voice_input.echo import PlayedAudio
 from ..voice_input.turn_taking import Listener, VoiceInput, VoiceOptions
 from .events import SessionEvents
 from .peer_watch import wait_peer_gone
@@ -240,7 +241,9 @@ class Session:
     def listen(self, track, voice_input: VoiceInput) -> None:
         """Consume the user's audio track (one per session; voice_mode "off" ignores it)."""
         if self.listener is None and not self.closed and self.options.voice.mode != "off":
-            self.listener = Listener(self, track, voice_input, self.options.voice)
+            played = PlayedAudio(self.player.clock.tick_time)  # the echo reference
+            self.add_sink(played)
+            self.listener = Listener(self, track, voice_input, self.options.voice, played)
 
     def end_user_turn(self) -> bool:
         """The user's utterance is over (push-to-talk released): answered without waiting for

@@ -27,19 +27,27 @@ Events (SSE): `listening` when the user starts speaking, `barge_in` when that sp
 the avatar (followed by the usual `interrupted`), `transcript` (partial with `final: false`,
 then final with `final: true`; `text` "" when nothing intelligible was said: no turn, and
 `dropped` then says why: "short", "no_speech" or "hallucination"), then the usual
-`question`/`start`/`sentence`/`end` of the
-answer. Echo cancellation is the browser's (getUserMedia `echoCancellation: true`): the avatar's
-own voice must not come back up the uplink, or it would interrupt itself.
+`question`/`start`/`sentence`/`end` of the answer.
+
+The avatar must not hear itself (voice_input/echo.py): the uplink is echo-cancelled against what
+the session plays (`--no-echo-cancellation` turns that off; the browser's own getUserMedia
+`echoCancellation` comes first); while the avatar speaks, barge-in needs speech clearly louder
+than the echo estimate; and a transcript that repeats what the avatar said in the last seconds is
+echo (`transcript` with `echo: true`, no turn). `voice_mode` "half-duplex" goes further: no
+barge-in, and no turn from an utterance heard while the avatar spoke, except one ended by
+push-to-talk (`end_turn`), which interrupts the avatar and is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
 from ..asr import ASREngine, ASRError
@@ -60,15 +68,29 @@ from ..vad.activity import (
     VoiceActivity,
 )
 from ..vad.base import VAD, VAD_FRAME_S, VAD_SAMPLE_RATE_HZ
+from .echo import (
+    CLEAR_OF_ECHO_FRAMES,
+    ECHO_MAX_DELAY_S,
+    SAID_LOOKBACK_S,
+    EchoGuard,
+    PlayedAudio,
+    open_canceller,
+    said_by_avatar,
+)
 from .microphone import uplink_frames
 
 log = logging.getLogger(__name__)
 FAILURES = RateLimitedLog(log)  # expected failures of the ASR server: one line each
 
-VOICE_MODES = ("chat", "echo", "off")
+VOICE_MODES = ("chat", "echo", "off", "half-duplex")
+HALF_DUPLEX = "half-duplex"  # a chat question, but nothing the user says over the avatar counts
 
 
 class Events(Protocol):
+    # The latest events (each with its wall-clock `time`): the avatar's `sentence`s are read back
+    # from it to tell its echo from the user's words.
+    history: list[dict]
+
     def emit(self, event: str, **fields) -> None:
         """One event (SSE `event` and its fields) to the session's subscribers."""
 
@@ -99,7 +121,8 @@ class Conversation(Protocol):
 class VoiceOptions:
     """Per session (/offer `voice_mode`, `barge_in`)."""
 
-    mode: str = "chat"  # what a transcript becomes: a question, an echo, or nothing ("off")
+    # what a transcript becomes: a question ("chat", "half-duplex"), an echo, or nothing ("off")
+    mode: str = "chat"
     barge_in: bool = True
 
 
@@ -111,6 +134,7 @@ class VoiceInput:
     asr: ASREngine
     vad_settings: VADSettings = VADSettings()
     barge_in_min_s: float = DEFAULT_BARGE_IN_MIN_S
+    echo_cancellation: bool = True  # --no-echo-cancellation: the guards alone
 
     async def close(self) -> None:
         await self.vad.close()
@@ -121,11 +145,21 @@ class Listener:
     """Runs while the session lives; `close` ends it and every turn it started."""
 
     def __init__(self, session: Conversation, track: MediaStreamTrack, voice: VoiceInput,
-                 options: VoiceOptions) -> None:
+                 options: VoiceOptions, played: PlayedAudio | None = None) -> None:
+        """`played`: what the session plays (a sink of its ticks), the echo reference; None:
+        no echo handling (a session that plays nothing to this microphone)."""
         self.session = session
         self.voice = voice
         self.options = options
         self.activity = VoiceActivity(voice.vad, voice.vad_settings)
+        self.echo = (EchoGuard(played, open_canceller() if voice.echo_cancellation else None)
+                     if played is not None else None)
+        self._loud_run = 0  # frames in a row clearly louder than the avatar's echo
+        # the utterance under way had CLEAR_OF_ECHO_FRAMES in a row over the echo (or no echo):
+        # one that never had is the avatar's own voice, whatever its transcript says
+        self._clear_of_echo = False
+        self._overlapped = False  # the utterance under way was heard while the avatar spoke
+        self._forced = False  # ... and push-to-talk ended it (half-duplex: a turn all the same)
         self._turns: set[asyncio.Task] = set()
         self._barged = False
         # (pause_s, transcription) started at the current pause, if any
@@ -138,8 +172,16 @@ class Listener:
                                          name=f"listener-{session.sessionid}")
 
     async def _listen(self, track: MediaStreamTrack) -> None:
+        received: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(track, received),
+                                     name=f"uplink-{self.session.sessionid}")
         try:
-            async for frame in uplink_frames(track):
+            while (item := await received.get()) is not None:
+                frame, arrived_s = item
+                if self.echo is not None:
+                    # AEC3 on 32 ms: ~0.3 ms, inline (less than an executor round trip)
+                    frame = self.echo.process(frame, arrived_s)
+                    self._loud_run = self._loud_run + 1 if self.echo.over_echo else 0
                 event = await self.activity.feed(frame)
                 if event is not None:
                     await self._on(event)
@@ -153,14 +195,34 @@ class Listener:
                 FAILURES.log("triton", logging.WARNING, "listener stopped sessionid=%s: Triton "
                              "failed (%s)", self.session.sessionid, cause)
             self.session.events.emit("error", msg="voice input stopped")
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    @staticmethod
+    async def _read(track: MediaStreamTrack,
+                    received: asyncio.Queue[tuple[np.ndarray, float] | None]) -> None:
+        """The uplink's frames with the time each was received, read as they come: the
+        listener may fall behind (a slow VAD call) without its arrival times (the echo
+        reference's clock) falling behind with it. None when the track ends."""
+        try:
+            async for frame in uplink_frames(track):
+                received.put_nowait((frame, time.monotonic()))
+        finally:
+            received.put_nowait(None)
 
     async def _on(self, event) -> None:
         session = self.session
+        if isinstance(event, SpeechOnset) and event.duration_s <= VAD_FRAME_S + 1e-9:
+            # A run of one frame is a new run: it may barge in again.
+            self._barged = self._overlapped = self._clear_of_echo = False
+        if session.speaking and not isinstance(event, SpeechEnded):
+            self._overlapped = True
+        if self.echo is None or self._loud_run >= CLEAR_OF_ECHO_FRAMES:
+            self._clear_of_echo = True
         if isinstance(event, SpeechOnset):
             # Not yet a turn, but barge-in may act on it: every frame it waits for is heard
-            # over the avatar. A run of one frame is a new run: it may barge in again.
-            if event.duration_s <= VAD_FRAME_S + 1e-9:
-                self._barged = False
+            # over the avatar.
             await self._maybe_barge_in(event.duration_s)
         elif isinstance(event, SpeechStarted):
             session.events.emit("listening", speaking=True)
@@ -172,13 +234,22 @@ class Listener:
         elif isinstance(event, SpeechPaused):
             self._drop_speculation()
             # too little speech yet for a turn: no transcript now (the end will not need it)
-            if self.options.mode != "off" and not self._too_little(event.speech_s):
+            if (self.options.mode != "off" and not self._ignored()
+                    and not self._too_little(event.speech_s)):
                 self._speculation = (event.pause_s, self._start(
                     self._transcribe(event.audio), f"asr-{session.sessionid}"))
         elif isinstance(event, SpeechEnded):
             self._barged = False
             self._utterance += 1  # partials still running belong to the ended utterance
             self.speech_ended_at = time.monotonic()
+            ignored = self._ignored()
+            clear = self._clear_of_echo
+            self._overlapped = self._forced = self._clear_of_echo = False
+            if ignored:  # half-duplex: said over the avatar, not a turn (and not transcribed)
+                self._drop_speculation()
+                session.events.emit("transcript", text="", final=True, turn=False,
+                                    ignored="avatar speaking")
+                return
             if self._too_short(event):
                 return
             speculation, self._speculation = self._speculation, None
@@ -189,7 +260,7 @@ class Listener:
             transcription = (speculation[1] if speculation is not None
                              else self._start(self._transcribe(event.audio),
                                               f"asr-{session.sessionid}"))
-            self._start(self._turn(event, transcription, speculation is not None),
+            self._start(self._turn(event, transcription, speculation is not None, clear),
                         f"turn-{session.sessionid}")
 
     def _too_little(self, speech_s: float | None) -> bool:
@@ -207,10 +278,17 @@ class Listener:
                                  seconds=round(event.audio.size / VAD_SAMPLE_RATE_HZ, 2))
         return True
 
+    def _ignored(self) -> bool:
+        """Half-duplex: the utterance under way was heard while the avatar spoke, and push-to-talk
+        did not end it."""
+        return self.options.mode == HALF_DUPLEX and self._overlapped and not self._forced
+
     async def _maybe_barge_in(self, speech_s: float) -> None:
         session = self.session
-        if (self.options.barge_in and not self._barged and session.speaking
-                and speech_s >= self.voice.barge_in_min_s):
+        # Over the avatar's echo, only speech clearly louder than it counts (voice_input/echo.py)
+        loud_s = self._loud_run * VAD_FRAME_S if self.echo is not None else math.inf
+        if (self.options.barge_in and self.options.mode != HALF_DUPLEX and not self._barged
+                and session.speaking and min(speech_s, loud_s) >= self.voice.barge_in_min_s - 1e-9):
             self._barged = True
             session.events.emit("barge_in", after_s=round(speech_s, 3))
             await session.interrupt()
@@ -218,8 +296,15 @@ class Listener:
     def end_turn(self) -> bool:
         """Push-to-talk released: the utterance under way ends at its next non-speech frame and
         becomes a turn now, not after the end-of-turn silence (`--vad-min-silence`). False when
-        the user is not speaking."""
-        return self.activity.end_turn()
+        the user is not speaking. Half-duplex: the avatar, if speaking, is interrupted, and the
+        utterance is a turn even though it was heard over the avatar."""
+        ended = self.activity.end_turn()
+        if self.options.mode == HALF_DUPLEX:
+            # the utterance under way, or the next (its frames may not be heard yet), is a turn
+            self._forced = True
+            if self.session.speaking:
+                self._start(self.session.interrupt(), f"interrupt-{self.session.sessionid}")
+        return ended
 
     def _start(self, coro, name: str) -> asyncio.Task:
         """A task of this listener: `close` cancels it."""
@@ -245,7 +330,8 @@ class Listener:
             text, asr_ms, _ = await transcription
         except ASRError:
             return  # a partial that failed is just not sent; the final will say
-        if utterance == self._utterance and text and not self.session.closed:
+        if (utterance == self._utterance and text and not self.session.closed
+                and not self._echo_of_avatar(text, None)):
             self.session.events.emit("transcript", text=text, final=False, turn=False,
                                      asr_ms=asr_ms)
 
@@ -271,7 +357,7 @@ class Listener:
         return ("" if dropped else transcript.text), asr_ms, dropped
 
     async def _turn(self, event: SpeechEnded, transcription: asyncio.Task,
-                    speculative: bool) -> None:
+                    speculative: bool, clear_of_echo: bool = True) -> None:
         session = self.session
         ended_at = time.monotonic()
         try:
@@ -282,20 +368,35 @@ class Listener:
             session.events.emit("error", msg=f"speech recognition failed: {exc}")
             return
         wait_ms = round((time.monotonic() - ended_at) * 1000)
-        turn = has_speakable(text) and self.options.mode != "off" and not session.closed
+        seconds = event.audio.size / VAD_SAMPLE_RATE_HZ
+        echo = bool(text) and (not clear_of_echo or self._echo_of_avatar(
+            text, seconds + (time.monotonic() - ended_at)))
+        turn = (has_speakable(text) and self.options.mode != "off" and not session.closed
+                and not echo)
         extra = {"dropped": dropped} if dropped and dropped != "empty" else {}
+        if echo:
+            extra["echo"] = True
         session.events.emit("transcript", text=text, final=True, turn=turn, asr_ms=asr_ms,
-                            speculative=speculative, wait_ms=wait_ms,
-                            seconds=round(event.audio.size / VAD_SAMPLE_RATE_HZ, 2), **extra)
+                            speculative=speculative, wait_ms=wait_ms, seconds=round(seconds, 2),
+                            **extra)
         if not turn:
             return
         try:
-            if self.options.mode == "chat":
+            if self.options.mode in ("chat", HALF_DUPLEX):
                 session.ask(text)
             else:
                 session.say(text)
         except ApiError as exc:  # queue full: the turn is dropped, said so
             session.events.emit("error", msg=exc.msg)
+
+    def _echo_of_avatar(self, text: str, utterance_s: float | None) -> bool:
+        """`text` repeats what the avatar said while the utterance (`utterance_s` long, ending
+        now; None: the last SAID_LOOKBACK_S) could hear it: its own voice came back."""
+        now = time.time()
+        since = now - (utterance_s or 0.0) - ECHO_MAX_DELAY_S - SAID_LOOKBACK_S
+        said = [e["text"] for e in self.session.events.history
+                if e["event"] == "sentence" and e["time"] >= since]
+        return said_by_avatar(text, said)
 
     async def close(self) -> None:
         self._speculation = self._partial = None

@@ -161,6 +161,7 @@ class _FakeSession:
     def __init__(self) -> None:
         self.asked: list[str] = []
         self.emitted: list[tuple[str, dict]] = []
+        self.history: list[dict] = []  # Events.history: no sentences said
         self.events = self
 
     def emit(self, name: str, **fields) -> None:

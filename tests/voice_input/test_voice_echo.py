@@ -1,0 +1,232 @@
+"""The avatar must not hear itself (issue 21, item 1): an aiortc client whose microphone hears its
+own speaker (the avatar's downlink audio, -10 dB, 150 ms later: a kiosk, a laptop without
+headphones) while the avatar speaks Piper speech. No barge-in, no interruption, no turn from the
+echo; a user speaking over the echo at a normal level still barges in and is transcribed;
+`voice_mode` half-duplex takes no turn while the avatar speaks, but push-to-talk still cuts in.
+With the canceller off (--no-echo-cancellation) the guards alone keep the avatar from answering
+itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from server_fixtures import running_server, server_settings
+from test_voice_input import QUESTION, at_16k, history, wait_event, words
+
+from orchestrator.client import AvatarClient, EchoingMicrophone, Microphone
+from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.voice_input.echo import (
+    EchoGuard,
+    PlayedAudio,
+    UplinkClock,
+    WebRtcEchoCanceller,
+    said_by_avatar,
+)
+
+# ~18 s of Piper speech: what the avatar answers while it hears itself
+ANSWER = ("Thank you for asking. Our studio opens every morning at nine and closes at six in the "
+          "evening. On weekends we open a little later, at ten, and we close at four. If you "
+          "would like to book a session, you can do it online or at the front desk. Sorry, "
+          "English is the only language we speak here, but we are happy to help you.")
+USER = "Hello there."
+ECHO_GAIN_DB = -10.0
+ECHO_DELAY_S = 0.150
+
+
+@pytest.fixture(scope="module")
+async def speech(triton) -> dict[str, tuple[np.ndarray, int]]:
+    piper = await PiperEngine.open(triton.url)
+    try:
+        return {text: (await synthesize_all(piper, text, Voice.named("joe")), piper.sample_rate_hz)
+                for text in (ANSWER, USER, QUESTION)}
+    finally:
+        await piper.close()
+
+
+@pytest.fixture(scope="module")
+async def echo_server(triton):
+    """A server with the default settings (echo cancellation on)."""
+    async with running_server(server_settings(triton)) as server:
+        yield server
+
+
+def names(services, client, since_s: float = 0.0) -> list[str]:
+    return [e["event"] for e in history(services, client) if e["time"] >= since_s]
+
+
+def turns(services, client) -> list[dict]:
+    return [e for e in history(services, client) if e["event"] == "transcript" and e["turn"]]
+
+
+# --- the parts, on Piper speech (no WebRTC) ---------------------------------------------------
+
+def test_transcripts_of_the_avatars_words_are_echo():
+    said = [ANSWER]
+    for heard in ("English.", "Sorry.", "we close at four", "Thank you for asking. Our studio",
+                  "on weekends we opened a little later at 10"):  # Whisper's own spellings
+        assert said_by_avatar(heard, said), heard
+    for heard in ("Hello there.", "How many sessions can run at once?", "", "What time is it?"):
+        assert not said_by_avatar(heard, said), heard
+    assert not said_by_avatar("Sorry.", [])  # the avatar said nothing: the user's words
+
+
+def test_played_audio_is_found_by_time():
+    start = 100.0
+    played = PlayedAudio(lambda tick: start + tick * 0.04)
+    for tick in range(10):
+        played.add(tick, None, np.full(640, tick + 1, np.int16))
+    got = played.samples(start + 0.04 * 3 + 0.02, 640)  # half of tick 3, half of tick 4
+    assert np.allclose(got[:320] * 32768, 4) and np.allclose(got[320:] * 32768, 5)
+    assert not played.samples(start - 1.0, 640).any()  # before anything was played
+    assert played.sound_until_s == pytest.approx(start + 0.4)
+    clock = UplinkClock()
+    assert clock.frame(512, 10.05) == pytest.approx(10.05 - 0.032)
+    # a late arrival does not move the nominal time; an earlier one does
+    assert clock.frame(512, 10.20) == pytest.approx(10.05)
+    assert clock.frame(512, 10.07) == pytest.approx(10.07 - 0.032)
+
+
+async def test_canceller_removes_piper_echo_and_keeps_the_user(speech):
+    """WebRTC AEC3 on 16 kHz VAD frames, reference from PlayedAudio, arrival times with jitter:
+    the echo (-10 dB, 150 ms) loses most of its level, the user's voice over it keeps its own,
+    and the guard tells which frames are the user's."""
+    far = at_16k(*speech[ANSWER])
+    user = at_16k(*speech[USER])
+    start = 100.0
+    played = PlayedAudio(lambda tick: start + tick * 0.04)
+    delay = int(ECHO_DELAY_S * 16000)
+    mic = np.concatenate([np.zeros(delay, np.float32), far])[:far.size] * 10 ** (ECHO_GAIN_DB / 20)
+    user_at = int(8.0 * 16000)
+    mic[user_at:user_at + user.size] += user
+    guard = EchoGuard(played, WebRtcEchoCanceller())
+    rng = np.random.default_rng(0)
+    out, over, tick = [], [], 0
+    for k in range(mic.size // 512):
+        arrived = start + 0.03 + (k + 1) * 512 / 16000 + abs(rng.normal(0, 0.01))
+        while start + tick * 0.04 <= arrived and (tick + 1) * 640 <= far.size:
+            played.add(tick, None, (far[tick * 640:(tick + 1) * 640] * 32767).astype(np.int16))
+            tick += 1
+        out.append(guard.process(mic[k * 512:(k + 1) * 512], arrived))
+        over.append(guard.over_echo)
+    out = np.concatenate(out)
+    echo_only = slice(3 * 16000, user_at - 8000)
+    erle_db = 10 * np.log10(np.mean(mic[echo_only] ** 2) / np.mean(out[echo_only] ** 2))
+    assert erle_db > 20, erle_db
+    kept = slice(user_at + 160, user_at + user.size)  # the output is 10 ms (160 samples) late
+    user_db = 10 * np.log10(np.mean(out[kept] ** 2) / np.mean(user ** 2))
+    assert user_db > -6, user_db
+    first = user_at // 512
+    # barge-in's three frames in a row, within the user's first quarter second
+    assert any(all(over[k:k + 3]) for k in range(first, first + 8)), over[first:first + 10]
+
+
+# --- through WebRTC ---------------------------------------------------------------------------
+
+async def answer_over_echo(base_url: str, services, speech, **offer) -> tuple[AvatarClient,
+                                                                              EchoingMicrophone]:
+    """A client whose microphone hears its speaker, connected; the avatar says ANSWER."""
+    mic = EchoingMicrophone(ECHO_GAIN_DB, ECHO_DELAY_S)
+    client = AvatarClient(base_url, keep_video=False, microphone=mic)
+    mic.hear(client.received)
+    await client.connect(**offer)
+    await client.wait_for_video(5)
+    status, _ = await client.post("/human", type="echo", text=ANSWER)
+    assert status == 200
+    await wait_event(services, client, "start")
+    return client, mic
+
+
+async def test_the_avatar_does_not_hear_itself(echo_server, speech):
+    """Chat mode, the avatar speaking ~18 s while its own voice comes back up the uplink: no
+    barge-in, no interruption, no question of its own words."""
+    base_url, services = echo_server
+    client, mic = await answer_over_echo(base_url, services, speech)
+    try:
+        end = await wait_event(services, client, "end", timeout=60)
+        assert end["text"] == ANSWER
+        await asyncio.sleep(2.5)  # a transcript of the last echo would come by now
+        assert mic.echoed_s > 10, mic.echoed_s  # the avatar's voice did come back
+        seen = names(services, client)
+        assert "barge_in" not in seen and "interrupted" not in seen, seen
+        assert not turns(services, client) and "question" not in seen, history(services, client)
+    finally:
+        await client.close()
+
+
+async def test_the_user_still_barges_in_over_the_echo(echo_server, speech):
+    """Over the same echo, the user's question at a normal level cuts the avatar off (not its
+    echo before it) and becomes the next turn."""
+    base_url, services = echo_server
+    client, mic = await answer_over_echo(base_url, services, speech, voice_mode="echo")
+    try:
+        await client.wait_for_speech(time.monotonic() - 1, timeout=10)
+        await asyncio.sleep(3.0)
+        assert "interrupted" not in names(services, client)
+        said_at = time.time()
+        mic.play(*speech[QUESTION])
+        interrupted = await wait_event(services, client, "interrupted", timeout=10)
+        assert interrupted["text"] == ANSWER
+        barge = next(e for e in history(services, client) if e["event"] == "barge_in")
+        assert barge["time"] >= said_at, "barged in before the user spoke"
+        transcript = None
+        deadline = time.monotonic() + 15
+        while transcript is None and time.monotonic() < deadline:
+            transcript = next((e for e in turns(services, client)), None)
+            await asyncio.sleep(0.05)
+        assert transcript is not None, history(services, client)
+        assert "sessions" in words(transcript["text"]), transcript
+    finally:
+        await client.close()
+
+
+async def test_half_duplex_takes_no_turn_while_the_avatar_speaks(echo_server, speech):
+    """voice_mode half-duplex: the user speaking over the avatar neither interrupts it nor makes
+    a turn; push-to-talk released over the avatar (/end_turn) interrupts it and is answered."""
+    base_url, services = echo_server
+    mic = Microphone()
+    client = AvatarClient(base_url, keep_video=False, microphone=mic)
+    try:
+        await client.connect(voice_mode="half-duplex")
+        await client.wait_for_video(5)
+        status, _ = await client.post("/human", type="echo", text=ANSWER)
+        assert status == 200
+        await wait_event(services, client, "start")
+        await client.wait_for_speech(time.monotonic() - 1, timeout=10)
+        await asyncio.sleep(1.0)
+        mic.play(*speech[USER])
+        ignored = await wait_event(services, client, "transcript", timeout=10)
+        assert ignored["turn"] is False and ignored.get("ignored"), ignored
+        seen = names(services, client)
+        assert not {"barge_in", "interrupted", "question"} & set(seen), seen
+        # push-to-talk over the avatar: released, it interrupts and the question is answered
+        mic.play(*speech[QUESTION])
+        while mic.speech_ended_at is None:
+            await asyncio.sleep(0.02)
+        await client.end_turn()  # (False when its frames are not heard yet: a turn all the same)
+        interrupted = await wait_event(services, client, "interrupted", timeout=10)
+        assert interrupted["text"] == ANSWER
+        question = await wait_event(services, client, "question", timeout=15)
+        assert {"sessions", "once"} <= set(words(question["text"])), question
+    finally:
+        await client.close()
+
+
+async def test_guards_alone_keep_the_avatar_from_answering_itself(triton, speech):
+    """--no-echo-cancellation: the level guard and the transcript match alone (a browser whose
+    own canceller leaves the echo in): still no barge-in and no turn from the echo."""
+    settings = server_settings(triton, echo_cancellation=False)
+    async with running_server(settings) as (base_url, services):
+        client, mic = await answer_over_echo(base_url, services, speech)
+        try:
+            await wait_event(services, client, "end", timeout=60)
+            await asyncio.sleep(2.5)
+            assert mic.echoed_s > 10, mic.echoed_s
+            seen = names(services, client)
+            assert "barge_in" not in seen and "interrupted" not in seen, seen
+            assert not turns(services, client) and "question" not in seen, history(services,
+                                                                                  client)
+        finally:
+            await client.close()
