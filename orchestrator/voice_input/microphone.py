@@ -30,8 +30,10 @@ INT16_FULL_SCALE = 32768.0
 UPLINK_PREFETCH_PACKETS = 1
 UPLINK_JITTER_CAPACITY_PACKETS = 16  # aiortc's own audio capacity
 # Packets come every 20 ms: none for this long is a stall, and from then on the time without
-# audio (counted from the last frame received) is silence.
-UPLINK_STALL_S = 0.25
+# audio (counted from the last frame received) is silence. Long enough that a late burst of a
+# loaded sender or a jittery network (a few hundred ms) is not taken for the end of a turn:
+# whatever is filled in is more than --vad-min-silence, so a stall ends the utterance.
+UPLINK_STALL_S = 1.0
 # Silence is filled in for at most this long per stall: more than any end-of-turn silence; a
 # track that stays without audio longer costs no VAD work until it sends again.
 UPLINK_SILENCE_FILL_S = 10.0
