@@ -214,11 +214,11 @@ async def window(server: ServerProcess, pool: ClientPool, seconds: float) -> dic
     """Measure the server, the clients and the machine over `seconds` from now."""
     await pool.ask_all({"op": "window_start"})
     hist0 = await histograms(server.base_url)
-    roles0 = server.cpu_seconds_by_role()
-    cpu0, busy0, t0 = server.cpu_seconds(), machine_busy_seconds(), time.monotonic()
+    # One walk of the process tree at each end: the total is the sum of its roles.
+    roles0, busy0, t0 = server.cpu_seconds_by_role(), machine_busy_seconds(), time.monotonic()
     await asyncio.sleep(seconds)
-    cpu1, busy1, t1 = server.cpu_seconds(), machine_busy_seconds(), time.monotonic()
-    roles1 = server.cpu_seconds_by_role()
+    roles1, busy1, t1 = server.cpu_seconds_by_role(), machine_busy_seconds(), time.monotonic()
+    cpu0, cpu1 = sum(roles0.values()), sum(roles1.values())
     hist1 = await histograms(server.base_url)
     memory = server.memory_kib()
     workers = await pool.ask_all({"op": "window_end", "t0": t0, "t1": t1})

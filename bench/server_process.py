@@ -50,7 +50,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def process_role(pid: int, root: int) -> str:
+def process_role(pid: int) -> str:
     """What a process of the server's tree is: `orchestrator` (the root, or a worker of
     `--workers N`), `tritonserver`, or the Triton model a python-backend stub serves (its
     first argument is the model's `model_repository/<model>/<version>/model.py`)."""
@@ -70,7 +70,7 @@ def cpu_seconds_by_role(root: int) -> dict[str, float]:
     """user + system CPU seconds so far of the server's tree, by `process_role`."""
     seconds: dict[str, float] = {}
     for pid in process_tree(root):
-        role = process_role(pid, root)
+        role = process_role(pid)
         seconds[role] = seconds.get(role, 0.0) + cpu_seconds([pid])
     return seconds
 

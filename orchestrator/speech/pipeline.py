@@ -488,8 +488,8 @@ async def _streamed_pieces(stream: StreamedAudio, kind: AudioFeatures,
                                             min_new_s=STREAMED_TAKE_EVERY_S, growth=0.0,
                                             min_first_s=STREAMED_START_S if first else 0.0)
                 features.first = first = False
-            part, chunk = chunk[: piece_samples - features.samples], \
-                chunk[piece_samples - features.samples :]
+            room = piece_samples - features.samples
+            part, chunk = chunk[:room], chunk[room:]
             features.add(part)
             complete = features.samples >= piece_samples
             yield features, complete
