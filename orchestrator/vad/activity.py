@@ -17,7 +17,7 @@ import numpy as np
 from ..asr.base import MAX_UTTERANCE_S
 from ..settings import Settings
 from .base import VAD, VAD_FRAME_S, VADStream
-from .level_gate import LevelGate, LevelReading
+from .level_gate import SPEECH_PERCENTILE, LevelGate, LevelReading
 
 # The --vad-* flags' defaults: settings is their one home.
 _FLAG_DEFAULTS = Settings()
@@ -100,6 +100,14 @@ class SpeechEnded:
     end_s: float
     detected_s: float
     speech_s: float | None = None
+    # How far the utterance's speech stood over the silence that ended it (dB: the
+    # SPEECH_PERCENTILE level of its speech frames less the median of its trailing silent
+    # frames); None when no silence ended it (push-to-talk, the max_utterance_s cut) or the
+    # level gate is off.
+    over_silence_db: float | None = None
+    # The "utterance" was the background rising, not a voice: its speech stood less than the
+    # level gate's margin over the silence that ended it (level_gate.py, "background").
+    background: bool = False
 
 
 VoiceEvent = SpeechOnset | SpeechStarted | SpeechContinues | SpeechPaused | SpeechEnded
@@ -125,6 +133,9 @@ class VoiceActivity:
         self._end_requested = False  # end_turn(): the next non-speech frame ends the utterance
         self.last_probability = 0.0
         self._speech_frames = 0  # frames of the utterance under way that were speech
+        # levels (dBFS) of the utterance's speech frames, and of the silence after its last one
+        self._speech_levels: list[float] = []
+        self._silence_levels: list[float] = []
 
     @property
     def speech_s(self) -> float:
@@ -145,6 +156,17 @@ class VoiceActivity:
         self._end_requested = self.speaking_since is not None
         return self._end_requested
 
+    def _over_silence_db(self) -> float | None:
+        """How far the utterance's speech stood over the silence that ended it (dB): the
+        SPEECH_PERCENTILE level of its speech frames (its loud part, so that an utterance that
+        began as babble and went on into a question spoken over it is kept) less the median
+        level of its trailing silent frames. None with the gate off (margin 0: the user chose
+        the VAD alone)."""
+        if self.gate.margin_db <= 0 or not self._speech_levels or not self._silence_levels:
+            return None
+        return float(np.percentile(self._speech_levels, SPEECH_PERCENTILE)
+                     - np.median(self._silence_levels))
+
     async def feed(self, frame: np.ndarray) -> VoiceEvent | None:
         """The event `frame` (float32 [VAD_FRAME_SAMPLES], 16 kHz) makes, if any. Raises what
         the engine's stream raises."""
@@ -163,7 +185,9 @@ class VoiceActivity:
             if speech:
                 if self._run_start is None:
                     self._run_start, self._speech_frames = t, 0
+                    self._speech_levels = []
                 self._speech_frames += 1
+                self._speech_levels.append(level.level_dbfs)
                 run_s = t + VAD_FRAME_S - self._run_start
                 if run_s >= s.min_speech_s:
                     self.speaking_since, self._silence_since = self._run_start, None
@@ -176,20 +200,26 @@ class VoiceActivity:
         resumed = paused = False
         if speech:
             self._speech_frames += 1
+            self._speech_levels.append(level.level_dbfs)
             resumed, self._silence_since = self._silence_since is not None, None
         elif self._silence_since is None and (silent or self._end_requested):
             paused, self._silence_since = True, t
+            self._silence_levels = []
+        if self._silence_since is not None:
+            self._silence_levels.append(level.level_dbfs)
         now = t + VAD_FRAME_S
         ended = self._silence_since is not None and (
             self._end_requested or now - self._silence_since >= s.min_silence_s)
         # Cut at max_utterance_s of audio handed on, pre-roll included (what ASR is given).
         if ended or len(self._frames) * VAD_FRAME_S >= s.max_utterance_s - 1e-9:
             end = self._silence_since if self._silence_since is not None else now
+            over = self._over_silence_db() if ended and not self._end_requested else None
             audio = np.concatenate(self._frames)
             self._frames, self._run_start = self._frames[-self._pre_roll:], None
             self.speaking_since = self._silence_since = None
             self._end_requested = False
-            return SpeechEnded(audio, end, now, self.speech_s)
+            return SpeechEnded(audio, end, now, self.speech_s, over,
+                               background=over is not None and over < self.gate.margin_db)
         if paused:
             return SpeechPaused(np.concatenate(self._frames), t, self.speech_s)
         if resumed:

@@ -26,7 +26,7 @@ scores weak, or one of its known phrases on silence: asr/hallucinations.py) is n
 Events (SSE): `listening` when the user starts speaking, `barge_in` when that speech interrupts
 the avatar (followed by the usual `interrupted`), `transcript` (partial with `final: false`,
 then final with `final: true`; `text` "" when nothing intelligible was said: no turn, and
-`dropped` then says why: "short", "no_speech" or "hallucination"), then the usual
+`dropped` then says why: "short", "background", "no_speech" or "hallucination"), then the usual
 `question`/`start`/`sentence`/`end` of the answer.
 
 The avatar must not hear itself (voice_input/echo.py): the uplink is echo-cancelled against what
@@ -250,7 +250,7 @@ class Listener:
                 session.events.emit("transcript", text="", final=True, turn=False,
                                     ignored="avatar speaking")
                 return
-            if self._too_short(event):
+            if self._too_short(event) or self._background(event):
                 return
             speculation, self._speculation = self._speculation, None
             if speculation is not None and speculation[0] != event.end_s:
@@ -275,6 +275,21 @@ class Listener:
         self._drop_speculation()
         self.session.events.emit("transcript", text="", final=True, turn=False, asr_ms=0,
                                  speculative=False, wait_ms=0, dropped="short",
+                                 seconds=round(event.audio.size / VAD_SAMPLE_RATE_HZ, 2))
+        return True
+
+    def _background(self, event: SpeechEnded) -> bool:
+        """The background rising, not a voice (SpeechEnded.background: the silence that ended it
+        is nearly as loud as its speech): no transcript is asked for, the `listening` is closed
+        by an empty one."""
+        if event.over_silence_db is not None:
+            log.debug("utterance sessionid=%s stood %.1f dB over the silence that ended it",
+                      self.session.sessionid, event.over_silence_db)
+        if not event.background:
+            return False
+        self._drop_speculation()
+        self.session.events.emit("transcript", text="", final=True, turn=False, asr_ms=0,
+                                 speculative=False, wait_ms=0, dropped="background",
                                  seconds=round(event.audio.size / VAD_SAMPLE_RATE_HZ, 2))
         return True
 

@@ -1,5 +1,5 @@
 """The parts that tell the user from the room (issue 21, item 2): the noise floor and level gate
-beside the VAD (vad/level_gate.py), and what Whisper writes when nothing was said
+beside the VAD (vad/level_gate.py; with Silero on Triton, the background rising), and what Whisper writes when nothing was said
 (asr/hallucinations.py), with Whisper's own scores from the Triton model."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import re
 
 import numpy as np
 import pytest
-from babble import BABBLE_DBFS, BABBLE_SENTENCES, babble
+from babble import BABBLE_DBFS, BABBLE_SENTENCES, QUESTION_SNR_DB, babble, over
 
 from orchestrator.asr import WhisperOnTriton
 from orchestrator.asr.base import SegmentScores, Transcript
 from orchestrator.asr.hallucinations import nothing_said
 from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.vad.activity import SpeechEnded, VADSettings, VoiceActivity
 from orchestrator.vad.base import VAD_FRAME_S, VAD_FRAME_SAMPLES
 from orchestrator.vad.level_gate import (
     HOLD_WINDOW_S,
@@ -22,9 +23,12 @@ from orchestrator.vad.level_gate import (
     NOISE_WINDOW_S,
     LevelGate,
 )
+from orchestrator.vad.silero import SileroVAD
 
 RATE_16K = 16000
 QUESTION = "How many sessions can run at once?"
+# a question at +15 dB SNR stands this far over the babble after it, at least (of the gate's 12)
+BABBLE_MIN_MARGIN_DB = 13.0
 
 
 def noise_frame(rng, level_dbfs: float) -> np.ndarray:
@@ -122,3 +126,44 @@ async def test_whisper_on_triton_scores_speech_and_babble(triton, said):
         assert empty.text == "" and empty.scores == ()
     finally:
         await asr.close()
+
+
+async def _ended(activity: VoiceActivity, audio: np.ndarray) -> list[SpeechEnded]:
+    n = audio.size // VAD_FRAME_SAMPLES
+    events = [await activity.feed(audio[k * VAD_FRAME_SAMPLES:(k + 1) * VAD_FRAME_SAMPLES])
+              for k in range(n)]
+    return [e for e in events if isinstance(e, SpeechEnded)]
+
+
+async def test_babble_that_begins_abruptly_is_the_background_not_an_utterance(triton, said):
+    """Babble at -35 dBFS starting out of digital silence is heard as speech until the floors
+    learn it (Silero on Triton says speech, the level is 35 dB over the silence before): the
+    utterance its first seconds make ends in a "silence" nearly as loud as itself, so it is the
+    background (no turn, not transcribed). Its neighbours keep their turns: a question over the
+    babble at +15 dB SNR once the floors know it, and a voice in a quiet room."""
+    vad = SileroVAD(triton.url)
+    try:
+        sentences = [said[t] for t in BABBLE_SENTENCES]
+        for seed in range(4):  # four babbles, each with its own onset
+            lead = np.zeros(RATE_16K // 2, np.float32)
+            noise = babble(sentences, 8.0, RATE_16K, BABBLE_DBFS, seed=seed)
+            ended = await _ended(VoiceActivity(vad), np.concatenate([lead, noise]))
+            onset = [e for e in ended if e.end_s < 5.0]
+            assert onset and all(e.background for e in onset), (seed, ended)
+        noise = babble(sentences, 12.0, RATE_16K, BABBLE_DBFS, seed=1)
+        mixed = over(noise, said[QUESTION], RATE_16K, QUESTION_SNR_DB, 6.0)
+        ended = await _ended(VoiceActivity(vad), mixed)
+        question = [e for e in ended if e.end_s > 6.0 and e.speech_s and e.speech_s > 0.5]
+        assert len(question) == 1 and not question[0].background, ended
+        assert question[0].over_silence_db > BABBLE_MIN_MARGIN_DB, question
+        quiet = np.concatenate([np.zeros(RATE_16K, np.float32), said[QUESTION],
+                                np.zeros(RATE_16K, np.float32)])
+        [alone] = await _ended(VoiceActivity(vad), quiet)
+        assert not alone.background and alone.over_silence_db > 30, alone
+        # margin 0 (the gate off): the VAD alone decides, nothing is judged background
+        [ungated] = await _ended(VoiceActivity(vad, VADSettings(level_margin_db=0.0)),
+                                 np.concatenate([lead, noise[:3 * RATE_16K], np.zeros(RATE_16K,
+                                                                                      np.float32)]))
+        assert ungated.over_silence_db is None and not ungated.background
+    finally:
+        await vad.close()
