@@ -50,6 +50,7 @@ import argparse
 import asyncio
 import csv
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -283,8 +284,10 @@ async def run_babble(seconds: float, questions_n: int, level_dbfs: float, snr_db
         total_s = BABBLE_LEAD_IN_S + 2 * seconds + sum(stretch_s) + 1.0
         noise = babble([said[t] for t in BABBLE_SENTENCES], total_s, rate, level_dbfs)
         at_s = BABBLE_LEAD_IN_S + 2 * seconds
+        asked_at_s = []  # when each question starts, from the start of the microphone's audio
         for text, length in zip(texts, stretch_s):
             noise = over(noise, speech[text], rate, snr_db, at_s + BABBLE_QUESTION_AT_S)
+            asked_at_s.append(at_s + BABBLE_QUESTION_AT_S)
             at_s += length
         await client.connect()
         await client.wait_for_video(10)
@@ -316,18 +319,20 @@ async def run_babble(seconds: float, questions_n: int, level_dbfs: float, snr_db
         while not mic.idle:
             await asyncio.sleep(0.1)
         await asyncio.sleep(3.0)  # the last question's transcript and answer
-        finals = [item for item in items(questions_from)
+        # Each question's turn is the one that arrived after it began and before the next one
+        # began (by time: questions share words like "how do I", so words cannot pair them).
+        finals = [(at - started, item) for at, item in events.items[questions_from:]
                   if item["event"] == "transcript" and item.get("final") and item.get("turn")]
         pairs, missed = [], []
-        for text in texts:  # each question's turn: the first one sharing its words
-            said_words = set(text.lower().replace("?", "").split())
-            match = next((f for f in finals
-                          if said_words & set(f["text"].lower().replace("?", "").split())), None)
+        for k, text in enumerate(texts):
+            until_s = asked_at_s[k + 1] if k + 1 < len(texts) else math.inf
+            match = next((f for f in finals if asked_at_s[k] <= f[0] < until_s), None)
             if match is None:
                 missed.append(text)
             else:
                 finals.remove(match)
-            pairs.append((text, match["text"] if match else ""))
+            pairs.append((text, match[1]["text"] if match else ""))
+        finals = [item for _, item in finals]
         return {
             "onset": babble_figures(items(0, idle_from), BABBLE_LEAD_IN_S),
             "idle": babble_figures(items(idle_from, talking_from), seconds),
