@@ -163,10 +163,11 @@ class Settings:
     # and data/voices/ as a GPT-SoVITS server on another machine sees it ("" = ours).
     tts_server: str = setting("", "--tts-server", "--TTS_SERVER", group=SPEECH,
                               check=TTS_SERVER_CHECK, help="base URL of the TTS server for --tts "
-                              "cosyvoice, gpt-sovits, fishtts, openai, omnitts, xtts or azuretts "
+                              "cosyvoice, gpt-sovits, fishtts, openai, omnitts, xtts, azuretts or tencent "
                               "(default: the engine's usual local port: cosyvoice :50000, "
                               "gpt-sovits :9880, fishtts :8080, openai :8000, omnitts :8091, "
-                              "xtts :8000; azuretts: https://REGION.tts.speech.microsoft.com); "
+                              "xtts :8000; azuretts: https://REGION.tts.speech.microsoft.com; tencent: "
+                              "https://tts.cloud.tencent.com); "
                               "for edgetts the ws:// or wss:// endpoint that replaces Microsoft's "
                               "(edge-tts adds its query parameters)")
     # What speaks a sentence the --tts engine's server failed before its first audio (no
@@ -183,6 +184,13 @@ class Settings:
                                 "(default: AZURE_TTS_REGION); the key is --tts-api-key or "
                                 "AZURE_SPEECH_KEY")
     azure_speech_key: str = setting("", env="AZURE_SPEECH_KEY")  # no flag: it would show in `ps`
+    # Tencent Cloud TTS (--tts tencent): its app id and API key pair, as LiveTalking reads them.
+    tencent_app_id: str = setting("", "--tencent-app-id", group=SPEECH, env="TENCENT_APPID",
+                                  help="Tencent Cloud app id for --tts tencent (default: "
+                                  "TENCENT_APPID); the key pair is TENCENT_SECRET_ID and "
+                                  "TENCENT_SECRET_KEY")
+    tencent_secret_id: str = setting("", env="TENCENT_SECRET_ID")  # no flags: `ps` shows flags
+    tencent_secret_key: str = setting("", env="TENCENT_SECRET_KEY")
     tts_sample_rate_hz: int = setting(0, "--tts-sample-rate", group=SPEECH, type=int,
                                       check=(lambda hz: not hz or 8000 <= hz <= 192000,
                                              "must be between 8000 and 192000"),

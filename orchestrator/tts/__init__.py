@@ -41,6 +41,7 @@ from .openai_speech import (
 from .piper import PACKAGED_PIPER_VOICES, PIPER_MODEL, PiperEngine, voice_model
 from .reference_voices import VoiceStore
 from .router import TTSRouter
+from .tencent import TENCENT_BASE_URL, TencentTTSEngine
 from .xtts import XTTS_SAMPLE_RATE_HZ, XTTSEngine
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ UNSUPPORTED_TTS = {
                "built here; serve Qwen3-TTS with vLLM-Omni and use --tts omnitts",
     "indextts2": "IndexTTS2 is called through its Gradio web UI (gradio_client), not a TTS API; "
                  "not built here",
-    "tencent": "Tencent Cloud's signed streaming TTS is not built here",
     "doubao": "Volcengine's (Doubao) binary WebSocket TTS protocol is not built here",
 }
 API_VERSION_PATH = "/v1"
@@ -120,6 +120,11 @@ def check_tts_server(settings: Settings) -> None:
         if not (settings.tts_api_key or settings.azure_speech_key):
             raise SystemExit("--tts azuretts needs its key: AZURE_SPEECH_KEY (or TTS_API_KEY, "
                              "--tts-api-key)")
+    if settings.tts == "tencent" and not (settings.tencent_app_id.isdigit()
+                                          and settings.tencent_secret_id
+                                          and settings.tencent_secret_key):
+        raise SystemExit("--tts tencent needs TENCENT_APPID (a number; or --tencent-app-id), "
+                         "TENCENT_SECRET_ID and TENCENT_SECRET_KEY")
     if settings.tts in DEFAULT_SERVER_URLS:
         try:
             tts_server_url(settings)
@@ -172,6 +177,13 @@ async def _open_azure(settings: Settings, triton_url: str) -> TTSEngine:
     return AzureTTSEngine(server, VoiceStore(settings.data_dir), settings.ref_file)
 
 
+async def _open_tencent(settings: Settings, triton_url: str) -> TTSEngine:
+    server = HTTPVoiceServer("tencent", (settings.tts_server or TENCENT_BASE_URL).rstrip("/"))
+    return TencentTTSEngine(server, VoiceStore(settings.data_dir), settings.tencent_app_id,
+                            settings.tencent_secret_id, settings.tencent_secret_key,
+                            settings.ref_file)
+
+
 async def _open_edge(settings: Settings, triton_url: str) -> TTSEngine:
     return EdgeTTSEngine(settings.ref_file, settings.tts_server)
 
@@ -208,6 +220,7 @@ ENGINES: dict[str, Engine] = {  # by --tts name
     "xtts": Engine(_open_xtts),
     "azuretts": Engine(_open_azure, describe=lambda s: "azuretts (Azure Speech, "
                        f"{s.azure_region or s.tts_server})"),
+    "tencent": Engine(_open_tencent),
     "edgetts": Engine(_open_edge, describe=lambda s: "edgetts (edge-tts, voice "
                       f"{s.ref_file or EDGE_DEFAULT_VOICE})"),
 }

@@ -102,8 +102,12 @@ class HTTPVoiceServer:
                     raise TTSServerError(f"TTS server '{self.engine}' answered HTTP "
                                          f"{response.status} for {path}: {detail.strip()}")
                 if response.content_type.startswith(NOT_AUDIO_TYPES):
+                    # A JSON answer is the server's error (Tencent's {"Response": {"Error"}}).
+                    detail = ((await response.text(errors="replace"))[:MAX_ERROR_CHARS].strip()
+                              if response.content_type == "application/json" else "")
                     raise TTSServerError(f"TTS server '{self.engine}' answered "
-                                         f"{response.content_type}, not audio")
+                                         f"{response.content_type}, not audio"
+                                         + (f": {detail}" if detail else ""))
                 self._seen_up_at = time.monotonic()
                 self.problem = None
                 if on_headers is not None:

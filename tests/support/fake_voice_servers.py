@@ -13,6 +13,8 @@ present) and answers 400/422 like it when one is wrong, and streams audio the wa
   (its default) at the model's rate (`FakeVoice.omni_rate_hz`, 44.1 kHz) or raw PCM.
 - Coqui xtts-streaming-server (`/clone_speaker` multipart -> latents JSON; `/tts_stream` JSON ->
   WAV header at 24 kHz then PCM).
+- Tencent Cloud (`POST /stream`, JSON, HMAC-SHA1 `Authorization`): raw PCM at its SampleRate,
+  errors as HTTP 200 JSON `{"Response": {"Error": ...}}`.
 - Azure Speech REST (`POST /cognitiveservices/v1`, SSML, Ocp-Apim-Subscription-Key
   `AZURE_KEY`, X-Microsoft-OutputFormat riff-/raw-16/24khz-16bit-mono-pcm).
 
@@ -31,8 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import io
 import json
+import time
 import wave
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -504,8 +509,56 @@ def azure_app(fake: FakeVoice) -> web.Application:
     return app
 
 
+# --- Tencent Cloud streaming TTS (POST /stream, Action TextToStreamAudio) -------------------
+TENCENT_APP_ID = 1250000000
+TENCENT_SECRET_ID = "AKIDtest"
+TENCENT_SECRET_KEY = "tencent-test-key"
+TENCENT_VOICES = (101001, 101002, 1001)
+TENCENT_SIGNED_HOST, TENCENT_SIGNED_PATH = "tts.cloud.tencent.com", "/stream"
+
+
+def _tencent_error(code: str, message: str) -> web.Response:
+    """Its errors: HTTP 200 with a JSON body (LiveTalking reads the first chunk as JSON)."""
+    return web.json_response({"Response": {"Error": {"Code": code, "Message": message},
+                                           "RequestId": "fake"}})
+
+
+def tencent_app(fake: FakeVoice) -> web.Application:
+    async def stream(request: web.Request) -> web.StreamResponse:
+        try:
+            req = json.loads(await request.read())
+        except ValueError:
+            return _tencent_error("InvalidParameter", "body is not JSON")
+        fake.requests.append({**req, "authorization": request.headers.get("Authorization", "")})
+        signed = "&".join(f"{k}={req[k]}" for k in sorted(req))
+        expected = base64.b64encode(hmac.new(
+            TENCENT_SECRET_KEY.encode(), f"POST{TENCENT_SIGNED_HOST}{TENCENT_SIGNED_PATH}?{signed}"
+            .encode(), hashlib.sha1).digest()).decode()
+        now = time.time()
+        if req.get("SecretId") != TENCENT_SECRET_ID or request.headers.get(
+                "Authorization") != expected:
+            return _tencent_error("AuthFailure.SignatureFailure", "The provided credentials "
+                                  "could not be validated.")
+        if not (isinstance(req.get("Timestamp"), int) and abs(req["Timestamp"] - now) < 300
+                and isinstance(req.get("Expired"), int) and req["Expired"] > now):
+            return _tencent_error("AuthFailure.SignatureExpire", "Signature expired.")
+        if (req.get("Action") != "TextToStreamAudio" or req.get("AppId") != TENCENT_APP_ID
+                or req.get("Codec") != "pcm" or req.get("SampleRate") not in (8000, 16000)
+                or not isinstance(req.get("Text"), str) or not req.get("SessionId")):
+            return _tencent_error("InvalidParameter", "bad parameters")
+        if req.get("VoiceType") not in TENCENT_VOICES:
+            return _tencent_error("InvalidParameterValue.VoiceType", "VoiceType not found")
+        rate = req["SampleRate"]
+        return await stream_audio(request, fake, cloned_audio(req["Text"], rate, None), rate)
+
+    app = web.Application()
+    app.router.add_post("/stream", stream)
+    return app
+
+
 APPS = {"cosyvoice": cosyvoice_app, "gpt-sovits": gpt_sovits_app, "fishtts": fish_app,
-        "openai": openai_app, "omnitts": omni_app, "xtts": xtts_app, "azuretts": azure_app}
+        "openai": openai_app, "omnitts": omni_app, "xtts": xtts_app, "azuretts": azure_app,
+        "tencent": tencent_app}
 
 
 @asynccontextmanager

@@ -1,6 +1,6 @@
 """LiveTalking's other engines whose protocol is public (issue 25 item 2): `azuretts` (Azure
 Speech REST), `omnitts` (vLLM-Omni's /v1/audio/speech: the rate read from the answer) and `xtts`
-(Coqui's xtts-streaming-server), each against a fake server speaking its protocol
+(Coqui's xtts-streaming-server) and `tencent` (Tencent Cloud's signed streaming API), each against a fake server speaking its protocol
 (tests/support/fake_voice_servers.py); and reference clips (item 5): uploads at 8-48 kHz, mono
 or stereo, reach every cloning engine's server at the rate it reads, mono, as long as they were
 and at their pitch (not sped up or slowed down)."""
@@ -14,7 +14,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from fake_voice_servers import AZURE_KEY, FakeVoice, run_fake_voice_server
+from fake_voice_servers import (
+    AZURE_KEY,
+    TENCENT_APP_ID,
+    TENCENT_SECRET_ID,
+    TENCENT_SECRET_KEY,
+    FakeVoice,
+    run_fake_voice_server,
+)
 from test_tts_cloning import dominant_hz
 
 from orchestrator.media.audio_decoding import decode_clip
@@ -109,6 +116,40 @@ def test_azure_settings_as_livetalking_reads_them(monkeypatch):
     monkeypatch.delenv("AZURE_SPEECH_KEY")
     with pytest.raises(SystemExit, match="AZURE_SPEECH_KEY"):
         check_tts_server(parse_settings(["--tts", "azuretts"], choices={"tts": list(ENGINES)}))
+
+
+# --- tencent -----------------------------------------------------------------------------------
+async def test_tencent_signs_its_request_and_streams_pcm(tmp_path):
+    fake = FakeVoice(real_time_factor=0.5)
+    credentials = {"tencent_app_id": str(TENCENT_APP_ID), "tencent_secret_id": TENCENT_SECRET_ID,
+                   "tencent_secret_key": TENCENT_SECRET_KEY}
+    async with run_fake_voice_server("tencent", fake) as url:
+        engine = await open_engine("tencent", url, tmp_path, **credentials)
+        try:
+            await engine.check_voice(Voice())
+            chunks = [c async for c in engine.synthesize(CHINESE, Voice())]
+            assert len(chunks) > 3 and engine.sample_rate_hz == 16000
+            audio = np.concatenate(chunks)
+            assert audio.size / 16000 == pytest.approx(len(CHINESE) * 0.06, rel=0.02)
+            await collect(engine, "Hello.", Voice.named("101002", options={"speed": 1,
+                                                                          "volume": -2}))
+            with pytest.raises(UnknownVoice):
+                await engine.check_voice(Voice.named("zh-CN-YunxiaNeural"))
+            with pytest.raises(TTSServerError, match="VoiceType not found"):
+                await collect(engine, "x", Voice.named("999"))
+        finally:
+            await engine.close()
+        engine = await open_engine("tencent", url, tmp_path,
+                                   **{**credentials, "tencent_secret_key": "wrong"})
+        try:
+            with pytest.raises(TTSServerError, match="SignatureFailure"):
+                await collect(engine, "x", Voice())
+        finally:
+            await engine.close()
+    first, second = fake.requests[0], fake.requests[1]
+    assert (first["VoiceType"], first["Text"], first["Codec"], first["SampleRate"]) == (
+        101001, CHINESE, "pcm", 16000)
+    assert (second["VoiceType"], second["Speed"], second["Volume"]) == (101002, 1, -2)
 
 
 # --- omnitts -----------------------------------------------------------------------------------
