@@ -99,7 +99,7 @@ HTTP_URL_CHECK: Check = (lambda url: not url or _is_http_url(url),
 # engine takes is checked by orchestrator/tts (check_tts_server).
 TTS_SERVER_CHECK: Check = (lambda url: not url or urlsplit(url).scheme in ("http", "https", "ws",
                                                                           "wss"),
-                           "must be an http(s):// URL (or ws(s):// for --tts edgetts)")
+                           "must be an http(s):// URL (or ws(s):// for --tts edgetts, doubao)")
 TTS_FALLBACKS = ("none", "espeak")
 AT_LEAST_1: Check = (lambda n: n >= 1, "must be at least 1")
 POSITIVE: Check = (lambda x: x > 0, "must be positive")
@@ -168,8 +168,8 @@ class Settings:
                               "gpt-sovits :9880, fishtts :8080, openai :8000, omnitts :8091, "
                               "xtts :8000; azuretts: https://REGION.tts.speech.microsoft.com; tencent: "
                               "https://tts.cloud.tencent.com); "
-                              "for edgetts the ws:// or wss:// endpoint that replaces Microsoft's "
-                              "(edge-tts adds its query parameters)")
+                              "for edgetts (and doubao) the ws:// or wss:// endpoint that replaces the "
+                              "service's (edge-tts adds its query parameters)")
     # What speaks a sentence the --tts engine's server failed before its first audio (no
     # network, server down): nothing (the utterance ends with an error event), or eSpeak.
     tts_fallback: str = setting("none", "--tts-fallback", group=SPEECH, choices=list(TTS_FALLBACKS),
@@ -191,6 +191,11 @@ class Settings:
                                   "TENCENT_SECRET_KEY")
     tencent_secret_id: str = setting("", env="TENCENT_SECRET_ID")  # no flags: `ps` shows flags
     tencent_secret_key: str = setting("", env="TENCENT_SECRET_KEY")
+    # Volcengine's Doubao TTS (--tts doubao): app id and access token, as LiveTalking reads them.
+    doubao_app_id: str = setting("", "--doubao-app-id", group=SPEECH, env="DOUBAO_APPID",
+                                 help="Volcengine app id for --tts doubao (default: DOUBAO_APPID); "
+                                 "the access token is DOUBAO_TOKEN")
+    doubao_token: str = setting("", env="DOUBAO_TOKEN")  # no flag: `ps` shows flags
     tts_sample_rate_hz: int = setting(0, "--tts-sample-rate", group=SPEECH, type=int,
                                       check=(lambda hz: not hz or 8000 <= hz <= 192000,
                                              "must be between 8000 and 192000"),

@@ -25,7 +25,8 @@ from .base import (
     synthesize_all,
 )
 from .cosyvoice import COSYVOICE_SAMPLE_RATE_HZ, CosyVoiceEngine
-from .edge import EDGE_DEFAULT_VOICE, EdgeTTSEngine, edge_endpoint
+from .doubao import DoubaoTTSEngine
+from .edge import EDGE_DEFAULT_VOICE, EdgeTTSEngine
 from .espeak import ESPEAK_MODEL, ESpeakEngine
 from .failover import FailoverEngine
 from .fish_speech import FISH_SAMPLE_RATE_HZ, FishSpeechEngine
@@ -70,13 +71,14 @@ DEFAULT_SERVER_URLS = {"cosyvoice": "http://127.0.0.1:50000", "gpt-sovits": "htt
 # Servers whose routes begin with /v1 (/v1/audio/speech, /v1/tts): a --tts-server ending in /v1
 # (the OpenAI SDK's form, as --llm-base-url takes it) means the same server.
 V1_ROUTED = frozenset({"openai", "fishtts", "omnitts"})
+# Engines whose --tts-server is a WebSocket endpoint.
+WEBSOCKET_ENGINES = frozenset({"edgetts", "doubao"})
 # LiveTalking's --tts values this server does not have, and why (docs/MIGRATING.md).
 UNSUPPORTED_TTS = {
     "qwentts": "LiveTalking's qwentts is Alibaba DashScope's realtime WebSocket service, not "
                "built here; serve Qwen3-TTS with vLLM-Omni and use --tts omnitts",
     "indextts2": "IndexTTS2 is called through its Gradio web UI (gradio_client), not a TTS API; "
                  "not built here",
-    "doubao": "Volcengine's (Doubao) binary WebSocket TTS protocol is not built here",
 }
 API_VERSION_PATH = "/v1"
 
@@ -105,14 +107,16 @@ def check_tts_server(settings: Settings) -> None:
         raise SystemExit(f"--tts {settings.tts}: {UNSUPPORTED_TTS[settings.tts]} "
                          "(docs/MIGRATING.md lists every LiveTalking engine)")
     scheme = urlsplit(settings.tts_server).scheme
-    if settings.tts == "edgetts":
-        try:
-            edge_endpoint(settings.tts_server)
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from None
+    if settings.tts in WEBSOCKET_ENGINES:
+        if scheme not in ("", "ws", "wss"):
+            raise SystemExit(f"--tts-server {settings.tts_server}: --tts {settings.tts} takes a "
+                             "ws:// or wss:// URL (the WebSocket endpoint that replaces the "
+                             "service's)")
     elif scheme in ("ws", "wss"):
         raise SystemExit(f"--tts-server {settings.tts_server}: --tts {settings.tts} takes an "
-                         "http:// or https:// URL (ws:// is for --tts edgetts)")
+                         "http:// or https:// URL (ws:// is for --tts edgetts, doubao)")
+    if settings.tts == "doubao" and not (settings.doubao_app_id and settings.doubao_token):
+        raise SystemExit("--tts doubao needs DOUBAO_APPID (or --doubao-app-id) and DOUBAO_TOKEN")
     if settings.tts == "azuretts":
         if not (settings.azure_region or settings.tts_server):
             raise SystemExit("--tts azuretts needs --azure-region (or AZURE_TTS_REGION), or "
@@ -184,6 +188,11 @@ async def _open_tencent(settings: Settings, triton_url: str) -> TTSEngine:
                             settings.ref_file)
 
 
+async def _open_doubao(settings: Settings, triton_url: str) -> TTSEngine:
+    return DoubaoTTSEngine(settings.doubao_app_id, settings.doubao_token, settings.ref_file,
+                           settings.tts_server)
+
+
 async def _open_edge(settings: Settings, triton_url: str) -> TTSEngine:
     return EdgeTTSEngine(settings.ref_file, settings.tts_server)
 
@@ -221,6 +230,7 @@ ENGINES: dict[str, Engine] = {  # by --tts name
     "azuretts": Engine(_open_azure, describe=lambda s: "azuretts (Azure Speech, "
                        f"{s.azure_region or s.tts_server})"),
     "tencent": Engine(_open_tencent),
+    "doubao": Engine(_open_doubao),
     "edgetts": Engine(_open_edge, describe=lambda s: "edgetts (edge-tts, voice "
                       f"{s.ref_file or EDGE_DEFAULT_VOICE})"),
 }

@@ -1,6 +1,7 @@
 """LiveTalking's other engines whose protocol is public (issue 25 item 2): `azuretts` (Azure
 Speech REST), `omnitts` (vLLM-Omni's /v1/audio/speech: the rate read from the answer) and `xtts`
-(Coqui's xtts-streaming-server) and `tencent` (Tencent Cloud's signed streaming API), each against a fake server speaking its protocol
+(Coqui's xtts-streaming-server) `tencent` (Tencent Cloud's signed streaming API) and `doubao` (Volcengine's binary WebSocket),
+each against a fake server speaking its protocol
 (tests/support/fake_voice_servers.py); and reference clips (item 5): uploads at 8-48 kHz, mono
 or stereo, reach every cloning engine's server at the rate it reads, mono, as long as they were
 and at their pitch (not sped up or slowed down)."""
@@ -14,6 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from fake_doubao_server import DOUBAO_APP_ID, DOUBAO_TOKEN, FakeDoubao, run_fake_doubao_server
 from fake_voice_servers import (
     AZURE_KEY,
     TENCENT_APP_ID,
@@ -150,6 +152,40 @@ async def test_tencent_signs_its_request_and_streams_pcm(tmp_path):
     assert (first["VoiceType"], first["Text"], first["Codec"], first["SampleRate"]) == (
         101001, CHINESE, "pcm", 16000)
     assert (second["VoiceType"], second["Speed"], second["Volume"]) == (101002, 1, -2)
+
+
+# --- doubao ------------------------------------------------------------------------------------
+async def test_doubao_speaks_its_binary_protocol(tmp_path):
+    fake = FakeDoubao(real_time_factor=0.5)
+    async with run_fake_doubao_server(fake) as url:
+        engine = await open_engine("doubao", url, tmp_path, doubao_app_id=DOUBAO_APP_ID,
+                                   doubao_token=DOUBAO_TOKEN, ref_file="BV001_streaming")
+        try:
+            await engine.check_voice(Voice())
+            chunks = [c async for c in engine.synthesize(CHINESE, Voice())]
+            assert len(chunks) > 3 and engine.sample_rate_hz == 16000
+            assert np.concatenate(chunks).size / 16000 == pytest.approx(len(CHINESE) * 0.06,
+                                                                        rel=0.02)
+            await collect(engine, "Hi.", Voice.named("zh_female_cancan_mars_bigtts",
+                                                     options={"speed": 1.2}))
+            with pytest.raises(UnknownVoice):
+                await engine.check_voice(Voice.named("cmn"))  # eSpeak's
+            with pytest.raises(TTSServerError, match="error 3001: .*not granted"):
+                await collect(engine, "x", Voice.named("BV999_streaming"))
+        finally:
+            await engine.close()
+        engine = await open_engine("doubao", url, tmp_path, doubao_app_id=DOUBAO_APP_ID,
+                                   doubao_token="wrong", ref_file="BV001_streaming")
+        try:
+            with pytest.raises(TTSServerError, match="HTTP 401"):
+                await collect(engine, "x", Voice())
+        finally:
+            await engine.close()
+    first, second = fake.requests[0], fake.requests[1]
+    assert (first["audio"]["voice_type"], first["request"]["text"], first["audio"]["rate"]) == (
+        "BV001_streaming", CHINESE, 16000)
+    assert (first["app"]["appid"], first["app"]["cluster"]) == (DOUBAO_APP_ID, "volcano_tts")
+    assert second["audio"]["speed_ratio"] == 1.2
 
 
 # --- omnitts -----------------------------------------------------------------------------------

@@ -126,7 +126,8 @@ def test_flags_in_livetalking_spellings():
         "edgetts", "zh-CN-YunxiaNeural", "ws://127.0.0.1:9/edge?x=1")
     for argv, words in [(["--tts", "edgetts", "--tts-server", "http://127.0.0.1:9"], "ws://"),
                         (["--tts", "cosyvoice", "--tts-server", "ws://127.0.0.1:9"], "http://"),
-                        (["--tts", "doubao"], "Volcengine"), (["--tts", "qwentts"], "omnitts"),
+                        (["--tts", "doubao"], "DOUBAO_APPID"), (["--tts", "indextts2"], "Gradio"),
+                        (["--tts", "qwentts"], "omnitts"),
                         (["--tts", "azuretts"], "--azure-region")]:
         with pytest.raises(SystemExit, match=words):
             check_tts_server(parse_settings(argv, choices=LIVETALKING_CHOICES))
