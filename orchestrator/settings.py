@@ -99,7 +99,7 @@ HTTP_URL_CHECK: Check = (lambda url: not url or _is_http_url(url),
 # engine takes is checked by orchestrator/tts (check_tts_server).
 TTS_SERVER_CHECK: Check = (lambda url: not url or urlsplit(url).scheme in ("http", "https", "ws",
                                                                           "wss"),
-                           "must be an http(s):// URL (or ws(s):// for --tts edgetts, doubao)")
+                           "must be an http(s):// URL (or ws(s):// for --tts edgetts, doubao, qwentts)")
 TTS_FALLBACKS = ("none", "espeak")
 AT_LEAST_1: Check = (lambda n: n >= 1, "must be at least 1")
 POSITIVE: Check = (lambda x: x > 0, "must be positive")
@@ -168,7 +168,7 @@ class Settings:
                               "gpt-sovits :9880, fishtts :8080, openai :8000, omnitts :8091, "
                               "xtts :8000; azuretts: https://REGION.tts.speech.microsoft.com; tencent: "
                               "https://tts.cloud.tencent.com); "
-                              "for edgetts (and doubao) the ws:// or wss:// endpoint that replaces the "
+                              "for edgetts (and doubao, qwentts) the ws:// or wss:// endpoint that replaces the "
                               "service's (edge-tts adds its query parameters)")
     # What speaks a sentence the --tts engine's server failed before its first audio (no
     # network, server down): nothing (the utterance ends with an error event), or eSpeak.
@@ -196,6 +196,8 @@ class Settings:
                                  help="Volcengine app id for --tts doubao (default: DOUBAO_APPID); "
                                  "the access token is DOUBAO_TOKEN")
     doubao_token: str = setting("", env="DOUBAO_TOKEN")  # no flag: `ps` shows flags
+    # Alibaba DashScope (--tts qwentts): the API key, as LiveTalking reads it (or --tts-api-key).
+    dashscope_api_key: str = setting("", env="DASHSCOPE_API_KEY")  # no flag: `ps` shows flags
     tts_sample_rate_hz: int = setting(0, "--tts-sample-rate", group=SPEECH, type=int,
                                       check=(lambda hz: not hz or 8000 <= hz <= 192000,
                                              "must be between 8000 and 192000"),
@@ -203,7 +205,8 @@ class Settings:
                                       "saying it (default: cosyvoice 24000 (CosyVoice2/3; 22050 "
                                       "for CosyVoice-300M), openai 24000)")
     tts_model_name: str = setting("", "--tts-model-name", group=SPEECH, help="model field of an "
-                                  "OpenAI-compatible speech server (default tts-1)")
+                                  "OpenAI-compatible speech server (default tts-1; omnitts: the "
+                                  "server's; qwentts: qwen3-tts-flash-realtime)")
     tts_voice: str = setting("", "--tts-voice", group=SPEECH, help="voice of an OpenAI-compatible "
                              "speech server when none is asked for (default alloy; omnitts: "
                              "vivian)")

@@ -40,6 +40,7 @@ from .openai_speech import (
     OpenAISpeechEngine,
 )
 from .piper import PACKAGED_PIPER_VOICES, PIPER_MODEL, PiperEngine, voice_model
+from .qwen_realtime import QwenRealtimeEngine
 from .reference_voices import VoiceStore
 from .router import TTSRouter
 from .tencent import TENCENT_BASE_URL, TencentTTSEngine
@@ -72,11 +73,9 @@ DEFAULT_SERVER_URLS = {"cosyvoice": "http://127.0.0.1:50000", "gpt-sovits": "htt
 # (the OpenAI SDK's form, as --llm-base-url takes it) means the same server.
 V1_ROUTED = frozenset({"openai", "fishtts", "omnitts"})
 # Engines whose --tts-server is a WebSocket endpoint.
-WEBSOCKET_ENGINES = frozenset({"edgetts", "doubao"})
+WEBSOCKET_ENGINES = frozenset({"edgetts", "doubao", "qwentts"})
 # LiveTalking's --tts values this server does not have, and why (docs/MIGRATING.md).
 UNSUPPORTED_TTS = {
-    "qwentts": "LiveTalking's qwentts is Alibaba DashScope's realtime WebSocket service, not "
-               "built here; serve Qwen3-TTS with vLLM-Omni and use --tts omnitts",
     "indextts2": "IndexTTS2 is called through its Gradio web UI (gradio_client), not a TTS API; "
                  "not built here",
 }
@@ -114,7 +113,9 @@ def check_tts_server(settings: Settings) -> None:
                              "service's)")
     elif scheme in ("ws", "wss"):
         raise SystemExit(f"--tts-server {settings.tts_server}: --tts {settings.tts} takes an "
-                         "http:// or https:// URL (ws:// is for --tts edgetts, doubao)")
+                         "http:// or https:// URL (ws:// is for --tts edgetts, doubao, qwentts)")
+    if settings.tts == "qwentts" and not (settings.tts_api_key or settings.dashscope_api_key):
+        raise SystemExit("--tts qwentts needs DASHSCOPE_API_KEY (or TTS_API_KEY, --tts-api-key)")
     if settings.tts == "doubao" and not (settings.doubao_app_id and settings.doubao_token):
         raise SystemExit("--tts doubao needs DOUBAO_APPID (or --doubao-app-id) and DOUBAO_TOKEN")
     if settings.tts == "azuretts":
@@ -193,6 +194,11 @@ async def _open_doubao(settings: Settings, triton_url: str) -> TTSEngine:
                            settings.tts_server)
 
 
+async def _open_qwen(settings: Settings, triton_url: str) -> TTSEngine:
+    return QwenRealtimeEngine(settings.tts_api_key or settings.dashscope_api_key,
+                              settings.ref_file, settings.tts_model_name, settings.tts_server)
+
+
 async def _open_edge(settings: Settings, triton_url: str) -> TTSEngine:
     return EdgeTTSEngine(settings.ref_file, settings.tts_server)
 
@@ -231,6 +237,7 @@ ENGINES: dict[str, Engine] = {  # by --tts name
                        f"{s.azure_region or s.tts_server})"),
     "tencent": Engine(_open_tencent),
     "doubao": Engine(_open_doubao),
+    "qwentts": Engine(_open_qwen),
     "edgetts": Engine(_open_edge, describe=lambda s: "edgetts (edge-tts, voice "
                       f"{s.ref_file or EDGE_DEFAULT_VOICE})"),
 }

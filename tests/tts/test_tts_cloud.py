@@ -1,7 +1,7 @@
 """LiveTalking's other engines whose protocol is public (issue 25 item 2): `azuretts` (Azure
 Speech REST), `omnitts` (vLLM-Omni's /v1/audio/speech: the rate read from the answer) and `xtts`
-(Coqui's xtts-streaming-server) `tencent` (Tencent Cloud's signed streaming API) and `doubao` (Volcengine's binary WebSocket),
-each against a fake server speaking its protocol
+(Coqui's xtts-streaming-server) `tencent` (Tencent Cloud's signed streaming API), `doubao` (Volcengine's binary WebSocket) and
+`qwentts` (DashScope's Qwen-TTS Realtime events), each against a fake server speaking its protocol
 (tests/support/fake_voice_servers.py); and reference clips (item 5): uploads at 8-48 kHz, mono
 or stereo, reach every cloning engine's server at the rate it reads, mono, as long as they were
 and at their pitch (not sped up or slowed down)."""
@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from fake_doubao_server import DOUBAO_APP_ID, DOUBAO_TOKEN, FakeDoubao, run_fake_doubao_server
+from fake_qwen_realtime_server import QWEN_KEY, FakeQwen, run_fake_qwen_server
 from fake_voice_servers import (
     AZURE_KEY,
     TENCENT_APP_ID,
@@ -186,6 +187,38 @@ async def test_doubao_speaks_its_binary_protocol(tmp_path):
         "BV001_streaming", CHINESE, 16000)
     assert (first["app"]["appid"], first["app"]["cluster"]) == (DOUBAO_APP_ID, "volcano_tts")
     assert second["audio"]["speed_ratio"] == 1.2
+
+
+# --- qwentts -----------------------------------------------------------------------------------
+async def test_qwen_realtime_speaks_its_events(tmp_path):
+    fake = FakeQwen(real_time_factor=0.5)
+    async with run_fake_qwen_server(fake) as url:
+        engine = await open_engine("qwentts", url, tmp_path, dashscope_api_key=QWEN_KEY)
+        try:
+            await engine.check_voice(Voice())
+            chunks = [c async for c in engine.synthesize(CHINESE, Voice())]
+            assert len(chunks) > 3 and engine.sample_rate_hz == 24000
+            assert np.concatenate(chunks).size / 24000 == pytest.approx(len(CHINESE) * 0.06,
+                                                                        rel=0.02)
+            await collect(engine, "Hi.", Voice.named("Ethan", options={"language_type":
+                                                                       "English"}))
+            with pytest.raises(UnknownVoice):
+                await engine.check_voice(Voice.named("cmn"))
+            with pytest.raises(TTSServerError, match="error: Voice 'Nobody' is not supported"):
+                await collect(engine, "x", Voice.named("Nobody"))
+        finally:
+            await engine.close()
+        engine = await open_engine("qwentts", url, tmp_path, dashscope_api_key="wrong")
+        try:
+            with pytest.raises(TTSServerError, match="HTTP 401"):
+                await collect(engine, "x", Voice())
+        finally:
+            await engine.close()
+    assert [s["voice"] for s in fake.sessions] == ["Cherry", "Ethan", "Nobody"]
+    assert fake.sessions[0] == {"voice": "Cherry", "response_format": "pcm", "sample_rate": 24000,
+                                "mode": "commit"}
+    assert fake.sessions[1]["language_type"] == "English"
+    assert fake.texts == [CHINESE, "Hi."] and fake.finished == 2
 
 
 # --- omnitts -----------------------------------------------------------------------------------

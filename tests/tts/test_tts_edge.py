@@ -127,7 +127,7 @@ def test_flags_in_livetalking_spellings():
     for argv, words in [(["--tts", "edgetts", "--tts-server", "http://127.0.0.1:9"], "ws://"),
                         (["--tts", "cosyvoice", "--tts-server", "ws://127.0.0.1:9"], "http://"),
                         (["--tts", "doubao"], "DOUBAO_APPID"), (["--tts", "indextts2"], "Gradio"),
-                        (["--tts", "qwentts"], "omnitts"),
+                        (["--tts", "qwentts"], "DASHSCOPE_API_KEY"),
                         (["--tts", "azuretts"], "--azure-region")]:
         with pytest.raises(SystemExit, match=words):
             check_tts_server(parse_settings(argv, choices=LIVETALKING_CHOICES))
