@@ -100,8 +100,9 @@ def tts_server_url(settings: Settings, name: str | None = None) -> str:
 
 def check_tts_server(settings: Settings) -> None:
     """SystemExit naming what is wrong with the configured engine's server settings: the
-    --tts-server form (http(s) for HTTP servers, ws(s) for edgetts), Azure's region and key,
-    or a LiveTalking --tts value this server does not have (and why)."""
+    --tts-server form (http(s) for HTTP servers, ws(s) for WEBSOCKET_ENGINES), a cloud engine's
+    missing credentials (`Engine.missing`), or a LiveTalking --tts value this server does not
+    have (and why)."""
     if settings.tts in UNSUPPORTED_TTS:
         raise SystemExit(f"--tts {settings.tts}: {UNSUPPORTED_TTS[settings.tts]} "
                          "(docs/MIGRATING.md lists every LiveTalking engine)")
@@ -114,22 +115,9 @@ def check_tts_server(settings: Settings) -> None:
     elif scheme in ("ws", "wss"):
         raise SystemExit(f"--tts-server {settings.tts_server}: --tts {settings.tts} takes an "
                          "http:// or https:// URL (ws:// is for --tts edgetts, doubao, qwentts)")
-    if settings.tts == "qwentts" and not (settings.tts_api_key or settings.dashscope_api_key):
-        raise SystemExit("--tts qwentts needs DASHSCOPE_API_KEY (or TTS_API_KEY, --tts-api-key)")
-    if settings.tts == "doubao" and not (settings.doubao_app_id and settings.doubao_token):
-        raise SystemExit("--tts doubao needs DOUBAO_APPID (or --doubao-app-id) and DOUBAO_TOKEN")
-    if settings.tts == "azuretts":
-        if not (settings.azure_region or settings.tts_server):
-            raise SystemExit("--tts azuretts needs --azure-region (or AZURE_TTS_REGION), or "
-                             "--tts-server")
-        if not (settings.tts_api_key or settings.azure_speech_key):
-            raise SystemExit("--tts azuretts needs its key: AZURE_SPEECH_KEY (or TTS_API_KEY, "
-                             "--tts-api-key)")
-    if settings.tts == "tencent" and not (settings.tencent_app_id.isdigit()
-                                          and settings.tencent_secret_id
-                                          and settings.tencent_secret_key):
-        raise SystemExit("--tts tencent needs TENCENT_APPID (a number; or --tencent-app-id), "
-                         "TENCENT_SECRET_ID and TENCENT_SECRET_KEY")
+    missing = ENGINES[settings.tts].missing(settings) if settings.tts in ENGINES else ""
+    if missing:
+        raise SystemExit(f"--tts {settings.tts} needs {missing}")
     if settings.tts in DEFAULT_SERVER_URLS:
         try:
             tts_server_url(settings)
@@ -221,6 +209,30 @@ class Engine(NamedTuple):
     triton_models: Callable[[Settings], list[str]] = lambda s: []  # the models Triton serves it
     artifacts: Callable[[Settings], list[Artifact]] = lambda s: []  # built when missing
     describe: Callable[[Settings], str] | None = None  # for the start-up log; None: its name
+    missing: Callable[[Settings], str] = lambda s: ""  # what it lacks to start (credentials)
+
+
+def _missing_azure(s: Settings) -> str:
+    if not (s.azure_region or s.tts_server):
+        return "--azure-region (or AZURE_TTS_REGION), or --tts-server"
+    return "" if s.tts_api_key or s.azure_speech_key else \
+        "its key: AZURE_SPEECH_KEY (or TTS_API_KEY, --tts-api-key)"
+
+
+def _missing_tencent(s: Settings) -> str:
+    ok = s.tencent_app_id.isdigit() and s.tencent_secret_id and s.tencent_secret_key
+    return "" if ok else ("TENCENT_APPID (a number; or --tencent-app-id), TENCENT_SECRET_ID and "
+                          "TENCENT_SECRET_KEY")
+
+
+def _missing_doubao(s: Settings) -> str:
+    return "" if s.doubao_app_id and s.doubao_token else \
+        "DOUBAO_APPID (or --doubao-app-id) and DOUBAO_TOKEN"
+
+
+def _missing_qwen(s: Settings) -> str:
+    return "" if s.tts_api_key or s.dashscope_api_key else \
+        "DASHSCOPE_API_KEY (or TTS_API_KEY, --tts-api-key)"
 
 
 ENGINES: dict[str, Engine] = {  # by --tts name
@@ -234,10 +246,10 @@ ENGINES: dict[str, Engine] = {  # by --tts name
     "omnitts": Engine(_open_omni),
     "xtts": Engine(_open_xtts),
     "azuretts": Engine(_open_azure, describe=lambda s: "azuretts (Azure Speech, "
-                       f"{s.azure_region or s.tts_server})"),
-    "tencent": Engine(_open_tencent),
-    "doubao": Engine(_open_doubao),
-    "qwentts": Engine(_open_qwen),
+                       f"{s.azure_region or s.tts_server})", missing=_missing_azure),
+    "tencent": Engine(_open_tencent, missing=_missing_tencent),
+    "doubao": Engine(_open_doubao, missing=_missing_doubao),
+    "qwentts": Engine(_open_qwen, missing=_missing_qwen),
     "edgetts": Engine(_open_edge, describe=lambda s: "edgetts (edge-tts, voice "
                       f"{s.ref_file or EDGE_DEFAULT_VOICE})"),
 }
