@@ -160,58 +160,74 @@ def heard(client: AvatarClient, since: float) -> np.ndarray:
     return np.concatenate(frames) if frames else np.zeros(0, np.float32)
 
 
+async def speak_then_lose_the_endpoint(base_url: str, fake: FakeEdge,
+                                      edge: contextlib.AsyncExitStack) -> None:
+    """A WebRTC session hears the fake's 220 Hz voice for TEXT; once the endpoint is gone (the
+    `edge` stack closed), the next utterance ends with an error event naming edge-tts and the
+    session is not refused."""
+    client = AvatarClient(base_url, keep_video=False)
+    events: list[dict] = []
+    reader = None
+    try:
+        await client.connect()
+        reader = asyncio.create_task(sse_events(base_url, client.sessionid, events))
+        await client.wait_for_video(5, timeout=30)
+        sent = time.monotonic()
+        status, answer = await client.post("/human", type="echo", text=TEXT)
+        assert status == 200, answer
+        await client.wait_for_speech(sent, SPEECH_RMS, timeout=15)
+        await wait_for_event(events, "end", 20)
+        audio = heard(client, sent)
+        assert audio.size > 0.5 * 48000, audio.size / 48000
+        assert dominant_hz(audio, 48000) == pytest.approx(TONE_HZ, abs=15)
+        assert (fake.requests[-1]["voice"], fake.requests[-1]["text"]) == (
+            "zh-CN-YunxiaNeural", TEXT)
+        assert not [e for e in events if e.get("event") == "error"], events
+
+        await edge.aclose()  # the endpoint goes away (no network)
+        status, answer = await client.post("/human", type="echo", text="你好。")
+        assert status == 200, answer
+        error = await wait_for_event(events, "error", 15)
+        assert "edge-tts" in error["msg"], error
+    finally:
+        if reader is not None:
+            reader.cancel()
+        await client.close()
+
+
+async def test_livetalking_flags_speak_through_the_edge_server(triton, tmp_path):
+    """LiveTalking's flags (`--tts edgetts --REF_FILE zh-CN-YunxiaNeural --TTS_SERVER`) through
+    our parser, on an in-process server: the voice is heard over WebRTC, then the error event."""
+    fake = FakeEdge(real_time_factor=0.5)
+    async with contextlib.AsyncExitStack() as edge:
+        url = await edge.enter_async_context(run_fake_edge_server(fake))
+        settings = livetalking_settings(triton, tmp_path, "--tts", "edgetts", "--REF_FILE",
+                                        "zh-CN-YunxiaNeural", "--TTS_SERVER", url)
+        async with running_server(settings) as (base_url, _services):
+            await speak_then_lose_the_endpoint(base_url, fake, edge)
+
+
+@pytest.mark.slow
 async def test_livetalking_command_line_speaks_through_the_edge_server(triton, tmp_path):
     """`python -m orchestrator --tts edgetts --REF_FILE zh-CN-YunxiaNeural --TTS_SERVER ws://...`
-    (LiveTalking's spellings) starts, and the voice's audio (the fake's 220 Hz tone) reaches a
-    WebRTC client; once the endpoint is gone, the next utterance ends with an error event naming
-    edge-tts and the session goes on."""
+    (LiveTalking's spellings) as its own process: it starts, logs its voice, and speaks."""
     fake = FakeEdge(real_time_factor=0.5)
-    edge = contextlib.AsyncExitStack()
-    url = await edge.enter_async_context(run_fake_edge_server(fake))
-    server = None
-    try:
+    async with contextlib.AsyncExitStack() as edge:
+        url = await edge.enter_async_context(run_fake_edge_server(fake))
         server = await start_orchestrator(
             tmp_path / "server.log", "--transport", "webrtc", "--tts", "edgetts", "--REF_FILE",
             "zh-CN-YunxiaNeural", "--TTS_SERVER", url, "--max_session", "2",
             # ours: the test session's Triton, no microphone models, a busy machine's setup time
             "--triton-url", triton.url, "--no-voice-input", "--setup-timeout", "60")
-        assert "tts: edgetts (edge-tts, voice zh-CN-YunxiaNeural)" in server.log_tail(20000)
-        client = AvatarClient(server.base_url, keep_video=False)
-        events: list[dict] = []
-        reader = None
         try:
-            await client.connect()
-            reader = asyncio.create_task(sse_events(server.base_url, client.sessionid, events))
-            await client.wait_for_video(5, timeout=30)
-            sent = time.monotonic()
-            status, answer = await client.post("/human", type="echo", text=TEXT)
-            assert status == 200, answer
-            await client.wait_for_speech(sent, SPEECH_RMS, timeout=15)
-            await wait_for_event(events, "end", 20)
-            audio = heard(client, sent)
-            assert audio.size > 0.5 * 48000, audio.size / 48000
-            assert dominant_hz(audio, 48000) == pytest.approx(TONE_HZ, abs=15)
-            assert (fake.requests[-1]["voice"], fake.requests[-1]["text"]) == (
-                "zh-CN-YunxiaNeural", TEXT)
-            assert not [e for e in events if e.get("event") == "error"], events
-
-            await edge.aclose()  # the endpoint goes away (no network)
-            status, answer = await client.post("/human", type="echo", text="你好。")
-            assert status == 200, answer  # the session is not refused for it
-            error = await wait_for_event(events, "error", 15)
-            assert "edge-tts" in error["msg"], error
+            assert "tts: edgetts (edge-tts, voice zh-CN-YunxiaNeural)" in server.log_tail(20000)
+            await speak_then_lose_the_endpoint(server.base_url, fake, edge)
         finally:
-            if reader is not None:
-                reader.cancel()
-            await client.close()
-    finally:
-        if server is not None:
             server.process.terminate()
             try:
                 await server.wait_exit()
             finally:
                 server.kill()
-        await edge.aclose()
 
 
 async def test_espeak_speaks_only_when_asked_for_as_the_fallback(triton, tmp_path):
