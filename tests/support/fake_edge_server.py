@@ -120,6 +120,9 @@ def edge_app(fake: FakeEdge, path: str) -> web.Application:
         await ws.prepare(request)
         seen: dict = {"query": dict(request.query), "path": request.path,
                       "origin": request.headers.get("Origin", "")}
+        # The answer is sent while the socket is read, as the service does: a client that
+        # closes mid-answer (an interruption) is seen at once.
+        answer: asyncio.Task | None = None
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
@@ -131,10 +134,14 @@ def edge_app(fake: FakeEdge, path: str) -> web.Application:
                 elif headers.get("Path") == "ssml":
                     seen.update(_ssml(body))
                     fake.requests.append(seen)
-                    await _answer(ws, fake, headers.get("X-RequestId", uuid.uuid4().hex), seen)
+                    answer = asyncio.create_task(_answer(
+                        ws, fake, headers.get("X-RequestId", uuid.uuid4().hex), seen))
                     seen = {**seen}
-        except ConnectionError:
-            fake.closed_early += 1
+        finally:
+            if answer is not None and not answer.done():
+                answer.cancel()
+                fake.closed_early += 1
+            await asyncio.gather(*([answer] if answer else []), return_exceptions=True)
         return ws
 
     app = web.Application()

@@ -91,6 +91,24 @@ async def test_edge_streams_its_mp3_as_it_arrives_from_the_replaced_endpoint():
         "en-US-AriaNeural", "+10%", "-20%", "+5Hz")
 
 
+async def test_an_interruption_closes_the_socket_and_markup_is_spoken_as_text():
+    fake = FakeEdge(real_time_factor=1.0)  # as slow as speech: the answer is still coming
+    async with run_fake_edge_server(fake) as url:
+        engine = EdgeTTSEngine("", url)
+        try:
+            stream = engine.synthesize("Fish & chips <b>now</b>, " * 4, Voice())
+            first = await anext(stream)
+            await stream.aclose()  # what the pipeline does on /interrupt_talk
+            for _ in range(100):
+                if fake.closed_early:
+                    break
+                await asyncio.sleep(0.05)
+            assert first.size and fake.closed_early == 1
+        finally:
+            await engine.close()
+    assert fake.requests[0]["text"] == ("Fish & chips <b>now</b>, " * 4).strip()  # not markup
+
+
 async def test_without_network_a_warning_and_errors_naming_edge_tts():
     url = await free_ws_url()
     engine = EdgeTTSEngine("", url)
