@@ -21,7 +21,8 @@ class AudioStreamDecoder:
     `feed(data)` returns the samples of the frames completed by `data` (float32 [N] in [-1, 1],
     channels averaged; possibly empty), `finish()` what the parser held back. `rate_hz` is the
     stream's sample rate once a frame was decoded (None before). Not thread-safe; cheap enough
-    (about 1 ms per second of 24 kHz MP3) to run on the event loop.
+    (measured: 1.7 ms per second of 24 kHz 48 kbit/s MP3, in 600-byte pieces, on this 2-core
+    machine) to run on the event loop.
     """
 
     def __init__(self, codec: str = "mp3") -> None:
