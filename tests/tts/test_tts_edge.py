@@ -213,22 +213,10 @@ async def speak_then_lose_the_endpoint(base_url: str, fake: FakeEdge,
         await client.close()
 
 
-async def test_livetalking_flags_speak_through_the_edge_server(triton, tmp_path):
-    """LiveTalking's flags (`--tts edgetts --REF_FILE zh-CN-YunxiaNeural --TTS_SERVER`) through
-    our parser, on an in-process server: the voice is heard over WebRTC, then the error event."""
-    fake = FakeEdge(real_time_factor=0.5)
-    async with contextlib.AsyncExitStack() as edge:
-        url = await edge.enter_async_context(run_fake_edge_server(fake))
-        settings = livetalking_settings(triton, tmp_path, "--tts", "edgetts", "--REF_FILE",
-                                        "zh-CN-YunxiaNeural", "--TTS_SERVER", url)
-        async with running_server(settings) as (base_url, _services):
-            await speak_then_lose_the_endpoint(base_url, fake, edge)
-
-
-@pytest.mark.slow
 async def test_livetalking_command_line_speaks_through_the_edge_server(triton, tmp_path):
     """`python -m orchestrator --tts edgetts --REF_FILE zh-CN-YunxiaNeural --TTS_SERVER ws://...`
-    (LiveTalking's spellings) as its own process: it starts, logs its voice, and speaks."""
+    (LiveTalking's spellings) as its own process: it starts, logs its voice, and speaks; then the
+    endpoint goes away (measured: 13 s on 2 busy cores, the process's start included)."""
     fake = FakeEdge(real_time_factor=0.5)
     async with contextlib.AsyncExitStack() as edge:
         url = await edge.enter_async_context(run_fake_edge_server(fake))
