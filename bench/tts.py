@@ -8,8 +8,9 @@ Starts `python -m orchestrator` (embedded Triton, default `--tts piper`) on 127.
 - intelligibility: Whisper tiny.en transcribes 20 sentences from each voice, word error rate
   (bench/intelligibility.py);
 - end to end: a real aiortc client, N echo utterances (bench/e2e_latency.py's `speak_all`).
-- per voice-cloning engine (cosyvoice, gpt-sovits, fishtts, openai), each against its fake
-  server (tests/support/fake_voice_servers.py: the real protocol, a reference clip registered in a
+- per engine behind a server (cosyvoice, gpt-sovits, fishtts, openai, omnitts, xtts, and the
+  cloud ones: azuretts, tencent, edgetts, doubao, qwentts), each against its fake server
+  (tests/support/fake_*.py: the real protocol, a reference clip registered in a
   temporary data/voices/, FAKE_FIRST_CHUNK_S before the first chunk, then audio made at
   FAKE_REAL_TIME_FACTOR): time to first audio and to the whole sentence, real-time factor. The
   fake's pace dominates; what the numbers show is our client's overhead and that a streamed
@@ -45,12 +46,40 @@ from orchestrator.tts import ESpeakEngine, PiperEngine, TTSEngine, Voice
 from orchestrator.tts.reference_voices import VoiceStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-from fake_voice_servers import FakeVoice, run_fake_voice_server, tone_wav  # noqa: E402
+from fake_doubao_server import (  # noqa: E402
+    DOUBAO_APP_ID,
+    DOUBAO_TOKEN,
+    FakeDoubao,
+    run_fake_doubao_server,
+)
+from fake_edge_server import FakeEdge, run_fake_edge_server  # noqa: E402
+from fake_qwen_realtime_server import QWEN_KEY, FakeQwen, run_fake_qwen_server  # noqa: E402
+from fake_voice_servers import (  # noqa: E402
+    AZURE_KEY,
+    TENCENT_APP_ID,
+    TENCENT_SECRET_ID,
+    TENCENT_SECRET_KEY,
+    FakeVoice,
+    run_fake_voice_server,
+    tone_wav,
+)
 
 RESULTS = Path(__file__).parent / "results"
 RECORDED_SENTENCE = "Hello, I am your digital human. How can I help you today?"
 ENGINES = {"espeak": Voice.named("en-us"), "piper": Voice.named("joe")}
-CLONING_ENGINES = ("cosyvoice", "gpt-sovits", "fishtts", "openai")
+# The engines behind a server (cloning and cloud, LiveTalking's names): the voice each is asked
+# for ("bench": the registered clip) and the settings its fake needs.
+CLONING_ENGINES = {
+    "cosyvoice": ("bench", {}), "gpt-sovits": ("bench", {}), "fishtts": ("bench", {}),
+    "openai": ("alloy", {}), "omnitts": ("bench", {}), "xtts": ("bench", {}),
+    "azuretts": ("en-US-AriaNeural", {"tts_api_key": AZURE_KEY}),
+    "tencent": ("101001", {"tencent_app_id": str(TENCENT_APP_ID),
+                           "tencent_secret_id": TENCENT_SECRET_ID,
+                           "tencent_secret_key": TENCENT_SECRET_KEY}),
+    "edgetts": ("en-US-AriaNeural", {}),
+    "doubao": ("BV001_streaming", {"doubao_app_id": DOUBAO_APP_ID, "doubao_token": DOUBAO_TOKEN}),
+    "qwentts": ("Cherry", {"dashscope_api_key": QWEN_KEY}),
+}
 FAKE_FIRST_CHUNK_S = 0.15
 FAKE_REAL_TIME_FACTOR = 0.3
 
@@ -151,13 +180,11 @@ async def time_cloning_engines(rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as data_dir:
         clip = np.frombuffer(tone_wav(3.0)[44:], "<i2").astype(np.float32) / 32768
         VoiceStore(Path(data_dir)).add("bench", clip, "This is the reference voice.")
-        for name in CLONING_ENGINES:
-            fake = FakeVoice(first_chunk_delay_s=FAKE_FIRST_CHUNK_S,
-                             real_time_factor=FAKE_REAL_TIME_FACTOR)
-            async with run_fake_voice_server(name, fake) as url:
-                settings = Settings(tts=name, tts_server=url, data_dir=Path(data_dir))
-                engine = await TTS_ENGINES[name][0](settings, "")
-                voice = Voice.named("alloy" if name == "openai" else "bench")
+        for name, (voice_name, extra) in CLONING_ENGINES.items():
+            async with fake_server(name) as url:
+                settings = Settings(tts=name, tts_server=url, data_dir=Path(data_dir), **extra)
+                engine = await TTS_ENGINES[name].open(settings, "")
+                voice = Voice.named(voice_name)
                 try:
                     results[name] = {"voice": voice.name, "server": "fake", **await time_engine(
                         engine, voice, rounds)}
@@ -167,6 +194,19 @@ async def time_cloning_engines(rounds: int) -> dict:
             "fake_real_time_factor": FAKE_REAL_TIME_FACTOR, "engines": results}
 
 
+def fake_server(name: str):
+    """The fake server of engine `name` (a context manager yielding its URL); WebSocket fakes
+    (edgetts, doubao, qwentts) have no first-chunk delay of their own."""
+    if name == "edgetts":
+        return run_fake_edge_server(FakeEdge(real_time_factor=FAKE_REAL_TIME_FACTOR))
+    if name == "doubao":
+        return run_fake_doubao_server(FakeDoubao(real_time_factor=FAKE_REAL_TIME_FACTOR))
+    if name == "qwentts":
+        return run_fake_qwen_server(FakeQwen(real_time_factor=FAKE_REAL_TIME_FACTOR))
+    return run_fake_voice_server(name, FakeVoice(first_chunk_delay_s=FAKE_FIRST_CHUNK_S,
+                                                 real_time_factor=FAKE_REAL_TIME_FACTOR))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,7 +214,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the 12 sentences")
     parser.add_argument("--recordings", type=Path, help="write tts_espeak.mp3 / tts_piper.mp3")
     parser.add_argument("--cloning-only", action="store_true",
-                        help="only the voice-cloning engines against their fake servers")
+                        help="only the engines behind a server (cloning, cloud) against their "
+                        "fake servers")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     if args.cloning_only:

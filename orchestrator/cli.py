@@ -18,7 +18,7 @@ from .http.server import AppRunner
 from .services import SERVICES_KEY
 from .settings import Settings, parse_settings, redact_stream_key
 from .tts import ENGINES as TTS_ENGINES
-from .tts import check_tts_server
+from .tts import UNSUPPORTED_TTS, check_tts_server
 from .workers import WorkerRole, serve_workers
 
 
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     """Serve in this process (--workers 1, or as a worker of a parent), or as the parent of
     --workers N processes (orchestrator/workers.py), exiting with its code."""
     argv = sys.argv[1:] if argv is None else argv
-    settings = parse_settings(argv, choices={"tts": list(TTS_ENGINES)})
+    # LiveTalking's engines we lack are choices too: check_tts_server says why they are refused.
+    settings = parse_settings(argv, choices={"tts": [*TTS_ENGINES, *UNSUPPORTED_TTS]})
     check_tts_server(settings)
     role = WorkerRole.from_environment()
     who = f"worker {role.index} " if role is not None else ""

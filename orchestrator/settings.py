@@ -95,6 +95,12 @@ def _is_http_url(text: str) -> bool:
 
 HTTP_URL_CHECK: Check = (lambda url: not url or _is_http_url(url),
                          "must be an http:// or https:// URL")
+# --tts-server: an HTTP server's base URL, or (edgetts) a WebSocket endpoint; which one the
+# engine takes is checked by orchestrator/tts (check_tts_server).
+TTS_SERVER_CHECK: Check = (lambda url: not url or urlsplit(url).scheme in ("http", "https", "ws",
+                                                                          "wss"),
+                           "must be an http(s):// URL (or ws(s):// for --tts edgetts, doubao, qwentts)")
+TTS_FALLBACKS = ("none", "espeak")
 AT_LEAST_1: Check = (lambda n: n >= 1, "must be at least 1")
 POSITIVE: Check = (lambda x: x > 0, "must be positive")
 
@@ -155,10 +161,43 @@ class Settings:
     # ("" = the engine's usual local address), its output rate where the answer carries none
     # (0 = the engine's documented rate), the OpenAI-compatible model, default voice and key,
     # and data/voices/ as a GPT-SoVITS server on another machine sees it ("" = ours).
-    tts_server: str = setting("", "--tts-server", group=SPEECH, check=HTTP_URL_CHECK, help="base "
-                              "URL of the voice-cloning server for --tts cosyvoice, gpt-sovits, "
-                              "fishtts or openai (default: the engine's usual local port: "
-                              "cosyvoice :50000, gpt-sovits :9880, fishtts :8080, openai :8000)")
+    tts_server: str = setting("", "--tts-server", "--TTS_SERVER", group=SPEECH,
+                              check=TTS_SERVER_CHECK, help="base URL of the TTS server for --tts "
+                              "cosyvoice, gpt-sovits, fishtts, openai, omnitts, xtts, azuretts or tencent "
+                              "(default: the engine's usual local port: cosyvoice :50000, "
+                              "gpt-sovits :9880, fishtts :8080, openai :8000, omnitts :8091, "
+                              "xtts :8000; azuretts: https://REGION.tts.speech.microsoft.com; tencent: "
+                              "https://tts.cloud.tencent.com); "
+                              "for edgetts (and doubao, qwentts) the ws:// or wss:// endpoint that replaces the "
+                              "service's (edge-tts adds its query parameters)")
+    # What speaks a sentence the --tts engine's server failed before its first audio (no
+    # network, server down): nothing (the utterance ends with an error event), or eSpeak.
+    tts_fallback: str = setting("none", "--tts-fallback", group=SPEECH, choices=list(TTS_FALLBACKS),
+                                help="when the --tts engine's server fails a sentence before its "
+                                "first audio (edgetts without internet, a server that is down): "
+                                "none = the utterance ends with an error event naming the engine; "
+                                "espeak = eSpeak says the sentence instead (default none)")
+    # Azure Speech (--tts azuretts): its region (the endpoint's host) and key, as LiveTalking
+    # reads them (AZURE_TTS_REGION, AZURE_SPEECH_KEY); --tts-api-key also gives the key.
+    azure_region: str = setting("", "--azure-region", group=SPEECH, env="AZURE_TTS_REGION",
+                                help="Azure Speech region for --tts azuretts, e.g. eastasia "
+                                "(default: AZURE_TTS_REGION); the key is --tts-api-key or "
+                                "AZURE_SPEECH_KEY")
+    azure_speech_key: str = setting("", env="AZURE_SPEECH_KEY")  # no flag: it would show in `ps`
+    # Tencent Cloud TTS (--tts tencent): its app id and API key pair, as LiveTalking reads them.
+    tencent_app_id: str = setting("", "--tencent-app-id", group=SPEECH, env="TENCENT_APPID",
+                                  help="Tencent Cloud app id for --tts tencent (default: "
+                                  "TENCENT_APPID); the key pair is TENCENT_SECRET_ID and "
+                                  "TENCENT_SECRET_KEY")
+    tencent_secret_id: str = setting("", env="TENCENT_SECRET_ID")  # no flags: `ps` shows flags
+    tencent_secret_key: str = setting("", env="TENCENT_SECRET_KEY")
+    # Volcengine's Doubao TTS (--tts doubao): app id and access token, as LiveTalking reads them.
+    doubao_app_id: str = setting("", "--doubao-app-id", group=SPEECH, env="DOUBAO_APPID",
+                                 help="Volcengine app id for --tts doubao (default: DOUBAO_APPID); "
+                                 "the access token is DOUBAO_TOKEN")
+    doubao_token: str = setting("", env="DOUBAO_TOKEN")  # no flag: `ps` shows flags
+    # Alibaba DashScope (--tts qwentts): the API key, as LiveTalking reads it (or --tts-api-key).
+    dashscope_api_key: str = setting("", env="DASHSCOPE_API_KEY")  # no flag: `ps` shows flags
     tts_sample_rate_hz: int = setting(0, "--tts-sample-rate", group=SPEECH, type=int,
                                       check=(lambda hz: not hz or 8000 <= hz <= 192000,
                                              "must be between 8000 and 192000"),
@@ -166,9 +205,11 @@ class Settings:
                                       "saying it (default: cosyvoice 24000 (CosyVoice2/3; 22050 "
                                       "for CosyVoice-300M), openai 24000)")
     tts_model_name: str = setting("", "--tts-model-name", group=SPEECH, help="model field of an "
-                                  "OpenAI-compatible speech server (default tts-1)")
+                                  "OpenAI-compatible speech server (default tts-1; omnitts: the "
+                                  "server's; qwentts: qwen3-tts-flash-realtime)")
     tts_voice: str = setting("", "--tts-voice", group=SPEECH, help="voice of an OpenAI-compatible "
-                             "speech server when none is asked for (default alloy)")
+                             "speech server when none is asked for (default alloy; omnitts: "
+                             "vivian)")
     tts_api_key: str = setting("", "--tts-api-key", group=SPEECH, env="TTS_API_KEY", help="bearer "
                                "token for the TTS server (default: TTS_API_KEY)")
     tts_first_audio_timeout_s: float = setting(
@@ -193,8 +234,10 @@ class Settings:
     avatar_id: str = setting("default", "--avatar-id", "--avatar_id", group=AVATARS,
                              help="default avatar id for sessions (default: 'default')")
     ref_file: str = setting("", "--ref-file", "--REF_FILE", group=AVATARS, help="default voice: a "
-                            "Piper voice (joe) or an eSpeak voice (en-us, cmn, fr); '' picks by "
-                            "the text's language (Piper for English, eSpeak for the rest)")
+                            "Piper voice (joe) or an eSpeak voice (en-us, cmn, fr), an edgetts or "
+                            "azuretts voice (zh-CN-YunxiaNeural), or a clip registered with POST "
+                            "/voices for a cloning engine; '' picks by the text's language (Piper "
+                            "for English, eSpeak for the rest; edgetts: zh-CN-YunxiaNeural)")
     ref_text: str = setting("", "--ref-text", "--REF_TEXT", group=AVATARS, help="transcript of the "
                             "reference audio (voice-cloning TTS)")
     customvideo_config: str = setting("", "--customvideo-config", "--customvideo_config",

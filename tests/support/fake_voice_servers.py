@@ -9,9 +9,19 @@ present) and answers 400/422 like it when one is wrong, and streams audio the wa
 - Fish-Speech (`POST /v1/tts`, MessagePack or JSON with base64 audio): WAV header (44.1 kHz),
   then PCM; streaming only with format wav.
 - OpenAI (`POST /v1/audio/speech`, JSON): raw int16 PCM at 24 kHz (`pcm`) or WAV.
+- vLLM-Omni (`POST /v1/audio/speech`, its fields; Base task clones a base64 `ref_audio`): WAV
+  (its default) at the model's rate (`FakeVoice.omni_rate_hz`, 44.1 kHz) or raw PCM.
+- Coqui xtts-streaming-server (`/clone_speaker` multipart -> latents JSON; `/tts_stream` JSON ->
+  WAV header at 24 kHz then PCM).
+- Tencent Cloud (`POST /stream`, JSON, HMAC-SHA1 `Authorization`): raw PCM at its SampleRate,
+  errors as HTTP 200 JSON `{"Response": {"Error": ...}}`.
+- Azure Speech REST (`POST /cognitiveservices/v1`, SSML, Ocp-Apim-Subscription-Key
+  `AZURE_KEY`, X-Microsoft-OutputFormat riff-/raw-16/24khz-16bit-mono-pcm).
 
 The "cloned" voice is the reference clip itself, resampled and repeated to the text's length
 (so a test can hear that the reference reached the server); a server-side voice id is a tone.
+Every reference clip received is described in `FakeVoice.references` (rate, channels, seconds,
+dominant tone).
 `FakeVoice.fail` makes the next answers fail: "status" (500), "html" (200 text/html), "cut"
 (the stream stops half way, connection closed), "garbage" (a RIFF header that is not PCM),
 "hang" (the request is read, then nothing is answered, not even headers, until the client goes),
@@ -23,9 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import io
 import json
+import time
 import wave
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -53,7 +67,11 @@ class FakeVoice:
     trickle_every_s: float = 25.0
     requests: list[dict] = field(default_factory=list)
     closed_early: int = 0
-    server_voices: tuple[str, ...] = ("alloy", "中文女", "speaker1")
+    server_voices: tuple[str, ...] = ("alloy", "中文女", "speaker1", "vivian",
+                                      "zh-CN-XiaoxiaoMultilingualNeural", "en-US-AriaNeural")
+    # What each reference clip received looked like (reference_facts), in order.
+    references: list[dict] = field(default_factory=list)
+    omni_rate_hz: int = 44100  # vLLM-Omni's model rate (Qwen3-TTS 24k, Fish S2 44.1k...)
 
 
 def _wav_header(rate_hz: int) -> bytes:
@@ -83,6 +101,17 @@ def _wav_rate(data: object) -> int:
             return wav.getframerate()
     except (wave.Error, EOFError, TypeError):
         return 0
+
+
+def reference_facts(data: bytes) -> dict:
+    """What a reference clip a server received is: rate, channels, seconds, its tone (Hz)."""
+    with wave.open(io.BytesIO(data), "rb") as wav:
+        rate, channels = wav.getframerate(), wav.getnchannels()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").reshape(-1, channels)
+    mono = pcm.mean(axis=1)
+    spectrum = np.abs(np.fft.rfft(mono * np.hanning(mono.size)))
+    return {"rate_hz": rate, "channels": channels, "seconds": mono.size / rate,
+            "tone_hz": float(np.fft.rfftfreq(mono.size, 1 / rate)[spectrum.argmax()])}
 
 
 def cloned_audio(text: str, rate_hz: int, reference: bytes | None) -> np.ndarray:
@@ -181,6 +210,8 @@ def cosyvoice_app(fake: FakeVoice) -> web.Application:
         if "spk_id" in form and form["spk_id"] not in fake.server_voices:
             return _bad(f"unknown speaker {form['spk_id']}", 500)
         reference = form.get("prompt_wav") if isinstance(form.get("prompt_wav"), bytes) else None
+        if reference is not None and _wav_rate(reference):
+            fake.references.append(reference_facts(reference))
         if reference is not None and _wav_rate(reference) < COSYVOICE_PROMPT_RATE_HZ:
             # load_wav(prompt_wav.file, 16000)'s assert: an Internal Server Error
             return web.Response(status=500, text="Internal Server Error")
@@ -226,6 +257,7 @@ def gpt_sovits_app(fake: FakeVoice) -> web.Application:
         try:  # the reference is a file on *this* machine
             with open(ref, "rb") as file:
                 reference = file.read()
+            fake.references.append(reference_facts(reference))
         except OSError as exc:
             if ref not in fake.server_voices:  # api_v2 quotes the exception, path and all
                 return web.json_response({"message": "tts failed", "Exception": str(exc)},
@@ -273,6 +305,8 @@ def fish_app(fake: FakeVoice) -> web.Application:
             if isinstance(audio, str):  # JSON: base64 (the schema's validator)
                 audio = base64.b64decode(audio)
             audios.append(audio)
+            if _wav_rate(audio):
+                fake.references.append(reference_facts(audio))
         fake.requests.append({**{k: v for k, v in req.items() if k != "references"},
                               "references": [{"text": r["text"], "audio_bytes": len(a),
                                               "rate_hz": _wav_rate(a)}
@@ -330,8 +364,201 @@ def openai_app(fake: FakeVoice) -> web.Application:
     return app
 
 
+# --- vLLM-Omni /v1/audio/speech (vllm_omni/entrypoints/openai/serving_speech.py) -------------
+OMNI_TASK_TYPES = ("CustomVoice", "VoiceDesign", "Base")
+OMNI_FORMATS = ("wav", "flac", "pcm", "mp3", "opus", "aac")
+
+
+def _omni_error(message: str, status: int = 400) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "BadRequestError",
+                                        "param": None, "code": status}}, status=status)
+
+
+def omni_app(fake: FakeVoice) -> web.Application:
+    async def speech(request: web.Request) -> web.StreamResponse:
+        try:
+            req = await request.json()
+        except ValueError:
+            return _omni_error("invalid JSON")
+        fake.requests.append({k: (v[:40] if k == "ref_audio" else v) for k, v in req.items()})
+        if not isinstance(req.get("input"), str) or not req["input"].strip():
+            return _omni_error("Input text cannot be empty")
+        fmt = req.get("response_format", "wav")
+        task = req.get("task_type", "CustomVoice")
+        if fmt not in OMNI_FORMATS or task not in OMNI_TASK_TYPES:
+            return web.json_response({"detail": [{"type": "literal_error"}]}, status=422)
+        reference = None
+        if task == "Base":
+            ref = req.get("ref_audio")
+            if not isinstance(ref, str) or not ref.startswith("data:audio/") or \
+                    ";base64," not in ref:
+                return _omni_error("Base task requires ref_audio (URL or base64 data URL)")
+            reference = base64.b64decode(ref.split(";base64,", 1)[1])
+            fake.references.append(reference_facts(reference))
+        elif req.get("voice", "vivian") not in fake.server_voices:
+            return _omni_error(f"Invalid speaker '{req.get('voice')}'")
+        rate = fake.omni_rate_hz
+        audio = cloned_audio(req["input"], rate, reference)
+        if fmt == "pcm":
+            return await stream_audio(request, fake, audio, rate)
+        if fmt != "wav":
+            return _omni_error(f"this fake has no {fmt}")
+        # soundfile writes the whole file: a header with its real sizes, then the samples
+        return await stream_audio(request, fake, audio, rate, content_type="audio/wav",
+                                  header=wav_bytes(audio, rate)[:44])
+
+    app = web.Application()
+    app.router.add_post("/v1/audio/speech", speech)
+    return app
+
+
+# --- Coqui xtts-streaming-server (server/main.py) --------------------------------------------
+XTTS_RATE_HZ = 24000
+XTTS_LATENT_ROWS, XTTS_LATENT_WIDTH, XTTS_EMBEDDING_SIZE = 32, 1024, 512
+XTTS_LANGUAGES = ("en", "de", "fr", "es", "it", "pl", "pt", "tr", "ru", "nl", "cs", "ar", "zh",
+                  "ja", "hu", "ko")
+
+
+def xtts_app(fake: FakeVoice) -> web.Application:
+    clips: list[bytes] = []  # the speakers it cloned: speaker_embedding[0] is the index
+
+    async def clone_speaker(request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form.get("wav_file")
+        if not isinstance(upload, web.FileField):
+            return web.json_response({"detail": [{"type": "missing",
+                                                  "loc": ["body", "wav_file"]}]}, status=422)
+        data = upload.file.read()
+        fake.requests.append({"route": "/clone_speaker", "bytes": len(data)})
+        fake.references.append(reference_facts(data))
+        clips.append(data)
+        embedding = [float(len(clips) - 1)] + [0.01] * (XTTS_EMBEDDING_SIZE - 1)
+        latent = [[0.02] * XTTS_LATENT_WIDTH for _ in range(XTTS_LATENT_ROWS)]
+        return web.json_response({"gpt_cond_latent": latent, "speaker_embedding": embedding})
+
+    async def tts_stream(request: web.Request) -> web.StreamResponse:
+        try:
+            req = await request.json()
+        except ValueError:
+            return web.json_response({"detail": "JSON decode error"}, status=422)
+        fake.requests.append({"route": "/tts_stream", **{k: v for k, v in req.items() if k not in
+                                                         ("gpt_cond_latent", "speaker_embedding")}})
+        embedding, latent = req.get("speaker_embedding"), req.get("gpt_cond_latent")
+        if (not isinstance(embedding, list) or not embedding
+                or not isinstance(latent, list) or not latent
+                or any(not isinstance(row, list) or len(row) != XTTS_LATENT_WIDTH for row in latent)
+                or not isinstance(req.get("text"), str)
+                or req.get("language") not in XTTS_LANGUAGES
+                or not isinstance(req.get("add_wav_header", True), bool)
+                or not isinstance(req.get("stream_chunk_size", "20"), str)):
+            return web.json_response({"detail": [{"type": "validation_error"}]}, status=422)
+        index = int(embedding[0])
+        reference = clips[index] if 0 <= index < len(clips) else None
+        audio = cloned_audio(req["text"], XTTS_RATE_HZ, reference)
+        header = _wav_header(XTTS_RATE_HZ) if req.get("add_wav_header", True) else b""
+        return await stream_audio(request, fake, audio, XTTS_RATE_HZ, header=header,
+                                  content_type="audio/wav")
+
+    app = web.Application()
+    app.router.add_post("/clone_speaker", clone_speaker)
+    app.router.add_post("/tts_stream", tts_stream)
+    return app
+
+
+# --- Azure Speech REST (POST /cognitiveservices/v1) ----------------------------------------
+AZURE_FORMATS = {"riff-24khz-16bit-mono-pcm": (24000, True), "riff-16khz-16bit-mono-pcm":
+                 (16000, True), "raw-16khz-16bit-mono-pcm": (16000, False),
+                 "raw-24khz-16bit-mono-pcm": (24000, False)}
+AZURE_KEY = "azure-test-key"
+SSML_NS = "{http://www.w3.org/2001/10/synthesis}"
+MSTTS_NS = "{https://www.w3.org/2001/mstts}"
+
+
+def azure_app(fake: FakeVoice) -> web.Application:
+    async def synthesize(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Ocp-Apim-Subscription-Key") != AZURE_KEY:
+            return web.Response(status=401)  # Azure: 401 with an empty body
+        fmt = request.headers.get("X-Microsoft-OutputFormat", "")
+        if request.content_type != "application/ssml+xml" or fmt not in AZURE_FORMATS:
+            return web.Response(status=400, text="Unsupported output format or content type")
+        body = (await request.read()).decode("utf-8", errors="replace")
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError:
+            return web.Response(status=400, text="SSML is not well-formed")
+        voice = root.find(f"{SSML_NS}voice")
+        if root.tag != f"{SSML_NS}speak" or voice is None:
+            return web.Response(status=400, text="SSML needs speak and voice")
+        prosody = voice.find(f".//{SSML_NS}prosody")
+        style = voice.find(f"{MSTTS_NS}express-as")
+        seen = {"voice": voice.get("name"), "text": "".join(voice.itertext()), "format": fmt,
+                "lang": root.get("{http://www.w3.org/XML/1998/namespace}lang"),
+                "prosody": dict(prosody.attrib) if prosody is not None else {},
+                "style": style.get("style") if style is not None else None}
+        fake.requests.append(seen)
+        if seen["voice"] not in fake.server_voices:
+            return web.Response(status=400, text=f"voice {seen['voice']} not found")
+        rate, riff = AZURE_FORMATS[fmt]
+        audio = cloned_audio(seen["text"], rate, None)
+        return await stream_audio(request, fake, audio, rate,
+                                  header=_wav_header(rate) if riff else b"",
+                                  content_type="audio/x-wav" if riff else "audio/basic")
+
+    app = web.Application()
+    app.router.add_post("/cognitiveservices/v1", synthesize)
+    return app
+
+
+# --- Tencent Cloud streaming TTS (POST /stream, Action TextToStreamAudio) -------------------
+TENCENT_APP_ID = 1250000000
+TENCENT_SECRET_ID = "AKIDtest"
+TENCENT_SECRET_KEY = "tencent-test-key"
+TENCENT_VOICES = (101001, 101002, 1001)
+TENCENT_SIGNED_HOST, TENCENT_SIGNED_PATH = "tts.cloud.tencent.com", "/stream"
+
+
+def _tencent_error(code: str, message: str) -> web.Response:
+    """Its errors: HTTP 200 with a JSON body (LiveTalking reads the first chunk as JSON)."""
+    return web.json_response({"Response": {"Error": {"Code": code, "Message": message},
+                                           "RequestId": "fake"}})
+
+
+def tencent_app(fake: FakeVoice) -> web.Application:
+    async def stream(request: web.Request) -> web.StreamResponse:
+        try:
+            req = json.loads(await request.read())
+        except ValueError:
+            return _tencent_error("InvalidParameter", "body is not JSON")
+        fake.requests.append({**req, "authorization": request.headers.get("Authorization", "")})
+        signed = "&".join(f"{k}={req[k]}" for k in sorted(req))
+        expected = base64.b64encode(hmac.new(
+            TENCENT_SECRET_KEY.encode(), f"POST{TENCENT_SIGNED_HOST}{TENCENT_SIGNED_PATH}?{signed}"
+            .encode(), hashlib.sha1).digest()).decode()
+        now = time.time()
+        if req.get("SecretId") != TENCENT_SECRET_ID or request.headers.get(
+                "Authorization") != expected:
+            return _tencent_error("AuthFailure.SignatureFailure", "The provided credentials "
+                                  "could not be validated.")
+        if not (isinstance(req.get("Timestamp"), int) and abs(req["Timestamp"] - now) < 300
+                and isinstance(req.get("Expired"), int) and req["Expired"] > now):
+            return _tencent_error("AuthFailure.SignatureExpire", "Signature expired.")
+        if (req.get("Action") != "TextToStreamAudio" or req.get("AppId") != TENCENT_APP_ID
+                or req.get("Codec") != "pcm" or req.get("SampleRate") not in (8000, 16000)
+                or not isinstance(req.get("Text"), str) or not req.get("SessionId")):
+            return _tencent_error("InvalidParameter", "bad parameters")
+        if req.get("VoiceType") not in TENCENT_VOICES:
+            return _tencent_error("InvalidParameterValue.VoiceType", "VoiceType not found")
+        rate = req["SampleRate"]
+        return await stream_audio(request, fake, cloned_audio(req["Text"], rate, None), rate)
+
+    app = web.Application()
+    app.router.add_post("/stream", stream)
+    return app
+
+
 APPS = {"cosyvoice": cosyvoice_app, "gpt-sovits": gpt_sovits_app, "fishtts": fish_app,
-        "openai": openai_app}
+        "openai": openai_app, "omnitts": omni_app, "xtts": xtts_app, "azuretts": azure_app,
+        "tencent": tencent_app}
 
 
 @asynccontextmanager
