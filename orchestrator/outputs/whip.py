@@ -200,8 +200,8 @@ class WhipPush:
                 why = str(exc)
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 why = _cause(exc)
+            await self._end(connection)  # again by close() if cancelled meanwhile: idempotent
             self._connection = None
-            await self._end(connection)
             self._lost(why)
             delay_s, self._backoff_s = self._backoff_s, min(self._backoff_s * 2,
                                                             MAX_RECONNECT_BACKOFF_S)

@@ -119,6 +119,7 @@ async def test_the_web_page_with_relay_1_gets_the_media_through_coturn(livehuman
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(base_url + "/?relay=1")
+            await page.click("text=Connection settings")
             assert await page.is_checked("#relay")  # ?relay=1 ticks "force TURN relay"
             await page.fill("#stun", coturn.url)
             await page.fill("#turn-user", USERNAME)
@@ -137,5 +138,7 @@ async def test_the_web_page_with_relay_1_gets_the_media_through_coturn(livehuman
             assert coturn.allocations() > allocations, coturn.log()[-2000:]
             await page.click("#disconnect")
             assert not errors, errors
+            print(f"chromium through coturn: media path {path}, "
+                  f"{coturn.allocations() - allocations} allocations")
         finally:
             await browser.close()

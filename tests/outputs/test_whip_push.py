@@ -114,7 +114,10 @@ async def test_a_wrong_token_is_one_outage_naming_the_status(whip, caplog):
 
 
 @pytest.mark.timeout(90)
-async def test_media_flows_again_after_the_media_server_dies_and_comes_back(whip, caplog):
+@pytest.mark.parametrize("gone", ["killed", "stopped"])
+async def test_media_flows_again_after_the_media_server_goes_and_comes_back(whip, caplog, gone):
+    """killed: SIGKILL, nothing closed (noticed by the missing RTCP); stopped: a clean shutdown
+    closing its sessions (noticed at once)."""
     caplog.set_level(logging.INFO, logger="orchestrator.outputs.whip")
     push = WhipPush(whip.url("show"), TOKEN, WIDTH, HEIGHT, no_ice_servers())
     player = TickPlayer(push, WIDTH, HEIGHT)
@@ -123,7 +126,10 @@ async def test_media_flows_again_after_the_media_server_dies_and_comes_back(whip
         async def got_media():
             return await receiving(whip) is not None
         await wait_until(got_media, 20, f"no media at the WHIP server: {whip.log()[-800:]}")
-        whip.kill()  # gone: no DTLS close, no ICE consent answers, no RTCP
+        if gone == "killed":
+            whip.kill()  # no DTLS close, no ICE consent answers, no RTCP
+        else:
+            await asyncio.to_thread(whip.stop)
 
         async def noticed():
             return push.state == "down"
@@ -132,8 +138,8 @@ async def test_media_flows_again_after_the_media_server_dies_and_comes_back(whip
         await asyncio.to_thread(whip.start)  # back on the same port, knowing nothing of the old one
         back = await wait_until(got_media, BACK_WITHIN_S,
                                 f"media did not flow again within {BACK_WITHIN_S:g} s")
-        print(f"whip push: outage noticed {down_after:.1f} s after the kill; media again "
-              f"{back:.1f} s after the server came back")
+        print(f"whip push: outage noticed {down_after:.1f} s after the server was {gone}; media "
+              f"again {back:.1f} s after the server came back")
         assert push.up and push.outages == 1 and push.connections == 2
         messages = [r.getMessage() for r in caplog.records]
         assert sum("lost" in m for m in messages) == 1, messages
