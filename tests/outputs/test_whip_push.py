@@ -114,7 +114,9 @@ async def test_a_wrong_token_is_one_outage_naming_the_status(whip, caplog):
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("gone", ["killed", "stopped"])
+# The clean stop is the easier case (the peer closes at once): slow (the lead's marker,
+# LIVEHUMAN_SLOW=1); the kill runs in CI.
+@pytest.mark.parametrize("gone", ["killed", pytest.param("stopped", marks=pytest.mark.slow)])
 async def test_media_flows_again_after_the_media_server_goes_and_comes_back(whip, caplog, gone):
     """killed: SIGKILL, nothing closed (noticed by the missing RTCP); stopped: a clean shutdown
     closing its sessions (noticed at once)."""
