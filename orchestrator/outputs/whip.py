@@ -6,7 +6,8 @@ The protocol, as the client side of RFC 9725: our SDP offer (sendonly audio and 
 ICE candidate in it: aiortc gathers before it offers, there is no trickle ICE) is POSTed to the
 endpoint with `Content-Type: application/sdp` and `Authorization: Bearer <--push-token>`; the
 endpoint answers `201 Created` with the SDP answer and the `Location` of the session's WHIP
-resource; a DELETE of that resource ends the session (at shutdown, and before each reconnect,
+resource (a 307/308 redirect on the way is followed, the token sent on); a DELETE of that
+resource ends the session (at shutdown, and before each reconnect,
 so that a media server still holding the old session frees the stream for the new one). The
 offer lists H.264 before VP8 (what SRS and most ingests take; the endpoint picks), Opus for the
 audio.
@@ -59,6 +60,8 @@ SDP_CONTENT_TYPE = "application/sdp"
 OFFERED_VIDEO_CODECS = ("video/H264", "video/VP8")
 OFFERED_AUDIO_CODEC = "audio/opus"
 REQUEST_TIMEOUT_S = 10.0  # a POST or DELETE to the endpoint
+REDIRECT_STATUSES = (307, 308)  # the redirects that keep the method and body (RFC 9110)
+MAX_REDIRECTS = 5
 DELETE_TIMEOUT_S = 3.0  # the DELETE at shutdown or before a reconnect: never holds them long
 CONNECT_TIMEOUT_S = 10.0  # from the answer to a connected peer
 # No RTCP from the media server for this long (after it sent some) ends a connection.
@@ -261,16 +264,28 @@ class WhipPush:
         headers = {"Content-Type": SDP_CONTENT_TYPE, "Accept": SDP_CONTENT_TYPE}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        async with self._http.post(self.url, data=offer.encode(), headers=headers) as resp:
-            body = await resp.text(errors="replace")
-            if resp.status != 201:
-                raise WhipError(f"the endpoint answered {resp.status} {resp.reason}: "
-                                f"{' '.join(body.split())[:200]!r}")
-            location = resp.headers.get("Location")
-            if not location:
-                raise WhipError("the endpoint's 201 has no Location (RFC 9725 §4.2)")
-            # Relative to the URL that answered (after any redirect).
-            connection.resource = urljoin(str(resp.url), location)
+        url = self.url
+        # Redirects (RFC 9725 §4.5: a load balancer's 307 to the media server that takes the
+        # session) are followed here, not by aiohttp, which drops the Authorization header on
+        # a redirect to another host: the endpoint's own redirect gets the token too.
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self._http.post(url, data=offer.encode(), headers=headers,
+                                       allow_redirects=False) as resp:
+                body = await resp.text(errors="replace")
+                location = resp.headers.get("Location")
+                if resp.status in REDIRECT_STATUSES and location:
+                    url = urljoin(url, location)
+                    continue
+                if resp.status != 201:
+                    raise WhipError(f"the endpoint answered {resp.status} {resp.reason}: "
+                                    f"{' '.join(body.split())[:200]!r}")
+                if not location:
+                    raise WhipError("the endpoint's 201 has no Location (RFC 9725 §4.2)")
+                # Relative to the URL that answered (after any redirect).
+                connection.resource = urljoin(url, location)
+                break
+        else:
+            raise WhipError(f"the endpoint redirected more than {MAX_REDIRECTS} times")
         if "m=" not in body:
             raise WhipError(f"the endpoint's 201 holds no SDP answer: {body[:100]!r}")
         return body

@@ -198,3 +198,50 @@ async def test_the_server_session_is_pushed_and_heard_after_human(triton, whip):
     stats = await whip.stats()
     assert stats["deletes"] and all(d["authorized"] for d in stats["deletes"])
     assert not live(stats) and push.state == "down"
+
+
+@pytest.fixture
+async def front(whip):
+    """An endpoint in front of the WHIP server: /moved redirects (307) to it, /nolocation
+    answers 201 without the Location RFC 9725 requires."""
+    from aiohttp import web
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(whip.url("show"))
+
+    async def no_location(request: web.Request) -> web.Response:
+        return web.Response(status=201, text="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n",
+                            content_type="application/sdp")
+
+    app = web.Application()
+    app.router.add_post("/moved", moved)
+    app.router.add_post("/nolocation", no_location)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+@pytest.mark.timeout(60)
+async def test_a_redirect_is_followed_and_a_201_without_location_is_refused(whip, front, caplog):
+    caplog.set_level(logging.INFO, logger="orchestrator.outputs.whip")
+    moved = WhipPush(f"{front}/moved", TOKEN, WIDTH, HEIGHT, no_ice_servers())
+    player = TickPlayer(moved, WIDTH, HEIGHT)
+    player.start()
+    refused = WhipPush(f"{front}/nolocation", TOKEN, WIDTH, HEIGHT, no_ice_servers())
+    try:
+        async def got_media():
+            return await receiving(whip) is not None
+        await wait_until(got_media, 20, f"no media through the redirect: {whip.log()[-800:]}")
+    finally:
+        await player.stop()
+        await moved.close()
+        await refused.close()
+    stats = await whip.stats()
+    # The resource's Location is relative to the server that answered, not to the first URL.
+    assert [d["authorized"] for d in stats["deletes"]] == [True]
+    assert refused.outages == 1 and refused.connections == 0
+    lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert any("no Location" in m for m in lost), lost
