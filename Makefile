@@ -12,6 +12,7 @@ PORT ?= 8010
 
 CHROMIUM := /usr/bin/chromium
 NGINX_RTMP := /usr/lib/nginx/modules/ngx_rtmp_module.so
+TURNSERVER := /usr/bin/turnserver
 
 .PHONY: run test lint bench artifacts clean
 
@@ -54,7 +55,13 @@ $(NGINX_RTMP):
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq nginx libnginx-mod-rtmp
 
-test: artifacts $(CHROMIUM) $(NGINX_RTMP)
+# The TURN tests run Debian's coturn (a real TURN server, started by the tests on loopback with
+# a static user; its system service is not started).
+$(TURNSERVER):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq coturn
+
+test: artifacts $(CHROMIUM) $(NGINX_RTMP) $(TURNSERVER)
 	$(BIN)/python -m pytest -q
 
 lint: $(INSTALLED)

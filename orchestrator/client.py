@@ -178,6 +178,7 @@ DECODER_QUEUE_ATTRIBUTE = "_RTCRtpReceiver__decoder_queue"  # aiortc 1.x, rtcrtp
 class AvatarClient:
     """Connects to a livehuman server, keeps every frame with its arrival time.
 
+    `rtc_configuration`: its ICE servers and policy (default: none, host candidates only).
     `decode=False` (a light client, for many sessions per process) decodes nothing: it notes
     each video and audio frame when the jitter buffer has it complete (`video_times`,
     `video_rtp`, `audio_times`); `video`, `audio` and `audio_rms` stay empty.
@@ -186,7 +187,8 @@ class AvatarClient:
     def __init__(self, base_url: str, keep_video: bool = True,
                  video_region: tuple[slice, slice] | None = None,
                  token: str | None = None, microphone: Microphone | None = None,
-                 video_codecs: tuple[str, ...] = (), decode: bool = True) -> None:
+                 video_codecs: tuple[str, ...] = (), decode: bool = True,
+                 rtc_configuration: RTCConfiguration | None = None) -> None:
         self.base_url = base_url
         self.decode = decode
         # Sent to the server as the user's voice (a sendrecv audio offer) when given.
@@ -197,7 +199,9 @@ class AvatarClient:
         # Offer only these video codecs ("video/H264", "video/VP8"; setCodecPreferences); all
         # of aiortc's when empty.
         self.video_codecs = video_codecs
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # ICE: no STUN/TURN server unless given (e.g. a TURN server and
+        # iceTransportPolicy=RELAY, every packet through the relay: docs/DEPLOY.md).
+        self.pc = RTCPeerConnection(rtc_configuration or RTCConfiguration(iceServers=[]))
         self.received = Received()
         self.sessionid: int | None = None
         self._tasks: list[asyncio.Task] = []

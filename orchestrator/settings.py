@@ -47,15 +47,18 @@ DEFAULT_VAD_MIN_TURN_SPEECH_S = 0.18
 # Session ids carry the instance id in their top bits (session/ids.py): up to 1024 orchestrators.
 INSTANCE_ID_BITS = 10
 MAX_INSTANCE_ID = 2**INSTANCE_ID_BITS - 1
-# Outputs (orchestrator/outputs/): WebRTC sessions by /offer, an RTMP push and WHEP viewers of
-# the server's own session. LiveTalking's other transports, and what to use instead.
-TRANSPORTS = ("webrtc", "rtmp", "whep")
+# Outputs (orchestrator/outputs/): WebRTC sessions by /offer, an RTMP push, a WHIP push and WHEP
+# viewers of the server's own session. LiveTalking's names for them, and its transport we have
+# not, with what to use instead.
+TRANSPORTS = ("webrtc", "rtmp", "whip", "whep")
 DEFAULT_TRANSPORTS = ("webrtc",)
+TRANSPORT_ALIASES = {"rtcpush": "whip"}  # LiveTalking's name for its WHIP push
 UNSUPPORTED_TRANSPORTS = {
-    "rtcpush": "use --transport whep (WHEP viewers pull the server session) or rtmp",
     "virtualcam": "pull the server session into OBS with --transport whep or rtmp instead",
 }
+PUSH_TRANSPORTS = ("rtmp", "whip")  # the transports that push to --push-url
 RTMP_SCHEMES = ("rtmp", "rtmps")
+WHIP_SCHEMES = ("http", "https")  # a WHIP endpoint (RFC 9725) is an HTTP URL
 DEFAULT_MAX_WHEP_VIEWERS = 4
 # SIGTERM: how long live sessions may go on before they are closed (orchestrator/drain.py).
 # 20 s fits Kubernetes' default 30 s grace period with time left to close them and Triton.
@@ -287,12 +290,24 @@ class Settings:
         DEFAULT_MAX_QUEUED_SPEECH_S, "--max-queued-speech", group=SESSIONS, type=float,
         help="seconds of speech a session may have waiting or speaking (estimated for text, "
         f"exact for uploads); more answer 429 (default {DEFAULT_MAX_QUEUED_SPEECH_S:g})")
-    stun: tuple[str, ...] = setting((), "--stun", group=SESSIONS, action="append", help="STUN "
-                                    "server URL (repeatable); none by default")
-    turn: tuple[str, ...] = setting((), "--turn", group=SESSIONS, action="append", help="TURN "
-                                    "server URL (repeatable), with --turn-username/--turn-password")
-    turn_username: str | None = setting(None, "--turn-username", group=SESSIONS)
-    turn_password: str | None = setting(None, "--turn-password", group=SESSIONS)
+    # ICE servers of the server's own peer connections (media/ice.py; docs/DEPLOY.md "NAT and
+    # TURN"): none by default, so tests and closed networks send nothing off the host.
+    stun: tuple[str, ...] = setting((), "--stun", group=SESSIONS, action="append",
+                                    env="LIVEHUMAN_STUN", help="STUN server URL, e.g. "
+                                    "stun:stun.example.com:3478 (repeatable; LIVEHUMAN_STUN, "
+                                    "space separated); none by default")
+    turn: tuple[str, ...] = setting((), "--turn", group=SESSIONS, action="append",
+                                    env="LIVEHUMAN_TURN", help="TURN server URL, e.g. "
+                                    "turn:turn.example.com:3478 or ...?transport=tcp (repeatable; "
+                                    "LIVEHUMAN_TURN), with --turn-username/--turn-password: the "
+                                    "server's peers then also offer relayed candidates")
+    turn_username: str | None = setting(None, "--turn-username", group=SESSIONS,
+                                        env="LIVEHUMAN_TURN_USERNAME", help="the TURN server's "
+                                        "user (long-term credentials; LIVEHUMAN_TURN_USERNAME)")
+    turn_password: str | None = setting(None, "--turn-password", group=SESSIONS,
+                                        env="LIVEHUMAN_TURN_PASSWORD", help="its password "
+                                        "(LIVEHUMAN_TURN_PASSWORD: prefer it, a flag is visible in "
+                                        "the process list)")
     ice_hosts: tuple[str, ...] = setting(
         (), "--ice-host", group=SESSIONS, action="append", help="only advertise these addresses as "
         "ICE host candidates (repeatable; e.g. 127.0.0.1 for loopback-only, or a public/NAT 1:1 "
@@ -301,19 +316,29 @@ class Settings:
     shared_idle: bool = setting(True, "--no-shared-idle", group=SESSIONS, action="store_false",
                                 help="encode every session's idle video on its own (default: "
                                 "sessions showing the same avatar idle share one encoder's frames)")
-    # Outputs: `transports` in TRANSPORTS; rtmp or whep opens the server session (sessionid 0)
-    # at start; rtmp pushes it to every URL of `push_urls` (parse_settings checks them).
+    # Outputs: `transports` in TRANSPORTS; rtmp, whip or whep opens the server session
+    # (sessionid 0) at start; rtmp pushes it to every rtmp:// URL of `push_urls`, whip to every
+    # http(s):// one (parse_settings checks them).
     transports: tuple[str, ...] = setting(
         DEFAULT_TRANSPORTS, "--transport", group=OUTPUTS, action="append",
-        metavar="webrtc|rtmp|whep", help="what the server streams (repeatable, or a comma list; "
-        "default webrtc): webrtc = a session per POST /offer; rtmp = the server session (sessionid "
-        "0, opened at start, /human with sessionid 0 speaks on it) pushed to --push-url; whep = "
-        "WHEP viewers (OBS, GStreamer) of that session at POST /whep. E.g. --transport webrtc,rtmp")
+        metavar="webrtc|rtmp|whip|whep", help="what the server streams (repeatable, or a comma "
+        "list; default webrtc): webrtc = a session per POST /offer; rtmp = the server session "
+        "(sessionid 0, opened at start, /human with sessionid 0 speaks on it) pushed to "
+        "--push-url; whip (or rtcpush, LiveTalking's name) = that session pushed over WebRTC to "
+        "a WHIP endpoint (--push-url http://..., RFC 9725: SRS, mediamtx, Janus, a platform's "
+        "WHIP ingest); whep = WHEP viewers (OBS, GStreamer) of that session at POST /whep. E.g. "
+        "--transport webrtc,rtmp")
     push_urls: tuple[str, ...] = setting(
         (), "--push-url", "--push_url", group=OUTPUTS, action="append", env="LIVEHUMAN_PUSH_URL",
-        help="RTMP URL the server session is pushed to with --transport rtmp, e.g. "
-        "rtmp://live.example.com/app/STREAM_KEY (repeatable: one push each). Prefer "
+        help="where the server session is pushed (repeatable: one push each): an RTMP URL with "
+        "--transport rtmp (rtmp://live.example.com/app/STREAM_KEY), a WHIP endpoint with "
+        "--transport whip (http://srs:1985/rtc/v1/whip/?app=live&stream=livestream). Prefer "
         "LIVEHUMAN_PUSH_URL: a flag is visible in the process list")
+    push_token: str | None = setting(
+        None, "--push-token", group=OUTPUTS, env="LIVEHUMAN_PUSH_TOKEN",
+        help="bearer token of the WHIP endpoint(s) (sent as Authorization: Bearer; default: "
+        "LIVEHUMAN_PUSH_TOKEN, else none). Prefer the environment variable: a flag is visible "
+        "in the process list")
     max_whep_viewers: int = setting(
         DEFAULT_MAX_WHEP_VIEWERS, "--max-whep-viewers", group=OUTPUTS, type=int, check=AT_LEAST_1,
         help=f"WHEP viewers at once; more answer 503 (default {DEFAULT_MAX_WHEP_VIEWERS}; each "
@@ -410,7 +435,7 @@ class Settings:
     @property
     def server_session(self) -> bool:
         """Whether the server opens its own session at start (the push and pull outputs)."""
-        return "rtmp" in self.transports or "whep" in self.transports
+        return any(t in self.transports for t in ("rtmp", "whip", "whep"))
 
 
 def _flagged() -> list[Field]:
@@ -517,15 +542,31 @@ def _check(s: Settings) -> None:
         raise SystemExit(f"--instance-id {s.instance_id} with --workers {s.workers}: the "
                          f"workers' ids (instance x workers + worker) pass {MAX_INSTANCE_ID}")
     check_push_urls(s.transports, s.push_urls)
+    if s.push_token is not None and "whip" not in s.transports:
+        raise SystemExit("--push-token is only used with --transport whip (LIVEHUMAN_PUSH_TOKEN "
+                         "too)")
+    for flag, urls, schemes in (("--stun", s.stun, ("stun", "stuns")),
+                                ("--turn", s.turn, ("turn", "turns"))):
+        for url in urls:
+            if url.partition(":")[0].lower() not in schemes or not url.partition(":")[2]:
+                raise SystemExit(f"{flag} {url.partition('?')[0]!r}: give "
+                                 f"{schemes[0]}:HOST[:PORT] (RFC 7064/7065, e.g. "
+                                 f"{schemes[0]}:turn.example.com:3478"
+                                 f"{'?transport=udp' if flag == '--turn' else ''})")
+    if s.turn and (not s.turn_username or not s.turn_password):
+        raise SystemExit("--turn needs --turn-username and --turn-password (a TURN server "
+                         "allocates relays only for users it knows)")
 
 
 def parse_transports(values: list[str] | None) -> tuple[str, ...]:
-    """--transport values (each may be a comma list) in TRANSPORTS, without repeats; LiveTalking's
-    other transports are refused with what to use instead."""
+    """--transport values (each may be a comma list) in TRANSPORTS, without repeats, LiveTalking's
+    names (TRANSPORT_ALIASES) taken as ours; its other transports are refused with what to use
+    instead."""
     if not values:
         return DEFAULT_TRANSPORTS
     transports: list[str] = []
     for name in (part.strip().lower() for value in values for part in value.split(",")):
+        name = TRANSPORT_ALIASES.get(name, name)
         if name in UNSUPPORTED_TRANSPORTS:
             raise SystemExit(f"--transport {name} is not supported: {UNSUPPORTED_TRANSPORTS[name]}")
         if name not in TRANSPORTS:
@@ -535,21 +576,38 @@ def parse_transports(values: list[str] | None) -> tuple[str, ...]:
     return tuple(transports)
 
 
+def push_transport(url: str) -> str | None:
+    """Which push a --push-url is by its scheme: "rtmp" (rtmp://, rtmps://), "whip" (http://,
+    https://), None for another scheme."""
+    scheme = urlsplit(url).scheme.lower()
+    return "rtmp" if scheme in RTMP_SCHEMES else "whip" if scheme in WHIP_SCHEMES else None
+
+
 def check_push_urls(transports: tuple[str, ...], push_urls: tuple[str, ...]) -> None:
-    """rtmp needs at least one rtmp:// or rtmps:// URL with a host and a path (app/stream);
-    a push URL without rtmp is a mistake worth stopping for."""
-    if "rtmp" in transports and not push_urls:
-        raise SystemExit("--transport rtmp needs --push-url rtmp://host/app/stream (or "
-                         "LIVEHUMAN_PUSH_URL)")
-    if push_urls and "rtmp" not in transports:
-        raise SystemExit("--push-url is only used with --transport rtmp (e.g. --transport "
-                         "webrtc,rtmp)")
+    """rtmp needs at least one rtmp:// or rtmps:// URL with a host and a path (app/stream),
+    whip at least one http:// or https:// URL with a host (its WHIP endpoint); a push URL that
+    no push transport given takes is a mistake worth stopping for."""
+    pushes = [t for t in PUSH_TRANSPORTS if t in transports]
+    for transport, example in (("rtmp", "rtmp://host/app/stream"),
+                               ("whip", "http://host:1985/rtc/v1/whip/?app=live&stream=s")):
+        if transport in pushes and not any(push_transport(u) == transport for u in push_urls):
+            raise SystemExit(f"--transport {transport} needs --push-url {example} (or "
+                             "LIVEHUMAN_PUSH_URL)")
+    if push_urls and not pushes:
+        raise SystemExit("--push-url is only used with --transport rtmp or whip (e.g. "
+                         "--transport webrtc,rtmp)")
     for url in push_urls:
         parts = urlsplit(url)
-        if (parts.scheme not in RTMP_SCHEMES or not parts.hostname
-                or len([part for part in parts.path.split("/") if part]) < 2):
-            raise SystemExit(f"--push-url {redact_stream_key(url)!r}: give "
-                             "rtmp://host[:port]/app/stream (or rtmps://)")
+        kind = push_transport(url)
+        if kind == "whip" and "whip" in pushes and parts.hostname:
+            continue
+        if kind == "rtmp" and "rtmp" in pushes and parts.hostname and \
+                len([part for part in parts.path.split("/") if part]) >= 2:
+            continue
+        wanted = " or ".join({"rtmp": "rtmp://host[:port]/app/stream (or rtmps://)",
+                              "whip": "http(s)://host[:port]/path (a WHIP endpoint)"}[t]
+                             for t in pushes)
+        raise SystemExit(f"--push-url {redact_stream_key(url)!r}: give {wanted}")
 
 
 def redact_stream_key(url: str) -> str:

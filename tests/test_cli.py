@@ -44,14 +44,33 @@ def test_transport_flags():
     assert s.push_urls == ("rtmp://live.example.com/app/SECRETKEY",)
     assert parse_settings([]).transports == ("webrtc",) and not parse_settings([]).server_session
     assert parse_settings(["--transport", "whep"]).server_session
+    # issue 25: LiveTalking's rtcpush is our whip: a WHIP push of the server session; the push
+    # URLs go by scheme to the RTMP and WHIP pushes.
+    s = parse_settings(["--transport", "rtcpush,rtmp", "--push_url",
+                        "http://srs:1985/rtc/v1/whip/?app=live&stream=livestream",
+                        "--push-url", "rtmp://live.example.com/app/SECRETKEY", "--push-token", "t"])
+    assert s.transports == ("whip", "rtmp") and s.server_session and s.push_token == "t"
+    s = parse_settings(["--turn", "turn:127.0.0.1:3478?transport=tcp", "--turn-username", "u",
+                        "--turn-password", "p", "--stun", "stun:127.0.0.1:3478"])
+    assert s.turn == ("turn:127.0.0.1:3478?transport=tcp",) and s.stun == ("stun:127.0.0.1:3478",)
     for argv, words in (
-            (["--transport", "rtcpush"], "not supported"),
             (["--transport", "virtualcam"], "not supported"),
-            (["--transport", "hls"], "give webrtc, rtmp, whep"),
+            (["--transport", "hls"], "give webrtc, rtmp, whip, whep"),
             (["--transport", "rtmp"], "needs --push-url"),
-            (["--push-url", "rtmp://h/app/KEY"], "only used with --transport rtmp"),
+            (["--transport", "rtcpush"], "--transport whip needs --push-url http://"),
+            (["--push-url", "rtmp://h/app/KEY"], "only used with --transport rtmp or whip"),
             (["--transport", "rtmp", "--push-url", "http://h/app/SECRETKEY"], "rtmp://host"),
             (["--transport", "rtmp", "--push-url", "rtmp://h/SECRETKEY"], "rtmp://host"),
+            (["--transport", "whip", "--push-url", "rtmp://h/app/SECRETKEY"], "needs --push-url"),
+            (["--transport", "whip,rtmp", "--push-url", "rtmp://h/app/SECRETKEY",
+              "--push-url", "http://h/whip", "--push-url", "ftp://h/SECRETKEY"], "give rtmp://host[:port]/app/stream (or "
+             "rtmps://) or http(s)://"),
+            (["--transport", "rtmp", "--push-url", "rtmp://h/app/K", "--push-token", "t"],
+             "--push-token is only used with --transport whip"),
+            (["--turn", "turn:127.0.0.1:3478"], "--turn needs --turn-username"),
+            (["--turn", "127.0.0.1:3478", "--turn-username", "u", "--turn-password", "p"],
+             "give turn:HOST[:PORT]"),
+            (["--stun", "turn:127.0.0.1:3478"], "give stun:HOST[:PORT]"),
             (["--max-whep-viewers", "0"], "at least 1")):
         with pytest.raises(SystemExit) as exc:
             parse_settings(argv)

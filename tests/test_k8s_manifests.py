@@ -40,7 +40,10 @@ VALUE_SETS = {
         "orchestrator": {"hostNetwork": False, "advertiseNodeIP": True, "replicas": 5,
                          "workers": 8,
                          "apiTokenSecret": {"name": "livehuman-token"},
-                         "extraArgs": ["--turn", "turn:turn.example.com:3478?transport=udp"]},
+                         # a TURN server needs its user (issue 25: refused without one)
+                         "extraArgs": ["--turn", "turn:turn.example.com:3478?transport=udp",
+                                       "--turn-username", "livehuman",
+                                       "--turn-password", "example"]},
     },
 }
 

@@ -75,6 +75,7 @@ def effective_config(settings: Settings) -> dict:
         "REF_TEXT": settings.ref_text,
         "transport": ",".join(settings.transports),
         "push_url": ", ".join(redact_stream_key(url) for url in settings.push_urls),
+        "push_token": REDACTED if settings.push_token else None,  # ours: the WHIP bearer token
         "max_session": settings.max_sessions,
         "listenport": settings.port,
         # ours

@@ -2,7 +2,7 @@
 // example for third-party clients. No build step.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { pc: null, sessionid: null, events: null, recording: false, mic: null, speaking: false, talking: false };
+const state = { pc: null, sessionid: null, events: null, recording: false, mic: null, speaking: false, talking: false, path: null };
 
 function log(text) {
   const li = document.createElement("li");
@@ -59,6 +59,33 @@ function iceServers() {
   return urls.map((url) => (url.startsWith("turn") ? { urls: url, username: $("turn-user").value, credential: $("turn-pass").value } : { urls: url }));
 }
 
+// "force TURN relay" (or ?relay=1 in the page's URL): only relayed candidates, every packet
+// through the TURN server (iceTransportPolicy "relay"), to tell a NAT problem from the rest.
+if (new URLSearchParams(location.search).get("relay") === "1") $("relay").checked = true;
+const ICE_CONNECT_HINT_MS = 10000; // then say what "waiting forever" is (docs/DEPLOY.md)
+
+function rtcConfiguration() {
+  const config = { iceServers: iceServers() };
+  if ($("relay").checked) {
+    config.iceTransportPolicy = "relay";
+    if (!config.iceServers.some((s) => s.urls.startsWith("turn"))) log("force TURN relay: no turn: URL in the connection settings, so ICE cannot connect");
+  }
+  return config;
+}
+
+// Which kind of path the media took: host (direct), srflx (through NAT, by STUN), relay (TURN).
+async function logCandidatePair(pc) {
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
+  if (!pair) stats.forEach((s) => { if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s; });
+  const local = pair && stats.get(pair.localCandidateId), remote = pair && stats.get(pair.remoteCandidateId);
+  if (local && remote) {
+    state.path = { local: local.candidateType, remote: remote.candidateType, protocol: local.protocol };
+    log(`media path: ${local.candidateType} ↔ ${remote.candidateType} (${local.protocol})`);
+  }
+}
+
 function waitIceGathering(pc) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
@@ -71,8 +98,9 @@ function waitIceGathering(pc) {
 async function connect() {
   $("connect").disabled = true;
   setStatus("connecting", "idle");
-  const pc = new RTCPeerConnection({ iceServers: iceServers() });
+  const pc = new RTCPeerConnection(rtcConfiguration());
   state.pc = pc;
+  state.path = null;
   pc.addTransceiver("video", { direction: "recvonly" });
   const micMode = $("mic-mode").value;
   if (micMode !== "off") {
@@ -93,8 +121,13 @@ async function connect() {
     pc.addTransceiver("audio", { direction: "recvonly" });
   }
   pc.addEventListener("track", (ev) => { $("video").srcObject = ev.streams[0] || new MediaStream([ev.track]); });
+  const hint = setTimeout(() => {
+    if (state.pc === pc && pc.connectionState !== "connected") log(`still ${pc.connectionState} after ${ICE_CONNECT_HINT_MS / 1000} s: ICE has found no path to the server (a NAT or firewall between you: see docs/DEPLOY.md "Waiting forever"; try a TURN server)`);
+  }, ICE_CONNECT_HINT_MS);
   pc.addEventListener("connectionstatechange", () => {
     log(`connection ${pc.connectionState}`);
+    if (pc.connectionState !== "new" && pc.connectionState !== "connecting") clearTimeout(hint);
+    if (pc.connectionState === "connected") logCandidatePair(pc).catch(() => {});
     if (["failed", "closed", "disconnected"].includes(pc.connectionState)) disconnect();
   });
   await pc.setLocalDescription(await pc.createOffer());
