@@ -106,9 +106,9 @@ class EdgeTTSEngine(TTSEngine):
         """Open (and close) a TCP connection to the endpoint's host; the outcome in `problem`."""
         self._probed_at = time.monotonic()
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
-                                               PROBE_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError) as exc:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                _, writer = await asyncio.open_connection(self.host, self.port)
+        except (OSError, TimeoutError) as exc:
             self.problem = (f"TTS '{self.name}' ({ENGINE_LABEL}, Microsoft's online voices) cannot "
                             f"reach {self.host}:{self.port} ({type(exc).__name__}): it needs "
                             "internet access (or --tts-server); each sentence ends with an error "
