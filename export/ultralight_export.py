@@ -37,6 +37,7 @@ from .ultralight_configs import (
     FACE,
     FACE_OUT,
     FEATURES,
+    TINY_HUBERT,
     UNET_SUFFIX,
 )
 from .wav2lip_export import ADAPTER, ExportError, tensorrt_unavailable
@@ -53,7 +54,6 @@ TRT_OPT_BATCH = 16
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 DEFAULT_NAME = "ultralight"
-TINY_HUBERT = dict(num_hidden_layers=1, intermediate_size=1024, conv_dim=(64,) * 7)
 HUBERT_SIZES = ("large", "tiny")  # --random-hubert: the real size, or a 1-layer one (tests)
 
 
