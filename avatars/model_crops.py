@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .face_detection import Box
+from .livetalking import ULTRALIGHT_MODEL
 from .package import CROP_SIZE, DEFAULT_LIPSYNC_MODEL, crop_box
 
-ULTRALIGHT_MODEL = "ultralight"  # export/ultralight_export.py DEFAULT_NAME
 ULTRALIGHT_CROP_PX = 168  # LiveTalking's face_imgs size (orchestrator/lipsync/ultralight.py)
 ULTRALIGHT_WIDTH_FRACTION = 0.9  # of the Haar box's width: landmark 1 to landmark 31
 ULTRALIGHT_TOP_FRACTION = 0.42  # of the Haar box's height: landmark 52 below the box's top
