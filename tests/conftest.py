@@ -20,6 +20,8 @@ from orchestrator.triton.server import EmbeddedTriton
 # then takes it for OpenAI's Triton compiler and fails. Nothing here uses that package.
 sys.modules.setdefault("triton", None)
 
+pytest_plugins = ["ultralight_fixtures"]  # tests/support: one Ultralight export per session
+
 MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 LIPSYNC_ONNX = DEFAULT_LIPSYNC_EXPORT.onnx_path(MODEL_REPOSITORY)
 TTS_MODEL = "tts_espeak"

@@ -10,8 +10,6 @@ HuBERT large is exported in the slow test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -26,12 +24,11 @@ pytest.importorskip("transformers", reason="HuBERT needs transformers (the expor
 
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
+from ultralight_fixtures import MAX_BATCH, ULTRALIGHT_MODEL  # noqa: E402
 
 from export import ultralight_configs as configs  # noqa: E402
-from export.__main__ import main as export_main  # noqa: E402
 from export.ultralight_export import (  # noqa: E402
     AUDIO_TOLERANCE,
-    TINY_HUBERT,
     UNET_TOLERANCE,
     ExportError,
     export_repository,
@@ -59,8 +56,7 @@ from orchestrator.lipsync.ultralight import (  # noqa: E402
 )
 from orchestrator.triton.server import EmbeddedTriton  # noqa: E402
 
-MODEL = "ultralight"
-MAX_BATCH = 16
+MODEL = ULTRALIGHT_MODEL
 CONCURRENT_REQUESTS = 12
 NO_TENSORRT = tensorrt_unavailable()
 SLOW = os.environ.get("LIVEHUMAN_SLOW") == "1"
@@ -71,29 +67,20 @@ def _config(path: Path) -> model_config_pb2.ModelConfig:
 
 
 @pytest.fixture(scope="module")
-def unet() -> UltralightUNet:
-    return random_unet(seed=3)
+def unet(ultralight_export) -> UltralightUNet:
+    return ultralight_export.unet
 
 
 @pytest.fixture(scope="module")
-def hubert():
-    return random_hubert(seed=4, **TINY_HUBERT)
+def hubert(ultralight_export):
+    return ultralight_export.hubert
 
 
 @pytest.fixture(scope="module")
-def exported(unet, hubert, tmp_path_factory) -> tuple[Path, str]:
-    """The CLI's three model folders in a repository of their own, from LiveTalking's files:
-    the UNet as `ultralight.pth`, HuBERT as a Hugging Face folder."""
-    files = tmp_path_factory.mktemp("livetalking")
-    torch.save(unet.state_dict(), files / "ultralight.pth")
-    hubert.save_pretrained(files / "hubert-large-ls960-ft")
-    repo = tmp_path_factory.mktemp("ultralight_repository")
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        export_main(["ultralight", "--checkpoint", str(files / "ultralight.pth"), "--hubert",
-                     str(files / "hubert-large-ls960-ft"), "--out", str(repo / MODEL),
-                     "--max-batch", str(MAX_BATCH)])
-    return repo, stdout.getvalue()
+def exported(ultralight_export) -> tuple[Path, str]:
+    """The CLI's three model folders, from LiveTalking's files: the UNet as the avatar folder's
+    `ultralight.pth`, HuBERT as a Hugging Face folder (tests/support/ultralight_fixtures.py)."""
+    return ultralight_export.repository, ultralight_export.stdout
 
 
 # --- architecture and checkpoints -------------------------------------------------------------
@@ -268,7 +255,7 @@ async def test_ensemble_batches_concurrent_sessions_frames(exported):
                                         providers=["CPUExecutionProvider"])
     audio_session = ort.InferenceSession(str(repo / configs.AUDIO_MODEL / "1" / "model.onnx"),
                                          providers=["CPUExecutionProvider"])
-    async with EmbeddedTriton(repo, [MODEL]) as server:
+    async with EmbeddedTriton(repo, [MODEL]) as server:  # (eSpeak and the default load too)
         client = UltralightClient(server.url, model=MODEL)
         try:
             results = await asyncio.gather(*(client.infer_face(*r) for r in requests))

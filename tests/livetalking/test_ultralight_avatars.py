@@ -3,18 +3,14 @@ folder's files), `avatars build --model ultralight`, and such a folder speaking 
 its own `ultralight.pth` exported to Triton (random weights of the real UNet, a 1-layer HuBERT
 of the real class).
 
-The folders are made here from the shipped NASA portrait the way LiveTalking's
-`ultralight/genavatar.py` makes them: numbered PNG frames, 168 x 168 face crops, a pickled list
-of (x1, y1, x2, y2) boxes as numpy integers (its landmarks are numpy arrays), and the UNet
-checkpoint `ultralight.pth`.
+The folders are made from the shipped NASA portrait the way LiveTalking's
+`ultralight/genavatar.py` makes them (tests/support/ultralight_fixtures.py).
 """
 
 from __future__ import annotations
 
 import json
 import pickle
-import shutil
-import time
 from pathlib import Path
 
 import av
@@ -24,40 +20,12 @@ import pytest
 from server_fixtures import running_server, server_settings
 from skimage import data
 from test_livetalking_avatars import _speaks
+from ultralight_fixtures import AVATAR_ID, CROP_PX, FRAMES, make_ultralight_folder
 
 from avatars.__main__ import main as avatars_main
 from avatars.face_detection import detect_single_face
 from avatars.livetalking import folder_model, read_coords
-from avatars.model_crops import ultralight_box
 from orchestrator.avatar.store import AvatarStore
-
-FRAMES = 6
-CROP_PX = 168
-
-
-def ultralight_boxes(frames: int = FRAMES) -> list[tuple[int, int, int, int]]:
-    """(x1, y1, x2, y2) per frame, swaying 0-2 px with the head."""
-    x0, y0, x1, y1 = ultralight_box(detect_single_face(data.astronaut()))
-    return [(x0 + k % 3, y0, x1 + k % 3, y1) for k in range(frames)]
-
-
-def make_ultralight_folder(folder: Path, checkpoint: bytes = b"weights") -> list[tuple]:
-    """A LiveTalking Ultralight avatar folder; returns the boxes it pickled."""
-    bgr = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-    (folder / "full_imgs").mkdir(parents=True)
-    (folder / "face_imgs").mkdir()
-    boxes = ultralight_boxes()
-    for k, (x1, y1, x2, y2) in enumerate(boxes):
-        shift = np.float32([[1, 0, k % 3], [0, 1, 0]])
-        frame = cv2.warpAffine(bgr, shift, (bgr.shape[1], bgr.shape[0]),
-                               borderMode=cv2.BORDER_REPLICATE)
-        cv2.imwrite(str(folder / "full_imgs" / f"{k:08d}.png"), frame)
-        cv2.imwrite(str(folder / "face_imgs" / f"{k:08d}.png"),
-                    cv2.resize(frame[y1:y2, x1:x2], (CROP_PX, CROP_PX)))
-    (folder / "coords.pkl").write_bytes(pickle.dumps(
-        [tuple(np.int64(v) for v in box) for box in boxes]))
-    (folder / "ultralight.pth").write_bytes(checkpoint)
-    return boxes
 
 
 def write_video(path: Path, frames: list[np.ndarray]) -> Path:
@@ -141,41 +109,23 @@ def test_build_for_ultralight(tmp_path, capsys, source):
         avatars_main(["build", *args, "--id", "x", "--model", "nope"])
 
 
-async def test_an_ultralight_folder_speaks_unchanged(tmp_path):
+async def test_an_ultralight_folder_speaks_unchanged(ultralight_export, tmp_path):
     """The folder's own ultralight.pth (random weights of the real UNet) and a HuBERT folder in
-    Hugging Face's layout are exported with the CLI; the folder, copied as it is into the avatar
-    directory, speaks through a real server and aiortc peer. Random weights draw noise in the
-    lower face; the plumbing (the model from the folder's files, 168 crops of their boxes, audio
-    windows, the ensemble, paste back) is the real one."""
-    torch = pytest.importorskip("torch", reason="the export needs PyTorch (the export extra)")
-    pytest.importorskip("transformers", reason="HuBERT needs transformers (the export extra)")
-    from export.__main__ import main as export_main
-    from export.ultralight_export import TINY_HUBERT
-    from export.ultralight_model import random_hubert, random_unet
-    from orchestrator.settings import PROJECT_ROOT
+    Hugging Face's layout, exported with the CLI (tests/support/ultralight_fixtures.py); the
+    folder, as it is in the avatar directory, speaks through a real server and aiortc peer.
+    Random weights draw noise in the lower face; the plumbing (the model from the folder's
+    files, 168 crops of their boxes, audio windows, the ensemble, paste back) is the real one."""
     from orchestrator.triton.server import EmbeddedTriton
 
-    folder = tmp_path / "avatars" / "ultralight_avatar1"
-    make_ultralight_folder(folder)
-    torch.save(random_unet(seed=5).state_dict(), folder / "ultralight.pth")
-    random_hubert(seed=5, **TINY_HUBERT).save_pretrained(tmp_path / "hubert-large-ls960-ft")
-    repo = tmp_path / "repository"
-    started = time.monotonic()
-    export_main(["ultralight", "--checkpoint", str(folder / "ultralight.pth"), "--hubert",
-                 str(tmp_path / "hubert-large-ls960-ft"), "--out", str(repo / "ultralight"),
-                 "--max-batch", "8"])
-    print(f"ultralight export: {time.monotonic() - started:.1f} s")
-    for name in ("tts_espeak", "lipsync_default"):
-        shutil.copytree(PROJECT_ROOT / "model_repository" / name, repo / name)
-
-    async with EmbeddedTriton(repo, ["tts_espeak", "lipsync_default", "ultralight"]) as server:
-        settings = server_settings(server, avatar_dir=tmp_path / "avatars", data_dir=tmp_path,
-                                   avatar_id="ultralight_avatar1", tts="espeak",
+    models = ["tts_espeak", "lipsync_default", "ultralight"]
+    async with EmbeddedTriton(ultralight_export.repository, models) as server:
+        settings = server_settings(server, avatar_dir=ultralight_export.avatars,
+                                   data_dir=tmp_path, avatar_id=AVATAR_ID, tts="espeak",
                                    voice_input=False)
         async with running_server(settings) as (base_url, services):
-            avatar = services.avatars.load("ultralight_avatar1")
+            avatar = services.avatars.load(AVATAR_ID)
             assert avatar.crop_size == CROP_PX and avatar.lipsync_model == "ultralight"
-            changed = await _speaks(base_url, services, "ultralight_avatar1", "Hello there.", 0.6)
+            changed = await _speaks(base_url, services, AVATAR_ID, "Hello there.", 0.6)
             model = await services.lipsync_models.get("ultralight")
             for name in ("ultralight_unet", "ultralight_audio"):
                 stats = await model.client._client.get_inference_statistics(name, as_json=True)
