@@ -195,6 +195,7 @@ def test_cli_writes_the_three_models(exported):
         assert local.backend == "python" and container.platform == "onnxruntime_onnx"
         assert local.dynamic_batching.max_queue_delay_microseconds > 0
         assert container.dynamic_batching.preferred_batch_size == [8, 16]
+        assert [w.batch_size for w in container.model_warmup] == [1, 16]
     ensemble = _config(repo / MODEL / "config.pbtxt")
     assert ensemble.platform == "ensemble" and (repo / MODEL / "1").is_dir()
     assert [i.name for i in ensemble.input] == ["audio", "face"]
