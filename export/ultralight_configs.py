@@ -33,8 +33,10 @@ HUBERT_RECEPTIVE_SAMPLES = 400
 WINDOW_FRAMES = AUDIO_FEATURE_FRAMES + 2 * AUDIO_CONTEXT_FRAMES
 AUDIO_WINDOW_SAMPLES = (WINDOW_FRAMES - 1) * HUBERT_HOP_SAMPLES + HUBERT_RECEPTIVE_SAMPLES  # 10320
 
-# HuBERT with one layer, narrow convolutions, the real class and hidden size (tests, checks).
-TINY_HUBERT = dict(num_hidden_layers=1, intermediate_size=1024, conv_dim=(64,) * 7)
+# HuBERT with one layer, narrow convolutions and a short positional convolution: the real class,
+# hidden size and frame rate (the same 32 frames a window), for tests and quick checks.
+TINY_HUBERT = dict(num_hidden_layers=1, intermediate_size=256, conv_dim=(32,) * 7,
+                   num_conv_pos_embeddings=16)
 
 AUDIO_MODEL = "ultralight_audio"
 UNET_SUFFIX = "_unet"

@@ -181,7 +181,7 @@ class UltralightUNet(nn.Module):
         return torch.sigmoid(self.outc(x))
 
 
-def calibrate_random(model: UltralightUNet, seed: int = 0, batch: int = 8) -> UltralightUNet:
+def calibrate_random(model: UltralightUNet, seed: int = 0, batch: int = 4) -> UltralightUNet:
     """Realistic BatchNorm statistics for random weights (one training-mode pass over random
     inputs, as export/wav2lip_model.calibrate_random does): fresh statistics do not match what
     random convolutions produce, and the sigmoid would saturate."""
