@@ -15,7 +15,13 @@ A LiveTalking avatar (`data/avatars/<id>/`, written by its `wav2lip/genavatar.py
 We keep those boxes as they are (no face detection here): they are what the model was trained
 to see. Only the mouth, which our default model takes as an input, is located inside the first
 frame's box (avatars/mouth.py, or average proportions when no lips stand out).
-MuseTalk and Ultralight folders (latents, masks, no `face_imgs`) are not read.
+
+An Ultralight avatar (its `ultralight/genavatar.py`) has the same three parts and its model:
+`face_imgs/` are 168 x 168 (the model reads their centre 160), `coords.pkl` holds
+`(x1, y1, x2, y2)` per frame (another order: its boxes come from face landmarks, nose bridge to
+chin, jaw to jaw), and `ultralight.pth` is the UNet trained on this person, which
+`python -m export ultralight --checkpoint` turns into a Triton model. The folder's model is
+told by that file (`folder_model`). MuseTalk folders (latents, masks) are not read.
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ FACE_IMGS = "face_imgs"
 COORDS = "coords.pkl"
 # Optional, ours: {"lipsync_model": "wav2lip256"} picks the model a folder loaded as it is uses.
 OVERRIDES = "livehuman.json"
+ULTRALIGHT_CHECKPOINT = "ultralight.pth"  # an Ultralight folder's own UNet
+WAV2LIP, ULTRALIGHT = "wav2lip", "ultralight"  # the LiveTalking models whose folders we read
+# The Triton model an Ultralight folder speaks with unless livehuman.json names another: the
+# default name of `python -m export ultralight` (export/ultralight_export.py DEFAULT_NAME).
+ULTRALIGHT_MODEL = "ultralight"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # LiveTalking globs '*.[jpJP][pnPN]*[gG]'
 LOOP = "mirror"
 MAX_COORDS_BYTES = 16 << 20  # ~30 bytes a frame: far more than any idle video needs
@@ -50,6 +61,12 @@ class LiveTalkingAvatarError(ValueError):
 def is_livetalking_folder(folder: Path) -> bool:
     """The layout, by its names only (a package has a manifest.json instead)."""
     return (folder / COORDS).is_file() and (folder / FULL_IMGS).is_dir()
+
+
+def folder_model(folder: Path) -> str:
+    """Which LiveTalking model wrote the folder, from its files: ULTRALIGHT when it holds
+    `ultralight.pth`, else WAV2LIP."""
+    return ULTRALIGHT if (folder / ULTRALIGHT_CHECKPOINT).is_file() else WAV2LIP
 
 
 # --- coords.pkl -------------------------------------------------------------------------------
@@ -93,8 +110,10 @@ def _as_int(value: object, where: str) -> int:
     return int(value)
 
 
-def read_coords(path: Path) -> np.ndarray:
-    """int32 [N, 4] boxes as x0, y0, x1, y1 from LiveTalking's (y1, y2, x1, x2) tuples."""
+def read_coords(path: Path, order: str = WAV2LIP) -> np.ndarray:
+    """int32 [N, 4] boxes as x0, y0, x1, y1 from LiveTalking's (y1, y2, x1, x2) tuples (its
+    wav2lip avatars) or (x1, y1, x2, y2) tuples (`order` ULTRALIGHT)."""
+    names = _ORDERS[order]
     size = path.stat().st_size
     if size > MAX_COORDS_BYTES:
         raise LiveTalkingAvatarError(f"{COORDS} is {size} bytes (at most {MAX_COORDS_BYTES})")
@@ -107,16 +126,17 @@ def read_coords(path: Path) -> np.ndarray:
                                      f"({type(exc).__name__}: {exc})") from None
     if isinstance(coords, np.ndarray) or not isinstance(coords, list | tuple) or not coords:
         raise LiveTalkingAvatarError(f"{COORDS} holds {type(coords).__name__}, expected a "
-                                     "non-empty list of (y1, y2, x1, x2) tuples")
+                                     f"non-empty list of {names} tuples")
     boxes = []
     for k, item in enumerate(coords):
         if not isinstance(item, list | tuple) or len(item) != 4:
-            raise LiveTalkingAvatarError(f"{COORDS} entry {k} is {item!r:.60}, expected "
-                                         "(y1, y2, x1, x2)")
-        y1, y2, x1, x2 = (_as_int(v, f"{COORDS} entry {k}") for v in item)
+            raise LiveTalkingAvatarError(f"{COORDS} entry {k} is {item!r:.60}, expected {names}")
+        values = tuple(_as_int(v, f"{COORDS} entry {k}") for v in item)
+        x1, y1, x2, y2 = values if order == ULTRALIGHT else (values[2], values[0], values[3],
+                                                              values[1])
         if not (0 <= y1 < y2 and 0 <= x1 < x2):
-            raise LiveTalkingAvatarError(f"{COORDS} entry {k} (y1, y2, x1, x2) = "
-                                         f"{(y1, y2, x1, x2)} is an empty or negative box")
+            raise LiveTalkingAvatarError(f"{COORDS} entry {k} {names} = {values} is an empty "
+                                         "or negative box")
         boxes.append((x1, y1, x2, y2))
     return np.asarray(boxes, np.int32)
 
@@ -150,7 +170,8 @@ class LiveTalkingFolder:
     frames: list[Path]
     faces: list[Path]
     boxes: np.ndarray  # int32 [N, 4] x0, y0, x1, y1: LiveTalking's boxes, unchanged
-    face_px: int  # the face crops' size: the model input they were made for (96, 256, ...)
+    face_px: int  # the face crops' size: the model input they were made for (96, 256, 168...)
+    model: str = WAV2LIP  # folder_model: WAV2LIP or ULTRALIGHT
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -166,7 +187,8 @@ def open_folder(path: Path) -> LiveTalkingFolder:
         raise LiveTalkingAvatarError(f"{path.name}: no {COORDS}{hint}")
     frames = _numbered_images(path / FULL_IMGS, "frame")
     faces = _numbered_images(path / FACE_IMGS, "face")
-    boxes = read_coords(path / COORDS)
+    model = folder_model(path)
+    boxes = read_coords(path / COORDS, model)
     if not len(frames) == len(faces) == len(boxes):
         raise LiveTalkingAvatarError(
             f"{path.name}: {len(frames)} frames in {FULL_IMGS}/, {len(faces)} crops in "
@@ -177,7 +199,7 @@ def open_folder(path: Path) -> LiveTalkingFolder:
     if face.shape[0] != face.shape[1]:
         raise LiveTalkingAvatarError(f"{FACE_IMGS}/{faces[0].name} is {face.shape[1]}x"
                                      f"{face.shape[0]}, expected a square model input")
-    return LiveTalkingFolder(path, frames, faces, boxes, face.shape[0])
+    return LiveTalkingFolder(path, frames, faces, boxes, face.shape[0], model)
 
 
 def read_frames(folder: LiveTalkingFolder,
@@ -193,7 +215,8 @@ def read_frames(folder: LiveTalkingFolder,
         x0, y0, x1, y1 = (int(v) for v in folder.boxes[k])
         if x1 > rgb.shape[1] or y1 > rgb.shape[0]:
             raise LiveTalkingAvatarError(
-                f"{COORDS} entry {k} (y1, y2, x1, x2) = {(y0, y1, x0, x1)} leaves frame "
+                f"{COORDS} entry {k} {_ORDERS[folder.model]} = "
+                f"{_as_stored(folder.boxes[k], folder.model)} leaves frame "
                 f"{path.name} ({rgb.shape[1]}x{rgb.shape[0]})")
         frames.append(rgb)
         if progress:
@@ -218,6 +241,7 @@ class LiveTalkingAvatar:
     mouth: np.ndarray  # float32 [N, 4] relative to each box
     crop_size: int
     loop: str = LOOP
+    model: str = WAV2LIP  # folder_model
 
 
 def load(path: Path, progress: Callable[[int, int], None] | None = None) -> LiveTalkingAvatar:
@@ -226,18 +250,26 @@ def load(path: Path, progress: Callable[[int, int], None] | None = None) -> Live
     frames = read_frames(folder, progress)
     mouth = mouth_in_box(frames[0], folder.boxes[0])
     return LiveTalkingAvatar(frames, folder.boxes, np.tile(mouth, (len(folder), 1)),
-                             folder.face_px)
+                             folder.face_px, model=folder.model)
+
+
+def default_model(model: str) -> str | None:
+    """The Triton model a folder of LiveTalking's `model` speaks with by default (None: the
+    project's default model)."""
+    return ULTRALIGHT_MODEL if model == ULTRALIGHT else None
 
 
 def import_folder(path: Path, avatar_id: str, out_dir: Path, lipsync_model: str | None = None,
                   progress: Callable[[int, int], None] | None = None) -> Path:
     """Write a package (docs/INTERFACES.md) from a LiveTalking folder: its frames, its boxes as
-    they are, its crop size and its mirrored loop."""
+    they are, its crop size and its mirrored loop (an Ultralight folder speaks with
+    ULTRALIGHT_MODEL unless `lipsync_model` names another; its ultralight.pth is not copied:
+    it is exported to Triton)."""
     from .package import DEFAULT_LIPSYNC_MODEL, PackageWriter, check_avatar_id
 
     check_avatar_id(avatar_id)
     avatar = load(path, progress)
-    model = lipsync_model or DEFAULT_LIPSYNC_MODEL
+    model = lipsync_model or default_model(avatar.model) or DEFAULT_LIPSYNC_MODEL
     with PackageWriter(avatar_id, out_dir) as package:
         for frame in avatar.frames:
             package.add_frame(frame)
@@ -245,5 +277,15 @@ def import_folder(path: Path, avatar_id: str, out_dir: Path, lipsync_model: str 
             avatar.boxes, avatar.mouth, f"LiveTalking avatar {Path(path).name}",
             crop_size=avatar.crop_size, loop=avatar.loop, lipsync_model=model,
             lipsync_models=sorted({model, DEFAULT_LIPSYNC_MODEL}),
-            livetalking={"face_px": avatar.crop_size, "frames": len(avatar.frames),
-                         "boxes": "coords.pkl (y1, y2, x1, x2) as x0, y0, x1, y1"})
+            livetalking={"model": avatar.model, "face_px": avatar.crop_size,
+                         "frames": len(avatar.frames),
+                         "boxes": f"coords.pkl {_ORDERS[avatar.model]} as x0, y0, x1, y1"})
+
+
+_ORDERS = {WAV2LIP: "(y1, y2, x1, x2)", ULTRALIGHT: "(x1, y1, x2, y2)"}
+
+
+def _as_stored(box: np.ndarray, model: str) -> tuple[int, ...]:
+    """A box x0, y0, x1, y1 as the folder's coords.pkl writes it."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return (x0, y0, x1, y1) if model == ULTRALIGHT else (y0, y1, x0, x1)

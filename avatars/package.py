@@ -8,6 +8,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -16,6 +17,9 @@ from .face_detection import Box, detect_eyes, detect_single_face
 from .idle_motion import idle_frames
 from .mouth import Mouth, find_mouth
 from .rest_pose import close_mouth
+
+if TYPE_CHECKING:
+    from .model_crops import ModelCrop
 
 FORMAT = "livehuman-avatar"
 FORMAT_VERSION = 1
@@ -119,15 +123,17 @@ class PackageWriter:
 
 
 def build_from_image(rgb: np.ndarray, avatar_id: str, out_dir: Path, seconds: float = 4.0,
-                     source: str = "", progress: Progress | None = None) -> Path:
-    """The degenerate video: one still, animated by a synthetic idle motion."""
+                     source: str = "", progress: Progress | None = None,
+                     crop: ModelCrop | None = None) -> Path:
+    """The degenerate video: one still, animated by a synthetic idle motion. `crop`: the
+    lip-sync model's crop (avatars/model_crops.py; default: the default model's)."""
     check_avatar_id(avatar_id)
     rgb = fit_long_side(rgb)
     face = detect_single_face(rgb)
     eyes = detect_eyes(rgb, face)
     rest, mouth = close_mouth(rgb, find_mouth(rgb, face))
     frames = max(2, int(round(seconds * FPS)))
-    box = crop_box(face)
+    box = crop.box(face) if crop else crop_box(face)
     geometry = []
     with PackageWriter(avatar_id, out_dir) as package:
         for k, frame in enumerate(idle_frames(rest, face, eyes, frames)):
@@ -136,7 +142,7 @@ def build_from_image(rgb: np.ndarray, avatar_id: str, out_dir: Path, seconds: fl
             if progress:
                 progress(k + 1, frames)
         return package.finish(
-            [box] * frames, geometry, source,
+            [box] * frames, geometry, source, **(crop.manifest() if crop else {}),
             detected={"face": [face.x, face.y, face.w, face.h],
                       "eyes": [[e.x, e.y, e.w, e.h] for e in eyes],
                       "mouth": {"left": mouth.left, "right": mouth.right, "top": mouth.top,

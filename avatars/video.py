@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -32,6 +33,9 @@ from .package import (
 )
 from .rest_pose import close_mouth
 from .tracking import FaceTracker, centred_mean
+
+if TYPE_CHECKING:
+    from .model_crops import ModelCrop
 
 MAX_SECONDS = 60.0
 MAX_SOURCE_SIDE_PX = 4096
@@ -139,7 +143,9 @@ def _at_player_rate(frames: Iterable[tuple[float, av.VideoFrame]]) -> Iterator[a
 
 
 def build_from_video(path: Path, avatar_id: str, out_dir: Path, progress: Progress | None = None,
-                     max_seconds: float = MAX_SECONDS, source: str | None = None) -> Path:
+                     max_seconds: float = MAX_SECONDS, source: str | None = None,
+                     crop: ModelCrop | None = None) -> Path:
+    """`crop`: the lip-sync model's crop (avatars/model_crops.py; default: the default model's)."""
     check_avatar_id(avatar_id)
     info = probe_video(path, max_seconds)
     # Progress counts both passes; the first only has the container's estimate of the length.
@@ -155,7 +161,7 @@ def build_from_video(path: Path, avatar_id: str, out_dir: Path, progress: Progre
     with PackageWriter(avatar_id, out_dir) as package:
         for rgb, face in zip(video_frames(path, info, max_seconds), faces):
             rest, mouth = close_mouth(rgb, find_mouth(rgb, face))
-            box = crop_box(face)
+            box = crop.box(face) if crop else crop_box(face)
             package.add_frame(rest)
             boxes.append(box)
             geometry.append(mouth_geometry(mouth, box, (0.0, 0.0)))
@@ -165,6 +171,6 @@ def build_from_video(path: Path, avatar_id: str, out_dir: Path, progress: Progre
             raise ValueError(f"decoding gave {count} frames, then {package.frame_count}")
         return package.finish(
             boxes, centred_mean(np.array(geometry), MOUTH_SMOOTHING_HALF),
-            source if source is not None else str(path),
+            source if source is not None else str(path), **(crop.manifest() if crop else {}),
             tracking={"frames_without_face": tracker.missed, "frames_scanned": tracker.scanned,
                       "source_fps": info.fps, "source_size": [info.width, info.height]})

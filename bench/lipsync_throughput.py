@@ -1,5 +1,10 @@
-"""Lip-sync throughput: the default model (ms per frame) and Wav2Lip 96 / 256 (frames/s), per batch
-size, per deployment.
+"""Lip-sync throughput: the default model and Ultralight (ms per frame) and Wav2Lip 96 / 256
+(frames/s), per batch size, per deployment.
+
+`--variants ultralight` times Ultralight (random weights of the real UNet and HuBERT large, or
+`--hubert tiny`) exported by `export.ultralight_export`: onnxruntime in this process (HuBERT on
+each frame's window, then the UNet) and the ensemble through the embedded Triton over gRPC and
+shared memory, at batches 1, 8 and 32; merged into `ultralight.hubert_<size>` of the JSON.
 
 `--variants default` times the project's default model (`lipsync_default`, the procedural ONNX
 graph) on the astronaut crop with mel windows from silence to fully open, at batches 1, 8 and 32
@@ -231,6 +236,77 @@ async def run(variants: tuple[int, ...], batches: tuple[int, ...]) -> dict:
 
 
 
+# --- Ultralight -------------------------------------------------------------------------------
+ULTRALIGHT_VARIANT = "ultralight"
+ULTRALIGHT_POINT_BUDGET_S = 2.0
+
+
+async def run_ultralight(batches: tuple[int, ...], hubert_size: str) -> dict:
+    """ms per frame of Ultralight (random UNet, random HuBERT of `hubert_size`: 'large' is the
+    real one), exported by `python -m export ultralight`: its two graphs in this process with
+    onnxruntime, and the ensemble through the embedded Triton over gRPC and shared memory."""
+    from export.ultralight_export import TINY_HUBERT
+    from export.ultralight_export import export_repository as export_ultralight
+    from export.ultralight_model import UltralightAudio, random_hubert, random_unet
+    from orchestrator.lipsync.ultralight import CROP_PX, UltralightClient, prepare
+
+    deployments: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="lipsync_ultralight_throughput_") as tmp:
+        repo = Path(tmp)
+        started = time.perf_counter()
+        hubert = random_hubert(**(TINY_HUBERT if hubert_size == "tiny" else {}))
+        report = export_ultralight(repo / ULTRALIGHT_VARIANT, random_unet(),
+                                   UltralightAudio(hubert), max_batch=max(batches))
+        export_s = time.perf_counter() - started
+        print(f"exported ultralight (HuBERT {hubert_size}) in {export_s:.0f} s", flush=True)
+        audio_session = adapter_session(repo / "ultralight_audio" / "1" / ONNX_FILE,
+                                        ["CPUExecutionProvider"])
+        unet_session = adapter_session(repo / "ultralight_unet" / "1" / ONNX_FILE,
+                                       ["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        async with EmbeddedTriton(repo, [ULTRALIGHT_VARIANT]) as server:
+            grpc = UltralightClient(server.url, model=ULTRALIGHT_VARIANT)
+            shm = UltralightClient(server.url, model=ULTRALIGHT_VARIANT, shared_memory=True)
+            try:
+                for batch in batches:
+                    audio = (0.1 * rng.standard_normal((batch, 10320))).astype(np.float32)
+                    face = prepare(rng.integers(0, 256, (batch, CROP_PX, CROP_PX, 3), np.uint8))
+
+                    async def ort_call(audio=audio, face=face) -> object:
+                        features = audio_session.run(None, {"audio": audio})[0]
+                        return unet_session.run(None, {"face": face, "features": features})
+
+                    async def grpc_call(audio=audio, face=face) -> np.ndarray:
+                        return await grpc.infer_face(audio, face)
+
+                    async def shm_call(audio=audio, face=face) -> np.ndarray:
+                        return await shm.infer_face(audio, face)
+
+                    timings = await time_calls(
+                        {ORT_CPU: ort_call, TRITON: grpc_call, TRITON_SHM: shm_call},
+                        ULTRALIGHT_POINT_BUDGET_S if batch <= 8 else 0.0)
+                    for name, timing in timings.items():
+                        deployments.setdefault(name, {})[str(batch)] = default_point(batch, timing)
+                    print(f"ultralight batch {batch}: " + ", ".join(
+                        f"{name} {deployments[name][str(batch)]['ms_per_frame']:.1f}"
+                        for name in timings) + " ms/frame", flush=True)
+            finally:
+                await shm.close()
+                await grpc.close()
+    return {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "onnxruntime": ort.__version__, "device": "CPU",
+                    "load_average_at_end": os.getloadavg()},
+        "hubert": hubert_size, "export_s": export_s,
+        "parity": {"unet": report.parity_unet, "audio": report.parity_audio},
+        "unit": "ms per frame: median seconds per call / batch (HuBERT on each frame's window, "
+                "then the UNet; the deployments alternate call by call)",
+        "weights": "random, real architecture (export.ultralight_model)",
+        "batches": list(batches),
+        "deployments": deployments,
+    }
+
+
 # --- the default model ------------------------------------------------------------------------
 def local_intra_op_threads(model_dir: Path) -> int:
     """The `intra_op_threads` parameter of the model's configs/local.pbtxt (0 when absent)."""
@@ -334,7 +410,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=[str(v) for v in VARIANTS],
-                        choices=[DEFAULT_VARIANT] + [str(v) for v in VARIANTS])
+                        choices=[DEFAULT_VARIANT, ULTRALIGHT_VARIANT] + [str(v) for v in VARIANTS])
+    parser.add_argument("--hubert", choices=["large", "tiny"], default="large",
+                        help="Ultralight's HuBERT: the real size, or 1 layer (a quick check)")
     parser.add_argument("--batches", type=int, nargs="+",
                         help=f"default: {list(BATCHES)} (Wav2Lip), {list(DEFAULT_BATCHES)} "
                              f"({DEFAULT_VARIANT})")
@@ -345,12 +423,18 @@ def main() -> None:
     args = parser.parse_args()
     # Merged: a run of one part keeps the figures of the others.
     result = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
-    wav2lip = tuple(int(v) for v in args.variants if v != DEFAULT_VARIANT)
+    wav2lip = tuple(int(v) for v in args.variants if v.isdigit())
     if DEFAULT_VARIANT in args.variants:
         runs = result.setdefault("default_model", {})
         runs[args.label] = asyncio.run(run_default(args.model_dir,
                                                    tuple(args.batches or DEFAULT_BATCHES)))
         print(default_table(runs))
+    if ULTRALIGHT_VARIANT in args.variants:
+        runs = result.setdefault(ULTRALIGHT_VARIANT, {})
+        runs[f"hubert_{args.hubert}"] = entry = asyncio.run(
+            run_ultralight(tuple(args.batches or DEFAULT_BATCHES), args.hubert))
+        print(default_table({f"ultralight, HuBERT {args.hubert}": entry | {
+            "intra_op_threads": 0}}).replace(DEFAULT_MODEL, ULTRALIGHT_VARIANT))
     if wav2lip:
         result.update(asyncio.run(run(wav2lip, tuple(args.batches or BATCHES))))
         print(table(result))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import onnx
@@ -13,6 +14,13 @@ from tiny_lipsync import TINY_CROP_PX, TINY_MODEL, _tiny_lipsync_onnx, _with_nam
 from orchestrator.lipsync.default import DEFAULT_LIPSYNC_EXPORT
 from orchestrator.lipsync.default import DEFAULT_LIPSYNC_MODEL as LIPSYNC_MODEL
 from orchestrator.triton.server import EmbeddedTriton
+
+# tests/ is on sys.path (pytest's rootdir insertion), so `import triton` would find the test
+# folder tests/triton/ as a namespace package; torch._dynamo (imported by transformers' HuBERT)
+# then takes it for OpenAI's Triton compiler and fails. Nothing here uses that package.
+sys.modules.setdefault("triton", None)
+
+pytest_plugins = ["ultralight_fixtures"]  # tests/support: one Ultralight export per session
 
 MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 LIPSYNC_ONNX = DEFAULT_LIPSYNC_EXPORT.onnx_path(MODEL_REPOSITORY)

@@ -16,12 +16,13 @@ MASK_FEATHER_FRACTION = 0.08
 
 
 @lru_cache(maxsize=32)
-def lower_face_mask(size: int, width: int | None = None) -> np.ndarray:
-    """float32 [size, width, 1] in [0, 1] (width defaults to size): 1 over the mouth and chin,
-    fading to 0 at the edges."""
+def lower_face_mask(size: int, width: int | None = None,
+                    top_fraction: float = MASK_TOP_FRACTION) -> np.ndarray:
+    """float32 [size, width, 1] in [0, 1] (width defaults to size): 1 over the mouth and chin
+    (from `top_fraction` of the height down), fading to 0 at the edges."""
     height, width = size, width or size
     mask = np.zeros((height, width), np.float32)
-    top = int(height * MASK_TOP_FRACTION)
+    top = int(height * top_fraction)
     side = int(width * MASK_SIDE_FRACTION)
     bottom = height - int(height * MASK_BOTTOM_FRACTION)
     mask[top:bottom, side : width - side] = 1.0
@@ -33,18 +34,22 @@ def lower_face_mask(size: int, width: int | None = None) -> np.ndarray:
 
 
 @lru_cache(maxsize=32)
-def _blend_weights(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _blend_weights(height: int, width: int,
+                   top_fraction: float = MASK_TOP_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """The lower-face mask as cv2.blendLinear's weights: float32 [height, width] for the crop
     and for the frame (1 - mask), each contiguous."""
-    mask = np.ascontiguousarray(lower_face_mask(height, width)[:, :, 0])
+    mask = np.ascontiguousarray(lower_face_mask(height, width, top_fraction)[:, :, 0])
     rest = np.ascontiguousarray(1.0 - mask, dtype=np.float32)
     mask.setflags(write=False)
     rest.setflags(write=False)
     return mask, rest
 
 
-def paste_face(frame: np.ndarray, box: np.ndarray, crop: np.ndarray) -> np.ndarray:
-    """Return a copy of `frame` (uint8 HxWx3) with `crop` (uint8 SxSx3) blended into `box`.
+def paste_face(frame: np.ndarray, box: np.ndarray, crop: np.ndarray,
+               top_fraction: float | None = None) -> np.ndarray:
+    """Return a copy of `frame` (uint8 HxWx3) with `crop` (uint8 SxSx3) blended into `box`,
+    from `top_fraction` of its height down (None: MASK_TOP_FRACTION; a model whose crop starts
+    lower on the face says how high its drawing reaches: lipsync/base.LipSyncModel).
 
     The box may extend past the frame edges (only the visible part is written) and need not be
     square (an imported LiveTalking box: the crop is stretched back into it). The blend is
@@ -60,7 +65,8 @@ def paste_face(frame: np.ndarray, box: np.ndarray, crop: np.ndarray) -> np.ndarr
     if fx0 >= fx1 or fy0 >= fy1:
         return out
     resized = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
-    weights, rest = _blend_weights(height, width)
+    weights, rest = _blend_weights(height, width, MASK_TOP_FRACTION if top_fraction is None
+                                   else top_fraction)
     cx0, cy0 = fx0 - x0, fy0 - y0
     cx1, cy1 = cx0 + (fx1 - fx0), cy0 + (fy1 - fy0)
     if (cx0, cy0, cx1, cy1) != (0, 0, width, height):  # past an edge: the visible part

@@ -130,12 +130,15 @@ def _shared(avatar: Avatar) -> Avatar:
 
 
 def _livetalking_model(folder: Path) -> str:
-    """The lip-sync model a LiveTalking folder uses: `livehuman.json` may name one."""
+    """The lip-sync model a LiveTalking folder uses: `livehuman.json` may name one; else an
+    Ultralight folder's (found from its files) or the default model."""
+    default = (livetalking.default_model(livetalking.folder_model(folder))
+               or DEFAULT_LIPSYNC_MODEL)
     overrides = folder / livetalking.OVERRIDES
     if not overrides.is_file():
-        return DEFAULT_LIPSYNC_MODEL
+        return default
     try:
-        model = json.loads(overrides.read_text()).get("lipsync_model", DEFAULT_LIPSYNC_MODEL)
+        model = json.loads(overrides.read_text()).get("lipsync_model", default)
     except (ValueError, AttributeError, OSError) as exc:
         raise ValueError(f"{folder.name}/{livetalking.OVERRIDES}: {exc}") from None
     if not isinstance(model, str) or not model:

@@ -60,6 +60,9 @@ class LipSyncModel(ABC):
     features: ClassVar[AudioFeatures]
     # The client that knows the family's tensors; `open` builds one per model.
     client_type: ClassVar[type[TensorModelClient]]
+    # How high on the crop the model's drawing is pasted from (a fraction of its height; None:
+    # the compositor's lower-face default, avatar/compositor.MASK_TOP_FRACTION).
+    paste_top_fraction: ClassVar[float | None] = None
 
     @staticmethod
     @abstractmethod

@@ -3,7 +3,8 @@ the model's metadata (each family says whether an input signature is its own), s
 needs no orchestrator setting. The families (lipsync/base.py):
 
 - `default.DefaultLipSync`: `mel`, `face` [B,3,S,S], `mouth` [B,4] (the project's default model);
-- `wav2lip.Wav2LipSync`: `mel`, `face` [B,6,S,S] (Wav2Lip).
+- `wav2lip.Wav2LipSync`: `mel`, `face` [B,6,S,S] (Wav2Lip);
+- `ultralight.UltralightSync`: `audio` [B,10320], `face` [B,6,160,160] (Ultralight).
 
 Silent frames (the features' `silent`) skip the model when the model says, in its Triton
 config, that its output for them is its input crop (base.SILENCE_RETURNS_FACE = "true"):
@@ -22,10 +23,11 @@ import numpy as np
 from ..triton.client import TritonModelClient
 from .base import LipSyncModel
 from .default import DefaultLipSync
+from .ultralight import UltralightSync
 from .wav2lip import Wav2LipSync
 
 # Asked in order; the first whose `accepts` takes a model's inputs is its family.
-FAMILIES: tuple[type[LipSyncModel], ...] = (DefaultLipSync, Wav2LipSync)
+FAMILIES: tuple[type[LipSyncModel], ...] = (DefaultLipSync, Wav2LipSync, UltralightSync)
 # `LipSyncModels(on_frames=...)` is told how many frames took each path.
 FRAMES_TO_MODEL = "model"
 FRAMES_SKIPPED_SILENT = "silence"

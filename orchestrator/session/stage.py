@@ -88,7 +88,8 @@ class Stage:
             index = avatar.frame_index(speech.avatar_tick)
             self.avatar_tick = speech.avatar_tick + 1
             self.shown = avatar
-            image = paste_face(avatar.frames[index], avatar.boxes[index], speech.face_crop)
+            image = paste_face(avatar.frames[index], avatar.boxes[index], speech.face_crop,
+                               speech.paste_top_fraction)
             shot, source = Shot(image, speech.audio), ("avatar", avatar.id)
         elif self.audiotype != IDLE:
             clip = self.clips[self.audiotype]

@@ -82,6 +82,7 @@ class SpeechFrame:
     avatar_tick: int  # the idle-loop position the crop was rendered against
     face_crop: np.ndarray  # uint8 [S, S, 3] RGB
     audio: np.ndarray  # float32 [640] at 16 kHz
+    paste_top_fraction: float | None = None  # the model's (lipsync/base.LipSyncModel)
 
     @property
     def avatar(self) -> Avatar:

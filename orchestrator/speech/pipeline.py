@@ -467,7 +467,8 @@ class SpeechPipeline:
             for k, tick in enumerate(ticks):
                 i = start + k
                 audio = sentence.audio[i * AUDIO_SAMPLES_PER_TICK : (i + 1) * AUDIO_SAMPLES_PER_TICK]
-                self._items.append(SpeechFrame(sentence.utterance, tick, crops[k], audio))
+                self._items.append(SpeechFrame(sentence.utterance, tick, crops[k], audio,
+                                               model.paste_top_fraction))
                 self._frames_ahead += 1
             self._next_avatar_tick = ticks[-1] + 1
             start = stop
