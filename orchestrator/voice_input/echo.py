@@ -58,6 +58,11 @@ PLAYED_ACTIVE_RMS = 10 ** (-60 / 20)  # a played frame above -60 dBFS is sound
 # The echo's gain is this percentile of the ratios (most echo frames stay under it; the user's
 # speech, which moves it up, is rarely most of the avatar's time)
 ECHO_GAIN_PERCENTILE = 90
+# Of the frames the gain is measured on, those over this many times the median ratio are the
+# user's voice, not echo (30 dB: an echo's loud frames stay well within that of its median, so
+# the echo's gain is not underestimated; a headset's microphone hears ~nothing of the avatar, and
+# a user who replies at once is far over that)
+ECHO_USER_OVER_MEDIAN = 10 ** (30 / 20)
 ECHO_CORRELATED = 0.5  # a delay is measured from levels that correlate this well (log levels)
 # The canceller's reference is shifted to this much before the measured delay: AEC3 finds the
 # rest itself (its range is ~500 ms).
@@ -266,7 +271,9 @@ class EchoGuard:
             for k in range(2, CLEAR_OF_ECHO_FRAMES + 1):
                 self._user[-k] = True
         self._since_measure += 1
-        if self._since_measure >= ECHO_MEASURE_EVERY_FRAMES:
+        # Until the first measurement, every frame: a user who answers a short first answer at
+        # once is judged against the measured path from the first frame it is due.
+        if self._since_measure >= ECHO_MEASURE_EVERY_FRAMES or not self.measured:
             self._since_measure = 0
             self._measure()
         return out
@@ -295,7 +302,12 @@ class EchoGuard:
         if np.count_nonzero(active) * VAD_FRAME_S < ECHO_MIN_ACTIVE_S:
             return
         mic = np.asarray(self._mic_rms)
-        self.gain = float(np.percentile(mic[active] / loudest[active], ECHO_GAIN_PERCENTILE))
+        ratios = mic[active] / loudest[active]
+        # The user's own speech is left out before the percentile is taken: frames far over what
+        # most frames show (ECHO_USER_OVER_MEDIAN). Until the path is measured the guard cannot
+        # flag them, and a user who answers a short answer at once is a good part of its frames.
+        ratios = ratios[ratios <= ECHO_USER_OVER_MEDIAN * np.median(ratios)]
+        self.gain = float(np.percentile(ratios, ECHO_GAIN_PERCENTILE))
         self.measured = True
         lag, score = self._best_lag(mic, ref)
         if lag is None or score < ECHO_CORRELATED:
