@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import default_lipsync, piper_voice, silero_vad, wav2lip_export
+from . import default_lipsync, musetalk_export, piper_voice, silero_vad, wav2lip_export
 
-COMMAND_MODULES = (default_lipsync, wav2lip_export, piper_voice, silero_vad)
+COMMAND_MODULES = (default_lipsync, wav2lip_export, musetalk_export, piper_voice, silero_vad)
 
 
 def main(argv: list[str] | None = None) -> None:
