@@ -1,5 +1,5 @@
-"""python -m avatars build (--image face.jpg | --video me.mp4) --id NAME | build-default |
-import-livetalking FOLDER --id NAME"""
+"""python -m avatars build (--image face.jpg | --video me.mp4) --id NAME [--model musetalk
+[--model-repository DIR]] | build-default | import-livetalking FOLDER --id NAME"""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import musetalk_avatar
 from .face_detection import FaceError
 from .livetalking import import_folder
 from .package import build_from_image, read_image
 from .video import MAX_LONG_SIDE_PX, MAX_SECONDS, build_from_video
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "data" / "avatars"
+DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
 
 def _progress(done: int, total: int) -> None:
@@ -38,17 +40,25 @@ def main(argv: list[str] | None = None) -> int:
                         f"idle or silent (at most {MAX_SECONDS:.0f} s; larger frames than "
                         f"{MAX_LONG_SIDE_PX} px are scaled down)")
     build.add_argument("--id", required=True, help="avatar id (letters, digits, _ and -)")
+    build.add_argument("--model", choices=("default", musetalk_avatar.MUSETALK_MODEL),
+                       default="default", help="the lip-sync model it speaks with: default, or "
+                       "musetalk (each frame's latents from the exported VAE encoder)")
+    build.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY,
+                       help="where `python -m export musetalk` wrote the models (--model musetalk)")
     default = sub.add_parser("build-default", help="build 'default' from the public-domain "
                              "NASA portrait shipped with scikit-image")
     for p in (build, default):
         p.add_argument("--seconds", type=float, default=4.0,
                        help="length of the idle loop made from a photo")
     imported = sub.add_parser("import-livetalking", help="convert a LiveTalking avatar folder "
-                              "(full_imgs/, face_imgs/, coords.pkl), keeping its face boxes")
+                              "(wav2lip: full_imgs/, face_imgs/, coords.pkl; musetalk: full_imgs/, "
+                              "mask/, latents.pt, coords.pkl, mask_coords.pkl), keeping its face "
+                              "boxes; the kind is found from its files")
     imported.add_argument("folder", type=Path, help="e.g. LiveTalking/data/avatars/wav2lip256_avatar1")
     imported.add_argument("--id", required=True, help="avatar id (letters, digits, _ and -)")
     imported.add_argument("--lipsync-model", help="the Triton model the avatar speaks with "
-                          "(default lipsync_default; e.g. wav2lip256 once exported)")
+                          "(default lipsync_default, musetalk for a MuseTalk folder; e.g. "
+                          "wav2lip256 once exported)")
     for p in (build, default, imported):
         p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     args = parser.parse_args(argv)
@@ -63,16 +73,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _build(args: argparse.Namespace) -> Path:
     if args.command == "import-livetalking":
+        if musetalk_avatar.is_musetalk_folder(args.folder):
+            return musetalk_avatar.import_folder(args.folder, args.id, args.out_dir,
+                                                 args.lipsync_model, _progress)
         return import_folder(args.folder, args.id, args.out_dir, args.lipsync_model, _progress)
+    if args.command == "build" and args.model == musetalk_avatar.MUSETALK_MODEL:
+        musetalk_avatar.encoder_onnx(args.model_repository)  # before the build: fail early
     if args.command == "build" and args.video:
-        return build_from_video(args.video, args.id, args.out_dir, _progress)
-    if args.command == "build":
-        rgb, avatar_id, source = read_image(args.image), args.id, str(args.image)
+        path = build_from_video(args.video, args.id, args.out_dir, _progress)
+    elif args.command == "build":
+        path = build_from_image(read_image(args.image), args.id, args.out_dir, args.seconds,
+                                str(args.image), _progress)
     else:
         from skimage import data
 
-        rgb, avatar_id, source = data.astronaut(), "default", "skimage.data.astronaut (NASA, public domain)"
-    return build_from_image(rgb, avatar_id, args.out_dir, args.seconds, source, _progress)
+        return build_from_image(data.astronaut(), "default", args.out_dir, args.seconds,
+                                "skimage.data.astronaut (NASA, public domain)", _progress)
+    if args.model == musetalk_avatar.MUSETALK_MODEL:
+        path = musetalk_avatar.add_musetalk(path, args.model_repository, progress=_progress)
+    return path
 
 
 if __name__ == "__main__":
