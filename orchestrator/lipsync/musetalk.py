@@ -144,7 +144,10 @@ class WhisperWindows:
         shape = (len(segments), WHISPER_MEL_FRAMES // 2, self.hidden_layers, WHISPER_DIM)
         future = asyncio.run_coroutine_threadsafe(
             self.client.infer_tensors({"mel": mel}, "hidden", shape), self.loop)
-        hidden = future.result(ENCODE_TIMEOUT_S)
+        try:
+            hidden = future.result(ENCODE_TIMEOUT_S)
+        finally:
+            future.cancel()  # a timeout (or this thread's end) stops the call on the loop too
         return hidden.reshape(-1, self.hidden_layers, WHISPER_DIM)[:positions]
 
     def windows(self, audio: np.ndarray, frame_count: int, first: int = 0) -> np.ndarray:

@@ -32,7 +32,7 @@ from orchestrator.triton.server import EmbeddedTriton
 
 SLOW_MODEL = "slow_lipsync"
 SECONDS_PER_FRAME = 0.08  # 12.5 frames/s: half of real time
-TEXT = "One, two, three, four, five, six."
+TEXT = "One, two, three, four."
 SAMPLES_PER_VIDEO_FRAME_48K = 1920
 
 SLOW_MODEL_PY = f'''
@@ -134,7 +134,7 @@ async def test_slow_lipsync_delays_speech_without_dropping_or_drifting(tmp_path)
             avatar = services.avatars.load("slow")
 
     # Nothing dropped: the same speech, frame for frame, as on a model faster than real time.
-    assert end["played_s"] > 1.0
+    assert end["played_s"] > 0.8
     assert abs(end["played_s"] - fast_end["played_s"]) <= 0.04 + 1e-6, (end, fast_end)
     # It was slower than real time: the speech was spread out, not cut short.
     assert end["time"] - start["time"] > 1.3 * end["played_s"], (start, end)
