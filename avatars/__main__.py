@@ -1,6 +1,5 @@
-"""python -m avatars build (--image face.jpg | --video me.mp4) --id NAME [--model ultralight] |
-build-default |
-import-livetalking FOLDER --id NAME"""
+"""python -m avatars build (--image face.jpg | --video me.mp4) --id NAME [--model ultralight |
+--model musetalk [--model-repository DIR]] | build-default | import-livetalking FOLDER --id NAME"""
 
 from __future__ import annotations
 
@@ -8,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import musetalk_avatar
 from .face_detection import FaceError
 from .livetalking import import_folder
 from .model_crops import MODEL_CROPS, model_crop
@@ -15,6 +15,7 @@ from .package import build_from_image, read_image
 from .video import MAX_LONG_SIDE_PX, MAX_SECONDS, build_from_video
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "data" / "avatars"
+DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
 
 def _progress(done: int, total: int) -> None:
@@ -40,21 +41,26 @@ def main(argv: list[str] | None = None) -> int:
                         f"idle or silent (at most {MAX_SECONDS:.0f} s; larger frames than "
                         f"{MAX_LONG_SIDE_PX} px are scaled down)")
     build.add_argument("--id", required=True, help="avatar id (letters, digits, _ and -)")
-    build.add_argument("--model", choices=sorted(MODEL_CROPS), default="default",
-                       help="the lip-sync model the avatar is cropped for (ultralight: "
-                       "LiveTalking's crop; speak with a UNet trained on this person)")
+    build.add_argument("--model", choices=sorted({*MODEL_CROPS, musetalk_avatar.MUSETALK_MODEL}),
+                       default="default", help="the lip-sync model it speaks with: default; "
+                       "ultralight (LiveTalking's crop; speak with a UNet trained on this person); "
+                       "musetalk (each frame's latents from the exported VAE encoder)")
+    build.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY,
+                       help="where `python -m export musetalk` wrote the models (--model musetalk)")
     default = sub.add_parser("build-default", help="build 'default' from the public-domain "
                              "NASA portrait shipped with scikit-image")
     for p in (build, default):
         p.add_argument("--seconds", type=float, default=4.0,
                        help="length of the idle loop made from a photo")
     imported = sub.add_parser("import-livetalking", help="convert a LiveTalking avatar folder "
-                              "(full_imgs/, face_imgs/, coords.pkl; wav2lip or ultralight, told "
-                              "by its files), keeping its face boxes")
+                              "(wav2lip or ultralight: full_imgs/, face_imgs/, coords.pkl; musetalk: full_imgs/, "
+                              "mask/, latents.pt, coords.pkl, mask_coords.pkl), keeping its face "
+                              "boxes; the kind is found from its files")
     imported.add_argument("folder", type=Path, help="e.g. LiveTalking/data/avatars/wav2lip256_avatar1")
     imported.add_argument("--id", required=True, help="avatar id (letters, digits, _ and -)")
     imported.add_argument("--lipsync-model", help="the Triton model the avatar speaks with "
-                          "(default lipsync_default, ultralight for an Ultralight folder; e.g. "
+                          "(default lipsync_default, musetalk for a MuseTalk folder, ultralight for an "
+                          "Ultralight folder; e.g. "
                           "wav2lip256 once exported)")
     for p in (build, default, imported):
         p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
@@ -70,17 +76,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _build(args: argparse.Namespace) -> Path:
     if args.command == "import-livetalking":
+        if musetalk_avatar.is_musetalk_folder(args.folder):
+            return musetalk_avatar.import_folder(args.folder, args.id, args.out_dir,
+                                                 args.lipsync_model, _progress)
         return import_folder(args.folder, args.id, args.out_dir, args.lipsync_model, _progress)
-    crop = model_crop(args.model) if args.command == "build" else None
+    crop = (model_crop(args.model)
+            if args.command == "build" and args.model in MODEL_CROPS else None)
+    if args.command == "build" and args.model == musetalk_avatar.MUSETALK_MODEL:
+        musetalk_avatar.encoder_onnx(args.model_repository)  # before the build: fail early
     if args.command == "build" and args.video:
-        return build_from_video(args.video, args.id, args.out_dir, _progress, crop=crop)
-    if args.command == "build":
-        rgb, avatar_id, source = read_image(args.image), args.id, str(args.image)
+        path = build_from_video(args.video, args.id, args.out_dir, _progress, crop=crop)
+    elif args.command == "build":
+        path = build_from_image(read_image(args.image), args.id, args.out_dir, args.seconds,
+                                str(args.image), _progress, crop)
     else:
         from skimage import data
 
-        rgb, avatar_id, source = data.astronaut(), "default", "skimage.data.astronaut (NASA, public domain)"
-    return build_from_image(rgb, avatar_id, args.out_dir, args.seconds, source, _progress, crop)
+        return build_from_image(data.astronaut(), "default", args.out_dir, args.seconds,
+                                "skimage.data.astronaut (NASA, public domain)", _progress)
+    if args.model == musetalk_avatar.MUSETALK_MODEL:
+        path = musetalk_avatar.add_musetalk(path, args.model_repository, progress=_progress)
+    return path
 
 
 if __name__ == "__main__":

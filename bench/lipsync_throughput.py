@@ -28,6 +28,14 @@ each batch size:
   `1/model.py`), one gRPC request of the whole batch at a time;
 - `onnxruntime_tensorrt`: onnxruntime's TensorRT provider (fp16), where onnxruntime has it and
   a GPU exists.
+`--models NAME ...` times lip-sync models through the embedded Triton only, in ms per frame at
+batches 1, 8 and 32 (`--batches`), the orchestrator's own client, random weights: each name is
+an entry of `TRITON_MODELS` (its export into the temporary repository and its call), so another
+family adds its line there. `musetalk` is the full-size MuseTalk 1.5 (~850 M-weight UNet: its
+export takes minutes and ~10 GB of memory), timed per frame through the served ensemble (UNet
+step + VAE decoder; the Whisper encoder, once per piece of speech, is timed per 30 s segment);
+`musetalk-tiny` the reduced configs (a smoke check). Results go to `models` of the JSON.
+
 Plus the Triton overhead: in-process frames/s divided by Triton frames/s at each batch size; the
 in-process and Triton calls alternate, so load from elsewhere on a shared machine hits both alike.
 Each point is the median of several timed calls after one warmup call; batches of 16+ of the
@@ -48,6 +56,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +316,115 @@ async def run_ultralight(batches: tuple[int, ...], hubert_size: str) -> dict:
     }
 
 
+# --- any lip-sync model through Triton (--models) --------------------------------------------
+@dataclass(frozen=True)
+class TritonModelBench:
+    """One `--models` entry: `export(repo)` writes its Triton folders into `repo` and returns
+    the model names to wait for; `calls(url, batch)` returns {part: (call, frames per call)}
+    and a close."""
+
+    export: Callable[[Path], list[str]]
+    calls: Callable[[str, int], tuple[dict[str, tuple[Call, int]], Callable[[], Awaitable]]]
+
+
+def _musetalk_export(tiny: bool) -> Callable[[Path], list[str]]:
+    def export(repo: Path) -> list[str]:
+        from export import musetalk_configs as mc
+        from export.musetalk_export import build_models, export_repository
+
+        models = (build_models(mc.TINY_UNET, mc.TINY_VAE, mc.TINY_WHISPER) if tiny else
+                  build_models(mc.MUSETALK_UNET, mc.SD_VAE_FT_MSE, mc.WHISPER_TINY))
+        report = export_repository(repo / "musetalk", models, max_batch=64, tensorrt=False)
+        print(f"exported musetalk{'-tiny' if tiny else ''}: parity {report.parity_fp32}",
+              flush=True)
+        return ["musetalk", "musetalk_audio"]
+    return export
+
+
+def _musetalk_calls(url: str, batch: int):
+    from orchestrator.lipsync.musetalk import MuseTalkClient
+
+    client = MuseTalkClient(url, "musetalk", timeout_s=600.0)
+    metadata: dict = {}
+
+    async def frames() -> np.ndarray:
+        if "window" not in metadata:
+            inputs = await client.input_shapes()
+            metadata["window"] = inputs["whisper"][1]
+        rng = np.random.default_rng(batch)
+        latents = rng.normal(size=(batch, 8, 32, 32)).astype(np.float32)
+        whisper = rng.normal(size=(batch, metadata["window"], 384)).astype(np.float32)
+        return await client.infer_face(latents, whisper)
+
+    async def audio() -> np.ndarray:
+        if "layers" not in metadata:
+            metadata["layers"] = (await client.input_shapes())["whisper"][1] // 10
+        mel = np.random.default_rng(0).uniform(-1, 1, (1, 80, 3000)).astype(np.float32)
+        return await client.audio.infer_tensors({"mel": mel}, "hidden",
+                                                (1, 1500, metadata["layers"], 384))
+
+    calls = {"frames": (frames, batch)}
+    if batch == 1:  # once: the encoder's cost does not depend on the frame batch
+        calls["audio_encoder_per_30s"] = (audio, 1)
+    return calls, client.close
+
+
+TRITON_MODELS: dict[str, TritonModelBench] = {
+    "musetalk": TritonModelBench(_musetalk_export(tiny=False), _musetalk_calls),
+    "musetalk-tiny": TritonModelBench(_musetalk_export(tiny=True), _musetalk_calls),
+}
+
+
+async def run_models(names: list[str], batches: tuple[int, ...]) -> dict:
+    """ms per frame of each model through the embedded Triton (one call after another)."""
+    out: dict = {}
+    for name in names:
+        bench = TRITON_MODELS[name]
+        with tempfile.TemporaryDirectory(prefix=f"lipsync_{name}_") as tmp:
+            repo = Path(tmp)
+            started = time.perf_counter()
+            models = await asyncio.get_running_loop().run_in_executor(None, bench.export, repo)
+            entry = out[name] = {"export_s": time.perf_counter() - started, "ms_per_frame": {}}
+            async with EmbeddedTriton(repo, models, timeout_s=600) as server:
+                for batch in batches:
+                    calls, close = bench.calls(server.url, batch)
+                    try:
+                        budget = POINT_BUDGET_S if batch <= 8 else 0.0
+                        timings = await time_calls({k: c for k, (c, _) in calls.items()}, budget,
+                                                   MAX_CALLS)
+                    finally:
+                        await close()
+                    for part, timing in timings.items():
+                        frames = calls[part][1]
+                        key = "ms_per_frame" if part == "frames" else part
+                        entry.setdefault(key, {})[str(batch)] = \
+                            1000 * timing["median_s"] / frames
+                    print(f"{name} batch {batch}: {entry['ms_per_frame'][str(batch)]:.1f} "
+                          "ms/frame through Triton", flush=True)
+    return {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "onnxruntime": ort.__version__, "device": "CPU",
+                        "load_average_at_end": os.getloadavg()},
+            "unit": "ms per frame: median seconds per call / batch, through the embedded Triton "
+                    "(python-backend onnxruntime adapters), the orchestrator's client",
+            "weights": "random, real architecture", "batches": list(batches), "models": out}
+
+
+def models_table(result: dict) -> str:
+    batches = result["batches"]
+    lines = ["\nLip-sync models through Triton (ms per frame)",
+             "| model | " + " | ".join(f"batch {b}" for b in batches) + " |",
+             "|---" * (len(batches) + 1) + "|"]
+    for name, entry in result["models"].items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{entry['ms_per_frame'][str(b)]:.1f}" if str(b) in entry["ms_per_frame"] else "-"
+            for b in batches) + " |")
+        for part, points in entry.items():
+            if part not in ("ms_per_frame", "export_s"):
+                lines.append(f"| {name} {part} (ms) | " + " | ".join(
+                    f"{v:.1f}" for v in points.values()) + " |")
+    return "\n".join(lines)
+
+
 # --- the default model ------------------------------------------------------------------------
 def local_intra_op_threads(model_dir: Path) -> int:
     """The `intra_op_threads` parameter of the model's configs/local.pbtxt (0 when absent)."""
@@ -409,10 +527,14 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=[str(v) for v in VARIANTS],
-                        choices=[DEFAULT_VARIANT, ULTRALIGHT_VARIANT] + [str(v) for v in VARIANTS])
+    parser.add_argument("--variants", nargs="*", default=None,
+                        choices=[DEFAULT_VARIANT, ULTRALIGHT_VARIANT] + [str(v) for v in VARIANTS],
+                        help="Wav2Lip sizes, the default model and/or ultralight (default: 96 256, "
+                             "unless --models is given)")
     parser.add_argument("--hubert", choices=["large", "tiny"], default="large",
                         help="Ultralight's HuBERT: the real size, or 1 layer (a quick check)")
+    parser.add_argument("--models", nargs="+", default=[], choices=sorted(TRITON_MODELS),
+                        help="lip-sync models timed through Triton in ms per frame")
     parser.add_argument("--batches", type=int, nargs="+",
                         help=f"default: {list(BATCHES)} (Wav2Lip), {list(DEFAULT_BATCHES)} "
                              f"({DEFAULT_VARIANT})")
@@ -423,6 +545,14 @@ def main() -> None:
     args = parser.parse_args()
     # Merged: a run of one part keeps the figures of the others.
     result = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
+    if args.variants is None:
+        args.variants = [] if args.models else [str(v) for v in VARIANTS]
+    if args.models:
+        ran = asyncio.run(run_models(args.models, tuple(args.batches or DEFAULT_BATCHES)))
+        merged = result.setdefault("models", {"models": {}})
+        merged.update({k: v for k, v in ran.items() if k != "models"})
+        merged["models"].update(ran["models"])
+        print(models_table(ran))
     wav2lip = tuple(int(v) for v in args.variants if v.isdigit())
     if DEFAULT_VARIANT in args.variants:
         runs = result.setdefault("default_model", {})

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import argparse
 
-from . import default_lipsync, piper_voice, silero_vad, ultralight_export, wav2lip_export
+from . import (
+    default_lipsync,
+    musetalk_export,
+    piper_voice,
+    silero_vad,
+    ultralight_export,
+    wav2lip_export,
+)
 
-COMMAND_MODULES = (default_lipsync, wav2lip_export, ultralight_export, piper_voice, silero_vad)
+COMMAND_MODULES = (default_lipsync, wav2lip_export, musetalk_export, ultralight_export,
+                   piper_voice, silero_vad)
 
 
 def main(argv: list[str] | None = None) -> None:

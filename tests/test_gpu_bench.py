@@ -6,6 +6,7 @@ third-party package but torch: the GPU machine has torch and nothing of ours ins
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -60,3 +61,33 @@ def test_cpu_smoke_from_a_bare_copy(tmp_path):
     assert best["sessions_at_25fps"] == int(best["frames_per_s"] // SESSION_FPS)
     assert "wav2lip96: " in done.stdout and model["errors"] == {}
 
+
+
+MUSETALK_SCRIPT = Path("bench") / "gpu" / "musetalk_throughput.py"
+
+
+def test_musetalk_cpu_smoke_from_a_bare_copy(tmp_path):
+    """bench/gpu/musetalk_throughput.py on CPU, reduced configs: torch, diffusers and
+    transformers only (none of the server's dependencies, no onnx)."""
+    if importlib.util.find_spec("diffusers") is None:  # not imported here: see test_musetalk
+        pytest.skip("the MuseTalk benchmark needs diffusers (the export extra)")
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO / "export", copy / "export",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / MUSETALK_SCRIPT).parent.mkdir(parents=True)
+    for script in (SCRIPT, MUSETALK_SCRIPT):
+        shutil.copy(REPO / script, copy / script)
+    output = tmp_path / "gpu_musetalk.json"
+    runner = RUNNER.format(not_needed=NOT_NEEDED)
+    done = subprocess.run(
+        [sys.executable, "-c", runner, str(copy / MUSETALK_SCRIPT), "--device", "cpu", "--tiny",
+         "--batches", "1,2", "--iters", "1", "--rounds", "1", "--warmup", "1",
+         "--modes", "eager,graphs", "--output", str(output)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    model = result["models"]["musetalk_tiny"]
+    assert result["not_run"] == ["graphs: needs CUDA"]
+    assert [r["batch"] for r in model["modes"]["eager"]] == [1, 2]
+    assert model["best"]["sessions_at_25fps"] == int(model["best"]["frames_per_s"] // SESSION_FPS)
+    assert model["audio_encoder"]["ms_per_segment"] > 0 and model["errors"] == {}

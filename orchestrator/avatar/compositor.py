@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
@@ -75,6 +76,58 @@ def paste_face(frame: np.ndarray, box: np.ndarray, crop: np.ndarray,
         rest = np.ascontiguousarray(rest[cy0:cy1, cx0:cx1])
     region = np.ascontiguousarray(out[fy0:fy1, fx0:fx1])
     out[fy0:fy1, fx0:fx1] = cv2.blendLinear(resized, region, weights, rest)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class BlendMasks:
+    """An avatar's own blending masks (LiveTalking's MuseTalk avatars): per frame, a region of
+    the frame (`boxes` int32 [N, 4] x0, y0, x1, y1) and the weights of the lip-synced picture in
+    it (`weights` float32 [h, w] in [0, 1], the region's size). Read-only."""
+
+    boxes: np.ndarray
+    weights: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(cls, masks: list[np.ndarray], boxes: np.ndarray) -> BlendMasks:
+        """uint8 grey masks (0..255) and their boxes; ValueError when the counts differ."""
+        if len(masks) != len(boxes):
+            raise ValueError(f"{len(masks)} masks for {len(boxes)} boxes")
+        weights = []
+        for mask in masks:
+            weight = np.ascontiguousarray(mask, np.float32) / np.float32(255.0)
+            weight.setflags(write=False)
+            weights.append(weight)
+        boxes = np.asarray(boxes, np.int32)
+        boxes.setflags(write=False)
+        return cls(boxes, tuple(weights))
+
+
+def paste_masked(frame: np.ndarray, box: np.ndarray, crop: np.ndarray, masks: BlendMasks,
+                 index: int) -> np.ndarray:
+    """A copy of `frame` (uint8 HxWx3) with `crop` (uint8 SxSx3) resized into `box`, blended
+    through the avatar's own mask `index` over its region (LiveTalking's get_image_blending):
+    inside the region the frame with the crop in its box, weighted by the mask. The parts of the
+    region past the frame's edges are left out."""
+    out = frame.copy()
+    x0, y0, x1, y1 = (int(v) for v in box)
+    composed = frame.copy()
+    fx0, fy0 = max(x0, 0), max(y0, 0)
+    fx1, fy1 = min(x1, frame.shape[1]), min(y1, frame.shape[0])
+    if fx0 < fx1 and fy0 < fy1:
+        resized = cv2.resize(crop, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+        composed[fy0:fy1, fx0:fx1] = resized[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
+    mx0, my0, mx1, my1 = (int(v) for v in masks.boxes[index])
+    weights = masks.weights[index]
+    rx0, ry0 = max(mx0, 0), max(my0, 0)
+    rx1, ry1 = min(mx1, frame.shape[1]), min(my1, frame.shape[0])
+    if rx0 >= rx1 or ry0 >= ry1:
+        return out
+    weight = np.ascontiguousarray(weights[ry0 - my0 : ry1 - my0, rx0 - mx0 : rx1 - mx0])
+    rest = np.ascontiguousarray(1.0 - weight, dtype=np.float32)
+    out[ry0:ry1, rx0:rx1] = cv2.blendLinear(np.ascontiguousarray(composed[ry0:ry1, rx0:rx1]),
+                                            np.ascontiguousarray(frame[ry0:ry1, rx0:rx1]),
+                                            weight, rest)
     return out
 
 

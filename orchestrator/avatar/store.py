@@ -1,23 +1,27 @@
 """Avatar packages (docs/INTERFACES.md), loaded once by id and shared read-only by all sessions.
 
 A LiveTalking avatar folder (`full_imgs/`, `face_imgs/`, `coords.pkl`) in the avatar directory
-loads as it is (avatars/livetalking.py), with its own boxes and its mirrored loop."""
+loads as it is (avatars/livetalking.py), with its own boxes and its mirrored loop; so does a
+LiveTalking MuseTalk folder (`latents.pt`, `mask/`, `mask_coords.pkl`: avatars/musetalk_avatar.py),
+with its latents and blending masks, speaking with the `musetalk` model."""
 
 from __future__ import annotations
 
 import json
 import re
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from avatars import livetalking
+from avatars import livetalking, musetalk_avatar
 
 from ..media.clock import VIDEO_FPS
 from ..settings import DEFAULT_LIPSYNC_MODEL
+from .compositor import BlendMasks
 
 FORMAT = "livehuman-avatar"
 SUPPORTED_VERSIONS = (1,)
@@ -42,6 +46,11 @@ class Avatar:
     # LiveTalking boxes are not square: their crop is stretched to S x S, as LiveTalking does)
     mouth: np.ndarray  # float32 [N, 4] relative to the box (x to its width, y to its height)
     loop: str = "ping-pong"
+    # Per-frame arrays a lip-sync family reads besides the crops (lipsync/base.avatar_inputs):
+    # "latents" float32 [N, 8, 32, 32] for MuseTalk. Read-only.
+    model_inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # The avatar's own blending masks (LiveTalking MuseTalk avatars); None: the compositor's.
+    blend_masks: BlendMasks | None = None
 
     def frame_index(self, tick: int) -> int:
         """The idle loop. ping-pong: 0, 1, ..., N-1, N-2, ..., 1, 0, 1, ...;
@@ -120,20 +129,50 @@ def load_avatar(folder: Path) -> Avatar:
         height=stacked.shape[1], crop_size=int(manifest["crop_size"]),
         lipsync_model=manifest.get("lipsync_model", DEFAULT_LIPSYNC_MODEL),
         frames=stacked, boxes=boxes, mouth=mouth, loop=loop,
+        model_inputs=_model_inputs(folder, manifest, count),
+        blend_masks=_blend_masks(folder, manifest, count),
     ))
 
 
+def _model_inputs(folder: Path, manifest: dict, count: int) -> dict[str, np.ndarray]:
+    """The manifest's `model_inputs` ({name: "file.npy"}): one row per frame each."""
+    inputs = {}
+    for name, relative in (manifest.get("model_inputs") or {}).items():
+        array = np.load(_member(folder, str(relative)), allow_pickle=False)
+        if len(array) != count:
+            raise ValueError(f"{folder.name}: model input {name!r} has {len(array)} rows for "
+                             f"{count} frames")
+        inputs[str(name)] = array.astype(np.float32, copy=False)
+    return inputs
+
+
+def _blend_masks(folder: Path, manifest: dict, count: int) -> BlendMasks | None:
+    """The manifest's `blend_masks` ({"masks": "masks/%05d.png", "boxes": "file.npy"})."""
+    spec = manifest.get("blend_masks")
+    if not spec:
+        return None
+    boxes = np.load(_member(folder, str(spec["boxes"])), allow_pickle=False).astype(np.int32)
+    masks = []
+    for k in range(count):
+        mask = cv2.imread(str(_member(folder, str(spec["masks"]) % k)), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ValueError(f"{folder.name}: blending mask {k} is missing or unreadable")
+        masks.append(mask)
+    return BlendMasks.of(masks, boxes)
+
+
 def _shared(avatar: Avatar) -> Avatar:
-    for array in (avatar.frames, avatar.boxes, avatar.mouth):
+    for array in (avatar.frames, avatar.boxes, avatar.mouth, *avatar.model_inputs.values()):
         array.setflags(write=False)  # shared by every session: nobody may paint on it
     return avatar
 
 
-def _livetalking_model(folder: Path) -> str:
-    """The lip-sync model a LiveTalking folder uses: `livehuman.json` may name one; else an
-    Ultralight folder's (found from its files) or the default model."""
-    default = (livetalking.default_model(livetalking.folder_model(folder))
-               or DEFAULT_LIPSYNC_MODEL)
+def _livetalking_model(folder: Path, default: str | None = None) -> str:
+    """The lip-sync model a LiveTalking folder uses: `livehuman.json` may name one; else
+    `default`, or an Ultralight folder's (found from its files) or the default model."""
+    if default is None:
+        default = (livetalking.default_model(livetalking.folder_model(folder))
+                   or DEFAULT_LIPSYNC_MODEL)
     overrides = folder / livetalking.OVERRIDES
     if not overrides.is_file():
         return default
@@ -148,6 +187,8 @@ def _livetalking_model(folder: Path) -> str:
 
 def load_livetalking_avatar(folder: Path) -> Avatar:
     """A LiveTalking folder as it is (ValueError naming what is wrong with it)."""
+    if musetalk_avatar.is_musetalk_folder(folder):
+        return load_musetalk_avatar(folder)
     loaded = livetalking.load(folder)
     return _shared(Avatar(
         id=folder.name, fps=VIDEO_FPS,  # LiveTalking plays every avatar at 25 fps, as we do
@@ -157,6 +198,20 @@ def load_livetalking_avatar(folder: Path) -> Avatar:
         mouth=loaded.mouth, loop=loaded.loop,
     ))
 
+
+
+def load_musetalk_avatar(folder: Path) -> Avatar:
+    """A LiveTalking MuseTalk folder as it is: its boxes, latents and blending masks; it speaks
+    with `musetalk` (or what `livehuman.json` names)."""
+    loaded = musetalk_avatar.load(folder)
+    return _shared(Avatar(
+        id=folder.name, fps=VIDEO_FPS, width=loaded.frames.shape[2],
+        height=loaded.frames.shape[1], crop_size=musetalk_avatar.FACE_PX,
+        lipsync_model=_livetalking_model(folder, musetalk_avatar.MUSETALK_MODEL),
+        frames=loaded.frames, boxes=loaded.boxes, mouth=loaded.mouth, loop=loaded.loop,
+        model_inputs={"latents": loaded.latents},
+        blend_masks=BlendMasks.of(loaded.masks, loaded.mask_boxes),
+    ))
 
 
 class AvatarStore:
@@ -219,6 +274,13 @@ class AvatarStore:
 
 def _livetalking_info(folder: Path) -> AvatarInfo:
     """A listing entry for a LiveTalking folder: its counts checked, one frame's size read."""
+    if musetalk_avatar.is_musetalk_folder(folder):
+        frames = livetalking._numbered_images(folder / livetalking.FULL_IMGS, "frame")
+        header = cv2.imread(str(frames[0]), cv2.IMREAD_COLOR)
+        if header is None:
+            raise ValueError(f"{folder.name}: first frame unreadable")
+        return AvatarInfo(folder.name, len(frames), int(header.shape[1]), int(header.shape[0]),
+                          "LiveTalking MuseTalk avatar folder")
     checked = livetalking.open_folder(folder)
     header = cv2.imread(str(checked.frames[0]), cv2.IMREAD_COLOR)
     if header is None:

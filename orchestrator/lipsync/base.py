@@ -63,6 +63,9 @@ class LipSyncModel(ABC):
     # How high on the crop the model's drawing is pasted from (a fraction of its height; None:
     # the compositor's lower-face default, avatar/compositor.MASK_TOP_FRACTION).
     paste_top_fraction: ClassVar[float | None] = None
+    # Per-frame arrays of the avatar the family reads besides its crops (Avatar.model_inputs,
+    # e.g. MuseTalk's "latents"): `render` gets each, for the batch's frames, as a keyword.
+    avatar_inputs: ClassVar[tuple[str, ...]] = ()
 
     @staticmethod
     @abstractmethod
@@ -88,8 +91,9 @@ class LipSyncModel(ABC):
     async def render(self, windows: np.ndarray, crops: np.ndarray,
                      mouth: np.ndarray) -> np.ndarray:
         """windows float32 [B, *features.window_shape], crops uint8 [B,S,S,3] RGB, mouth
-        float32 [B,4] (the avatar's mouth geometry) -> uint8 [B,S,S,3] RGB. Raises ValueError
-        for inconsistent shapes, InferenceServerException from Triton."""
+        float32 [B,4] (the avatar's mouth geometry) -> uint8 [B,S,S,3] RGB; a family with
+        `avatar_inputs` also gets those arrays [B, ...] by name. Raises ValueError for
+        inconsistent shapes, InferenceServerException from Triton."""
 
 
 def silence_returns_face(config: dict) -> bool:

@@ -4,6 +4,7 @@ needs no orchestrator setting. The families (lipsync/base.py):
 
 - `default.DefaultLipSync`: `mel`, `face` [B,3,S,S], `mouth` [B,4] (the project's default model);
 - `wav2lip.Wav2LipSync`: `mel`, `face` [B,6,S,S] (Wav2Lip);
+- `musetalk.MuseTalkSync`: `latents` [B,8,32,32], `whisper` [B,10L,384] (MuseTalk 1.5).
 - `ultralight.UltralightSync`: `audio` [B,10320], `face` [B,6,160,160] (Ultralight).
 
 Silent frames (the features' `silent`) skip the model when the model says, in its Triton
@@ -23,11 +24,13 @@ import numpy as np
 from ..triton.client import TritonModelClient
 from .base import LipSyncModel
 from .default import DefaultLipSync
+from .musetalk import MuseTalkSync
 from .ultralight import UltralightSync
 from .wav2lip import Wav2LipSync
 
 # Asked in order; the first whose `accepts` takes a model's inputs is its family.
-FAMILIES: tuple[type[LipSyncModel], ...] = (DefaultLipSync, Wav2LipSync, UltralightSync)
+FAMILIES: tuple[type[LipSyncModel], ...] = (DefaultLipSync, Wav2LipSync, MuseTalkSync,
+                                            UltralightSync)
 # `LipSyncModels(on_frames=...)` is told how many frames took each path.
 FRAMES_TO_MODEL = "model"
 FRAMES_SKIPPED_SILENT = "silence"
@@ -59,10 +62,12 @@ class LipSyncModels:
             return self._models[name]
 
     async def render(self, model: LipSyncModel, windows: np.ndarray, silent: np.ndarray,
-                     crops: np.ndarray, mouth: np.ndarray) -> np.ndarray:
+                     crops: np.ndarray, mouth: np.ndarray,
+                     avatar_inputs: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """`model.render`, sending only what it needs to see: windows float32
         [B, *model.features.window_shape], silent bool [B] (model.features.silent), crops uint8
-        [B,S,S,3] RGB, mouth [B,4] -> uint8 [B,S,S,3].
+        [B,S,S,3] RGB, mouth [B,4], avatar_inputs: the frames' arrays the model's family reads
+        (its `avatar_inputs`, [B, ...] each) -> uint8 [B,S,S,3].
 
         Where the model returns its input for silence, silent frames are their own crop and
         are not sent (no Triton call at all when every frame is silent).
@@ -72,12 +77,14 @@ class LipSyncModels:
         if skip.shape != (len(windows),):
             raise ValueError(f"silent must be [{len(windows)}], got {list(skip.shape)}")
         sent = ~skip
+        extra = avatar_inputs or {}
         if not skip.any():
-            out = await model.render(windows, crops, mouth)
+            out = await model.render(windows, crops, mouth, **extra)
         else:
             out = crops.copy()
             if sent.any():
-                out[sent] = await model.render(windows[sent], crops[sent], mouth[sent])
+                out[sent] = await model.render(windows[sent], crops[sent], mouth[sent],
+                                               **{k: v[sent] for k, v in extra.items()})
         if self._on_frames is not None:
             self._on_frames(FRAMES_TO_MODEL, int(sent.sum()))
             self._on_frames(FRAMES_SKIPPED_SILENT, int(skip.sum()))
@@ -103,6 +110,7 @@ def family_of(name: str, inputs: dict[str, list[int]]) -> type[LipSyncModel]:
     for family in FAMILIES:
         if family.accepts(inputs):
             return family
-    if "face" not in inputs or "mel" not in inputs:
-        raise ValueError(f"lip-sync model {name!r} has no 'mel' and 'face' inputs: {inputs}")
+    if ("face" not in inputs or "mel" not in inputs) and "whisper" not in inputs:
+        raise ValueError(f"lip-sync model {name!r} has no 'mel' and 'face' inputs "
+                         f"(nor MuseTalk's 'whisper' and 'latents'): {inputs}")
     raise ValueError(f"lip-sync model {name!r}: unknown input signature {inputs}")

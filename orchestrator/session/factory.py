@@ -171,10 +171,15 @@ class SessionFactory:
 
     async def _check_lipsync_model(self, avatar: Avatar, name: str) -> None:
         try:
-            await self.lipsync_models.get(avatar.lipsync_model)
+            model = await self.lipsync_models.get(avatar.lipsync_model)
         except Exception as exc:  # not served, not ready, or not a lip-sync signature
             raise ApiError(503, f"avatar '{avatar.id}' ({name}) needs lip-sync model "
                            f"'{avatar.lipsync_model}', which Triton does not serve: {exc}") from None
+        missing = [k for k in model.avatar_inputs if k not in avatar.model_inputs]
+        if missing:  # e.g. MuseTalk's latents, made when the avatar is built for it
+            raise ApiError.bad_request(
+                f"field 'avatar': avatar '{avatar.id}' ({name}) has no {', '.join(missing)} "
+                f"for lip-sync model '{avatar.lipsync_model}' (build it with --model musetalk)")
 
     async def clips(self, custom_config: list | None, width: int, height: int) -> dict[int, Clip]:
         """custom_config checked, then its clips from the shared cache (decoded once per file

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..avatar.clips import Clip
-from ..avatar.compositor import crossfade, fit_to, paste_face
+from ..avatar.compositor import crossfade, fit_to, paste_face, paste_masked
 from ..avatar.store import Avatar
 from ..errors import ApiError
 from ..media.clock import AUDIO_SAMPLES_PER_TICK
@@ -88,8 +88,12 @@ class Stage:
             index = avatar.frame_index(speech.avatar_tick)
             self.avatar_tick = speech.avatar_tick + 1
             self.shown = avatar
-            image = paste_face(avatar.frames[index], avatar.boxes[index], speech.face_crop,
-                               speech.paste_top_fraction)
+            if avatar.blend_masks is not None:  # the avatar's own masks (LiveTalking MuseTalk)
+                image = paste_masked(avatar.frames[index], avatar.boxes[index], speech.face_crop,
+                                     avatar.blend_masks, index)
+            else:
+                image = paste_face(avatar.frames[index], avatar.boxes[index], speech.face_crop,
+                                   speech.paste_top_fraction)
             shot, source = Shot(image, speech.audio), ("avatar", avatar.id)
         elif self.audiotype != IDLE:
             clip = self.clips[self.audiotype]

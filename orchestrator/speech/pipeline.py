@@ -460,10 +460,11 @@ class SpeechPipeline:
             ticks = list(range(first_tick, first_tick + (stop - start)))
             avatar = sentence.utterance.avatar
             model = await self._lipsync.get(avatar.lipsync_model)
-            faces, mouths = _crops(avatar, ticks, model.crop_size)
+            faces, mouths, extra = _crops(avatar, ticks, model.crop_size, model.avatar_inputs)
             with stage_timing.timed(stage_timing.LIPSYNC_REQUEST):
                 crops = await self._lipsync.render(model, sentence.windows[start:stop],
-                                                   sentence.silent[start:stop], faces, mouths)
+                                                   sentence.silent[start:stop], faces, mouths,
+                                                   extra)
             for k, tick in enumerate(ticks):
                 i = start + k
                 audio = sentence.audio[i * AUDIO_SAMPLES_PER_TICK : (i + 1) * AUDIO_SAMPLES_PER_TICK]
@@ -516,8 +517,17 @@ def without_lead_silence(audio: np.ndarray, rate_hz: int) -> np.ndarray | None:
     return audio[max(int(loud[0]) - round(LEAD_SILENCE_KEPT_S * rate_hz), 0):]
 
 
-def _crops(avatar: Avatar, ticks: list[int], size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs for the avatar frames these ticks will show: RGB face crops and mouth geometry."""
+def _crops(avatar: Avatar, ticks: list[int], size: int | None, inputs: tuple[str, ...] = (),
+           ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Model inputs for the avatar frames these ticks will show: RGB face crops, mouth geometry
+    and the avatar's arrays named in `inputs` (the model's avatar_inputs; ValueError naming the
+    one the avatar lacks)."""
     indices = [avatar.frame_index(t) for t in ticks]
     faces = np.stack([avatar.crop_rgb(i, size) for i in indices])
-    return faces, avatar.mouth[indices]
+    extra = {}
+    for name in inputs:
+        if name not in avatar.model_inputs:
+            raise ValueError(f"avatar {avatar.id!r} has no {name!r} for lip-sync model "
+                             f"{avatar.lipsync_model!r}")
+        extra[name] = avatar.model_inputs[name][indices]
+    return faces, avatar.mouth[indices], extra
