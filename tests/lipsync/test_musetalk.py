@@ -418,3 +418,21 @@ def test_the_full_size_export(tmp_path):
     out = session.run(None, {"latents": np.zeros((2, 8, 32, 32), np.float32),
                              "whisper": np.zeros((2, 50, 384), np.float32)})[0]
     assert out.shape == (2, 4, 32, 32)
+
+
+def test_fp16_graphs_keep_fp32_tensors(exported, tmp_path):
+    """--fp16 (the container's graphs): the UNet and decoder (Resize in their upsamplers, whose
+    scales must stay float32) in fp16 inside, fp32 tensors in and out, close to the fp32 graph."""
+    from export.musetalk_export import FP16_TOLERANCE, to_fp16
+
+    rng = np.random.default_rng(9)
+    feeds = {"unet": {"latents": rng.normal(size=(2, 8, 32, 32)).astype(np.float32),
+                      "whisper": rng.normal(size=(2, 20, 384)).astype(np.float32)},
+             "decoder": {"pred": rng.normal(size=(2, 4, 32, 32)).astype(np.float32)}}
+    for part, folder in (("unet", f"{NAME}_unet"), ("decoder", f"{NAME}_vae_decoder")):
+        fp32 = exported / folder / "1" / "model.onnx"
+        fp16 = to_fp16(fp32, tmp_path / f"{part}_fp16.onnx")
+        full = ort.InferenceSession(str(fp32)).run(None, feeds[part])[0]
+        half = ort.InferenceSession(str(fp16)).run(None, feeds[part])[0]
+        assert half.dtype == np.float32 and half.shape == full.shape
+        assert np.abs(half - full).max() <= FP16_TOLERANCE[part], part
