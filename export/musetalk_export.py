@@ -332,10 +332,25 @@ def _resave(path: Path, graph: onnx.ModelProto) -> None:
 def to_fp16(path: Path, out: Path) -> Path:
     """FP16 inside, FP32 tensors in and out (onnxruntime's converter, keep_io_types)."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    # Resize stays fp32 (casts go around it), and its `scales` must be float32: the converter
+    # turns the Constant that feeds them to fp16 all the same, so it is turned back.
     graph = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True,
-                                     disable_shape_infer=True)
+                                     disable_shape_infer=True,
+                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Resize"])
+    producers = {out: node for node in graph.graph.node for out in node.output}
+    for node in graph.graph.node:
+        if node.op_type != "Resize":
+            continue
+        for name in node.input[1:3]:
+            constant = producers.get(name)
+            if constant is None or constant.op_type != "Constant":
+                continue
+            for attribute in constant.attribute:
+                if attribute.name == "value" and attribute.t.data_type == onnx.TensorProto.FLOAT16:
+                    array = onnx.numpy_helper.to_array(attribute.t).astype(np.float32)
+                    attribute.t.CopyFrom(onnx.numpy_helper.from_array(array, attribute.t.name))
     _resave(out, graph)
     return out
 

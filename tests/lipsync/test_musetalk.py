@@ -368,7 +368,7 @@ async def test_avatars_speak_through_musetalk(exported, musetalk_triton, tmp_pat
     the compositor's or the folder's own mask, A/V) is the real one."""
     import cv2
     from musetalk_folders import make_musetalk_folder
-    from server_fixtures import running_server, server_settings
+    from server_fixtures import refused_offer, running_server, server_settings
     from skimage import data
 
     from avatars.__main__ import main as avatars_main
@@ -384,6 +384,10 @@ async def test_avatars_speak_through_musetalk(exported, musetalk_triton, tmp_pat
     assert manifest["lipsync_model"] == "musetalk" and manifest["crop_size"] == 256
     assert np.load(avatar_dir / "mt" / "latents.npy").shape == (10, 8, 32, 32)
     make_musetalk_folder(avatar_dir / "ltmt")
+    shutil.copytree(avatar_dir / "mt", avatar_dir / "nolatents")  # names musetalk, no latents
+    manifest["id"] = "nolatents"
+    del manifest["model_inputs"]
+    (avatar_dir / "nolatents" / "manifest.json").write_text(json.dumps(manifest))
 
     settings = server_settings(musetalk_triton, avatar_dir=avatar_dir, data_dir=tmp_path,
                                avatar_id="mt", tts="espeak", voice_input=False)
@@ -392,6 +396,8 @@ async def test_avatars_speak_through_musetalk(exported, musetalk_triton, tmp_pat
             changed = await _speaks(base_url, services, avatar_id)
             print(f"{avatar_id}: mouth change {changed:.1f}")
             assert changed > 3, f"{avatar_id}: the MuseTalk output is pasted over the face"
+        refused = await refused_offer(base_url, avatar="nolatents")
+        assert "400" in refused and "latents" in refused and "nolatents" in refused, refused
         model = await services.lipsync_models.get(NAME)
         assert model.crop_size == 256 and model.features.window_shape == (20, 384)
         for name in (f"{NAME}_unet", f"{NAME}_audio"):
@@ -412,3 +418,21 @@ def test_the_full_size_export(tmp_path):
     out = session.run(None, {"latents": np.zeros((2, 8, 32, 32), np.float32),
                              "whisper": np.zeros((2, 50, 384), np.float32)})[0]
     assert out.shape == (2, 4, 32, 32)
+
+
+def test_fp16_graphs_keep_fp32_tensors(exported, tmp_path):
+    """--fp16 (the container's graphs): the UNet and decoder (Resize in their upsamplers, whose
+    scales must stay float32) in fp16 inside, fp32 tensors in and out, close to the fp32 graph."""
+    from export.musetalk_export import FP16_TOLERANCE, to_fp16
+
+    rng = np.random.default_rng(9)
+    feeds = {"unet": {"latents": rng.normal(size=(2, 8, 32, 32)).astype(np.float32),
+                      "whisper": rng.normal(size=(2, 20, 384)).astype(np.float32)},
+             "decoder": {"pred": rng.normal(size=(2, 4, 32, 32)).astype(np.float32)}}
+    for part, folder in (("unet", f"{NAME}_unet"), ("decoder", f"{NAME}_vae_decoder")):
+        fp32 = exported / folder / "1" / "model.onnx"
+        fp16 = to_fp16(fp32, tmp_path / f"{part}_fp16.onnx")
+        full = ort.InferenceSession(str(fp32)).run(None, feeds[part])[0]
+        half = ort.InferenceSession(str(fp16)).run(None, feeds[part])[0]
+        assert half.dtype == np.float32 and half.shape == full.shape
+        assert np.abs(half - full).max() <= FP16_TOLERANCE[part], part
