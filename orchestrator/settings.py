@@ -104,6 +104,8 @@ TTS_SERVER_CHECK: Check = (lambda url: not url or urlsplit(url).scheme in ("http
                                                                           "wss"),
                            "must be an http(s):// URL (or ws(s):// for --tts edgetts, doubao, qwentts)")
 TTS_FALLBACKS = ("none", "espeak")
+# LiveTalking's --model values -> the Triton model its export writes here (docs/MIGRATING.md)
+LIVETALKING_MODELS = {"wav2lip": "wav2lip256"}
 AT_LEAST_1: Check = (lambda n: n >= 1, "must be at least 1")
 POSITIVE: Check = (lambda x: x > 0, "must be positive")
 
@@ -148,9 +150,11 @@ class Settings:
     model_repository: Path = setting(PROJECT_ROOT / "model_repository", "--model-repository",
                                      group=TRITON, type=Path, help="model repository for the "
                                      "embedded server")
-    lipsync_model: str = setting(DEFAULT_LIPSYNC_MODEL, "--lipsync-model", group=TRITON,
+    lipsync_model: str = setting(DEFAULT_LIPSYNC_MODEL, "--lipsync-model", "--model", group=TRITON,
+                                 type=lambda name: LIVETALKING_MODELS.get(name, name),
                                  help="Triton model used for lip-sync when the avatar does not "
-                                 "name one")
+                                 "name one (--model: LiveTalking's spelling; its wav2lip is our "
+                                 "export wav2lip256, musetalk and ultralight keep their names)")
     tts_model: str = setting(DEFAULT_TTS_MODEL, "--tts-model", group=TRITON, help="Triton model of "
                              "the eSpeak engine (every language; the fallback)")
     # The default engine (orchestrator/tts ENGINES: its names are the choices cli.py passes).
@@ -448,6 +452,8 @@ def build_parser(choices: Mapping[str, Sequence[str]] | None = None) -> argparse
     A flag not given is left out of the namespace (the field's env or default applies)."""
     p = argparse.ArgumentParser(
         prog="python -m orchestrator",
+        # no prefixes: LiveTalking's --model must not be read as --model-repository
+        allow_abbrev=False,
         description="livehuman: a real-time streaming talking avatar over WebRTC. "
         "Every model call goes to NVIDIA Triton (an embedded tritonserver unless --triton-url).",
     )

@@ -35,6 +35,19 @@ def test_livetalking_aliases():
         parse_settings(["--max-session", "0"])
 
 
+def test_livetalkings_model_flag_names_the_lipsync_model_and_no_flag_is_abbreviated():
+    """LiveTalking's `--model musetalk` was read as an abbreviation of --model-repository (a
+    folder named musetalk, then Triton failing to load); it names the lip-sync model, its
+    `wav2lip` being our export `wav2lip256`. No other flag is taken by a prefix either."""
+    default = parse_settings([])
+    for given, model in (("musetalk", "musetalk"), ("ultralight", "ultralight"),
+                         ("wav2lip", "wav2lip256"), ("wav2lip96", "wav2lip96")):
+        s = parse_settings(["--model", given])
+        assert s.lipsync_model == model and s.model_repository == default.model_repository
+    with pytest.raises(SystemExit):
+        parse_settings(["--model-repo", "elsewhere"])
+
+
 def test_transport_flags():
     """--transport takes a comma list or repeats; rtmp needs --push-url; LiveTalking's other
     transports and mistyped URLs are refused naming what to do, the stream key never shown."""

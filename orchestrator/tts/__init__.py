@@ -275,10 +275,14 @@ def model_artifacts(settings: Settings) -> list[Artifact]:
 
 
 def describe_tts(settings: Settings) -> str:
-    """Which voice speaks, for the start-up log: "piper voice joe, fallback espeak (tts_espeak)"."""
+    """Which voice speaks, for the start-up log: "piper voice joe; espeak (tts_espeak) for the
+    languages it does not speak; --tts-fallback none". The eSpeak engine is always there for
+    languages and voices the engine lacks; whether it also says what a failing engine could
+    not is `--tts-fallback`."""
     describe = ENGINES[settings.tts].describe
-    return (f"{describe(settings) if describe else settings.tts}, "
-            f"fallback {FALLBACK_ENGINE} ({settings.tts_model})")
+    return (f"{describe(settings) if describe else settings.tts}; {FALLBACK_ENGINE} "
+            f"({settings.tts_model}) for the languages and voices it lacks; "
+            f"--tts-fallback {settings.tts_fallback}")
 
 
 async def open_tts(settings: Settings, triton_url: str) -> TTSRouter:
