@@ -66,6 +66,7 @@ def test_cpu_smoke_from_a_bare_copy(tmp_path):
 MUSETALK_SCRIPT = Path("bench") / "gpu" / "musetalk_throughput.py"
 
 
+@pytest.mark.slow  # CI: the Wav2Lip script's smoke above (the same harness)
 def test_musetalk_cpu_smoke_from_a_bare_copy(tmp_path):
     """bench/gpu/musetalk_throughput.py on CPU, reduced configs: torch, diffusers and
     transformers only (none of the server's dependencies, no onnx)."""

@@ -35,6 +35,7 @@ assert not loaded, f"imported {{loaded}}"
 """
 
 
+@pytest.mark.slow  # CI: tests/test_gpu_bench.py's Wav2Lip smoke (the same harness)
 def test_cpu_smoke_of_the_unet_from_a_bare_copy(tmp_path):
     copy = tmp_path / "repo"
     shutil.copytree(REPO / "export", copy / "export",

@@ -162,7 +162,7 @@ async def cut_question(triton) -> tuple[np.ndarray, np.ndarray, int]:
         await piper.close()
 
 
-@pytest.mark.parametrize("mode", ["faq", "llm"])
+@pytest.mark.parametrize("mode", [pytest.param("faq", marks=pytest.mark.slow), "llm"])  # CI: llm
 async def test_a_question_cut_by_a_pause_is_answered_as_one(heard_server, fake_openai, cut_question,
                                                             mode):
     base_url, services, folder = heard_server

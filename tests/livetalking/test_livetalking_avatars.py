@@ -230,6 +230,7 @@ async def test_livetalking_avatars_speak_on_the_default_model(triton, tmp_path):
             assert changed > 3, f"{avatar_id}: the lip-synced mouth is pasted into their box"
 
 
+@pytest.mark.slow  # CI: the 256 layouts in tests/lipsync/test_wav2lip_export.py, and an exported Wav2Lip speaking there
 async def test_a_livetalking_avatar_speaks_through_livetalkings_wav2lip256(tmp_path):
     """Export LiveTalking's wav2lip256 generator (random weights), serve it, and let a 256-px
     LiveTalking folder speak with it. Random weights draw noise in the lower face; the plumbing

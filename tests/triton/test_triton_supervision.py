@@ -234,6 +234,7 @@ async def test_hung_triton_is_killed_and_restarted(supervised):
         await client.close()
 
 
+@pytest.mark.slow  # CI: the embedded Triton killed and restarted, above
 async def test_external_triton_killed_and_restarted_speech_returns():
     assert ensure_lipsync_onnx(), "the default lip-sync model is needed"
     external = EmbeddedTriton(MODEL_REPOSITORY, [TTS_MODEL, LIPSYNC_MODEL])

@@ -14,7 +14,9 @@ from server_fixtures import running_server, server_settings
 
 from orchestrator.client import AvatarClient, Microphone
 
-pytestmark = pytest.mark.timeout(240)
+# CI: Whisper's long-form path to 60 s through /api/asr (tests/livetalking/
+# test_asr_long_utterances.py); the voice turn itself is slow
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 MIN_RECALL = 0.85
 
@@ -28,7 +30,7 @@ async def voice_server(triton):
         yield server
 
 
-@pytest.mark.parametrize("seconds", [32.0, pytest.param(45.0, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seconds", [32.0, 45.0])
 async def test_a_long_voice_turn_is_one_turn_with_all_its_words(voice_server, triton, seconds):
     base_url, services = voice_server
     audio, sentences = utterance(await piper_sentences(triton.url), seconds)

@@ -106,6 +106,7 @@ async def test_page_microphone_question_gets_the_faq_answer(livehuman, triton, t
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (make test installs it)")
+@pytest.mark.slow  # CI: barge-in by the Python client's microphone, tests/voice_input/test_voice_input.py
 async def test_page_microphone_interrupts_the_avatar(livehuman, triton, tmp_path):  # noqa: F811
     from playwright.async_api import async_playwright
 
@@ -137,6 +138,7 @@ async def test_page_microphone_interrupts_the_avatar(livehuman, triton, tmp_path
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (make test installs it)")
+@pytest.mark.slow  # CI: push-to-talk by the Python client, test_voice_input.py; the page's microphone, above
 async def test_push_to_talk_sends_only_while_held_and_cuts_the_avatar_off(livehuman, triton,  # noqa: F811
                                                                           tmp_path):
     from playwright.async_api import async_playwright
