@@ -58,11 +58,15 @@ PLAYED_ACTIVE_RMS = 10 ** (-60 / 20)  # a played frame above -60 dBFS is sound
 # The echo's gain is this percentile of the ratios (most echo frames stay under it; the user's
 # speech, which moves it up, is rarely most of the avatar's time)
 ECHO_GAIN_PERCENTILE = 90
-# Of the frames the gain is measured on, those over this many times the median ratio are the
-# user's voice, not echo (30 dB: an echo's loud frames stay well within that of its median, so
-# the echo's gain is not underestimated; a headset's microphone hears ~nothing of the avatar, and
-# a user who replies at once is far over that)
+# Of the frames the gain is measured on, those over this many times the median ratio of the
+# frames *while the avatar sounds* are the user's voice, not echo (30 dB: an echo's loud frames
+# stay well within that of its median, so its gain is not underestimated; a headset's microphone
+# hears ~nothing of the avatar, and a user who replies at once is far over that). The median is
+# of the frames within ECHO_SOUNDING_S of played sound (an echo's usual delay), not of the whole
+# ECHO_MAX_DELAY_S after it: after an answer ends (or is cut) those are silent, echo or not, and
+# would pull the median to nothing and the echo out of its own gain.
 ECHO_USER_OVER_MEDIAN = 10 ** (30 / 20)
+ECHO_SOUNDING_S = 0.3
 ECHO_CORRELATED = 0.5  # a delay is measured from levels that correlate this well (log levels)
 # The canceller's reference is shifted to this much before the measured delay: AEC3 finds the
 # rest itself (its range is ~500 ms).
@@ -235,6 +239,7 @@ class EchoGuard:
         self._over_run = 0
         self._ref_rms: collections.deque[float] = collections.deque(maxlen=frames)
         self._window = int(ECHO_MAX_DELAY_S / VAD_FRAME_S) + 1  # frames an echo may come after
+        self._sounding_window = int(ECHO_SOUNDING_S / VAD_FRAME_S) + 1
         self._since_measure = 0
         self.gain = ASSUMED_ECHO_GAIN  # microphone level / the loudest played level
         self.measured = False  # the gain was measured (else ASSUMED_ECHO_GAIN)
@@ -304,9 +309,12 @@ class EchoGuard:
         mic = np.asarray(self._mic_rms)
         ratios = mic[active] / loudest[active]
         # The user's own speech is left out before the percentile is taken: frames far over what
-        # most frames show (ECHO_USER_OVER_MEDIAN). Until the path is measured the guard cannot
-        # flag them, and a user who answers a short answer at once is a good part of its frames.
-        ratios = ratios[ratios <= ECHO_USER_OVER_MEDIAN * np.median(ratios)]
+        # the frames while the avatar sounds show (ECHO_USER_OVER_MEDIAN). Until the path is
+        # measured the guard cannot flag them, and a user who answers a short answer at once is a
+        # good part of its frames.
+        sounding = self._loudest(ref, self._sounding_window)[active] > PLAYED_ACTIVE_RMS
+        if np.any(sounding):
+            ratios = ratios[ratios <= ECHO_USER_OVER_MEDIAN * np.median(ratios[sounding])]
         self.gain = float(np.percentile(ratios, ECHO_GAIN_PERCENTILE))
         self.measured = True
         lag, score = self._best_lag(mic, ref)
@@ -319,11 +327,12 @@ class EchoGuard:
                      lag * VAD_FRAME_S * 1000, bulk * 1000)
             self.bulk_delay_s = bulk
 
-    def _loudest(self, ref: np.ndarray) -> np.ndarray:
-        """For each frame: the loudest played frame of the ECHO_MAX_DELAY_S before it."""
-        padded = np.concatenate([np.zeros(self._window - 1), ref])
-        windows = np.lib.stride_tricks.sliding_window_view(padded, self._window)
-        return windows.max(axis=1)
+    def _loudest(self, ref: np.ndarray, window: int | None = None) -> np.ndarray:
+        """For each frame: the loudest played frame of the `window` frames up to it (default
+        ECHO_MAX_DELAY_S's)."""
+        window = window or self._window
+        padded = np.concatenate([np.zeros(window - 1), ref])
+        return np.lib.stride_tricks.sliding_window_view(padded, window).max(axis=1)
 
     def _best_lag(self, mic: np.ndarray, ref: np.ndarray) -> tuple[int | None, float]:
         """The delay (frames) whose played levels best correlate with `mic`'s, and how well."""

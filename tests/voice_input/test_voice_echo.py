@@ -182,6 +182,26 @@ async def test_a_quick_reply_to_a_short_first_answer_is_the_users(speech, cancel
                              if k + CLEAR_OF_ECHO_FRAMES - 1 in heard), over
 
 
+@pytest.mark.parametrize("canceller", [None, WebRtcEchoCanceller], ids=["guard", "aec3"])
+async def test_the_echo_of_an_answer_after_a_cut_one_is_not_the_user(speech, canceller):
+    """Answers cut short and begun again (barge-ins, /interrupt_talk), the speaker heard (-10 dB,
+    150 ms): the seconds of silence after each cut (no sound, no echo) do not lower the echo's
+    measured gain, so the next answer's echo is never taken for the user (a self-barge-in)."""
+    answer = at_16k(*speech[ANSWER])
+    part, gap = int(1.2 * 16000), np.zeros(int(1.5 * 16000), np.float32)
+    # four answers cut after 1.2 s, each followed by 1.5 s of quiet; then one that goes on
+    far = np.concatenate([*[np.concatenate([answer[k * part:(k + 1) * part], gap])
+                            for k in range(4)], answer[:3 * part], gap])
+    delay = int(ECHO_DELAY_S * 16000)
+    echo = np.concatenate([np.zeros(delay, np.float32), far])[:far.size] * 10 ** (ECHO_GAIN_DB / 20)
+    over = guard_over(far, echo, canceller and canceller())
+    heard = [k for k in range(echo.size // 512)
+             if np.sqrt(np.mean(echo[k * 512:(k + 1) * 512] ** 2)) > 1e-3]
+    runs = [k for k in heard if all(over[k:k + CLEAR_OF_ECHO_FRAMES])
+            and k + CLEAR_OF_ECHO_FRAMES - 1 in heard]
+    assert not runs, [round(k * 512 / 16000, 2) for k in runs]
+
+
 # --- through WebRTC ---------------------------------------------------------------------------
 
 async def answer_over_echo(base_url: str, services, speech, answer: str = ANSWER,
