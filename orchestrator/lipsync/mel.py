@@ -8,6 +8,7 @@ same numbers here, so every constant below mirrors its `hparams.py` / `audio.py`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -106,17 +107,20 @@ def window_samples(frame: int) -> tuple[int, int]:
             last_column * HOP_SAMPLES + FFT_SAMPLES // 2)
 
 
-def silent_frames(audio: np.ndarray, frame_count: int, first: int = 0) -> np.ndarray:
-    """bool [frame_count - first]: whether the window_samples of frames first..frame_count-1 all
-    stay below SILENCE_PEAK in magnitude.
+def silent_frames(audio: np.ndarray, frame_count: int, first: int = 0,
+                  window: Callable[[int], tuple[int, int]] | None = None) -> np.ndarray:
+    """bool [frame_count - first]: whether the samples each of frames first..frame_count-1 is
+    made from (`window(frame)`: [start, stop) of 16 kHz samples, default this module's
+    window_samples; another family passes its own) all stay below SILENCE_PEAK in magnitude.
 
     `audio`: the mono 16 kHz samples `mel_windows(melspectrogram(audio), frame_count)` reads;
     samples outside it count as zeros, as they do there.
     """
+    window = window or window_samples
     magnitude = np.abs(np.asarray(audio, np.float32))
     silent = np.zeros(max(frame_count - first, 0), bool)
     for k, frame in enumerate(range(first, frame_count)):
-        start, stop = window_samples(frame)
+        start, stop = window(frame)
         span = magnitude[max(start, 0) : max(stop, 0)]
         silent[k] = span.size == 0 or float(span.max()) < SILENCE_PEAK
     return silent

@@ -37,7 +37,7 @@ import numpy as np
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ, VIDEO_FPS
 from ..triton.client import DEFAULT_TIMEOUT_S, TensorModelClient
 from .base import LipSyncModel
-from .mel import SILENCE_PEAK
+from .mel import silent_frames
 
 FACE_PX = 256
 LATENT_SHAPE = (8, 32, 32)
@@ -154,13 +154,7 @@ class WhisperWindows:
         return frame_windows(self.hidden_states(audio), frame_count, first)
 
     def silent(self, audio: np.ndarray, frame_count: int, first: int = 0) -> np.ndarray:
-        magnitude = np.abs(np.asarray(audio, np.float32))
-        silent = np.zeros(max(frame_count - first, 0), bool)
-        for k, frame in enumerate(range(first, frame_count)):
-            start, stop = window_samples(frame)
-            span = magnitude[max(start, 0) : max(stop, 0)]
-            silent[k] = span.size == 0 or float(span.max()) < SILENCE_PEAK
-        return silent
+        return silent_frames(audio, frame_count, first, window_samples)
 
 
 class MuseTalkClient(TensorModelClient):

@@ -45,7 +45,7 @@ import numpy as np
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_TICK, VIDEO_FPS
 from ..settings import redact_stream_key
 from . import rtmp_worker
-from .base import OutputMetrics
+from .base import MAX_RECONNECT_BACKOFF_S, RECONNECT_BACKOFF_S, OutputMetrics, PushLink
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,11 @@ AUDIO_BITRATE = 128_000  # bits/s
 WORKER_QUEUED_TICKS = 2 * VIDEO_FPS  # 2 s behind at most in the worker, oldest dropped first
 MAX_PIPE_QUEUED_TICKS = 4  # here, while a write to the worker waits
 
-RECONNECT_BACKOFF_S = 0.5
-MAX_RECONNECT_BACKOFF_S = 10.0
 STALL_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0
 
 
-class RtmpPush:
+class RtmpPush(PushLink):
     """A sink (media/sinks.py) pushing a session to one RTMP URL, reconnecting for ever."""
 
     def __init__(self, url: str, width: int, height: int, metrics: OutputMetrics | None = None,
@@ -76,7 +74,6 @@ class RtmpPush:
             video_bitrate=VIDEO_BITRATE, keyframe_interval_ticks=KEYFRAME_INTERVAL_TICKS,
             out_audio_rate_hz=AUDIO_RATE_HZ, audio_bitrate=AUDIO_BITRATE,
             max_queued_ticks=WORKER_QUEUED_TICKS)
-        self._metrics = metrics
         self.stall_timeout_s = stall_timeout_s
         self._ticks: collections.deque[tuple[int, np.ndarray, np.ndarray]] = collections.deque(
             maxlen=MAX_PIPE_QUEUED_TICKS)
@@ -86,11 +83,7 @@ class RtmpPush:
         self._worker: subprocess.Popen | None = None
         self._alive_at = time.monotonic()  # the worker's last sign of progress
         self._kill_reason: str | None = None
-        self._backoff_s = RECONNECT_BACKOFF_S
-        self.state = "connecting"  # connecting, up, down
-        self._down_since: float | None = None
-        self.connections = 0  # connections made (1 + reconnects)
-        self.outages = 0
+        self._init_link(metrics)
         self.dropped_ticks = 0
         self._worker_dropped = 0
         self._origin_tick: int | None = None  # the first tick sent to a worker: timestamp 0
@@ -163,9 +156,7 @@ class RtmpPush:
             if self._stopping.is_set():
                 return
             self._lost(why or f"the worker ended (exit status {worker.returncode})")
-            delay_s, self._backoff_s = self._backoff_s, min(self._backoff_s * 2,
-                                                            MAX_RECONNECT_BACKOFF_S)
-            if self._stopping.wait(delay_s):
+            if self._stopping.wait(self._next_backoff_s()):
                 return
 
     def _start_worker(self) -> subprocess.Popen:
@@ -206,13 +197,8 @@ class RtmpPush:
 
     def _connected(self) -> None:
         with self._lock:
-            was, self.state = self.state, "up"
-            self.connections += 1
-            self._backoff_s = RECONNECT_BACKOFF_S
-            down_s = time.monotonic() - self._down_since if self._down_since else 0.0
-        if self._metrics is not None:
-            self._metrics.up.set(1)
-        if was == "down":
+            down_s = self._link_up()
+        if down_s is not None:
             log.info("rtmp push back url=%s after %.1f s", self.label, down_s)
         else:
             log.info("rtmp push connected url=%s", self.label)
@@ -221,15 +207,9 @@ class RtmpPush:
         """The connection (or the attempt) failed: log and count once per outage."""
         with self._lock:
             self._ticks.clear()
-            was, self.state = self.state, "down"
-            if was == "down":
+            if not self._link_down():
                 log.debug("rtmp push url=%s still down: %s", self.label, why[:300])
                 return
-            self._down_since = time.monotonic()
-            self.outages += 1
-        if self._metrics is not None:
-            self._metrics.up.set(0)
-            self._metrics.outages.inc()
         log.warning("rtmp push url=%s lost: %s; reconnecting (backoff %g-%g s)", self.label,
                     why[:300], RECONNECT_BACKOFF_S, MAX_RECONNECT_BACKOFF_S)
 

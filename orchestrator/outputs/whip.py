@@ -51,7 +51,7 @@ from ..media.rtcp_feedback import route_feedback
 from ..media.video_track import Picture, VideoTrack, sent_video_codec
 from ..session.peer_watch import wait_peer_gone
 from ..settings import redact_stream_key
-from .base import OutputMetrics
+from .base import MAX_RECONNECT_BACKOFF_S, RECONNECT_BACKOFF_S, OutputMetrics, PushLink
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,6 @@ CONNECT_TIMEOUT_S = 10.0  # from the answer to a connected peer
 # No RTCP from the media server for this long (after it sent some) ends a connection.
 MEDIA_SERVER_SILENCE_S = 5.0
 SILENCE_CHECK_INTERVAL_S = 0.5
-RECONNECT_BACKOFF_S = 0.5
-MAX_RECONNECT_BACKOFF_S = 10.0
 
 
 class WhipError(Exception):
@@ -109,7 +107,7 @@ def _watch_rtcp(sender: RTCRtpSender, connection: _Connection) -> None:
     sender._handle_rtcp_packet = handle_rtcp
 
 
-class WhipPush:
+class WhipPush(PushLink):
     """A sink (media/sinks.py) pushing a session to one WHIP endpoint, reconnecting for ever.
 
     `url`: the endpoint (http:// or https://); `token`: its bearer token (None: no
@@ -127,17 +125,12 @@ class WhipPush:
         self._token = token
         self.width, self.height = width, height
         self._rtc_configuration = rtc_configuration
-        self._metrics = metrics
+        self._init_link(metrics)
         self.silence_s = silence_s
         self.connect_timeout_s = connect_timeout_s
-        self.state = "connecting"  # connecting, up, down
-        self.connections = 0  # connections made (1 + reconnects)
-        self.outages = 0
         self.dropped_ticks = 0
         self.ticks = 0  # ticks handed to a connected push
         self.video_codec: str | None = None  # what the endpoint chose, e.g. "video/H264"
-        self._down_since: float | None = None
-        self._backoff_s = RECONNECT_BACKOFF_S
         self._connection: _Connection | None = None
         self._closed = False
         self._http: aiohttp.ClientSession | None = None
@@ -206,9 +199,7 @@ class WhipPush:
             await self._end(connection)  # again by close() if cancelled meanwhile: idempotent
             self._connection = None
             self._lost(why)
-            delay_s, self._backoff_s = self._backoff_s, min(self._backoff_s * 2,
-                                                            MAX_RECONNECT_BACKOFF_S)
-            await asyncio.sleep(delay_s)
+            await asyncio.sleep(self._next_backoff_s())
 
     def _new_connection(self) -> _Connection:
         pc = RTCPeerConnection(self._rtc_configuration)
@@ -317,13 +308,8 @@ class WhipPush:
         await connection.pc.close()
 
     def _connected(self) -> None:
-        was, self.state = self.state, "up"
-        self.connections += 1
-        self._backoff_s = RECONNECT_BACKOFF_S
-        if self._metrics is not None:
-            self._metrics.up.set(1)
-        if was == "down":
-            down_s = time.monotonic() - self._down_since if self._down_since else 0.0
+        down_s = self._link_up()
+        if down_s is not None:
             log.info("whip push back url=%s after %.1f s (video %s)", self.label, down_s,
                      self.video_codec)
         else:
@@ -334,15 +320,9 @@ class WhipPush:
         why = why.replace(self.url, self.label)
         if self._token:
             why = why.replace(self._token, "***")
-        was, self.state = self.state, "down"
-        if was == "down":
+        if not self._link_down():
             log.debug("whip push url=%s still down: %s", self.label, why[:300])
             return
-        self._down_since = time.monotonic()
-        self.outages += 1
-        if self._metrics is not None:
-            self._metrics.up.set(0)
-            self._metrics.outages.inc()
         log.warning("whip push url=%s lost: %s; reconnecting (backoff %g-%g s)", self.label,
                     why[:300], RECONNECT_BACKOFF_S, MAX_RECONNECT_BACKOFF_S)
 
