@@ -46,33 +46,33 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import musetalk_configs as configs
+from .wav2lip_export import (  # one repository layout, one ONNX opset, one plan builder
+    ADAPTER,
+    ONNX_FILE,
+    OPSET,
+    PLAN_FILE,
+    ExportError,
+    build_tensorrt_plan,
+    tensorrt_unavailable,
+)
 
 if TYPE_CHECKING:  # torch and onnx are imported where used: bench/gpu/ runs with torch only
     import onnx
     import torch
 
-OPSET = 17
 TRACE_BATCH = 1  # traced at 1, checked at PARITY_BATCH: the batch dimension is dynamic
 PARITY_BATCH = 2
 # Max abs error of onnxruntime against PyTorch, fp32. Outputs: hidden states (O(1..10)),
 # latents (O(1)), images in [0, 1].
 FP32_TOLERANCE = {"audio": 2e-3, "unet": 2e-3, "decoder": 1e-3, "encoder": 2e-3}
 FP16_TOLERANCE = {"audio": 0.15, "unet": 0.1, "decoder": 3e-2, "encoder": 0.1}
-ONNX_FILE = "model.onnx"
 ONNX_FP16_FILE = "model_fp16.onnx"
 EXTERNAL_DATA_SUFFIX = ".data"
 PROTOBUF_LIMIT_BYTES = 2_000_000_000  # larger graphs keep their weights in one external file
-PLAN_FILE = "model.plan"
-TRT_OPT_BATCH = 16
-ADAPTER = Path(__file__).resolve().parent.parent / "model_repository/lipsync_default/1/model.py"
 WEIGHT_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin",
                 "diffusion_pytorch_model.bin", "unet.pth")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 DATA_PARALLEL_PREFIX = "module."
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 class CheckpointError(ExportError):
@@ -372,41 +372,6 @@ def onnxruntime_max_error(module: torch.nn.Module, sig: configs.Signature, path:
     return float(np.max(np.abs(got - expected)))
 
 
-def tensorrt_unavailable() -> str | None:
-    """Why no TensorRT plan can be built here, or None when it can."""
-    from .wav2lip_export import tensorrt_unavailable as why
-
-    return why()
-
-
-def build_tensorrt_plan(onnx_path: Path, plan_path: Path, sig: configs.Signature,
-                        fp16: bool) -> Path:
-    """A serialized engine with one profile over batch 1..max_batch (runs only on the GPU and
-    TensorRT version that built it)."""
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ExportError(f"TensorRT could not parse {onnx_path}: {'; '.join(errors)}")
-    config = builder.create_builder_config()
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    opt = min(TRT_OPT_BATCH, sig.max_batch)
-    profile = builder.create_optimization_profile()
-    for name, dims in sig.inputs:
-        profile.set_shape(name, (1, *dims), (opt, *dims), (sig.max_batch, *dims))
-    config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        raise ExportError("TensorRT failed to build the engine (see its log above)")
-    plan_path.write_bytes(bytes(engine))
-    return plan_path
-
-
 @dataclass
 class ExportReport:
     out: Path
@@ -460,7 +425,7 @@ def export_repository(out: Path, models: MuseTalkModels, *, max_batch: int = 64,
         (folder / "configs" / "local.pbtxt").write_text(configs.local_config(sig, PARTS[part]))
         trt_config = folder / "configs" / "tensorrt.pbtxt"
         if reason is None:
-            build_tensorrt_plan(onnx_path, version / PLAN_FILE, sig, fp16)
+            build_tensorrt_plan(onnx_path, version / PLAN_FILE, sig.inputs, sig.max_batch, fp16)
             trt_config.write_text(configs.tensorrt_config(sig, PARTS[part]))
         else:
             (version / PLAN_FILE).unlink(missing_ok=True)

@@ -40,19 +40,23 @@ from .ultralight_configs import (
     TINY_HUBERT,
     UNET_SUFFIX,
 )
-from .wav2lip_export import ADAPTER, ExportError, tensorrt_unavailable
+from .wav2lip_export import (  # one repository layout, one ONNX opset, one plan builder
+    ADAPTER,
+    ONNX_FILE,
+    OPSET,
+    PLAN_FILE,
+    ExportError,
+    build_tensorrt_plan,
+    tensorrt_unavailable,
+)
 
 if TYPE_CHECKING:
     from torch import nn
 
-OPSET = 17
 TRACE_BATCH = 1  # traced at 1, checked at PARITY_BATCH: proves the batch dimension is dynamic
 PARITY_BATCH = 2
 UNET_TOLERANCE = 1e-4  # outputs in [0, 1]
 AUDIO_TOLERANCE = 2e-3  # features ~N(0, 1) after HuBERT's last layer norm, 24 layers of fp32
-TRT_OPT_BATCH = 16
-ONNX_FILE = "model.onnx"
-PLAN_FILE = "model.plan"
 DEFAULT_NAME = "ultralight"
 HUBERT_SIZES = ("large", "tiny")  # --random-hubert: the real size, or a 1-layer one (tests)
 
@@ -135,36 +139,6 @@ def max_error(module: nn.Module, onnx_path: Path, feeds: dict[str, np.ndarray],
     return float(np.max(np.abs(got - expected)))
 
 
-def build_tensorrt_plan(onnx_path: Path, plan_path: Path, inputs: tuple, max_batch: int) -> Path:
-    """A serialized fp16 engine whose one profile covers batch 1..max_batch (opt 16). Only runs
-    on the GPU model and TensorRT version that built it."""
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # implicit in TensorRT 10
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ExportError(f"TensorRT could not parse {onnx_path.name}: {'; '.join(errors)}")
-    config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)
-    opt = min(TRT_OPT_BATCH, max_batch)
-    profile = builder.create_optimization_profile()
-    for tensor in inputs:
-        profile.set_shape(tensor.name, (1, *tensor.dims), (opt, *tensor.dims),
-                          (max_batch, *tensor.dims))
-    config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        raise ExportError("TensorRT failed to build the engine (see its log above)")
-    plan_path.write_bytes(bytes(engine))
-    return plan_path
-
-
 def _write_model(folder: Path, module: nn.Module, sig: configs.ModelSignature,
                  export, feeds: dict[str, np.ndarray], tolerance: float, tensorrt: bool,
                  report: ExportReport) -> float:
@@ -182,7 +156,8 @@ def _write_model(folder: Path, module: nn.Module, sig: configs.ModelSignature,
     texts = {folder / "config.pbtxt": configs.container_config(sig),
              folder / "configs" / "local.pbtxt": configs.local_config(sig)}
     if reason is None:
-        report.files.append(build_tensorrt_plan(onnx_path, plan_path, sig.inputs, sig.max_batch))
+        report.files.append(build_tensorrt_plan(
+            onnx_path, plan_path, [(t.name, t.dims) for t in sig.inputs], sig.max_batch))
         texts[tensorrt_pbtxt] = configs.tensorrt_config(sig)
     else:
         report.notes.append(f"{sig.name}: TensorRT plan skipped: {reason}")

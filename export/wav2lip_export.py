@@ -20,6 +20,7 @@ import argparse
 import shutil
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -171,9 +172,13 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
-def build_tensorrt_plan(onnx_path: Path, plan_path: Path, face_px: int, max_batch: int,
-                        fp16: bool) -> Path:
-    """A serialized engine whose one optimization profile covers batch 1..max_batch (opt 16).
+def build_tensorrt_plan(onnx_path: Path, plan_path: Path,
+                        inputs: Sequence[tuple[str, Sequence[int]]], max_batch: int,
+                        fp16: bool = True) -> Path:
+    """A serialized engine of `onnx_path` (its weights may sit in an external data file beside
+    it) whose one optimization profile covers batch 1..max_batch (opt TRT_OPT_BATCH) of each
+    input (`inputs`: name, dims without the batch). Every exporter's plans (Wav2Lip, MuseTalk,
+    Ultralight) are built here. Raises ExportError when TensorRT cannot parse or build it.
 
     A plan only runs on the GPU model and TensorRT version that built it: build it on (or for)
     the serving machine.
@@ -187,17 +192,16 @@ def build_tensorrt_plan(onnx_path: Path, plan_path: Path, face_px: int, max_batc
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
+    if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ExportError(f"TensorRT could not parse {onnx_path}: {'; '.join(errors)}")
+        raise ExportError(f"TensorRT could not parse {onnx_path.name}: {'; '.join(errors)}")
     config = builder.create_builder_config()
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     opt = min(TRT_OPT_BATCH, max_batch)
     profile = builder.create_optimization_profile()
-    for name, item in (("mel", (1, MEL_BINS, MEL_WINDOW_FRAMES)),
-                       ("face", (FACE_CHANNELS, face_px, face_px))):
-        profile.set_shape(name, (1, *item), (opt, *item), (max_batch, *item))
+    for name, dims in inputs:
+        profile.set_shape(name, (1, *dims), (opt, *dims), (max_batch, *dims))
     config.add_optimization_profile(profile)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
@@ -260,7 +264,10 @@ def export_repository(out: Path, face_px: int, *, checkpoint: Path | None = None
     plan = None
     reason = tensorrt_unavailable() if tensorrt else "disabled"
     if reason is None:
-        plan = build_tensorrt_plan(onnx_path, version / PLAN_FILE, face_px, max_batch, fp16)
+        plan = build_tensorrt_plan(
+            onnx_path, version / PLAN_FILE, (("mel", (1, MEL_BINS, MEL_WINDOW_FRAMES)),
+                                             ("face", (FACE_CHANNELS, face_px, face_px))),
+            max_batch, fp16)
         report.files.append(plan)
     else:
         report.notes.append(f"TensorRT plan skipped: {reason}")
