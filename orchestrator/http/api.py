@@ -164,7 +164,7 @@ async def end_turn(request: web.Request) -> web.Response:
     """Push-to-talk released: the user's utterance becomes a turn at once. `data`: whether an
     utterance was under way."""
     _, session = await json_session(request)
-    return ok(session.end_user_turn())
+    return ok(await session.end_user_turn())
 
 
 @routes.post("/is_speaking")

@@ -245,14 +245,15 @@ class Session:
             self.add_sink(played)
             self.listener = Listener(self, track, voice_input, self.options.voice, played)
 
-    def end_user_turn(self) -> bool:
+    async def end_user_turn(self) -> bool:
         """The user's utterance is over (push-to-talk released): answered without waiting for
-        the end-of-turn silence. ApiError 409 when the session has no microphone; False when
-        the user was not speaking."""
+        the end-of-turn silence, once the audio received before the release is heard
+        (Listener.end_turn). ApiError 409 when the session has no microphone; False when the
+        user was not speaking."""
         if self.listener is None:
             raise ApiError(409, f"session {self.sessionid} has no microphone track (voice "
                            "input): there is no turn to end")
-        return self.listener.end_turn()
+        return await self.listener.end_turn()
 
     @property
     def recording(self) -> bool:

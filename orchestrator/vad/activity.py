@@ -149,10 +149,12 @@ class VoiceActivity:
         return self.gate.last
 
     def end_turn(self) -> bool:
-        """The user says the utterance is over (push-to-talk released): it ends at its next frame
-        below the speech threshold instead of after `min_silence_s` of them (frames still on
-        the wire are heard first: the request does not cut them). False when no speech is under
-        way, or has only begun (a run shorter than `min_speech_s` is no utterance yet)."""
+        """The user says the utterance is over (push-to-talk released): it ends at the next frame
+        fed that is below the speech threshold instead of after `min_silence_s` of them. The
+        caller calls it once every frame received before the release has been fed
+        (voice_input's Listener.end_turn), or the request would end the utterance at a pause
+        inside it. False when no speech is under way, or has only begun (a run shorter than
+        `min_speech_s` is no utterance yet)."""
         self._end_requested = self.speaking_since is not None
         return self._end_requested
 

@@ -312,9 +312,19 @@ class EchoGuard:
         # the frames while the avatar sounds show (ECHO_USER_OVER_MEDIAN). Until the path is
         # measured the guard cannot flag them, and a user who answers a short answer at once is a
         # good part of its frames.
-        sounding = self._loudest(ref, self._sounding_window)[active] > PLAYED_ACTIVE_RMS
+        # "Sounding": within ECHO_SOUNDING_S of played sound, after the measured delay.
+        window = self._sounding_window + (self.delay_frames or 0)
+        sounding = self._loudest(ref, window)[active] > PLAYED_ACTIVE_RMS
         if np.any(sounding):
-            ratios = ratios[ratios <= ECHO_USER_OVER_MEDIAN * np.median(ratios[sounding])]
+            echo = ratios <= ECHO_USER_OVER_MEDIAN * np.median(ratios[sounding])
+            # The percentile is of the frames the echo sounds in, when there are enough: the
+            # quiet seconds after each answer that ends or is cut hold no echo, and answers cut
+            # often (barge-ins) would pull the gain far under the echo's, which then passes
+            # for the user (a self-barge-in).
+            echo_sounding = echo & sounding
+            if np.count_nonzero(echo_sounding) * VAD_FRAME_S >= ECHO_MIN_ACTIVE_S:
+                echo = echo_sounding
+            ratios = ratios[echo]
         self.gain = float(np.percentile(ratios, ECHO_GAIN_PERCENTILE))
         self.measured = True
         lag, score = self._best_lag(mic, ref)

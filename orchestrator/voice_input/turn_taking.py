@@ -84,6 +84,13 @@ FAILURES = RateLimitedLog(log)  # expected failures of the ASR server: one line 
 
 VOICE_MODES = ("chat", "echo", "off", "half-duplex")
 HALF_DUPLEX = "half-duplex"  # a chat question, but nothing the user says over the avatar counts
+# Push-to-talk released (/end_turn): the audio sent just before the release may still be on the
+# wire or in the receiver's jitter buffer (one 20 ms packet held, microphone.py), so the frames
+# received this long after the request are heard as part of the utterance.
+END_TURN_IN_FLIGHT_S = 0.06
+# ... and a listener this far behind (a Triton that stopped answering) is not waited for: the
+# utterance ends at what it has judged.
+END_TURN_CATCH_UP_S = 3.0
 
 
 class Events(Protocol):
@@ -168,15 +175,21 @@ class Listener:
         self._partial: tuple[asyncio.Task, asyncio.Task] | None = None
         self._utterance = 0  # counts utterances: a partial of an ended one is not sent
         self.speech_ended_at: float | None = None  # monotonic time of the last detected end
+        # The uplink's frames as received (with their arrival times), not yet judged: the VAD
+        # may fall behind the uplink (a loaded Triton), and push-to-talk ends the utterance
+        # after what had been received, not at the first pause the listener reaches.
+        self._received: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue()
+        self._received_frames = 0
+        self._judged_frames = 0
+        # end_turn() requests: (frames received by then, the future told the verdict)
+        self._end_requests: list[tuple[int, asyncio.Future[bool]]] = []
         self._task = asyncio.create_task(self._listen(track),
                                          name=f"listener-{session.sessionid}")
 
     async def _listen(self, track: MediaStreamTrack) -> None:
-        received: asyncio.Queue[tuple[np.ndarray, float] | None] = asyncio.Queue()
-        reader = asyncio.create_task(self._read(track, received),
-                                     name=f"uplink-{self.session.sessionid}")
+        reader = asyncio.create_task(self._read(track), name=f"uplink-{self.session.sessionid}")
         try:
-            while (item := await received.get()) is not None:
+            while (item := await self._received.get()) is not None:
                 frame, arrived_s = item
                 if self.echo is not None:
                     # AEC3 on 32 ms: ~0.3 ms, inline (less than an executor round trip)
@@ -185,6 +198,8 @@ class Listener:
                 event = await self.activity.feed(frame)
                 if event is not None:
                     await self._on(event)
+                self._judged_frames += 1
+                self._end_if_requested()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Triton down and the like: the avatar goes on, deaf
@@ -196,20 +211,23 @@ class Listener:
                              "failed (%s)", self.session.sessionid, cause)
             self.session.events.emit("error", msg="voice input stopped")
         finally:
+            for _, verdict in self._end_requests:  # deaf from now on: nothing more will end
+                if not verdict.done():
+                    verdict.set_result(False)
+            self._end_requests.clear()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-    @staticmethod
-    async def _read(track: MediaStreamTrack,
-                    received: asyncio.Queue[tuple[np.ndarray, float] | None]) -> None:
+    async def _read(self, track: MediaStreamTrack) -> None:
         """The uplink's frames with the time each was received, read as they come: the
         listener may fall behind (a slow VAD call) without its arrival times (the echo
         reference's clock) falling behind with it. None when the track ends."""
         try:
             async for frame in uplink_frames(track):
-                received.put_nowait((frame, time.monotonic()))
+                self._received.put_nowait((frame, time.monotonic()))
+                self._received_frames += 1
         finally:
-            received.put_nowait(None)
+            self._received.put_nowait(None)
 
     async def _on(self, event) -> None:
         session = self.session
@@ -308,18 +326,41 @@ class Listener:
             session.events.emit("barge_in", after_s=round(speech_s, 3))
             await session.interrupt()
 
-    def end_turn(self) -> bool:
-        """Push-to-talk released: the utterance under way ends at its next non-speech frame and
-        becomes a turn now, not after the end-of-turn silence (`--vad-min-silence`). False when
-        the user is not speaking. Half-duplex: the avatar, if speaking, is interrupted, and the
-        utterance is a turn even though it was heard over the avatar."""
-        ended = self.activity.end_turn()
+    async def end_turn(self) -> bool:
+        """Push-to-talk released: the utterance under way ends at its first non-speech frame
+        after the audio received by then (and END_TURN_IN_FLIGHT_S more, still on the wire) and
+        becomes a turn now, not after the end-of-turn silence (`--vad-min-silence`). Returns
+        once the listener has judged that audio (at most END_TURN_CATCH_UP_S): False when the
+        user was not speaking. Half-duplex: the avatar, if speaking, is interrupted at once, and
+        the utterance is a turn even though it was heard over the avatar."""
         if self.options.mode == HALF_DUPLEX:
             # the utterance under way, or the next (its frames may not be heard yet), is a turn
             self._forced = True
             if self.session.speaking:
                 self._start(self.session.interrupt(), f"interrupt-{self.session.sessionid}")
-        return ended
+        await asyncio.sleep(END_TURN_IN_FLIGHT_S)
+        if self._task.done():
+            return False
+        verdict: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        request = (self._received_frames, verdict)
+        self._end_requests.append(request)
+        self._end_if_requested()
+        try:
+            return await asyncio.wait_for(asyncio.shield(verdict), END_TURN_CATCH_UP_S)
+        except TimeoutError:
+            self._end_requests.remove(request)
+            log.warning("push-to-talk: the listener is over %.0f s behind the uplink "
+                        "sessionid=%s; the utterance ends at what it has heard",
+                        END_TURN_CATCH_UP_S, self.session.sessionid)
+            return self.activity.end_turn()
+
+    def _end_if_requested(self) -> None:
+        """Each end_turn() whose audio has all been judged ends the utterance from the next
+        frame on (the requests are in order of their frame counts)."""
+        while self._end_requests and self._end_requests[0][0] <= self._judged_frames:
+            _, verdict = self._end_requests.pop(0)
+            if not verdict.done():
+                verdict.set_result(self.activity.end_turn())
 
     def _start(self, coro, name: str) -> asyncio.Task:
         """A task of this listener: `close` cancels it."""

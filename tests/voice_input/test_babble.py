@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from babble import BABBLE_DBFS, BABBLE_SENTENCES, QUESTION_SNR_DB, babble, over
 from server_fixtures import running_server, server_settings
+from session_events import history, wait_event
 
 from orchestrator.client import AvatarClient, Microphone
 from orchestrator.tts import PiperEngine, Voice, synthesize_all
@@ -54,21 +55,6 @@ async def babble_server(triton):
 def background(speech, seconds: float, seed: int = 0) -> np.ndarray:
     said, rate = speech
     return babble([said[t] for t in BABBLE_SENTENCES], seconds, rate, BABBLE_DBFS, seed=seed)
-
-
-def history(services, client) -> list[dict]:
-    return services.registry.get(client.sessionid).events.history
-
-
-async def wait_event(services, client, name: str, timeout: float = 15.0, since: int = 0,
-                     **fields) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for item in history(services, client)[since:]:
-            if item["event"] == name and all(item.get(k) == v for k, v in fields.items()):
-                return item
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no '{name}' {fields}; got {history(services, client)}")
 
 
 async def until_played(mic: Microphone, timeout: float) -> None:

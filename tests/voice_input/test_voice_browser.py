@@ -6,7 +6,6 @@ nothing until held, and pressing it cuts the avatar off."""
 from __future__ import annotations
 
 import asyncio
-import time
 import wave
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import scipy.signal
 from chromium import CHROMIUM, CHROMIUM_ARGS
 from server_fixtures import livehuman  # noqa: F401  (fixture)
+from session_events import wait_event
 from test_voice_input import ANSWER_START, LONG_ECHO, QUESTION, words
 
 from orchestrator.tts import PiperEngine, Voice, synthesize_all
@@ -54,17 +54,6 @@ def microphone_args(wav: Path) -> list[str]:
             f"--use-file-for-fake-audio-capture={wav}%noloop"]
 
 
-async def wait_event(services, sessionid: str, name: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for item in services.registry.get(sessionid).events.history:
-            if item["event"] == name:
-                return item
-        await asyncio.sleep(0.05)
-    history = [e["event"] for e in services.registry.get(sessionid).events.history]
-    raise AssertionError(f"no '{name}' event; got {history}")
-
-
 async def connect_with_microphone(browser, base_url: str, errors: list[str],
                                   mode: str = "handsfree"):
     page = await browser.new_page()
@@ -87,7 +76,7 @@ async def test_page_microphone_question_gets_the_faq_answer(livehuman, triton, t
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=microphone_args(wav))
         try:
             page, sessionid = await connect_with_microphone(browser, base_url, errors)
-            transcript = await wait_event(services, sessionid, "transcript", timeout=20)
+            transcript = await wait_event(services, sessionid, "transcript", timeout=20, final=True)
             assert {"sessions", "once"} <= set(words(transcript["text"])), transcript
             assert transcript["turn"], transcript
             start = await wait_event(services, sessionid, "start", timeout=15)
@@ -126,7 +115,7 @@ async def test_page_microphone_interrupts_the_avatar(livehuman, triton, tmp_path
             interrupted = await wait_event(services, sessionid, "interrupted", timeout=15)
             assert interrupted["text"] == LONG_ECHO, interrupted
             assert any(e["event"] == "barge_in" for e in history)
-            transcript = await wait_event(services, sessionid, "transcript", timeout=15)
+            transcript = await wait_event(services, sessionid, "transcript", timeout=15, final=True)
             assert "hello" in words(transcript["text"]), transcript
             await page.wait_for_function(
                 "[...document.querySelectorAll('#log li')].some(li => li.textContent.includes('interrupted'))",
@@ -178,7 +167,7 @@ async def test_push_to_talk_sends_only_while_held_and_cuts_the_avatar_off(livehu
             await wait_event(services, sessionid, "listening", timeout=15)
             await asyncio.sleep(3.5)  # the question is over (about 2.5 s)
             await page.keyboard.up("Space")
-            transcript = await wait_event(services, sessionid, "transcript", timeout=15)
+            transcript = await wait_event(services, sessionid, "transcript", timeout=15, final=True)
             assert {"sessions", "once"} <= set(words(transcript["text"])), transcript
             end = await wait_event(services, sessionid, "end", timeout=30)
             assert end["kind"] == "chat" and end["answer"].startswith(ANSWER_START), end

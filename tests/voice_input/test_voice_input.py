@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from server_fixtures import running_server, server_settings
+from session_events import history, wait_event
 
 from orchestrator.asr import ASREngine, OpenAITranscription, WhisperOnTriton
 from orchestrator.client import AvatarClient, Microphone
@@ -28,7 +29,7 @@ from orchestrator.vad.activity import (
     VADSettings,
     VoiceActivity,
 )
-from orchestrator.vad.base import VAD_FRAME_SAMPLES
+from orchestrator.vad.base import VAD, VAD_FRAME_SAMPLES, VADStream
 from orchestrator.vad.silero import SileroVAD
 from orchestrator.voice_input.microphone import UplinkFrames
 from orchestrator.voice_input.turn_taking import Listener, VoiceInput, VoiceOptions
@@ -232,6 +233,83 @@ async def test_speculative_transcript_is_used_once_or_dropped():
     assert not listener._turns and listener._task.done()
 
 
+class _LoudnessVAD(VAD):
+    """Speech wherever a frame is loud; each frame takes `seconds` (a loaded Triton)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def stream(self) -> VADStream:
+        vad = self
+
+        class Stream(VADStream):
+            async def probability(self, frame: np.ndarray) -> float:
+                await asyncio.sleep(vad.seconds)
+                return 0.95 if np.sqrt(np.mean(frame ** 2)) > 0.01 else 0.0
+
+        return Stream()
+
+    async def close(self) -> None:
+        pass
+
+
+class _BurstTrack:
+    """A microphone whose whole audio (48 kHz mono, 20 ms frames) has arrived at once; then
+    it stays connected without sending (no audio for UPLINK_STALL_S is silence)."""
+
+    kind = "audio"
+
+    def __init__(self, audio: np.ndarray) -> None:
+        pcm = (audio * 32767).astype(np.int16)
+        self.frames = []
+        for k in range(0, pcm.size - 959, 960):
+            frame = av.AudioFrame.from_ndarray(pcm[k:k + 960].reshape(1, -1), format="s16",
+                                               layout="mono")
+            frame.sample_rate = 48000
+            self.frames.append(frame)
+
+    async def recv(self):
+        if self.frames:
+            return self.frames.pop(0)
+        await asyncio.Event().wait()
+
+
+async def test_push_to_talk_release_hears_the_frames_received_before_it():
+    """/end_turn while the listener is behind (a slow VAD: the uplink's frames are received
+    but not yet judged) ends the utterance after what had arrived, not at the first pause the
+    listener reaches: the second word, received before the release, is part of the turn."""
+    rate = 48000
+
+    def tone(seconds: float) -> np.ndarray:
+        return (0.25 * np.sin(2 * np.pi * 300 * np.arange(round(seconds * rate)) / rate)
+                ).astype(np.float32)
+
+    def silence(seconds: float) -> np.ndarray:
+        return np.zeros(round(seconds * rate), np.float32)
+
+    # word, a pause inside the sentence, word: 1.45 s of the utterance at 16 kHz
+    audio = np.concatenate([silence(0.5), tone(0.6), silence(0.25), tone(0.6), silence(0.4)])
+    asr = _CountingASR(seconds=0.01)
+    session = _FakeSession()
+    settings = VADSettings(min_silence_s=20.0, level_margin_db=0.0)  # only the release ends it
+    voice = VoiceInput(vad=_LoudnessVAD(seconds=0.02), asr=asr, vad_settings=settings)
+    listener = Listener(session, _BurstTrack(audio), voice, VoiceOptions())  # type: ignore[arg-type]
+    try:
+        while not any(name == "listening" for name, _ in session.emitted):
+            await asyncio.sleep(0.005)
+        # every frame has been received; the listener has judged only the first word's
+        assert listener._received.qsize() > 20
+        assert await listener.end_turn() is True
+        while not session.asked:
+            await asyncio.sleep(0.01)
+        heard = int(session.asked[0].split()[1])
+        assert heard >= 1.45 * RATE_16K, session.emitted  # both words, not the first alone
+    finally:
+        await listener.close()
+    # a closed listener (the session gone, or deaf after a Triton failure) answers at once
+    assert await asyncio.wait_for(listener.end_turn(), 1.0) is False
+
+
 async def test_barge_in_acts_on_speech_before_it_is_a_turn():
     """Three VAD frames of speech (--barge-in-min 0.09) cut the talking avatar off, once per
     run, before --vad-min-speech (0.15 s) makes the speech a turn; a shorter blip does not."""
@@ -325,20 +403,6 @@ async def voice_server(triton):
         yield server
 
 
-def history(services, client) -> list[dict]:
-    return services.registry.get(client.sessionid).events.history
-
-
-async def wait_event(services, client, name: str, timeout: float = 15.0, since: int = 0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for item in history(services, client)[since:]:
-            if item["event"] == name:
-                return item
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no '{name}' event; got {[e['event'] for e in history(services, client)]}")
-
-
 async def test_spoken_question_gets_the_faq_answer(voice_server, speech):
     base_url, services = voice_server
     mic = Microphone()
@@ -348,7 +412,7 @@ async def test_spoken_question_gets_the_faq_answer(voice_server, speech):
         await client.wait_for_video(5)
         await asyncio.sleep(0.5)
         mic.play(*speech[QUESTION])
-        transcript = await wait_event(services, client, "transcript")
+        transcript = await wait_event(services, client, "transcript", final=True)
         assert {"sessions", "once"} <= set(words(transcript["text"])) and transcript["turn"], transcript
         events = [e["event"] for e in history(services, client)]
         assert events.index("listening") < events.index("transcript")
@@ -407,7 +471,7 @@ async def test_barge_in_silences_the_avatar(voice_server, speech):
         level = [rms for t, rms in zip(r.audio_times, r.audio_rms) if t >= quiet_from]
         assert level and max(level) < 0.01, max(level)
         # the interrupting words become the next turn (echo)
-        transcript = await wait_event(services, client, "transcript", timeout=15)
+        transcript = await wait_event(services, client, "transcript", timeout=15, final=True)
         assert "hello" in words(transcript["text"]), transcript
     finally:
         await client.close()
@@ -439,7 +503,7 @@ async def test_push_to_talk_release_ends_the_turn_without_the_silence_wait(trito
             while mic.speech_ended_at is None:
                 await asyncio.sleep(0.02)
             assert await client.end_turn() is True
-            transcript = await wait_event(services, client, "transcript", timeout=10)
+            transcript = await wait_event(services, client, "transcript", timeout=10, final=True)
             assert {"sessions", "once"} <= set(words(transcript["text"])) and transcript["turn"]
             end = await wait_event(services, client, "end", timeout=30)
             assert end["answer"].startswith(ANSWER_START), end
