@@ -108,18 +108,22 @@ class EventLog:
                 if line.startswith(b"data:"):
                     self.items.append((time.monotonic(), json.loads(line[5:])))
 
-    async def wait(self, name: str, since: int, timeout: float = 20.0) -> dict:
+    async def wait(self, name: str, since: int, timeout: float = 20.0, **fields) -> dict:
+        """The first `name` event from index `since` on whose `fields` have those values (a
+        turn's `transcript` is `final=True`: a partial may come first)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for _, item in self.items[since:]:
-                if item["event"] == name:
+                if item["event"] == name and all(item.get(k) == v for k, v in fields.items()):
                     return item
             await asyncio.sleep(0.01)
-        raise TimeoutError(f"no {name} event")
+        raise TimeoutError(f"no {name} event {fields}")
 
-    def arrival(self, name: str, since: int) -> float:
-        """When the first `name` event from index `since` on arrived (monotonic s)."""
-        return next(t for t, item in self.items[since:] if item["event"] == name)
+    def arrival(self, name: str, since: int, **fields) -> float:
+        """When the first `name` event (with `fields`) from index `since` on arrived
+        (monotonic s)."""
+        return next(t for t, item in self.items[since:] if item["event"] == name
+                    and all(item.get(k) == v for k, v in fields.items()))
 
     async def close(self) -> None:
         self._task.cancel()
@@ -166,7 +170,7 @@ async def run(turns: int, barge_ins: int, push_to_talk: bool = False) -> dict:
                 while mic.speech_ended_at is None:
                     await asyncio.sleep(0.005)
                 await client.end_turn()
-            transcript = await events.wait("transcript", since)
+            transcript = await events.wait("transcript", since, final=True)
             pairs.append((text, transcript["text"]))
             asr_ms.append(transcript["asr_ms"])
             wait_ms.append(transcript["wait_ms"])
@@ -176,7 +180,7 @@ async def run(turns: int, barge_ins: int, push_to_talk: bool = False) -> dict:
                 continue
             first = await client.wait_for_speech(mic.speech_ended_at, SPEECH_RMS, timeout=10)
             latencies.append(first - mic.speech_ended_at)
-            heard_at = events.arrival("transcript", since)
+            heard_at = events.arrival("transcript", since, final=True)
             started_at = events.arrival("start", since)
             to_transcript.append(heard_at - mic.speech_ended_at)
             to_start.append(started_at - heard_at)
@@ -200,7 +204,7 @@ async def run(turns: int, barge_ins: int, push_to_talk: bool = False) -> dict:
             quiet = quiet_from(client, onset)
             if quiet is not None:
                 onsets.append(quiet - onset)
-            await events.wait("transcript", since, timeout=30)  # "Hello there." is a turn
+            await events.wait("transcript", since, timeout=30, final=True)  # a turn
             await asyncio.sleep(0.3)
             await client.post("/interrupt_talk")
             await asyncio.sleep(0.5)

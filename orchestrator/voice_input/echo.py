@@ -315,17 +315,21 @@ class EchoGuard:
         # "Sounding": within ECHO_SOUNDING_S of played sound, after the measured delay.
         window = self._sounding_window + (self.delay_frames or 0)
         sounding = self._loudest(ref, window)[active] > PLAYED_ACTIVE_RMS
+        gain_sounding = 0.0
         if np.any(sounding):
             echo = ratios <= ECHO_USER_OVER_MEDIAN * np.median(ratios[sounding])
-            # The percentile is of the frames the echo sounds in, when there are enough: the
-            # quiet seconds after each answer that ends or is cut hold no echo, and answers cut
-            # often (barge-ins) would pull the gain far under the echo's, which then passes
-            # for the user (a self-barge-in).
+            # The quiet seconds after each answer that ends or is cut hold no echo: answers cut
+            # often (barge-ins) pull the percentile of all frames far under the echo's gain,
+            # and the echo then passes for the user (a self-barge-in). So the gain is also
+            # taken over the frames the echo sounds in, when there are enough, and the larger
+            # one is kept: an echo later than the measured delay (a client's playout that
+            # fell behind) still counts through the first.
             echo_sounding = echo & sounding
             if np.count_nonzero(echo_sounding) * VAD_FRAME_S >= ECHO_MIN_ACTIVE_S:
-                echo = echo_sounding
+                gain_sounding = float(np.percentile(ratios[echo_sounding],
+                                                    ECHO_GAIN_PERCENTILE))
             ratios = ratios[echo]
-        self.gain = float(np.percentile(ratios, ECHO_GAIN_PERCENTILE))
+        self.gain = max(float(np.percentile(ratios, ECHO_GAIN_PERCENTILE)), gain_sounding)
         self.measured = True
         lag, score = self._best_lag(mic, ref)
         if lag is None or score < ECHO_CORRELATED:
