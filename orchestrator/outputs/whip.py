@@ -24,7 +24,8 @@ a client whose ICE restart is impossible to start a new session). A connection i
 peer connection fails or closes (a media server that closes its session: at once; ICE consent
 expiry: ~30 s), when the media server has sent no RTCP for MEDIA_SERVER_SILENCE_S while it
 did before (a media server that died or lost its network: every receiver sends reports about
-once a second), or when it does not connect within CONNECT_TIMEOUT_S of the POST. The next
+once a second) or none in the FIRST_RTCP_WITHIN_S after connecting (one that died first), or
+when it does not connect within CONNECT_TIMEOUT_S of the POST. The next
 attempt comes after RECONNECT_BACKOFF_S, doubling up to MAX_RECONNECT_BACKOFF_S, so media flows
 again at most about MAX_RECONNECT_BACKOFF_S plus a connection's set-up after the media server is
 back. Each outage is logged once (with its cause), and once more when the push is back;
@@ -66,6 +67,12 @@ DELETE_TIMEOUT_S = 3.0  # the DELETE at shutdown or before a reconnect: never ho
 CONNECT_TIMEOUT_S = 10.0  # from the answer to a connected peer
 # No RTCP from the media server for this long (after it sent some) ends a connection.
 MEDIA_SERVER_SILENCE_S = 5.0
+# ... and none at all for this long after connecting: a WebRTC receiver sends its first report
+# within about a second (RFC 3550 §6.2 halves the first interval; aiortc 0.5-1.5 s, browsers
+# ~1 s), so a media server that died before it did is noticed here, not only when ICE consent
+# expires (~30 s). One that never sends RTCP is outside WebRTC: it is reconnected this often,
+# and the log says why.
+FIRST_RTCP_WITHIN_S = 10.0
 SILENCE_CHECK_INTERVAL_S = 0.5
 
 
@@ -119,7 +126,8 @@ class WhipPush(PushLink):
     def __init__(self, url: str, token: str | None, width: int, height: int,
                  rtc_configuration: RTCConfiguration, metrics: OutputMetrics | None = None,
                  silence_s: float = MEDIA_SERVER_SILENCE_S,
-                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S,
+                 first_rtcp_s: float = FIRST_RTCP_WITHIN_S) -> None:
         self.url = url
         self.label = redact_stream_key(url)
         self._token = token
@@ -127,6 +135,7 @@ class WhipPush(PushLink):
         self._rtc_configuration = rtc_configuration
         self._init_link(metrics)
         self.silence_s = silence_s
+        self.first_rtcp_s = first_rtcp_s
         self.connect_timeout_s = connect_timeout_s
         self.dropped_ticks = 0
         self.ticks = 0  # ticks handed to a connected push
@@ -282,11 +291,16 @@ class WhipPush(PushLink):
         return body
 
     async def _media_server_silent(self, connection: _Connection) -> str | None:
-        """Returns once the media server, having sent RTCP, has sent none for silence_s."""
+        """Call once connected. Returns once the media server, having sent RTCP, has sent none
+        for silence_s, or has sent none in the first_rtcp_s since."""
+        connected_at = time.monotonic()
         while True:
             await asyncio.sleep(SILENCE_CHECK_INTERVAL_S)
-            heard = connection.rtcp_at
-            if heard is not None and time.monotonic() - heard > self.silence_s:
+            heard, now = connection.rtcp_at, time.monotonic()
+            if heard is None and now - connected_at > self.first_rtcp_s:
+                return (f"no RTCP from the media server in the {self.first_rtcp_s:g} s since "
+                        "it connected")
+            if heard is not None and now - heard > self.silence_s:
                 return f"no RTCP from the media server for {self.silence_s:g} s"
 
     async def _end(self, connection: _Connection) -> None:

@@ -346,7 +346,8 @@ class Listener:
         self._end_requests.append(request)
         self._end_if_requested()
         try:
-            return await asyncio.wait_for(asyncio.shield(verdict), END_TURN_CATCH_UP_S)
+            async with asyncio.timeout(END_TURN_CATCH_UP_S):
+                return await asyncio.shield(verdict)
         except TimeoutError:
             self._end_requests.remove(request)
             log.warning("push-to-talk: the listener is over %.0f s behind the uplink "

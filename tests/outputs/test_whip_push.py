@@ -19,6 +19,7 @@ from tick_player import TickPlayer
 from whip_server import WhipServer
 
 from orchestrator.media.ice import restrict_host_candidates
+from orchestrator.outputs import whip as whip_module
 from orchestrator.outputs.whip import MEDIA_SERVER_SILENCE_S, WhipPush
 from orchestrator.settings import parse_settings
 
@@ -111,6 +112,33 @@ async def test_a_wrong_token_is_one_outage_naming_the_status(whip, caplog):
     lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
     assert len(lost) == 1 and "401" in lost[0], lost  # once per outage, with the cause
     assert "not-the-token" not in caplog.text and "/show" not in caplog.text
+
+
+async def test_a_media_server_that_sends_no_rtcp_after_connecting_is_lost(whip, monkeypatch,
+                                                                            caplog):
+    """A media server that dies right after connecting, before its first receiver report (seen
+    in CI: killed 1 s after the media started, on 2 loaded cores), is noticed first_rtcp_s
+    after connecting, not only when ICE consent expires (~30 s). Its RTCP is not noted here,
+    as if none came; the push reconnects, saying why."""
+    caplog.set_level(logging.INFO, logger="orchestrator.outputs.whip")
+    monkeypatch.setattr(whip_module, "_watch_rtcp", lambda sender, connection: None)
+    push = WhipPush(whip.url("show"), TOKEN, WIDTH, HEIGHT, no_ice_servers(), silence_s=1.0,
+                    first_rtcp_s=2.0)
+    player = TickPlayer(push, WIDTH, HEIGHT)
+    player.start()
+    try:
+        async def connected():
+            return push.connections >= 1
+
+        async def lost():
+            return push.state == "down"
+        await wait_until(connected, 20, f"never connected: {whip.log()[-800:]}")
+        await wait_until(lost, 2.0 + 4.0, "no first RTCP went unnoticed")
+        lost_lines = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+        assert "since it connected" in lost_lines[0], lost_lines
+    finally:
+        await player.stop()
+        await push.close()
 
 
 @pytest.mark.timeout(90)
