@@ -64,8 +64,9 @@ class Metrics:
               "rendered) over all sessions, text estimated", registry=self.registry
               ).set_function(speech_queue_seconds)
 
-        self.output_up = Gauge("livehuman_output_up", "An output (RTMP push URL, stream key "
-                               "hidden) is connected and sending (1) or reconnecting (0)",
+        self.output_up = Gauge("livehuman_output_up", "An output (an RTMP or WHIP push URL, "
+                               "its secrets hidden) is connected and sending (1) or "
+                               "reconnecting (0)",
                                ["output"], registry=self.registry)
         self.output_outages = Counter("livehuman_output_outages", "Connections an output lost "
                                       "(or could not make), each outage once", ["output"],
