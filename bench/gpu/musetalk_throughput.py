@@ -138,26 +138,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batches takes comma-separated integers")
     if min(args.batches) < 1 or args.rounds < 1 or (args.iters is not None and args.iters < 1):
         parser.error("--batches, --iters and --rounds must be >= 1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("CUDA is not available here: use --device cpu")
-    args.modes = args.modes.split(",") if args.modes else list(
-        CUDA_MODES if device.type == "cuda" else CPU_MODES)
-    if set(args.modes) - set(CUDA_MODES):
-        parser.error(f"--modes: of {','.join(CUDA_MODES)}")
-    args.dtype = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    shared.settle_device(parser, args, CUDA_MODES, CPU_MODES)
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    deadline = started + args.budget
-    device = torch.device(args.device)
-    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    modes = [m for m in args.modes if device.type == "cuda" or m != "graphs"]
+    deadline, device, dtype, modes = shared.start_run(args)
     name = "musetalk_tiny" if args.tiny else "musetalk"
     result = {"benchmark": "gpu_musetalk", "environment": shared.environment(device),
               "dtype": args.dtype, "batches": args.batches, "session_fps": SESSION_FPS,

@@ -43,6 +43,8 @@ from wav2lip_throughput import (  # noqa: E402
     SESSION_FPS,
     best_of,
     environment,
+    settle_device,
+    start_run,
     synchronize,
     time_calls,
 )
@@ -142,26 +144,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.batches = [int(x) for x in args.batches.split(",")]
     except ValueError:
         parser.error("--batches takes comma-separated integers")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("CUDA is not available here: use --device cpu")
-    args.modes = args.modes.split(",") if args.modes else list(
-        CUDA_MODES if device.type == "cuda" else ("eager",))
-    if set(args.modes) - set(CUDA_MODES):
-        parser.error("--modes: of eager,graphs")
-    args.dtype = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    settle_device(parser, args, CUDA_MODES)
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    deadline = started + args.budget
-    device = torch.device(args.device)
-    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    modes = [m for m in args.modes if device.type == "cuda" or m != "graphs"]
+    deadline, device, dtype, modes = start_run(args)
     result = {"benchmark": "gpu_ultralight", "environment": environment(device),
               "dtype": args.dtype, "batches": args.batches, "session_fps": SESSION_FPS,
               "hubert": args.hubert,

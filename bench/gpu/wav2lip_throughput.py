@@ -228,6 +228,32 @@ def default_output() -> Path:
     return Path(out) / "gpu_wav2lip.json" if out else REPO / "bench" / "results" / "gpu_wav2lip.json"
 
 
+def settle_device(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                  cuda_modes: tuple[str, ...], cpu_modes: tuple[str, ...] = CPU_MODES) -> None:
+    """Checks `--device` and fills `--modes` and `--dtype` from it: on CUDA every one of
+    `cuda_modes` and fp16 unless given, on CPU `cpu_modes` and fp32. parser.error (exit 2) for
+    CUDA asked where there is none, or a mode outside `cuda_modes`."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("CUDA is not available here: use --device cpu")
+    args.modes = args.modes.split(",") if args.modes else list(
+        cuda_modes if device.type == "cuda" else cpu_modes)
+    if set(args.modes) - set(cuda_modes):
+        parser.error(f"--modes: of {','.join(cuda_modes)}")
+    args.dtype = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+
+
+def start_run(args: argparse.Namespace) -> tuple[float, torch.device, torch.dtype, list[str]]:
+    """(deadline: time.perf_counter() seconds after which no measurement starts, the device,
+    the dtype, the modes that can run there: CUDA graphs only on CUDA) for settled `args`."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+    modes = [m for m in args.modes if device.type == "cuda" or m not in GRAPH_MODES]
+    return (time.perf_counter() + args.budget, device,
+            torch.float16 if args.dtype == "fp16" else torch.float32, modes)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -259,27 +285,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--models: face sizes of {FACE_SIZES_PX}")
     if min(args.batches) < 1 or (args.iters is not None and args.iters < 1) or args.rounds < 1:
         parser.error("--batches, --iters and --rounds must be >= 1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("CUDA is not available here: use --device cpu")
-    modes = args.modes.split(",") if args.modes else list(
-        CUDA_MODES if device.type == "cuda" else CPU_MODES)
-    if set(modes) - set(CUDA_MODES):
-        parser.error(f"--modes: of {','.join(CUDA_MODES)}")
-    args.modes = modes
-    args.dtype = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    settle_device(parser, args, CUDA_MODES)
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    deadline = started + args.budget
-    device = torch.device(args.device)
-    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-    modes = [m for m in args.modes if device.type == "cuda" or m not in GRAPH_MODES]
+    deadline, device, dtype, modes = start_run(args)
     result = {"benchmark": "gpu_wav2lip", "environment": environment(device),
               "dtype": args.dtype, "batches": args.batches, "session_fps": SESSION_FPS,
               "not_run": [f"{m}: needs CUDA" for m in args.modes if m not in modes],
