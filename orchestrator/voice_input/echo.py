@@ -312,9 +312,7 @@ class EchoGuard:
         # the frames while the avatar sounds show (ECHO_USER_OVER_MEDIAN). Until the path is
         # measured the guard cannot flag them, and a user who answers a short answer at once is a
         # good part of its frames.
-        # "Sounding": within ECHO_SOUNDING_S of played sound, after the measured delay.
-        window = self._sounding_window + (self.delay_frames or 0)
-        sounding = self._loudest(ref, window)[active] > PLAYED_ACTIVE_RMS
+        sounding = self._loudest(ref, self._sounding_window)[active] > PLAYED_ACTIVE_RMS
         gain_sounding = 0.0
         if np.any(sounding):
             echo = ratios <= ECHO_USER_OVER_MEDIAN * np.median(ratios[sounding])

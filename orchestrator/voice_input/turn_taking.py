@@ -349,6 +349,8 @@ class Listener:
             async with asyncio.timeout(END_TURN_CATCH_UP_S):
                 return await asyncio.shield(verdict)
         except TimeoutError:
+            if verdict.done():  # judged in the same loop turn as the timeout fired
+                return verdict.result()
             self._end_requests.remove(request)
             log.warning("push-to-talk: the listener is over %.0f s behind the uplink "
                         "sessionid=%s; the utterance ends at what it has heard",
