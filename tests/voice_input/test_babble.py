@@ -13,11 +13,12 @@ import time
 import numpy as np
 import pytest
 from babble import BABBLE_DBFS, BABBLE_SENTENCES, QUESTION_SNR_DB, babble, over
+from piper_speech import TEST_VOICE
 from server_fixtures import running_server, server_settings
 from session_events import history, wait_event
 
 from orchestrator.client import AvatarClient, Microphone
-from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.tts import PiperEngine, synthesize_all
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,7 +41,7 @@ async def speech(triton) -> tuple[dict[str, np.ndarray], int]:
     piper = await PiperEngine.open(triton.url)
     try:
         texts = (*BABBLE_SENTENCES, QUESTION, *SHORT_WORDS)
-        return ({t: await synthesize_all(piper, t, Voice.named("joe")) for t in texts},
+        return ({t: await synthesize_all(piper, t, TEST_VOICE) for t in texts},
                 piper.sample_rate_hz)
     finally:
         await piper.close()

@@ -9,11 +9,12 @@ import re
 import numpy as np
 import pytest
 from babble import BABBLE_DBFS, BABBLE_SENTENCES, QUESTION_SNR_DB, babble, over
+from piper_speech import TEST_VOICE
 
 from orchestrator.asr import WhisperOnTriton
 from orchestrator.asr.base import SegmentScores, Transcript
 from orchestrator.asr.hallucinations import nothing_said
-from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.tts import PiperEngine, synthesize_all
 from orchestrator.vad.activity import SpeechEnded, VADSettings, VoiceActivity
 from orchestrator.vad.base import VAD_FRAME_S, VAD_FRAME_SAMPLES
 from orchestrator.vad.level_gate import (
@@ -101,7 +102,7 @@ async def said(triton) -> dict[str, np.ndarray]:
     try:
         rate = piper.sample_rate_hz
         g = np.gcd(rate, RATE_16K)
-        return {t: scipy.signal.resample_poly(await synthesize_all(piper, t, Voice.named("joe")),
+        return {t: scipy.signal.resample_poly(await synthesize_all(piper, t, TEST_VOICE),
                                               RATE_16K // g, rate // g).astype(np.float32)
                 for t in (*BABBLE_SENTENCES, QUESTION)}
     finally:

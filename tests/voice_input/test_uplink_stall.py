@@ -11,10 +11,11 @@ import time
 import av
 import numpy as np
 import pytest
+from piper_speech import TEST_VOICE
 from server_fixtures import running_server, server_settings
 
 from orchestrator.client import AvatarClient, Microphone
-from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.tts import PiperEngine, synthesize_all
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,7 +60,7 @@ def words(text: str) -> list[str]:
 async def question(triton) -> tuple[np.ndarray, int]:
     piper = await PiperEngine.open(triton.url)
     try:
-        return await synthesize_all(piper, QUESTION, Voice.named("joe")), piper.sample_rate_hz
+        return await synthesize_all(piper, QUESTION, TEST_VOICE), piper.sample_rate_hz
     finally:
         await piper.close()
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import scipy.signal
 from chromium import CHROMIUM, CHROMIUM_ARGS
+from piper_speech import TEST_VOICE
 from server_fixtures import livehuman  # noqa: F401  (fixture)
 from session_events import wait_event
 from test_voice_input import ANSWER_START, LONG_ECHO, QUESTION, words
 
-from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.tts import PiperEngine, synthesize_all
 
 WAV_RATE_HZ = 48000
 # The fake microphone starts playing at getUserMedia, before the WebRTC connection is up:
@@ -31,7 +32,7 @@ async def speech_wav(triton, text: str, path: Path, lead_s: float) -> Path:
     """`text` in the project's Piper voice as a 48 kHz mono s16 WAV, padded with silence."""
     piper = await PiperEngine.open(triton.url)
     try:
-        audio = await synthesize_all(piper, text, Voice.named("joe"))
+        audio = await synthesize_all(piper, text, TEST_VOICE)
         rate_hz = piper.sample_rate_hz
     finally:
         await piper.close()

@@ -13,12 +13,13 @@ import time
 
 import numpy as np
 import pytest
+from piper_speech import TEST_VOICE
 from server_fixtures import running_server, server_settings
 from session_events import history, wait_event
 from test_voice_input import QUESTION, at_16k, words
 
 from orchestrator.client import AvatarClient, EchoingMicrophone, Microphone
-from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.tts import PiperEngine, synthesize_all
 from orchestrator.voice_input.echo import (
     CLEAR_OF_ECHO_FRAMES,
     EchoGuard,
@@ -49,7 +50,7 @@ ECHO_DELAY_S = 0.150
 async def speech(triton) -> dict[str, tuple[np.ndarray, int]]:
     piper = await PiperEngine.open(triton.url)
     try:
-        return {text: (await synthesize_all(piper, text, Voice.named("joe")), piper.sample_rate_hz)
+        return {text: (await synthesize_all(piper, text, TEST_VOICE), piper.sample_rate_hz)
                 for text in (ANSWER, USER, QUESTION, SHORT_SAY, QUICK_REPLY)}
     finally:
         await piper.close()

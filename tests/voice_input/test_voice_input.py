@@ -13,12 +13,13 @@ import av
 import numpy as np
 import pytest
 from aiohttp import web
+from piper_speech import TEST_VOICE
 from server_fixtures import running_server, server_settings
 from session_events import history, wait_event
 
 from orchestrator.asr import ASREngine, OpenAITranscription, WhisperOnTriton
 from orchestrator.client import AvatarClient, Microphone
-from orchestrator.tts import PiperEngine, Voice, synthesize_all
+from orchestrator.tts import PiperEngine, synthesize_all
 from orchestrator.vad.activity import (
     SpeechContinues,
     SpeechEnded,
@@ -51,7 +52,7 @@ async def speech(triton) -> dict[str, tuple[np.ndarray, int]]:
     """Questions synthesised by the project's own Piper voice (through Triton)."""
     piper = await PiperEngine.open(triton.url)
     try:
-        return {text: (await synthesize_all(piper, text, Voice.named("joe")), piper.sample_rate_hz)
+        return {text: (await synthesize_all(piper, text, TEST_VOICE), piper.sample_rate_hz)
                 for text in (QUESTION, "Hello there.")}
     finally:
         await piper.close()

@@ -1,7 +1,8 @@
 """Triton python-backend model: Piper text-to-speech, the glue around the voice's ONNX.
 
-Inputs `text`, `voice` (BYTES [1]; "" = the `default_voice` parameter); output `audio` (FP32,
-mono, at the `sample_rate_hz` parameter). Per sentence: eSpeak NG phonemes -> the voice's
+Inputs `text`, `voice` (BYTES [1]; "" = the `default_voice` parameter) and optionally `scales`
+(FP32 [3]: noise_scale, length_scale, noise_w as Piper names them; NaN keeps the voice's own
+value from its `.onnx.json`); output `audio` (FP32, mono, at the `sample_rate_hz` parameter). Per sentence: eSpeak NG phonemes -> the voice's
 phoneme ids (piper_phonemes.py) -> the voice's VITS ONNX, which is a Triton model of its own
 (`piper_<voice>`, called through BLS): the container serves it with the onnxruntime backend, the
 embedded server with a python adapter. The voice's `.onnx.json` sits in that model's folder
@@ -68,12 +69,12 @@ class TritonPythonModel:
             self.voices[name] = _Voice(name, json.loads(path.read_text(encoding="utf-8")))
         return self.voices[name]
 
-    def _vits(self, voice: _Voice, ids: np.ndarray) -> np.ndarray:
+    def _vits(self, voice: _Voice, ids: np.ndarray, scales: np.ndarray) -> np.ndarray:
         request = pb_utils.InferenceRequest(
             model_name=voice.model,
             inputs=[pb_utils.Tensor("input", ids[None, :]),
                     pb_utils.Tensor("input_lengths", np.array([ids.size], np.int64)),
-                    pb_utils.Tensor("scales", voice.scales)],
+                    pb_utils.Tensor("scales", scales)],
             requested_output_names=["output"],
         )
         response = request.exec()
@@ -81,9 +82,17 @@ class TritonPythonModel:
             raise RuntimeError(f"{voice.model}: {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, "output").as_numpy().reshape(-1)
 
-    def synthesize(self, text: str, voice_name: str) -> np.ndarray:
+    def synthesize(self, text: str, voice_name: str, asked: np.ndarray | None) -> np.ndarray:
         voice = self._voice(voice_name)
-        pieces = [self._vits(voice, voice.ids.ids(sentence))
+        scales = voice.scales
+        if asked is not None:
+            asked = asked.reshape(-1).astype(np.float32)
+            if asked.size != 3 or np.isinf(asked).any() or (asked < 0).any():
+                raise ValueError("input 'scales' must hold 3 finite values >= 0 (or NaN)")
+            scales = np.where(np.isnan(asked), voice.scales, asked).astype(np.float32)
+            if scales[1] <= 0:
+                raise ValueError("length_scale must be > 0")
+        pieces = [self._vits(voice, voice.ids.ids(sentence), scales)
                   for sentence in self.phonemizer.sentences(text, voice.espeak_voice)]
         audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
         if voice.rate_hz != self.rate_hz and audio.size:  # a voice recorded at another rate
@@ -95,8 +104,10 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
+                scales = pb_utils.get_input_tensor_by_name(request, "scales")
                 audio = self.synthesize(_first_string(request, "text"),
-                                        _first_string(request, "voice"))
+                                        _first_string(request, "voice"),
+                                        None if scales is None else scales.as_numpy())
                 response = pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor("audio", audio)])
             except Exception as exc:  # this request only; the others still get their audio
