@@ -169,6 +169,12 @@ class VoiceActivity:
         return float(np.percentile(self._speech_levels, SPEECH_PERCENTILE)
                      - np.median(self._silence_levels))
 
+    @property
+    def buffered_frames(self) -> int:
+        """VAD frames of the utterance under way held so far (pre-roll included): where in its
+        audio the frame just fed ends."""
+        return len(self._frames)
+
     async def feed(self, frame: np.ndarray) -> VoiceEvent | None:
         """The event `frame` (float32 [VAD_FRAME_SAMPLES], 16 kHz) makes, if any. Raises what
         the engine's stream raises."""

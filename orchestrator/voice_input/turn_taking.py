@@ -67,7 +67,7 @@ from ..vad.activity import (
     VADSettings,
     VoiceActivity,
 )
-from ..vad.base import VAD, VAD_FRAME_S, VAD_SAMPLE_RATE_HZ
+from ..vad.base import VAD, VAD_FRAME_S, VAD_FRAME_SAMPLES, VAD_SAMPLE_RATE_HZ
 from .echo import (
     CLEAR_OF_ECHO_FRAMES,
     ECHO_MAX_DELAY_S,
@@ -91,6 +91,11 @@ END_TURN_IN_FLIGHT_S = 0.06
 # ... and a listener this far behind (a Triton that stopped answering) is not waited for: the
 # utterance ends at what it has judged.
 END_TURN_CATCH_UP_S = 3.0
+# An utterance that barges in over the avatar's echo is transcribed from this long before the
+# run of frames clearly over the echo that barged in: before it, the VAD may have heard the
+# echo itself (the avatar's words, then the user's in one utterance, were taken for echo as a
+# whole); the lead keeps a first word the user said under the echo's margin.
+BARGE_IN_LEAD_S = 0.5
 
 
 class Events(Protocol):
@@ -169,6 +174,9 @@ class Listener:
         self._forced = False  # ... and push-to-talk ended it (half-duplex: a turn all the same)
         self._turns: set[asyncio.Task] = set()
         self._barged = False
+        # VAD frame of the utterance under way where the user's voice begins: set at a barge-in
+        # over the echo (BARGE_IN_LEAD_S before its loud run); 0: the utterance is all theirs
+        self._users_from = 0
         # (pause_s, transcription) started at the current pause, if any
         self._speculation: tuple[float, asyncio.Task] | None = None
         # (transcription, sender) of a stale speculation becoming a partial
@@ -234,6 +242,7 @@ class Listener:
         if isinstance(event, SpeechOnset) and event.duration_s <= VAD_FRAME_S + 1e-9:
             # A run of one frame is a new run: it may barge in again.
             self._barged = self._overlapped = self._clear_of_echo = False
+            self._users_from = 0
         if session.speaking and not isinstance(event, SpeechEnded):
             self._overlapped = True
         if self.echo is None or self._loud_run >= CLEAR_OF_ECHO_FRAMES:
@@ -255,9 +264,11 @@ class Listener:
             if (self.options.mode != "off" and not self._ignored()
                     and not self._too_little(event.speech_s)):
                 self._speculation = (event.pause_s, self._start(
-                    self._transcribe(event.audio), f"asr-{session.sessionid}"))
+                    self._transcribe(self._users_part(event.audio)), f"asr-{session.sessionid}"))
         elif isinstance(event, SpeechEnded):
             self._barged = False
+            audio = self._users_part(event.audio)
+            self._users_from = 0
             self._utterance += 1  # partials still running belong to the ended utterance
             self.speech_ended_at = time.monotonic()
             ignored = self._ignored()
@@ -276,10 +287,14 @@ class Listener:
                 self._drop_speculation()
                 speculation = None
             transcription = (speculation[1] if speculation is not None
-                             else self._start(self._transcribe(event.audio),
+                             else self._start(self._transcribe(audio),
                                               f"asr-{session.sessionid}"))
             self._start(self._turn(event, transcription, speculation is not None, clear),
                         f"turn-{session.sessionid}")
+
+    def _users_part(self, audio: np.ndarray) -> np.ndarray:
+        """The utterance's audio (16 kHz) from where the user's voice begins (`_users_from`)."""
+        return audio[self._users_from * VAD_FRAME_SAMPLES:] if self._users_from else audio
 
     def _too_little(self, speech_s: float | None) -> bool:
         return speech_s is not None and speech_s < self.activity.settings.min_turn_speech_s
@@ -323,6 +338,9 @@ class Listener:
         if (self.options.barge_in and self.options.mode != HALF_DUPLEX and not self._barged
                 and session.speaking and min(speech_s, loud_s) >= self.voice.barge_in_min_s - 1e-9):
             self._barged = True
+            if self.echo is not None:
+                lead = round(BARGE_IN_LEAD_S / VAD_FRAME_S)
+                self._users_from = max(0, self.activity.buffered_frames - self._loud_run - lead)
             session.events.emit("barge_in", after_s=round(speech_s, 3))
             await session.interrupt()
 

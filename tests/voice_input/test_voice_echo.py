@@ -41,6 +41,13 @@ USER = "Hello there."
 # words of QUESTION that ANSWER lacks: a transcript with some of them is the user's question
 QUESTION_ONLY_WORDS = set(words(QUESTION)) - set(words(ANSWER))
 SHORT_SAY, QUICK_REPLY = "OK.", "Yes."  # a short answer, and the user's reply straight after it
+# The guard's first measurement of the echo path comes after the first second of played sound;
+# an echo later than ~0.5 s has barely begun then, its gain is measured low, and its next loud
+# syllables pass for the user (a barge-in on the avatar's own voice). Measuring later, or
+# taking the loudest ratio while little echo is heard, breaks the headset user who answers a
+# short first answer at once (test_a_quick_reply_...): the two are the same levels until the
+# reply's words are known.
+LATE_ECHO = "a first answer's echo over ~0.5 s late is measured too early (LATE_ECHO)"
 REPLY_AFTER_S = 0.1  # the reply begins this long after the answer's last sound
 ECHO_GAIN_DB = -10.0
 ECHO_DELAY_S = 0.150
@@ -199,6 +206,28 @@ async def test_the_echo_of_an_answer_after_a_cut_one_is_not_the_user(speech, can
     delay = int(ECHO_DELAY_S * 16000)
     echo = np.concatenate([np.zeros(delay, np.float32), far])[:far.size] * 10 ** (ECHO_GAIN_DB / 20)
     over = guard_over(far, echo, canceller and canceller())
+    heard = [k for k in range(echo.size // 512)
+             if np.sqrt(np.mean(echo[k * 512:(k + 1) * 512] ** 2)) > 1e-3]
+    runs = [k for k in heard if all(over[k:k + CLEAR_OF_ECHO_FRAMES])
+            and k + CLEAR_OF_ECHO_FRAMES - 1 in heard]
+    assert not runs, [round(k * 512 / 16000, 2) for k in runs]
+
+
+@pytest.mark.parametrize("delay_s", [
+    pytest.param(0.3, id="300ms"),
+    pytest.param(0.45, id="450ms"),
+    pytest.param(0.6, id="600ms", marks=pytest.mark.xfail(strict=True, reason=LATE_ECHO)),
+    pytest.param(1.0, id="1s", marks=pytest.mark.xfail(strict=True, reason=LATE_ECHO)),
+])
+async def test_a_late_echo_of_the_first_answer_is_not_the_user(speech, delay_s):
+    """The first answer's echo (-10 dB) coming back `delay_s` late (a busy client's playout):
+    never taken for the user. Known limitation from 0.6 s on (LATE_ECHO, strict xfail so that a
+    fix is noticed)."""
+    far = at_16k(*speech[ANSWER])[:8 * 16000]
+    delay = int(delay_s * 16000)
+    echo = np.concatenate([np.zeros(delay, np.float32), far, np.zeros(16000, np.float32)]
+                          ) * 10 ** (ECHO_GAIN_DB / 20)
+    over = guard_over(far, echo)
     heard = [k for k in range(echo.size // 512)
              if np.sqrt(np.mean(echo[k * 512:(k + 1) * 512] ** 2)) > 1e-3]
     runs = [k for k in heard if all(over[k:k + CLEAR_OF_ECHO_FRAMES])

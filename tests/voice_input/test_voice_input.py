@@ -33,7 +33,12 @@ from orchestrator.vad.activity import (
 from orchestrator.vad.base import VAD, VAD_FRAME_SAMPLES, VADStream
 from orchestrator.vad.silero import SileroVAD
 from orchestrator.voice_input.microphone import UplinkFrames
-from orchestrator.voice_input.turn_taking import Listener, VoiceInput, VoiceOptions
+from orchestrator.voice_input.turn_taking import (
+    BARGE_IN_LEAD_S,
+    Listener,
+    VoiceInput,
+    VoiceOptions,
+)
 
 QUESTION = "How many sessions can run at once?"
 ANSWER_START = "Eight by default"
@@ -309,6 +314,46 @@ async def test_push_to_talk_release_hears_the_frames_received_before_it():
         await listener.close()
     # a closed listener (the session gone, or deaf after a Triton failure) answers at once
     assert await asyncio.wait_for(listener.end_turn(), 1.0) is False
+
+
+async def test_a_barge_in_over_the_echo_is_transcribed_from_the_users_voice():
+    """An utterance the VAD began on the avatar's echo (what the canceller left of it), carried
+    on by the user's voice clearly over the echo until it barged in: the turn is transcribed
+    from the user's voice (BARGE_IN_LEAD_S before the loud run), without the echo's words before
+    it, which made the whole transcript read as the avatar's own ("Our studio opens every
+    morning sessions can run at once.": taken for echo, no turn)."""
+    interrupts = []
+
+    class Speaking(_FakeSession):
+        speaking = True
+
+        async def interrupt(self) -> None:
+            interrupts.append(len(self.emitted))
+
+    asr = _CountingASR(seconds=0.01)
+    session = Speaking()
+    listener = Listener(session, _SilentTrack(), VoiceInput(vad=None, asr=asr),  # type: ignore[arg-type]
+                        VoiceOptions())
+    listener.echo = object()  # type: ignore[assignment]  # an echo guard: the loud run is read
+    frame_s = VAD_FRAME_SAMPLES / RATE_16K
+    echo_frames, user_frames = 60, 40
+    try:
+        await listener._on(SpeechStarted(0.0))
+        for k in range(echo_frames + user_frames):
+            listener.activity._frames.append(np.zeros(VAD_FRAME_SAMPLES, np.float32))
+            # the echo is speech to the VAD but never over the echo; the user's voice is
+            listener._loud_run = 0 if k < echo_frames else listener._loud_run + 1
+            await listener._on(SpeechContinues((k + 1) * frame_s))
+        assert len(interrupts) == 1
+        await listener._on(SpeechEnded(np.concatenate(listener.activity._frames), 3.2, 3.5))
+        while not session.asked:
+            await asyncio.sleep(0.01)
+    finally:
+        await listener.close()
+    lead = round(BARGE_IN_LEAD_S / frame_s)
+    assert asr.calls == [(user_frames + lead) * VAD_FRAME_SAMPLES], asr.calls  # old: all 100
+    # the next utterance is the user's from its start
+    assert listener._users_from == 0
 
 
 async def test_barge_in_acts_on_speech_before_it_is_a_turn():
