@@ -42,7 +42,7 @@ from ..media import stage_timing
 from ..media.clock import AUDIO_SAMPLE_RATE_HZ, AUDIO_SAMPLES_PER_TICK
 from ..rate_limited_log import RateLimitedLog
 from ..triton.client import triton_failure
-from ..tts import TTSEngine, TTSRouter, Voice
+from ..tts import TTSEngine, TTSOptionError, TTSRouter, Voice
 from .features import DEFAULT_FEATURES, SentenceFeatures
 from .items import (
     SentenceStarted,
@@ -258,6 +258,10 @@ class SpeechPipeline:
                 FAILURES.log(type(exc).__name__, logging.WARNING,
                              "speech failed sessionid=%s utterance=%s: %s", self._sessionid,
                              utterance.id, exc)
+                self._items.append(UtteranceEnded(utterance, error=str(exc)))
+            except TTSOptionError as exc:  # the client's `tts` value: its error event says so
+                log.info("speech refused sessionid=%s utterance=%s: %s", self._sessionid,
+                         utterance.id, exc)
                 self._items.append(UtteranceEnded(utterance, error=str(exc)))
             except Exception as exc:  # one bad utterance must not end the session's speech
                 log.exception("speech failed sessionid=%s utterance=%s", self._sessionid, utterance.id)

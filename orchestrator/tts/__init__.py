@@ -18,6 +18,7 @@ from .azure import AzureTTSEngine, azure_base_url, azure_headers
 from .base import (
     AUTO_VOICE_NAME,
     TTSEngine,
+    TTSOptionError,
     TTSServerError,
     TTSServerUnavailable,
     UnknownVoice,
@@ -49,7 +50,7 @@ from .xtts import XTTS_SAMPLE_RATE_HZ, XTTSEngine
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["AUTO_VOICE_NAME", "ENGINES", "UNSUPPORTED_TTS", "TTSEngine", "TTSRouter", "TTSServerError",
+__all__ = ["AUTO_VOICE_NAME", "ENGINES", "UNSUPPORTED_TTS", "TTSEngine", "TTSOptionError", "TTSRouter", "TTSServerError",
            "TTSServerUnavailable", "UnknownVoice", "Voice", "describe_tts", "model_artifacts",
            "open_tts", "synthesize_all", "triton_models", "tts_server_url"]
 

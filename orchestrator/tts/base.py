@@ -35,6 +35,12 @@ class UnknownVoice(LookupError):
         self.voice = voice
 
 
+class TTSOptionError(ValueError):
+    """A `tts` key's value the engine does not take (a wrong type, out of its range): the
+    client's mistake, named in the message (`tts.speed must be ...`). The utterance ends with it
+    as its `error` event; the server logs one line, not a fault."""
+
+
 class TTSServerError(ExternalServiceError, RuntimeError):
     """A TTS server failed one synthesis (down, 4xx/5xx, not audio): that utterance ends with
     an error event; the session goes on."""

@@ -14,23 +14,30 @@ from collections.abc import AsyncIterator, Mapping
 
 import numpy as np
 
-from .base import TTSEngine, TTSServerError, UnknownVoice, Voice, plausible_voice_name
+from .base import (
+    TTSEngine,
+    TTSOptionError,
+    TTSServerError,
+    UnknownVoice,
+    Voice,
+    plausible_voice_name,
+)
 from .http_audio import MAX_RATE_HZ, MIN_RATE_HZ, HTTPVoiceServer, PCMDecoder, pcm_chunks
 from .reference_voices import VOICES_DIR_NAME, ReferenceVoice, VoiceStore
 
 
 def passed_options(options: Mapping[str, object], allowed: Mapping[str, type | tuple]) -> dict:
     """The `tts` keys this server understands, with the JSON types it takes; a wrong type is a
-    ValueError naming the key (the utterance ends with it as its error)."""
+    TTSOptionError naming the key (the utterance ends with it as its error)."""
     out = {}
     for key, kinds in allowed.items():
         if key not in options:
             continue
         value = options[key]
         if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-            raise ValueError(f"tts.{key} must be {_names(kinds)}, not a boolean")
+            raise TTSOptionError(f"tts.{key} must be {_names(kinds)}, not a boolean")
         if not isinstance(value, kinds):
-            raise ValueError(f"tts.{key} must be {_names(kinds)}")
+            raise TTSOptionError(f"tts.{key} must be {_names(kinds)}")
         out[key] = value
     return out
 

@@ -31,7 +31,7 @@ import numpy as np
 from edge_tts.constants import TRUSTED_CLIENT_TOKEN, WSS_URL
 
 from ..media.audio_stream_decoding import AudioStreamDecoder
-from .base import TTSEngine, TTSServerError, UnknownVoice, Voice
+from .base import TTSEngine, TTSOptionError, TTSServerError, UnknownVoice, Voice
 from .cloning import passed_options
 from .http_audio import PROBE_TIMEOUT_S, PROBE_TTL_S
 
@@ -136,7 +136,7 @@ class EdgeTTSEngine(TTSEngine):
         except ValueError as exc:
             key = next((k for k in options if k in str(exc)), "")
             examples = {"rate": "+10%", "volume": "-20%", "pitch": "+5Hz"}
-            raise ValueError(f"tts.{key} must be like {examples[key]}" if key else
+            raise TTSOptionError(f"tts.{key} must be like {examples[key]}" if key else
                              f"edge-tts refused the voice or options: {exc}") from None
 
     async def synthesize(self, text: str, voice: Voice) -> AsyncIterator[np.ndarray]:

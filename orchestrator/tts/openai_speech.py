@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from .base import Voice
+from .base import TTSOptionError, Voice
 from .cloning import HTTPCloningEngine, passed_options
 from .http_audio import HTTPVoiceServer
 from .reference_voices import VoiceStore
@@ -40,7 +40,7 @@ class OpenAISpeechEngine(HTTPCloningEngine):
     def request(self, text: str, voice: Voice) -> dict:
         options = passed_options(voice.options, OPTIONS)
         if options.get("response_format", "pcm") not in FORMATS:
-            raise ValueError(f"tts.response_format must be one of {', '.join(FORMATS)}")
+            raise TTSOptionError(f"tts.response_format must be one of {', '.join(FORMATS)}")
         return {"model": self.model, "input": text, "voice": self._name(voice),
                 "response_format": "pcm", **options}
 
@@ -85,7 +85,7 @@ class OmniSpeechEngine(OpenAISpeechEngine):
     async def omni_request(self, text: str, voice: Voice) -> dict:
         options = passed_options(voice.options, OMNI_OPTIONS)
         if options.get("response_format", "wav") not in FORMATS:
-            raise ValueError(f"tts.response_format must be one of {', '.join(FORMATS)}")
+            raise TTSOptionError(f"tts.response_format must be one of {', '.join(FORMATS)}")
         body: dict = {"input": text, "response_format": "wav", **options}
         if self.model:
             body["model"] = self.model

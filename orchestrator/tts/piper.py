@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from ..settings import DEFAULT_PIPER_VOICE
 from ..triton.client import DEFAULT_TIMEOUT_S, TritonModelClient, bytes_input, fp32_input
-from .base import TTSEngine, UnknownVoice, Voice, plausible_voice_name
+from .base import TTSEngine, TTSOptionError, UnknownVoice, Voice, plausible_voice_name
 from .espeak import UNKNOWN_VOICE_MARKER
 
 PIPER_MODEL = "tts_piper"
@@ -41,8 +41,8 @@ def voice_model(voice_name: str) -> str:
 def piper_scales(options: Mapping[str, object]) -> np.ndarray | None:
     """`tts_piper`'s `scales` input (float32 [3]: noise_scale, length_scale, noise_w; NaN keeps
     the voice's own) from a Voice's options, or None when they name none. `length_scale` wins
-    over `speed`. ValueError naming the key for a value that is not a number within
-    PIPER_OPTIONS' bounds."""
+    over `speed`. A value that is not a number within
+    PIPER_OPTIONS' bounds: TTSOptionError naming the key."""
     asked = {}
     for key, (low, high) in PIPER_OPTIONS.items():
         if key not in options:
@@ -50,7 +50,7 @@ def piper_scales(options: Mapping[str, object]) -> np.ndarray | None:
         value = options[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 math.isfinite(value) and low <= value <= high) or (key == "speed" and value == 0):
-            raise ValueError(f"tts.{key} must be a number from {low:g} to {high:g}")
+            raise TTSOptionError(f"tts.{key} must be a number from {low:g} to {high:g}")
         asked[key] = float(value)
     if not asked:
         return None

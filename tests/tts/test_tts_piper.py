@@ -15,7 +15,10 @@ import onnx
 import pytest
 from conftest import MODEL_REPOSITORY
 from onnx import TensorProto, helper
+from server_fixtures import livehuman  # noqa: F401  (fixture)
+from session_events import wait_event
 
+from orchestrator.client import AvatarClient
 from orchestrator.speech.items import Utterance
 from orchestrator.speech.pipeline import SpeechPipeline
 from orchestrator.triton.server import EmbeddedTriton
@@ -104,6 +107,32 @@ async def test_piper_tts_options_set_its_pace_and_variation(triton):
     assert 1.8 < slow.size / takes[0].size < 2.2, (slow.size, takes[0].size)
     assert abs(long.size - slow.size) < 0.02 * slow.size
     assert _rms(slow) > SPEECH_RMS_MIN
+
+
+async def test_a_tts_value_out_of_range_ends_the_utterance_with_its_error_not_a_fault(
+        livehuman, caplog):  # noqa: F811
+    """POST /human with `tts: {"speed": 0}`: the utterance ends with an `error` event naming
+    tts.speed, logged as one line (no ERROR, no traceback: the client's mistake, not the
+    server's), and the session speaks the next one."""
+    base_url, services = livehuman
+    caplog.set_level(logging.INFO)
+    client = AvatarClient(base_url, keep_video=False)
+    try:
+        await client.connect()
+        await client.wait_for_video(5)
+        status, _ = await client.post("/human", type="echo", text="Hello.", tts={"speed": 0})
+        assert status == 200
+        error = await wait_event(services, client, "error")
+        assert "tts.speed" in error["msg"], error
+        status, _ = await client.post("/human", type="echo", text="Hello.", tts={"speed": 1.5})
+        assert status == 200
+        await wait_event(services, client, "end", timeout=30)
+    finally:
+        await client.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("speech refused" in r.getMessage() and "tts.speed" in r.getMessage()
+               for r in caplog.records)
 
 
 async def test_routing_english_to_piper_chinese_to_espeak(triton, caplog):
