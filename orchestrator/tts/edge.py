@@ -137,7 +137,7 @@ class EdgeTTSEngine(TTSEngine):
             key = next((k for k in options if k in str(exc)), "")
             examples = {"rate": "+10%", "volume": "-20%", "pitch": "+5Hz"}
             raise TTSOptionError(f"tts.{key} must be like {examples[key]}" if key else
-                             f"edge-tts refused the voice or options: {exc}") from None
+                                 f"edge-tts refused the voice or options: {exc}") from None
 
     async def synthesize(self, text: str, voice: Voice) -> AsyncIterator[np.ndarray]:
         request = self.communicate(text, voice)

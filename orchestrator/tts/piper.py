@@ -41,15 +41,15 @@ def voice_model(voice_name: str) -> str:
 def piper_scales(options: Mapping[str, object]) -> np.ndarray | None:
     """`tts_piper`'s `scales` input (float32 [3]: noise_scale, length_scale, noise_w; NaN keeps
     the voice's own) from a Voice's options, or None when they name none. `length_scale` wins
-    over `speed`. A value that is not a number within
-    PIPER_OPTIONS' bounds: TTSOptionError naming the key."""
+    over `speed`. A value that is not a number within PIPER_OPTIONS' bounds: TTSOptionError
+    naming the key."""
     asked = {}
     for key, (low, high) in PIPER_OPTIONS.items():
         if key not in options:
             continue
         value = options[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and low <= value <= high) or (key == "speed" and value == 0):
+                math.isfinite(value) and low <= value <= high):
             raise TTSOptionError(f"tts.{key} must be a number from {low:g} to {high:g}")
         asked[key] = float(value)
     if not asked:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from piper_speech import test_voice
+from piper_speech import voice_at_speed
 
 from orchestrator.asr import WhisperOnTriton
 from orchestrator.chat.knowledge import SHIPPED_DIR, KnowledgeBase
@@ -67,7 +67,7 @@ async def transcribe_questions(triton_url: str, questions: list[str],
     try:
         heard = {}
         for question in questions:
-            audio = await synthesize_all(piper, question, test_voice(speed))
+            audio = await synthesize_all(piper, question, voice_at_speed(speed))
             g = np.gcd(piper.sample_rate_hz, RATE_16K)
             audio = scipy.signal.resample_poly(audio, RATE_16K // g, piper.sample_rate_hz // g)
             heard[question] = await asr.transcribe(audio.astype(np.float32))

@@ -19,7 +19,7 @@ SAME_EVERY_TIME = {"noise_scale": 0.0, "noise_w": 0.0}
 TEST_VOICE = Voice.named("joe", options=SAME_EVERY_TIME)
 
 
-def test_voice(speed: float = 1.0) -> Voice:
+def voice_at_speed(speed: float = 1.0) -> Voice:
     """TEST_VOICE at `speed` (1 = its own pace; 0.85: slower, as a user says a question again)."""
     return Voice.named("joe", options={**SAME_EVERY_TIME, "speed": speed})
 

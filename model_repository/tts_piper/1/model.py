@@ -2,11 +2,12 @@
 
 Inputs `text`, `voice` (BYTES [1]; "" = the `default_voice` parameter) and optionally `scales`
 (FP32 [3]: noise_scale, length_scale, noise_w as Piper names them; NaN keeps the voice's own
-value from its `.onnx.json`); output `audio` (FP32, mono, at the `sample_rate_hz` parameter). Per sentence: eSpeak NG phonemes -> the voice's
-phoneme ids (piper_phonemes.py) -> the voice's VITS ONNX, which is a Triton model of its own
-(`piper_<voice>`, called through BLS): the container serves it with the onnxruntime backend, the
-embedded server with a python adapter. The voice's `.onnx.json` sits in that model's folder
-(`<repository>/piper_<voice>/voice.onnx.json`, written by `python -m export piper-voice`).
+value from its `.onnx.json`); output `audio` (FP32, mono, at the `sample_rate_hz` parameter).
+Per sentence: eSpeak NG phonemes -> the voice's phoneme ids (piper_phonemes.py) -> the voice's
+VITS ONNX, which is a Triton model of its own (`piper_<voice>`, called through BLS): the
+container serves it with the onnxruntime backend, the embedded server with a python adapter.
+The voice's `.onnx.json` sits in that model's folder (`<repository>/piper_<voice>/
+voice.onnx.json`, written by `python -m export piper-voice`).
 An unknown voice fails that request only, with a message containing "unknown voice".
 """
 
