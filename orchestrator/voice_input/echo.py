@@ -19,7 +19,9 @@ them as questions). The server knows exactly what it plays, so it cancels that i
   back; otherwise the frame passes as it is) and measures the echo path: the delay and the gain
   from the played level to the level of the (cancelled) uplink. While the avatar speaks, a frame
   is "over the echo" only when it is clearly louder (`ECHO_MARGIN_DB`) than that estimate;
-  barge-in needs such frames (voice_input/turn_taking.py).
+  barge-in needs such frames (voice_input/turn_taking.py). In a session's first seconds of
+  played sound the path is not settled (`echo_unsettled`: a late echo may not have come back
+  yet), and a barge-in over the echo waits for the words.
 - `said_by_avatar` tells a transcript that repeats what the avatar said in the last seconds
   (a fuzzy match on words): such a transcript is echo, not a turn.
 """
@@ -68,6 +70,10 @@ ECHO_GAIN_PERCENTILE = 90
 ECHO_USER_OVER_MEDIAN = 10 ** (30 / 20)
 ECHO_SOUNDING_S = 0.3
 ECHO_CORRELATED = 0.5  # a delay is measured from levels that correlate this well (log levels)
+# ... and taken as proof that the microphone hears the avatar (its gain is measured over the
+# frames the sound had that delay to come back in) when they correlate this well: an echo does
+# at 0.95-0.99; a user's voice over the avatar can reach 0.5 by chance.
+ECHO_CLEARLY_CORRELATED = 0.8
 # The canceller's reference is shifted to this much before the measured delay: AEC3 finds the
 # rest itself (its range is ~500 ms).
 CANCELLER_DELAY_SLACK_S = 0.1
@@ -80,6 +86,16 @@ ECHO_MARGIN = 10 ** (ECHO_MARGIN_DB / 20)
 # Speech over the echo for this many frames in a row (~0.1 s) is the user's: an utterance heard
 # while the avatar spoke that never had it is the avatar's own voice coming back
 CLEAR_OF_ECHO_FRAMES = 3
+# The echo path is settled once the frames the echo sounds in (ECHO_SOUNDING_S of played sound)
+# add up to this much. Before, an echo later than any heard so far (a busy client's playout:
+# 1 s in CI's loaded runs) may still be on its way, and a gain measured before it came back is
+# ~0: its first syllables would be clearly over the echo estimate. So until then a run over the
+# echo is not told from the user's voice by its level (the words tell: turn_taking.py). By 2.5 s
+# an echo up to 1.5 s late has come back for a second, its delay shows clearly
+# (ECHO_CLEARLY_CORRELATED: the runs taken for the user's until then are the echo's), and the
+# gain is taken over the frames it came back in (measured here: 0.3-1.5 s late echoes are never
+# over the margin once settled; 2 s ones are).
+ECHO_SETTLE_S = 2.5
 # --- transcripts that repeat the avatar ----------------------------------------------------------
 SAID_LOOKBACK_S = 20.0  # sentences started this long before an utterance may be heard in it
 ECHO_WORDS_FRACTION = 0.6  # a transcript this much made of the avatar's recent words is echo
@@ -200,16 +216,19 @@ class EchoGuard:
     `over_echo` says whether that frame is clearly louder than the echo expected in it.
 
     The canceller's output is what the VAD gets while an echo path is measured (an audible gain);
-    before the first measurement, and without an echo, the frame as it arrived. The guard does not depend on the canceller: it compares the microphone's level as it
-    arrived with the echo estimate of that frame, the echo path's gain times the loudest played
-    level of the last ECHO_MAX_DELAY_S. (A canceller that loses the echo for a moment, when the
+    before the first measurement, and without an echo, the frame as it arrived. The guard does
+    not depend on the canceller: it compares the microphone's level as it arrived with the echo
+    estimate of that frame, the echo path's gain times the loudest played level of the last
+    ECHO_MAX_DELAY_S. (A canceller that loses the echo for a moment, when the
     client's playout jumps, lets it through at full level: the barge-in must not trust it.)
 
     Every 0.5 s it measures, over the last ECHO_HISTORY_S of frame levels (32 ms RMS):
     - the echo path's gain: the ECHO_GAIN_PERCENTILE of (microphone level / loudest played level
       of the last ECHO_MAX_DELAY_S) over the frames with played sound, less those of runs that
-      were clearly over the echo (the user's voice). It needs no delay, so a jittery or stalled
-      uplink cannot fool it; until measured, ASSUMED_ECHO_GAIN;
+      were clearly over the echo (the user's voice) once the path is `settled`. It needs no
+      exact delay, so a jittery or stalled uplink cannot fool it, but once a delay is measured
+      the frames before the played sound had that long to come back are left out (a late
+      echo's first silence would pull the gain to ~0); until measured, ASSUMED_ECHO_GAIN;
     - the echo's delay (the lag whose played levels best follow the microphone's: correlation
       of log levels, 0 to ECHO_MAX_DELAY_S), when it is clear (ECHO_CORRELATED): the canceller's
       reference is shifted by it, less CANCELLER_DELAY_SLACK_S, so what is left for AEC3's own
@@ -243,9 +262,16 @@ class EchoGuard:
         self._since_measure = 0
         self.gain = ASSUMED_ECHO_GAIN  # microphone level / the loudest played level
         self.measured = False  # the gain was measured (else ASSUMED_ECHO_GAIN)
+        # ... after ECHO_SETTLE_S of the frames the echo sounds in: an echo up to ~1.5 s late
+        # has come back into it
+        self.settled = False
         self.delay_frames: int | None = None  # the echo's measured delay (VAD frames)
+        self.echo_lag_frames: int | None = None  # ... when clearly (ECHO_CLEARLY_CORRELATED)
         self.echo_rms = 0.0  # the echo expected in the last frame
         self.frame_rms = 0.0  # the last frame's level as it arrived
+        self.played_rms = 0.0  # the loudest played frame of the last ECHO_MAX_DELAY_S
+        self._since_sound = math.inf  # frames since the last one with played sound
+        self._sounding_frames = 0  # frames within ECHO_SOUNDING_S of played sound, ever
 
     def process(self, frame: np.ndarray, arrived_s: float) -> np.ndarray:
         """float32 [frame_samples] as it arrived (at monotonic `arrived_s`) -> the frame to
@@ -267,18 +293,29 @@ class EchoGuard:
                 out = cancelled
         self.frame_rms = _rms(frame)
         self._mic_rms.append(self.frame_rms)
-        self._ref_rms.append(_rms(far))
+        far_rms = _rms(far)
+        self._ref_rms.append(far_rms)
+        self._since_sound = 0 if far_rms > PLAYED_ACTIVE_RMS else self._since_sound + 1
+        if self._since_sound < self._sounding_window:
+            self._sounding_frames += 1
         recent = itertools.islice(self._ref_rms, max(0, len(self._ref_rms) - self._window), None)
-        self.echo_rms = self.gain * max(recent, default=0.0)
+        self.played_rms = max(recent, default=0.0)
+        self.echo_rms = self.gain * self.played_rms
         self._over_run = self._over_run + 1 if self.over_echo else 0
-        self._user.append(self._over_run >= CLEAR_OF_ECHO_FRAMES)
-        if self._over_run == CLEAR_OF_ECHO_FRAMES:  # the run's first frames are the user's too
+        # Unsettled with a clear delay measured, a run over the echo is the echo that has just
+        # begun to come back, not yet in the gain: it stays in the gain's frames
+        user = (self._over_run >= CLEAR_OF_ECHO_FRAMES
+                and (self.settled or self.echo_lag_frames is None))
+        self._user.append(user)
+        if user and self._over_run == CLEAR_OF_ECHO_FRAMES:  # the run's first frames too
             for k in range(2, CLEAR_OF_ECHO_FRAMES + 1):
                 self._user[-k] = True
         self._since_measure += 1
         # Until the first measurement, every frame: a user who answers a short first answer at
-        # once is judged against the measured path from the first frame it is due.
-        if self._since_measure >= ECHO_MEASURE_EVERY_FRAMES or not self.measured:
+        # once is judged against the measured path from the first frame it is due; and so is
+        # the frame the path settles on.
+        if (self._since_measure >= ECHO_MEASURE_EVERY_FRAMES or not self.measured
+                or (not self.settled and self._sounding_frames * VAD_FRAME_S >= ECHO_SETTLE_S)):
             self._since_measure = 0
             self._measure()
         return out
@@ -302,17 +339,24 @@ class EchoGuard:
 
     def _measure(self) -> None:
         ref = np.asarray(self._ref_rms)
+        mic = np.asarray(self._mic_rms)
+        self._measure_delay(mic, ref)
+        # The frames an echo can be in: played sound within ECHO_MAX_DELAY_S (what the echo
+        # estimate holds) that has had the measured delay to come back. The frames before a late
+        # echo first arrives hold none of it: counted, they pulled its gain to ~0.
+        lag = self.echo_lag_frames or 0
+        came_back = np.concatenate([np.zeros(lag), ref[:ref.size - lag]])
         loudest = self._loudest(ref)
-        active = (loudest > PLAYED_ACTIVE_RMS) & ~np.asarray(self._user)
+        active = ((loudest > PLAYED_ACTIVE_RMS) & (self._loudest(came_back) > PLAYED_ACTIVE_RMS)
+                  & ~np.asarray(self._user))
         if np.count_nonzero(active) * VAD_FRAME_S < ECHO_MIN_ACTIVE_S:
             return
-        mic = np.asarray(self._mic_rms)
         ratios = mic[active] / loudest[active]
         # The user's own speech is left out before the percentile is taken: frames far over what
         # the frames while the avatar sounds show (ECHO_USER_OVER_MEDIAN). Until the path is
         # measured the guard cannot flag them, and a user who answers a short answer at once is a
         # good part of its frames.
-        sounding = self._loudest(ref, self._sounding_window)[active] > PLAYED_ACTIVE_RMS
+        sounding = self._loudest(came_back, self._sounding_window)[active] > PLAYED_ACTIVE_RMS
         gain_sounding = 0.0
         if np.any(sounding):
             echo = ratios <= ECHO_USER_OVER_MEDIAN * np.median(ratios[sounding])
@@ -329,10 +373,22 @@ class EchoGuard:
             ratios = ratios[echo]
         self.gain = max(float(np.percentile(ratios, ECHO_GAIN_PERCENTILE)), gain_sounding)
         self.measured = True
+        self.settled = self._sounding_frames * VAD_FRAME_S >= ECHO_SETTLE_S
+
+    def _measure_delay(self, mic: np.ndarray, ref: np.ndarray) -> None:
+        """The echo's delay, when the levels show it clearly (ECHO_CORRELATED); the canceller's
+        reference follows it."""
         lag, score = self._best_lag(mic, ref)
         if lag is None or score < ECHO_CORRELATED:
             return
         self.delay_frames = lag
+        if score >= ECHO_CLEARLY_CORRELATED:
+            if self.echo_lag_frames is None and not self.settled:
+                # The runs taken for the user's before were the echo coming back later than the
+                # gain measured so far (a late echo's first syllables): not the user's.
+                self._user = collections.deque([False] * len(self._user),
+                                               maxlen=self._user.maxlen)
+            self.echo_lag_frames = lag
         bulk = max(0.0, lag * VAD_FRAME_S - CANCELLER_DELAY_SLACK_S)
         if self.canceller is not None and abs(bulk - self.bulk_delay_s) > CANCELLER_DELAY_SLACK_S:
             log.info("echo delay %.0f ms: the canceller's reference shifted by %.0f ms",
@@ -364,10 +420,18 @@ class EchoGuard:
         return best, best_score
 
     @property
+    def echo_unsettled(self) -> bool:
+        """The last frame may hold the avatar's voice coming back later than any echo heard so
+        far: sound was played in the last ECHO_MAX_DELAY_S and the path is not `settled`. Its
+        level does not tell it from the user's voice (over_echo may be true of either)."""
+        return not self.settled and self.played_rms > PLAYED_ACTIVE_RMS
+
+    @property
     def over_echo(self) -> bool:
         """The last frame, as it arrived, is clearly louder (ECHO_MARGIN_DB) than the echo
-        expected in it (no echo is expected when nothing was played)."""
-        return self.frame_rms >= ECHO_MARGIN * self.echo_rms
+        expected in it (no echo is expected when nothing was played; digital silence is over
+        nothing)."""
+        return self.frame_rms > ECHO_MARGIN * self.echo_rms
 
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")

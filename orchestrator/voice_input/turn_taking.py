@@ -32,10 +32,13 @@ then final with `final: true`; `text` "" when nothing intelligible was said: no 
 The avatar must not hear itself (voice_input/echo.py): the uplink is echo-cancelled against what
 the session plays (`--no-echo-cancellation` turns that off; the browser's own getUserMedia
 `echoCancellation` comes first); while the avatar speaks, barge-in needs speech clearly louder
-than the echo estimate; and a transcript that repeats what the avatar said in the last seconds is
-echo (`transcript` with `echo: true`, no turn). `voice_mode` "half-duplex" goes further: no
-barge-in, and no turn from an utterance heard while the avatar spoke, except one ended by
-push-to-talk (`end_turn`), which interrupts the avatar and is answered.
+than the echo estimate (`barge_in {by: "level"}`), and until the echo path has settled (the
+first seconds of played sound: a late echo may not have come back yet) it waits for the words
+instead (`by: "words"`: the first transcript of the utterance that is not the avatar's own); and
+a transcript that repeats what the avatar said in the last seconds is echo (`transcript` with
+`echo: true`, no turn). `voice_mode` "half-duplex" goes further: no barge-in, and no turn from
+an utterance heard while the avatar spoke, except one ended by push-to-talk (`end_turn`), which
+interrupts the avatar and is answered.
 """
 
 from __future__ import annotations
@@ -167,6 +170,9 @@ class Listener:
         self.echo = (EchoGuard(played, open_canceller() if voice.echo_cancellation else None)
                      if played is not None else None)
         self._loud_run = 0  # frames in a row clearly louder than the avatar's echo
+        # ... judged over a settled echo path (echo.py: ECHO_SETTLE_S); frames over an unsettled
+        # one may be the avatar's voice coming back later than any echo heard so far
+        self._settled_run = 0
         # the utterance under way had CLEAR_OF_ECHO_FRAMES in a row over the echo (or no echo):
         # one that never had is the avatar's own voice, whatever its transcript says
         self._clear_of_echo = False
@@ -174,6 +180,9 @@ class Listener:
         self._forced = False  # ... and push-to-talk ended it (half-duplex: a turn all the same)
         self._turns: set[asyncio.Task] = set()
         self._barged = False
+        # the run that would have barged in was over an echo path not settled yet (it may be
+        # the avatar's own voice coming back late): the barge-in waits for the words
+        self._barge_waits = False
         # VAD frame of the utterance under way where the user's voice begins: set at a barge-in
         # over the echo (BARGE_IN_LEAD_S before its loud run); 0: the utterance is all theirs
         self._users_from = 0
@@ -202,7 +211,10 @@ class Listener:
                 if self.echo is not None:
                     # AEC3 on 32 ms: ~0.3 ms, inline (less than an executor round trip)
                     frame = self.echo.process(frame, arrived_s)
-                    self._loud_run = self._loud_run + 1 if self.echo.over_echo else 0
+                    over = self.echo.over_echo
+                    self._loud_run = self._loud_run + 1 if over else 0
+                    self._settled_run = (self._settled_run + 1
+                                         if over and not self.echo.echo_unsettled else 0)
                 event = await self.activity.feed(frame)
                 if event is not None:
                     await self._on(event)
@@ -241,7 +253,7 @@ class Listener:
         session = self.session
         if isinstance(event, SpeechOnset) and event.duration_s <= VAD_FRAME_S + 1e-9:
             # A run of one frame is a new run: it may barge in again.
-            self._barged = self._overlapped = self._clear_of_echo = False
+            self._barged = self._barge_waits = self._overlapped = self._clear_of_echo = False
             self._users_from = 0
         if session.speaking and not isinstance(event, SpeechEnded):
             self._overlapped = True
@@ -265,8 +277,13 @@ class Listener:
                     and not self._too_little(event.speech_s)):
                 self._speculation = (event.pause_s, self._start(
                     self._transcribe(self._users_part(event.audio)), f"asr-{session.sessionid}"))
+                if self._barge_waits:
+                    self._start(self._barge_in_on_words(self._speculation[1], self._utterance,
+                                                        event.audio.size),
+                                f"barge-in-{session.sessionid}")
         elif isinstance(event, SpeechEnded):
-            self._barged = False
+            barge_waits = self._barge_waits and not self._barged
+            self._barged = self._barge_waits = False
             audio = self._users_part(event.audio)
             self._users_from = 0
             self._utterance += 1  # partials still running belong to the ended utterance
@@ -289,7 +306,8 @@ class Listener:
             transcription = (speculation[1] if speculation is not None
                              else self._start(self._transcribe(audio),
                                               f"asr-{session.sessionid}"))
-            self._start(self._turn(event, transcription, speculation is not None, clear),
+            self._start(self._turn(event, transcription, speculation is not None, clear,
+                                   barge_waits),
                         f"turn-{session.sessionid}")
 
     def _users_part(self, audio: np.ndarray) -> np.ndarray:
@@ -337,12 +355,41 @@ class Listener:
         loud_s = self._loud_run * VAD_FRAME_S if self.echo is not None else math.inf
         if (self.options.barge_in and self.options.mode != HALF_DUPLEX and not self._barged
                 and session.speaking and min(speech_s, loud_s) >= self.voice.barge_in_min_s - 1e-9):
-            self._barged = True
-            if self.echo is not None:
+            if self.echo is not None and not self._barge_waits:
                 lead = round(BARGE_IN_LEAD_S / VAD_FRAME_S)
                 self._users_from = max(0, self.activity.buffered_frames - self._loud_run - lead)
-            session.events.emit("barge_in", after_s=round(speech_s, 3))
+            if (self.echo is not None
+                    and self._settled_run * VAD_FRAME_S < self.voice.barge_in_min_s - 1e-9):
+                self._barge_waits = True  # the level cannot tell it from a late echo
+                return
+            self._barged = True
+            self._barge_waits = False
+            session.events.emit("barge_in", after_s=round(speech_s, 3), by="level")
             await session.interrupt()
+
+    async def _barge_in_on_words(self, transcription: asyncio.Task, utterance: int,
+                                 samples: int) -> None:
+        """A barge-in that waited for the words (a run over an echo path not settled): made
+        when the utterance's transcript so far (`transcription`, of its first `samples` at
+        16 kHz) is the user's words, not the avatar's, and the avatar still speaks."""
+        await asyncio.wait([transcription])
+        if transcription.cancelled() or transcription.exception() is not None:
+            return  # dropped (speech resumed and a newer pause came) or failed: the end tells
+        if utterance == self._utterance and self._barge_waits:
+            await self._barge_in_if_users(transcription.result()[0],
+                                          samples / VAD_SAMPLE_RATE_HZ)
+
+    async def _barge_in_if_users(self, text: str, speech_s: float) -> None:
+        """The barge-in that waited: `text` (the utterance's transcript) is speakable words the
+        avatar did not just say, and the avatar still speaks."""
+        session = self.session
+        if (self._barged or not session.speaking or session.closed or not has_speakable(text)
+                or self._echo_of_avatar(text, speech_s)):
+            return
+        self._barged = True
+        self._barge_waits = False
+        session.events.emit("barge_in", after_s=round(speech_s, 3), by="words")
+        await session.interrupt()
 
     async def end_turn(self) -> bool:
         """Push-to-talk released: the utterance under way ends at its first non-speech frame
@@ -434,7 +481,10 @@ class Listener:
         return ("" if dropped else transcript.text), asr_ms, dropped
 
     async def _turn(self, event: SpeechEnded, transcription: asyncio.Task,
-                    speculative: bool, clear_of_echo: bool = True) -> None:
+                    speculative: bool, clear_of_echo: bool = True,
+                    barge_waits: bool = False) -> None:
+        """The utterance's final transcript, and the turn it makes; `barge_waits`: its barge-in
+        waited for the words (and none was made from a partial transcript)."""
         session = self.session
         ended_at = time.monotonic()
         try:
@@ -458,6 +508,9 @@ class Listener:
                             **extra)
         if not turn:
             return
+        if barge_waits and session.speaking:  # the user's words: the barge-in that waited
+            session.events.emit("barge_in", after_s=round(seconds, 3), by="words")
+            await session.interrupt()
         try:
             if self.options.mode in ("chat", HALF_DUPLEX):
                 session.ask(text)

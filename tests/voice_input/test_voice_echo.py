@@ -41,16 +41,10 @@ USER = "Hello there."
 # words of QUESTION that ANSWER lacks: a transcript with some of them is the user's question
 QUESTION_ONLY_WORDS = set(words(QUESTION)) - set(words(ANSWER))
 SHORT_SAY, QUICK_REPLY = "OK.", "Yes."  # a short answer, and the user's reply straight after it
-# The guard's first measurement of the echo path comes after the first second of played sound;
-# an echo later than ~0.5 s has barely begun then, its gain is measured low, and its next loud
-# syllables pass for the user (a barge-in on the avatar's own voice). Measuring later, or
-# taking the loudest ratio while little echo is heard, breaks the headset user who answers a
-# short first answer at once (test_a_quick_reply_...): the two are the same levels until the
-# reply's words are known.
-LATE_ECHO = "a first answer's echo over ~0.5 s late is measured too early (LATE_ECHO)"
 REPLY_AFTER_S = 0.1  # the reply begins this long after the answer's last sound
 ECHO_GAIN_DB = -10.0
 ECHO_DELAY_S = 0.150
+LATE_ECHO_DELAY_S = 1.0  # a busy client's playout
 
 
 @pytest.fixture(scope="module")
@@ -140,15 +134,17 @@ async def test_canceller_removes_piper_echo_and_keeps_the_user(speech):
     assert any(all(over[k:k + 3]) for k in range(first, first + 8)), over[first:first + 10]
 
 
-def guard_over(far: np.ndarray, mic: np.ndarray, canceller=None) -> list[bool]:
-    """`over_echo` of each VAD frame of `mic` (16 kHz) while the session plays `far` (16 kHz),
-    both from the same instant; arrival times with a little jitter, as test_canceller's."""
+def guard_frames(far: np.ndarray, mic: np.ndarray, canceller=None) -> tuple[list[bool],
+                                                                          list[bool]]:
+    """(`over_echo`, `echo_unsettled`) of each VAD frame of `mic` (16 kHz) while the session plays
+    `far` (16 kHz), both from the same instant; arrival times with a little jitter, as
+    test_canceller's."""
     start = 50.0
     played = PlayedAudio(lambda tick: start + tick * 0.04)
     guard = EchoGuard(played, canceller)
     rng = np.random.default_rng(1)
     far = np.concatenate([far, np.zeros(max(0, mic.size - far.size) + 640, np.float32)])
-    over, tick = [], 0
+    over, unsettled, tick = [], [], 0
     for k in range(mic.size // 512):
         arrived = start + 0.03 + (k + 1) * 512 / 16000 + abs(rng.normal(0, 0.005))
         while start + tick * 0.04 <= arrived and (tick + 1) * 640 <= far.size:
@@ -156,7 +152,13 @@ def guard_over(far: np.ndarray, mic: np.ndarray, canceller=None) -> list[bool]:
             tick += 1
         guard.process(mic[k * 512:(k + 1) * 512], arrived)
         over.append(guard.over_echo)
-    return over
+        unsettled.append(guard.echo_unsettled)
+    return over, unsettled
+
+
+def guard_over(far: np.ndarray, mic: np.ndarray, canceller=None) -> list[bool]:
+    """`over_echo` of each VAD frame (guard_frames)."""
+    return guard_frames(far, mic, canceller)[0]
 
 
 def runs_over(over: list[bool], frames: range) -> bool:
@@ -213,34 +215,38 @@ async def test_the_echo_of_an_answer_after_a_cut_one_is_not_the_user(speech, can
     assert not runs, [round(k * 512 / 16000, 2) for k in runs]
 
 
-@pytest.mark.parametrize("delay_s", [
-    pytest.param(0.3, id="300ms"),
-    pytest.param(0.45, id="450ms"),
-    pytest.param(0.6, id="600ms", marks=pytest.mark.xfail(strict=True, reason=LATE_ECHO)),
-    pytest.param(1.0, id="1s", marks=pytest.mark.xfail(strict=True, reason=LATE_ECHO)),
-])
+@pytest.mark.parametrize("delay_s", [0.3, 0.6, 1.0, 1.5, pytest.param(2.0, marks=pytest.mark.xfail(
+    strict=True, reason="an echo 2 s late has come back for under 0.5 s when the path settles "
+    "(ECHO_SETTLE_S 2.5 s): its gain is still measured low"))])
 async def test_a_late_echo_of_the_first_answer_is_not_the_user(speech, delay_s):
-    """The first answer's echo (-10 dB) coming back `delay_s` late (a busy client's playout):
-    never taken for the user. Known limitation from 0.6 s on (LATE_ECHO, strict xfail so that a
-    fix is noticed)."""
+    """The first answer's echo (-10 dB) coming back `delay_s` late (a busy client's playout,
+    as CI's loaded runs showed: 1 s): no run of it over the echo estimate would barge in by its
+    level. While the echo path is unsettled (the first seconds of played sound: the echo may
+    still be on its way) such a run is left to the words (`echo_unsettled`); after, the
+    measured gain holds the echo under the margin. Old code: the gain measured on the first
+    second, before any echo came back, stayed ~0 and the echo's syllables barged in."""
     far = at_16k(*speech[ANSWER])[:8 * 16000]
     delay = int(delay_s * 16000)
     echo = np.concatenate([np.zeros(delay, np.float32), far, np.zeros(16000, np.float32)]
                           ) * 10 ** (ECHO_GAIN_DB / 20)
-    over = guard_over(far, echo)
+    over, unsettled = guard_frames(far, echo)
     heard = [k for k in range(echo.size // 512)
              if np.sqrt(np.mean(echo[k * 512:(k + 1) * 512] ** 2)) > 1e-3]
-    runs = [k for k in heard if all(over[k:k + CLEAR_OF_ECHO_FRAMES])
-            and k + CLEAR_OF_ECHO_FRAMES - 1 in heard]
+    n = CLEAR_OF_ECHO_FRAMES
+    runs = [k for k in heard if all(over[k:k + n]) and not any(unsettled[k:k + n])
+            and k + n - 1 in heard]
     assert not runs, [round(k * 512 / 16000, 2) for k in runs]
+    assert unsettled[heard[0]], "the echo came back before the path settled"
 
 
 # --- through WebRTC ---------------------------------------------------------------------------
 
 async def answer_over_echo(base_url: str, services, speech, answer: str = ANSWER,
+                           delay_s: float = ECHO_DELAY_S,
                            **offer) -> tuple[AvatarClient, EchoingMicrophone]:
-    """A client whose microphone hears its speaker, connected; the avatar says `answer`."""
-    mic = EchoingMicrophone(ECHO_GAIN_DB, ECHO_DELAY_S)
+    """A client whose microphone hears its speaker `delay_s` after it arrives, connected; the
+    avatar says `answer`."""
+    mic = EchoingMicrophone(ECHO_GAIN_DB, delay_s)
     client = AvatarClient(base_url, keep_video=False, microphone=mic)
     mic.hear(client.received)
     await client.connect(**offer)
@@ -251,15 +257,17 @@ async def answer_over_echo(base_url: str, services, speech, answer: str = ANSWER
     return client, mic
 
 
-@pytest.mark.parametrize("answer, echoed_s", [
-    pytest.param(SHORT_ANSWER, 3, id="two-sentences"),
-    pytest.param(ANSWER, 10, id="whole-answer", marks=pytest.mark.slow),
+@pytest.mark.parametrize("answer, echoed_s, delay_s", [
+    pytest.param(SHORT_ANSWER, 3, LATE_ECHO_DELAY_S, id="two-sentences-late"),
+    pytest.param(ANSWER, 10, ECHO_DELAY_S, id="whole-answer", marks=pytest.mark.slow),
 ])
-async def test_the_avatar_does_not_hear_itself(echo_server, speech, answer, echoed_s):
+async def test_the_avatar_does_not_hear_itself(echo_server, speech, answer, echoed_s, delay_s):
     """The avatar speaking (two sentences in CI, ~18 s in the slow run) while its own voice
-    comes back up the uplink: no barge-in, no interruption, no question of its own words."""
+    comes back up the uplink: no barge-in, no interruption, no question of its own words. CI's
+    echo comes back a second late (the 150 ms one: the barge-in test below), as a loaded CI run
+    made the 150 ms one (a barge-in 1.2 s into the first answer, on its own voice)."""
     base_url, services = echo_server
-    client, mic = await answer_over_echo(base_url, services, speech, answer)
+    client, mic = await answer_over_echo(base_url, services, speech, answer, delay_s=delay_s)
     try:
         end = await wait_event(services, client, "end", timeout=60)
         assert end["text"] == answer

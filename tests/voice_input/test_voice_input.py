@@ -32,6 +32,7 @@ from orchestrator.vad.activity import (
 )
 from orchestrator.vad.base import VAD, VAD_FRAME_SAMPLES, VADStream
 from orchestrator.vad.silero import SileroVAD
+from orchestrator.voice_input.echo import ECHO_SETTLE_S
 from orchestrator.voice_input.microphone import UplinkFrames
 from orchestrator.voice_input.turn_taking import (
     BARGE_IN_LEAD_S,
@@ -341,8 +342,10 @@ async def test_a_barge_in_over_the_echo_is_transcribed_from_the_users_voice():
         await listener._on(SpeechStarted(0.0))
         for k in range(echo_frames + user_frames):
             listener.activity._frames.append(np.zeros(VAD_FRAME_SAMPLES, np.float32))
-            # the echo is speech to the VAD but never over the echo; the user's voice is
+            # the echo is speech to the VAD but never over the echo; the user's voice is (the
+            # path settled)
             listener._loud_run = 0 if k < echo_frames else listener._loud_run + 1
+            listener._settled_run = listener._loud_run
             await listener._on(SpeechContinues((k + 1) * frame_s))
         assert len(interrupts) == 1
         await listener._on(SpeechEnded(np.concatenate(listener.activity._frames), 3.2, 3.5))
@@ -354,6 +357,61 @@ async def test_a_barge_in_over_the_echo_is_transcribed_from_the_users_voice():
     assert asr.calls == [(user_frames + lead) * VAD_FRAME_SAMPLES], asr.calls  # old: all 100
     # the next utterance is the user's from its start
     assert listener._users_from == 0
+
+
+@pytest.mark.parametrize("said_by", ["user", "avatar"])
+@pytest.mark.parametrize("ended_by", ["pause", "end"])
+async def test_a_barge_in_over_an_unsettled_echo_waits_for_the_words(said_by, ended_by):
+    """A run clearly over the echo estimate while the echo path is not settled (the first
+    seconds of played sound: a late echo may not have come back yet) does not barge in by its
+    level: the avatar's own voice coming back a second late did (CI, a loaded run). The words
+    decide: a transcript of the user's words (the speculative one at the first pause, or the
+    final one) barges in, `by: "words"`, before the turn is asked; the avatar's own words
+    neither barge in nor make a turn."""
+    interrupts, order = [], []
+
+    class Speaking(_FakeSession):
+        speaking = True
+
+        async def interrupt(self) -> None:
+            interrupts.append(len(self.emitted))
+            order.append("interrupt")
+
+        def ask(self, text: str) -> None:
+            super().ask(text)
+            order.append("ask")
+
+    asr = _CountingASR(seconds=0.01)
+    session = Speaking()
+    heard = f"heard {20 * VAD_FRAME_SAMPLES} samples"  # what _CountingASR makes of the run
+    if said_by == "avatar":
+        session.history.append({"event": "sentence", "text": heard, "time": time.time()})
+    listener = Listener(session, _SilentTrack(), VoiceInput(vad=None, asr=asr),  # type: ignore[arg-type]
+                        VoiceOptions())
+    listener.echo = object()  # type: ignore[assignment]  # an echo guard: the loud run is read
+    frame_s = VAD_FRAME_SAMPLES / RATE_16K
+    try:
+        await listener._on(SpeechStarted(0.0))
+        for k in range(20):
+            listener.activity._frames.append(np.zeros(VAD_FRAME_SAMPLES, np.float32))
+            listener._loud_run = k + 1  # over the echo, but not over a settled path
+            await listener._on(SpeechContinues((k + 1) * frame_s))
+        assert interrupts == [] and "barge_in" not in [n for n, _ in session.emitted]
+        audio = np.zeros(20 * VAD_FRAME_SAMPLES, np.float32)
+        if ended_by == "pause":
+            await listener._on(SpeechPaused(audio, 0.64))
+            await asyncio.sleep(0.1)
+        await listener._on(SpeechEnded(audio, 0.64, 1.0))
+        await asyncio.sleep(0.1)
+    finally:
+        await listener.close()
+    barge_ins = [f for n, f in session.emitted if n == "barge_in"]
+    if said_by == "user":
+        assert len(interrupts) == 1 and len(barge_ins) == 1, session.emitted
+        assert barge_ins[0]["by"] == "words"
+        assert session.asked == [heard] and order == ["interrupt", "ask"]
+    else:
+        assert interrupts == [] and barge_ins == [] and session.asked == [], session.emitted
 
 
 async def test_barge_in_acts_on_speech_before_it_is_a_turn():
@@ -505,11 +563,13 @@ async def test_barge_in_silences_the_avatar(voice_server, speech):
         assert status == 200
         await wait_event(services, client, "start")
         await client.wait_for_speech(time.monotonic() - 1, timeout=10)
-        await asyncio.sleep(1.0)
+        # past the first ECHO_SETTLE_S of played sound: before it, the words decide (below)
+        await asyncio.sleep(ECHO_SETTLE_S + 0.5)
         mic.play(*speech["Hello there."])
         interrupted = await wait_event(services, client, "interrupted", timeout=10)
         assert interrupted["text"] == LONG_ECHO
-        assert any(e["event"] == "barge_in" for e in history(services, client))
+        barge_in = next(e for e in history(services, client) if e["event"] == "barge_in")
+        assert barge_in["by"] == "level", barge_in  # the voice's level, before any words
         await asyncio.sleep(0.5)
         quiet_from = time.monotonic()
         await asyncio.sleep(0.3)
