@@ -72,8 +72,10 @@ ECHO_SOUNDING_S = 0.3
 ECHO_CORRELATED = 0.5  # a delay is measured from levels that correlate this well (log levels)
 # ... and taken as proof that the microphone hears the avatar (its gain is measured over the
 # frames the sound had that delay to come back in) when they correlate this well: an echo does
-# at 0.95-0.99; a user's voice over the avatar can reach 0.5 by chance.
-ECHO_CLEARLY_CORRELATED = 0.8
+# at 0.93-0.99, one with chunks dropped by a loaded test client at 0.57-0.77 in its first
+# seconds; a headset user's voice over the avatar reached 0.51 (their onset lined up with the
+# answer's).
+ECHO_CLEARLY_CORRELATED = 0.65
 # The canceller's reference is shifted to this much before the measured delay: AEC3 finds the
 # rest itself (its range is ~500 ms).
 CANCELLER_DELAY_SLACK_S = 0.1
@@ -96,6 +98,12 @@ CLEAR_OF_ECHO_FRAMES = 3
 # gain is taken over the frames it came back in (measured here: 0.3-1.5 s late echoes are never
 # over the margin once settled; 2 s ones are).
 ECHO_SETTLE_S = 2.5
+# ... unless, with no echo delay clear, this much of the frames with played sound (of the last
+# ECHO_HISTORY_S) were taken for the user's: a late echo whose delay does not show (a loaded
+# client smears its levels), judged against a gain of ~0 and so left out of it, is most of them
+# (CI: the path settled at 2.5 s on such a gain, then barged in on the echo); a user who talked
+# over most of the first answer looks the same. Their words barge in until the share drops.
+ECHO_SETTLE_USER_SHARE = 0.3
 # --- transcripts that repeat the avatar ----------------------------------------------------------
 SAID_LOOKBACK_S = 20.0  # sentences started this long before an utterance may be heard in it
 ECHO_WORDS_FRACTION = 0.6  # a transcript this much made of the avatar's recent words is echo
@@ -262,8 +270,8 @@ class EchoGuard:
         self._since_measure = 0
         self.gain = ASSUMED_ECHO_GAIN  # microphone level / the loudest played level
         self.measured = False  # the gain was measured (else ASSUMED_ECHO_GAIN)
-        # ... after ECHO_SETTLE_S of the frames the echo sounds in: an echo up to ~1.5 s late
-        # has come back into it
+        # ... after ECHO_SETTLE_S of the frames the echo sounds in (an echo up to ~1.5 s late
+        # has come back into it), with its delay clear or few runs taken for the user's
         self.settled = False
         self.delay_frames: int | None = None  # the echo's measured delay (VAD frames)
         self.echo_lag_frames: int | None = None  # ... when clearly (ECHO_CLEARLY_CORRELATED)
@@ -272,6 +280,8 @@ class EchoGuard:
         self.played_rms = 0.0  # the loudest played frame of the last ECHO_MAX_DELAY_S
         self._since_sound = math.inf  # frames since the last one with played sound
         self._sounding_frames = 0  # frames within ECHO_SOUNDING_S of played sound, ever
+        # the sounding frames the path may first settle at (measured then, not 0.5 s later)
+        self._settle_frames = math.ceil(ECHO_SETTLE_S / VAD_FRAME_S)
 
     def process(self, frame: np.ndarray, arrived_s: float) -> np.ndarray:
         """float32 [frame_samples] as it arrived (at monotonic `arrived_s`) -> the frame to
@@ -296,8 +306,10 @@ class EchoGuard:
         far_rms = _rms(far)
         self._ref_rms.append(far_rms)
         self._since_sound = 0 if far_rms > PLAYED_ACTIVE_RMS else self._since_sound + 1
+        settle_due = False
         if self._since_sound < self._sounding_window:
             self._sounding_frames += 1
+            settle_due = self._sounding_frames == self._settle_frames
         recent = itertools.islice(self._ref_rms, max(0, len(self._ref_rms) - self._window), None)
         self.played_rms = max(recent, default=0.0)
         self.echo_rms = self.gain * self.played_rms
@@ -315,7 +327,7 @@ class EchoGuard:
         # once is judged against the measured path from the first frame it is due; and so is
         # the frame the path settles on.
         if (self._since_measure >= ECHO_MEASURE_EVERY_FRAMES or not self.measured
-                or (not self.settled and self._sounding_frames * VAD_FRAME_S >= ECHO_SETTLE_S)):
+                or (settle_due and not self.settled)):
             self._since_measure = 0
             self._measure()
         return out
@@ -347,8 +359,9 @@ class EchoGuard:
         lag = self.echo_lag_frames or 0
         came_back = np.concatenate([np.zeros(lag), ref[:ref.size - lag]])
         loudest = self._loudest(ref)
+        users = np.asarray(self._user)
         active = ((loudest > PLAYED_ACTIVE_RMS) & (self._loudest(came_back) > PLAYED_ACTIVE_RMS)
-                  & ~np.asarray(self._user))
+                  & ~users)
         if np.count_nonzero(active) * VAD_FRAME_S < ECHO_MIN_ACTIVE_S:
             return
         ratios = mic[active] / loudest[active]
@@ -373,7 +386,11 @@ class EchoGuard:
             ratios = ratios[echo]
         self.gain = max(float(np.percentile(ratios, ECHO_GAIN_PERCENTILE)), gain_sounding)
         self.measured = True
-        self.settled = self._sounding_frames * VAD_FRAME_S >= ECHO_SETTLE_S
+        played = loudest > PLAYED_ACTIVE_RMS
+        users_share = np.count_nonzero(played & users) / max(1, np.count_nonzero(played))
+        self.settled = self.settled or (  # (for the session: a path does not unsettle)
+            self._sounding_frames * VAD_FRAME_S >= ECHO_SETTLE_S
+            and (self.echo_lag_frames is not None or users_share < ECHO_SETTLE_USER_SHARE))
 
     def _measure_delay(self, mic: np.ndarray, ref: np.ndarray) -> None:
         """The echo's delay, when the levels show it clearly (ECHO_CORRELATED); the canceller's

@@ -22,6 +22,7 @@ from orchestrator.client import AvatarClient, EchoingMicrophone, Microphone
 from orchestrator.tts import PiperEngine, synthesize_all
 from orchestrator.voice_input.echo import (
     CLEAR_OF_ECHO_FRAMES,
+    ECHO_SETTLE_S,
     EchoGuard,
     PlayedAudio,
     UplinkClock,
@@ -237,6 +238,28 @@ async def test_a_late_echo_of_the_first_answer_is_not_the_user(speech, delay_s):
             and k + n - 1 in heard]
     assert not runs, [round(k * 512 / 16000, 2) for k in runs]
     assert unsettled[heard[0]], "the echo came back before the path settled"
+
+
+async def test_the_path_does_not_settle_on_runs_it_took_for_the_user(speech):
+    """After ECHO_SETTLE_S of played sound the path settles when the echo's delay shows clearly
+    or few runs (under ECHO_SETTLE_USER_SHARE of the frames with played sound) were taken for
+    the user's. CI, a loaded run: a late echo smeared by the client never correlated clearly, its
+    syllables were taken for the user's (out of the gain), the path settled at 2.5 s on a gain of
+    ~0, then barged in on the echo. Here: a clean late echo and a headset that heard nothing
+    settle at ECHO_SETTLE_S; a headset user who talked over the first answer's first seconds
+    (the same levels as a late echo) holds it until their share of the last 8 s is small."""
+    far = at_16k(*speech[ANSWER])[:10 * 16000]
+    question = at_16k(*speech[QUESTION])
+    early, late = (round(s * 16000 / 512) for s in (ECHO_SETTLE_S + 0.2, 9.0))
+    echo = np.concatenate([np.zeros(16000, np.float32), far])[:far.size] * 10 ** (ECHO_GAIN_DB / 20)
+    _, unsettled = guard_frames(far, echo)
+    assert not unsettled[early]
+    headset = np.zeros(far.size, np.float32)
+    _, unsettled = guard_frames(far, headset)
+    assert not unsettled[early]
+    headset[16000:16000 + question.size] = question  # the user, at 1 s
+    _, unsettled = guard_frames(far, headset)
+    assert unsettled[early] and not unsettled[late]
 
 
 # --- through WebRTC ---------------------------------------------------------------------------

@@ -563,7 +563,7 @@ async def test_barge_in_silences_the_avatar(voice_server, speech):
         assert status == 200
         await wait_event(services, client, "start")
         await client.wait_for_speech(time.monotonic() - 1, timeout=10)
-        # past the first ECHO_SETTLE_S of played sound: before it, the words decide (below)
+        # past the first ECHO_SETTLE_S of played sound: before it, the words decide (by: "words")
         await asyncio.sleep(ECHO_SETTLE_S + 0.5)
         mic.play(*speech["Hello there."])
         interrupted = await wait_event(services, client, "interrupted", timeout=10)
