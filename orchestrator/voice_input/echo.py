@@ -351,17 +351,23 @@ class EchoGuard:
 
     def _measure(self) -> None:
         ref = np.asarray(self._ref_rms)
+        loudest = self._loudest(ref)
+        played = loudest > PLAYED_ACTIVE_RMS
+        # (until there is this much, every frame of a session that has not spoken yet comes
+        # here: nothing more is worked out for it)
+        if np.count_nonzero(played) * VAD_FRAME_S < ECHO_MIN_ACTIVE_S:
+            return
         mic = np.asarray(self._mic_rms)
         self._measure_delay(mic, ref)
         # The frames an echo can be in: played sound within ECHO_MAX_DELAY_S (what the echo
         # estimate holds) that has had the measured delay to come back. The frames before a late
         # echo first arrives hold none of it: counted, they pulled its gain to ~0.
         lag = self.echo_lag_frames or 0
-        came_back = np.concatenate([np.zeros(lag), ref[:ref.size - lag]])
-        loudest = self._loudest(ref)
+        came_back = np.concatenate([np.zeros(lag), ref[:ref.size - lag]]) if lag else ref
         users = np.asarray(self._user)
-        active = ((loudest > PLAYED_ACTIVE_RMS) & (self._loudest(came_back) > PLAYED_ACTIVE_RMS)
-                  & ~users)
+        active = played & ~users
+        if lag:
+            active &= self._loudest(came_back) > PLAYED_ACTIVE_RMS
         if np.count_nonzero(active) * VAD_FRAME_S < ECHO_MIN_ACTIVE_S:
             return
         ratios = mic[active] / loudest[active]
@@ -386,7 +392,6 @@ class EchoGuard:
             ratios = ratios[echo]
         self.gain = max(float(np.percentile(ratios, ECHO_GAIN_PERCENTILE)), gain_sounding)
         self.measured = True
-        played = loudest > PLAYED_ACTIVE_RMS
         users_share = np.count_nonzero(played & users) / max(1, np.count_nonzero(played))
         self.settled = self.settled or (  # (for the session: a path does not unsettle)
             self._sounding_frames * VAD_FRAME_S >= ECHO_SETTLE_S

@@ -282,7 +282,7 @@ class Listener:
                                                         event.audio.size),
                                 f"barge-in-{session.sessionid}")
         elif isinstance(event, SpeechEnded):
-            barge_waits = self._barge_waits and not self._barged
+            barge_waits = self._barge_waits  # (never set once barged)
             self._barged = self._barge_waits = False
             audio = self._users_part(event.audio)
             self._users_from = 0
@@ -362,34 +362,30 @@ class Listener:
                     and self._settled_run * VAD_FRAME_S < self.voice.barge_in_min_s - 1e-9):
                 self._barge_waits = True  # the level cannot tell it from a late echo
                 return
-            self._barged = True
-            self._barge_waits = False
-            session.events.emit("barge_in", after_s=round(speech_s, 3), by="level")
-            await session.interrupt()
+            self._barged, self._barge_waits = True, False
+            await self._interrupt_for_user(speech_s, "level")
+
+    async def _interrupt_for_user(self, speech_s: float, by: str) -> None:
+        """Barge-in: the `barge_in` event (`by` "level" or "words"), then the interruption."""
+        self.session.events.emit("barge_in", after_s=round(speech_s, 3), by=by)
+        await self.session.interrupt()
 
     async def _barge_in_on_words(self, transcription: asyncio.Task, utterance: int,
                                  samples: int) -> None:
         """A barge-in that waited for the words (a run over an echo path not settled): made
         when the utterance's transcript so far (`transcription`, of its first `samples` at
-        16 kHz) is the user's words, not the avatar's, and the avatar still speaks."""
+        16 kHz) is speakable words the avatar did not just say, and the avatar still speaks."""
         await asyncio.wait([transcription])
         if transcription.cancelled() or transcription.exception() is not None:
             return  # dropped (speech resumed and a newer pause came) or failed: the end tells
-        if utterance == self._utterance and self._barge_waits:
-            await self._barge_in_if_users(transcription.result()[0],
-                                          samples / VAD_SAMPLE_RATE_HZ)
-
-    async def _barge_in_if_users(self, text: str, speech_s: float) -> None:
-        """The barge-in that waited: `text` (the utterance's transcript) is speakable words the
-        avatar did not just say, and the avatar still speaks."""
+        text, speech_s = transcription.result()[0], samples / VAD_SAMPLE_RATE_HZ
         session = self.session
-        if (self._barged or not session.speaking or session.closed or not has_speakable(text)
+        if (utterance != self._utterance or not self._barge_waits or not session.speaking
+                or session.closed or not has_speakable(text)
                 or self._echo_of_avatar(text, speech_s)):
             return
-        self._barged = True
-        self._barge_waits = False
-        session.events.emit("barge_in", after_s=round(speech_s, 3), by="words")
-        await session.interrupt()
+        self._barged, self._barge_waits = True, False
+        await self._interrupt_for_user(speech_s, "words")
 
     async def end_turn(self) -> bool:
         """Push-to-talk released: the utterance under way ends at its first non-speech frame
@@ -509,8 +505,7 @@ class Listener:
         if not turn:
             return
         if barge_waits and session.speaking:  # the user's words: the barge-in that waited
-            session.events.emit("barge_in", after_s=round(seconds, 3), by="words")
-            await session.interrupt()
+            await self._interrupt_for_user(seconds, "words")
         try:
             if self.options.mode in ("chat", HALF_DUPLEX):
                 session.ask(text)
